@@ -1,0 +1,112 @@
+/* mg_ref: the CPU reference MoE layer, forward and backward, fp64 accumulation.
+ *
+ * It is written from the math below, independently of the GPU templates, and is the
+ * oracle that `moegen selftest` compares every generated kernel against.
+ *
+ * Shapes (row-major, all float):
+ *   x     [T, d]            input tokens
+ *   wg    [E, d]            router weight; logits = x · wgᵀ
+ *   bias  [E] or NULL       selection-only bias (sigmoid_topk, DeepSeek-V3); never in the weights
+ *   w_up  [E, F2, d]        F2 = 2·ff for GLU activations (rows [0,ff) gate, [ff,2ff) up), else ff
+ *   w_dn  [E, d, ff]
+ *   ws_up [S, F2, d], ws_dn [S, d, ff]   shared experts (S = n_shared), applied to every token
+ *   y     [T, d]
+ *
+ * Routing:
+ *   softmax_topk: p = softmax(logits); pick the k largest p (ties: lower expert id first);
+ *                 w = p[sel]; renormalize → w /= Σw.
+ *   sigmoid_topk: s = sigmoid(logits); pick the k largest s + bias (ties: lower id);
+ *                 w = s[sel]; renormalize → w /= Σw. For the aux loss p = s / Σ_e s.
+ *   switch:       softmax, k = 1, w = p[sel] (renormalize is ignored).
+ *   Slot j of token t is its j-th choice, in descending score order.
+ * Dispatch: assignments (t, j) are stably sorted by expert, ties in (t, j) order.
+ *   capacity mode (capacity_factor > 0): expert e keeps the first C = ceil(cf·T·k/E)
+ *   assignments in that order; the rest are dropped (contribute nothing, counted).
+ *   counts[e] = kept assignments, offsets = exclusive scan of counts (offsets[E] = kept total).
+ *   perm[slot] = t·k + j for kept slot positions 0..offsets[E]-1; slot_of[t·k+j] = slot or -1.
+ * Expert e on token row xr: a = xr · w_upᵀ (F2); h = act(a) where
+ *   swiglu: silu(a_gate)·a_up; geglu: gelu(a_gate)·a_up; gelu: gelu(a); relu: max(a,0);
+ *   gelu is the exact erf form. z = h · w_dnᵀ (d).
+ * y[t] = Σ_j w[t,j]·z(t,j) over kept slots in j order + Σ_s shared_s(x[t]).
+ * Losses (returned separately, not added to y):
+ *   aux   = aux_coef · E · Σ_e f_e·P_e, f_e = (assignments to e before drops)/(T·k),
+ *           P_e = mean_t p[t,e]; f is treated as a constant in the backward pass.
+ *   zloss = z_coef · mean_t (logsumexp_e logits[t,e])².
+ * Backward: given dy [T,d], computes gradients of  L = Σ y·dy + aux + zloss
+ *   with respect to x, wg, w_up, w_dn, ws_up, ws_dn (bias gets none).
+ */
+#ifndef MG_REF_H
+#define MG_REF_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mg_ref_cfg {
+    int T, d, ff, E, k;
+    int act;              /* mg_act */
+    int router;           /* mg_router */
+    int renormalize;
+    double capacity_factor;   /* 0 = dropless */
+    double aux_coef, z_coef;
+    int n_shared;
+} mg_ref_cfg;
+
+typedef struct mg_ref_weights {
+    const float *wg, *bias, *w_up, *w_dn, *ws_up, *ws_dn;   /* bias/ws_* may be NULL */
+} mg_ref_weights;
+
+/* Forward outputs and the state the backward pass needs. Allocated by mg_ref_alloc. */
+typedef struct mg_ref_fwd {
+    float *logits;      /* [T,E] */
+    float *probs;       /* [T,E] p used for aux (softmax, or normalized sigmoid) */
+    int   *topk_idx;    /* [T,k] */
+    float *topk_w;      /* [T,k] routing weights after renormalization */
+    int   *counts;      /* [E] kept assignments per expert */
+    int   *counts_all;  /* [E] assignments per expert before drops */
+    int   *offsets;     /* [E+1] */
+    int   *perm;        /* [T*k] slot -> t*k+j (first offsets[E] valid) */
+    int   *slot_of;     /* [T*k] t*k+j -> slot or -1 if dropped */
+    int    n_dropped;
+    float *a;           /* [T*k, F2] pre-activation per slot (slot order) */
+    float *h;           /* [T*k, ff] activation output per slot */
+    float *z;           /* [T*k, d]  expert output per slot, before the routing weight */
+    float *y;           /* [T,d] */
+    double aux, zloss;
+} mg_ref_fwd;
+
+typedef struct mg_ref_grads {
+    float *dx;     /* [T,d] */
+    float *dwg;    /* [E,d] */
+    float *dw_up;  /* [E,F2,d] */
+    float *dw_dn;  /* [E,d,ff] */
+    float *dws_up; /* [S,F2,d] or NULL when S = 0 */
+    float *dws_dn; /* [S,d,ff] or NULL */
+    float *dlogits;/* [T,E] gradient reaching the router logits (weights + aux + z) */
+} mg_ref_grads;
+
+int  mg_ref_f2(const mg_ref_cfg *c);   /* F2 */
+void mg_ref_fwd_alloc(const mg_ref_cfg *c, mg_ref_fwd *f);
+void mg_ref_fwd_free(mg_ref_fwd *f);
+void mg_ref_grads_alloc(const mg_ref_cfg *c, mg_ref_grads *g);
+void mg_ref_grads_free(mg_ref_grads *g);
+
+/* Routing and dispatch only (fills logits..n_dropped). */
+void mg_ref_route(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, mg_ref_fwd *f);
+/* Full forward (calls mg_ref_route). */
+void mg_ref_forward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, mg_ref_fwd *f);
+/* Backward; f must come from mg_ref_forward on the same inputs. */
+void mg_ref_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w,
+                     const mg_ref_fwd *f, const float *dy, mg_ref_grads *g);
+
+/* Scalar helpers shared by tests (exact erf gelu, silu and their derivatives). */
+double mg_ref_act(int act, double v);
+double mg_ref_act_grad(int act, double v);
+
+/* ‖a − b‖ / ‖b‖ over n floats (returns +inf if any NaN/inf in a). */
+double mg_ref_rel_err(const float *a, const float *b, long n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
