@@ -103,6 +103,13 @@ void mg_ref_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *
 double mg_ref_act(int act, double v);
 double mg_ref_act_grad(int act, double v);
 
+/* Finite-difference check of mg_ref_backward on random inputs drawn from seed: perturbs
+ * n_probe random entries of each of x, wg, w_up, w_dn (and ws_* when present) by central
+ * differences in fp64 and returns the largest relative error found (|num−ana| / max(|num|,
+ * |ana|, 1e-6)); routing is kept fixed across the perturbation (probes that flip a top-k
+ * choice are redrawn). */
+double mg_ref_gradcheck(const mg_ref_cfg *c, unsigned long long seed, int n_probe);
+
 /* ‖a − b‖ / ‖b‖ over n floats (returns +inf if any NaN/inf in a). */
 double mg_ref_rel_err(const float *a, const float *b, long n);
 
