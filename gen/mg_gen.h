@@ -31,6 +31,15 @@ void mg_genout_free(mg_genout *out);
 /* Writes out to dir through a temp dir + rename; an existing dir is replaced whole. */
 int mg_gen_write(const mg_genout *out, const char *dir, mg_err *err);
 
+/* An extra file written into the same directory in the same atomic step (cubins). */
+typedef struct mg_extra_file {
+    char file[192];
+    const void *data;
+    size_t size;
+} mg_extra_file;
+int mg_gen_write_with(const mg_genout *out, const mg_extra_file *extra, int n_extra, const char *dir,
+                      mg_err *err);
+
 /* Generator version string (goes into manifests and cache keys). */
 const char *mg_version(void);
 
