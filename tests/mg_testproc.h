@@ -1,0 +1,35 @@
+/* mg_testproc: run a shell command in tests, capturing its output and exit code. */
+#ifndef MG_TESTPROC_H
+#define MG_TESTPROC_H
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+typedef struct mg_proc { int code; char out[16384]; } mg_proc;
+
+/* Runs `sh -c cmd 2>&1`; code is the exit status (or 128+signal). */
+static inline void mg_run(mg_proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static inline void mg_run(mg_proc *p, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[4200];
+    snprintf(full, sizeof full, "(%s) 2>&1", cmd);
+    FILE *f = popen(full, "r");
+    size_t n = f ? fread(p->out, 1, sizeof p->out - 1, f) : 0;
+    p->out[n] = 0;
+    int st = f ? pclose(f) : -1;
+    p->code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* The moegen binary under test ($MOEGEN, default build/moegen). */
+static inline const char *mg_bin(void)
+{
+    const char *b = getenv("MOEGEN");
+    return b ? b : "build/moegen";
+}
+#endif
