@@ -25,7 +25,9 @@ typedef struct mg_jit_opts {
     const char *const *extra;  /* extra NVRTC options, may be NULL */
     int n_extra;
     int no_cache;              /* 1: always compile, never read or write the cache */
-    int verbose_ptxas;         /* 1: add --ptxas-options=-v and keep the log in *log */
+    int verbose_ptxas;         /* 1: add --ptxas-options=-v and keep the log in *log
+                                * (always compiles, since only a compile makes the report;
+                                * the entry is still written, under the same key) */
 } mg_jit_opts;
 
 typedef struct mg_jit_result {
@@ -39,12 +41,13 @@ void mg_jit_result_free(mg_jit_result *r);
 
 /* Compiles one source (name is used for the program name, dumps and messages). On an NVRTC
  * failure returns MG_EUSER and prints to stderr the log, the options and the path of the
- * dumped source. */
+ * dumped source. On any failure *res is left empty: nothing to free. */
 int mg_jit_compile(const char *name, const char *src, size_t len, const mg_jit_opts *o,
                    mg_jit_result *res, mg_err *err);
 
 /* Compiles n sources in parallel, up to `jobs` threads (0 = one per online core). Results
- * land in res[i]; returns the first error. */
+ * land in res[i]; returns the first error in input order. Every source is attempted, so
+ * each failure prints its log; on failure all res[i] are released: nothing to free. */
 int mg_jit_compile_many(int n, const char *const *names, const char *const *srcs,
                         const size_t *lens, const mg_jit_opts *o, int jobs,
                         mg_jit_result *res, mg_err *err);
