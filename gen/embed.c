@@ -12,7 +12,7 @@ static const char *base_name(const char *p)
 
 int main(int argc, char **argv)
 {
-    if (argc < 3) { fprintf(stderr, "usage: embed OUT_STEM file...\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: embed OUT_STEM file...\n"); return 2; }
     char path[1024];
     snprintf(path, sizeof path, "%s.c.tmp", argv[1]);
     FILE *c = fopen(path, "w");

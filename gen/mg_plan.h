@@ -4,6 +4,7 @@
 #define MG_PLAN_H
 
 #include "mg_spec.h"
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {

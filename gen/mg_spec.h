@@ -3,6 +3,7 @@
 #define MG_SPEC_H
 
 #include "mg_err.h"
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,6 +1,6 @@
 /* mg_tmpl: the embedded CUDA templates and their placeholder filling.
  *
- * A placeholder is written `/*$key*\/ident`: a comment naming the key, immediately
+ * A placeholder is written `/ *$key* /ident` (without the spaces): a comment naming the key, immediately
  * followed by the identifier it replaces. The template therefore stays valid CUDA (the
  * identifier is a working default), and the generator swaps both for the value. An unknown
  * key, a key given but never used, or a placeholder without an identifier after it is an
