@@ -19,6 +19,7 @@
 /* ---------------------------------------------------------------------------------------
  * Fixtures */
 
+enum { MANY_SAME = 4 };
 #define KSRC(body) "extern \"C\" __global__ void k(float *p){ " body " }"
 static const char k_src[] = KSRC("p[threadIdx.x] *= 2.f;");
 static const char k_bad[] = KSRC("p[threadIdx.x] *= 2.f");   /* missing ';' */
@@ -317,6 +318,30 @@ static void test_concurrent_writers(void **state)
     mg_jit_result_free(&r);
 }
 
+/* The same race inside one process: threads of compile_many writing one key. */
+static void test_concurrent_threads_same_key(void **state)
+{
+    fixture *f = *state;
+    const char *names[MANY_SAME], *srcs[MANY_SAME];
+    size_t lens[MANY_SAME];
+    mg_jit_result res[MANY_SAME];
+    mg_err e = {0};
+    for (int i = 0; i < MANY_SAME; i++) {
+        names[i] = "k";
+        srcs[i] = k_src;
+        lens[i] = strlen(k_src);
+    }
+    assert_int_equal(mg_jit_compile_many(MANY_SAME, names, srcs, lens, NULL, MANY_SAME, res, &e),
+                     MG_OK);
+    for (int i = 0; i < MANY_SAME; i++) {
+        assert_memory_equal(res[i].cubin.data, res[0].cubin.data, res[0].cubin.size);
+        assert_string_equal(res[i].key, res[0].key);
+    }
+    for (int i = 0; i < MANY_SAME; i++) mg_jit_result_free(&res[i]);
+    assert_int_equal(count_files(f, ".cubin.tmp."), 0);
+    assert_int_equal(count_files(f, ".cubin"), 1);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Failures */
 
@@ -535,7 +560,8 @@ int main(void)
         T(test_no_cache),             T(test_verbose_ptxas_log),
         T(test_corrupt_payload),      T(test_corrupt_truncated),
         T(test_corrupt_header),       T(test_corrupt_empty),
-        T(test_concurrent_writers),   T(test_compile_failure),
+        T(test_concurrent_writers),   T(test_concurrent_threads_same_key),
+        T(test_compile_failure),
         T(test_virtual_arch_rejected), T(test_many_in_order),
         T(test_many_one_fails),       T(test_archs),
         T(test_setmaxnreg_needs_sm90a), T(test_ls_clear),
