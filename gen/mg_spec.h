@@ -86,6 +86,12 @@ typedef struct mg_derived {
 
 void mg_spec_derive(const mg_spec *s, mg_derived *d);
 
+struct mg_sb;
+/* Appends the canonical text of the spec to out: a Lua chunk returning every field (defaults
+ * resolved) in schema order, numbers in shortest round-trip form. Loading it gives the same
+ * spec back. The path is not part of it. mg_spec_hash hashes exactly this text. */
+void mg_spec_dump(const mg_spec *s, struct mg_sb *out);
+
 /* Stable hex sha256 over a canonical dump of the spec (not the file bytes), for manifests. */
 void mg_spec_hash(const mg_spec *s, char hex[65]);
 
