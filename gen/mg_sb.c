@@ -33,11 +33,13 @@ void mg_sb_puts(mg_sb *sb, const char *s) { mg_sb_putn(sb, s, strlen(s)); }
 
 void mg_sb_printf(mg_sb *sb, const char *fmt, ...)
 {
+    char small[256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
     if (n < 0) return;
+    if ((size_t)n < sizeof small) { mg_sb_putn(sb, small, (size_t)n); return; }
     sb_reserve(sb, (size_t)n);
     va_start(ap, fmt);
     vsnprintf(sb->buf + sb->len, (size_t)n + 1, fmt, ap);
