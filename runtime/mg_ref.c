@@ -444,9 +444,10 @@ static void ref_experts_bwd(const mg_ref_model *m, const mg_ref_state *st, const
 }
 
 /* dL/dscore of one token from its routing-weight gradients dw (through renormalization
- * w_j = s_j / Σ s) and from the aux loss (through P_e; f is a constant). */
+ * w_j = s_j / Σ s) and from the aux loss, whose dL/dp[t,e] = dp[e] is the same for every
+ * token because f is a constant. */
 static void ref_dscore(const mg_ref_model *m, const mg_ref_state *st, int t, const double *dw,
-                       double *ds)
+                       const double *dp, double *ds)
 {
     const mg_ref_cfg *c = &m->c;
     const int *idx = st->topk_idx + (long)t * c->k;
@@ -457,10 +458,6 @@ static void ref_dscore(const mg_ref_model *m, const mg_ref_state *st, int t, con
     for (int e = 0; e < c->E; e++) ds[e] = 0;
     for (int j = 0; j < c->k; j++) dot += dw[j] * w[j];
     for (int j = 0; j < c->k; j++) ds[idx[j]] += renorm ? (dw[j] - dot) / st->wsum[t] : dw[j];
-    /* aux: dL/dp[t,e] = aux_coef·E·f_e/T */
-    double *dp = ref_dalloc(c->E);
-    for (int e = 0; e < c->E; e++)
-        dp[e] = c->aux_coef * c->E * (st->counts_all[e] / ((double)c->T * c->k)) / c->T;
     if (c->router == MG_ROUTER_SIGMOID_TOPK) {
         /* p = s / Σ s */
         for (int e = 0; e < c->E; e++) dp_dot_p += dp[e] * p[e], ssum += sc[e];
@@ -468,7 +465,6 @@ static void ref_dscore(const mg_ref_model *m, const mg_ref_state *st, int t, con
     } else {
         for (int e = 0; e < c->E; e++) ds[e] += dp[e];   /* p is the score itself */
     }
-    free(dp);
 }
 
 /* dlogits of one token: score → logits (softmax or sigmoid Jacobian), plus the z-loss. */
@@ -493,10 +489,12 @@ static void ref_router_bwd(const mg_ref_model *m, const mg_ref_state *st, const 
                            mg_ref_dgrads *g)
 {
     const mg_ref_cfg *c = &m->c;
-    double *ds = ref_dalloc(c->E);
+    double *ds = ref_dalloc(c->E), *dp = ref_dalloc(c->E);
+    for (int e = 0; e < c->E; e++)   /* aux = aux_coef·E·Σ_e f_e·(1/T)·Σ_t p[t,e] */
+        dp[e] = c->aux_coef * c->E * (st->counts_all[e] / ((double)c->T * c->k)) / c->T;
     for (int t = 0; t < c->T; t++) {
         double *dl = g->dlogits + (long)t * c->E;
-        ref_dscore(m, st, t, dw + (long)t * c->k, ds);
+        ref_dscore(m, st, t, dw + (long)t * c->k, dp, ds);
         ref_dlogits_row(m, st, t, ds, dl);
         for (int e = 0; e < c->E; e++)
             for (int q = 0; q < c->d; q++) {
@@ -505,6 +503,7 @@ static void ref_router_bwd(const mg_ref_model *m, const mg_ref_state *st, const 
             }
     }
     free(ds);
+    free(dp);
 }
 
 void mg_ref_backward_d(const mg_ref_model *m, const mg_ref_state *st, const double *dy,

@@ -161,6 +161,81 @@ static void test_backward_aux_z_only(void **state)
     }
 }
 
+/* L = Σ y·dy + aux + zloss through the float API (the sum in double). */
+static double float_api_loss(tmodel *m, const float *dy, mg_ref_fwd *f)
+{
+    double L = 0;
+    mg_ref_forward(&m->c, m->x, &m->w, f);
+    for (int i = 0; i < m->c.T * m->c.d; i++) L += (double)f->y[i] * dy[i];
+    return L + f->aux + f->zloss;
+}
+
+static float dyadic(float v) { return ldexpf(roundf(ldexpf(v, 12)), -12); }
+
+/* Every gradient the float API returns, against five-point differences of the float API's
+ * own forward. Inputs are multiples of 2^-12 and the step is 2^-7, so every perturbed
+ * value is exact in float; what limits the check is the float rounding of y (~5e-5 after
+ * dividing by the step), so the tolerance is loose: it is here to catch wiring (a wrong
+ * copy, a missing tensor), while mg_ref_gradcheck pins the math down in fp64. */
+static void test_backward_float_api_fd(void **state)
+{
+    (void)state;
+    for (int rt = 0; rt < 3; rt++) {
+        mg_ref_cfg c = cfg(13, 16, 8, 4, rt == MG_ROUTER_SWITCH ? 1 : 2, MG_ACT_GEGLU, rt, 1.0, 1);
+        tmodel m;
+        mg_ref_fwd f, fq;
+        mg_ref_grads g;
+        mg_rng r;
+        tm_init(&m, &c, 50 + rt, rt == MG_ROUTER_SIGMOID_TOPK);
+        mg_rng_seed(&r, 51);
+        long F2 = mg_ref_f2(&c);
+        struct { const char *name; float *p, *g; long n; } t[] = {
+            { "x", m.x, NULL, (long)c.T * c.d }, { "wg", m.wg, NULL, (long)c.E * c.d },
+            { "w_up", m.w_up, NULL, c.E * F2 * c.d }, { "w_dn", m.w_dn, NULL, (long)c.E * c.d * c.ff },
+            { "ws_up", m.ws_up, NULL, F2 * c.d }, { "ws_dn", m.ws_dn, NULL, (long)c.d * c.ff },
+        };
+        for (size_t k = 0; k < 6; k++)
+            for (long i = 0; i < t[k].n; i++) t[k].p[i] = dyadic(t[k].p[i]);
+        float *dy = tm_normal(&r, (long)c.T * c.d, 1.0);
+        mg_ref_fwd_alloc(&c, &f); mg_ref_fwd_alloc(&c, &fq);
+        mg_ref_grads_alloc(&c, &g);
+        mg_ref_forward(&c, m.x, &m.w, &f);
+        mg_ref_backward(&c, m.x, &m.w, &f, dy, &g);
+        t[0].g = g.dx; t[1].g = g.dwg; t[2].g = g.dw_up; t[3].g = g.dw_dn;
+        t[4].g = g.dws_up; t[5].g = g.dws_dn;
+        for (size_t k = 0; k < 6; k++) {
+            int checked = 0;
+            for (int probe = 0; probe < 8; probe++) {
+                long i = (long)(mg_rng_u64(&r) % (unsigned long long)t[k].n);
+                const float h = 0x1p-7f, v = t[k].p[i];
+                const float off[4] = { h, -h, 2 * h, -2 * h };
+                double L[4];
+                int same = 1;
+                for (int q = 0; q < 4; q++) {
+                    t[k].p[i] = v + off[q];
+                    L[q] = float_api_loss(&m, dy, &fq);
+                    same = same && !memcmp(fq.slot_of, f.slot_of, sizeof(int) * c.T * c.k)
+                                && !memcmp(fq.topk_idx, f.topk_idx, sizeof(int) * c.T * c.k);
+                }
+                t[k].p[i] = v;
+                if (!same) continue;
+                double num = (8 * (L[0] - L[1]) - (L[2] - L[3])) / (12.0 * h), ana = t[k].g[i];
+                if (fabs(num - ana) > 5e-4 + 2e-3 * fabs(ana)) {
+                    print_error("%s: d%s[%ld]: fd %.6e, backward %.6e\n", router_name[rt],
+                                t[k].name, i, num, ana);
+                    fail();
+                }
+                checked++;
+            }
+            assert_true(checked >= 4);
+        }
+        free(dy);
+        mg_ref_grads_free(&g);
+        mg_ref_fwd_free(&f); mg_ref_fwd_free(&fq);
+        tm_free(&m);
+    }
+}
+
 /* ---------------------------------------------------------------------------------- */
 /* routing                                                                            */
 
@@ -563,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_forward_hand_computed),
         cmocka_unit_test(test_dropped_slots_no_grad),
         cmocka_unit_test(test_backward_aux_z_only),
+        cmocka_unit_test(test_backward_float_api_fd),
         cmocka_unit_test(test_gradcheck_matrix),
         cmocka_unit_test(test_gradcheck_edges),
     };
