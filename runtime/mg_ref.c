@@ -193,8 +193,9 @@ static void ref_logits(const mg_ref_model *m, mg_ref_state *st)
     const mg_ref_cfg *c = &m->c;
     for (int t = 0; t < c->T; t++)
         for (int e = 0; e < c->E; e++) {
+            const double *xr = m->x + (long)t * c->d, *wr = m->wg + (long)e * c->d;
             double acc = 0;
-            for (int i = 0; i < c->d; i++) acc += m->x[(long)t * c->d + i] * m->wg[(long)e * c->d + i];
+            for (int i = 0; i < c->d; i++) acc += xr[i] * wr[i];
             st->logits[(long)t * c->E + e] = acc;
         }
 }
@@ -262,7 +263,10 @@ static void ref_weights(const mg_ref_model *m, mg_ref_state *st)
     }
 }
 
-/* C = ceil(cf·T·k/E), or no limit in dropless mode. */
+/* C = ceil(cf·T·k/E), or no limit in dropless mode. Evaluated in double exactly as
+ * written; whoever passes C to the GPU must evaluate it the same way, because ceil turns
+ * rounding into whole slots (cf = 0.3 with T·k/E = 10 gives 3 in double but 4 with
+ * cf = 0.3f in float). */
 int mg_ref_capacity(const mg_ref_cfg *c)
 {
     if (c->capacity_factor <= 0) return INT_MAX;

@@ -191,7 +191,8 @@ static void test_backward_float_api_fd(void **state)
         long F2 = mg_ref_f2(&c);
         struct { const char *name; float *p, *g; long n; } t[] = {
             { "x", m.x, NULL, (long)c.T * c.d }, { "wg", m.wg, NULL, (long)c.E * c.d },
-            { "w_up", m.w_up, NULL, c.E * F2 * c.d }, { "w_dn", m.w_dn, NULL, (long)c.E * c.d * c.ff },
+            { "w_up", m.w_up, NULL, c.E * F2 * c.d },
+            { "w_dn", m.w_dn, NULL, (long)c.E * c.d * c.ff },
             { "ws_up", m.ws_up, NULL, F2 * c.d }, { "ws_dn", m.ws_dn, NULL, (long)c.d * c.ff },
         };
         for (size_t k = 0; k < 6; k++)
@@ -484,8 +485,8 @@ static void test_dispatch_random_consistent(void **state)
 
 /* E = 2, k = 1, d = 2, ff = 2, relu, written out by hand:
  *   wg = I, x0 = (2, 1) → logits (2, 1) → expert 0;  x1 = (-1, 1) → (-1, 1) → expert 1.
- *   expert 0: up = [[1,0],[0,-1]]  → a = (2, -1),  h = (2, 0),   dn = [[1,2],[3,4]]  → z = (2, 6)
- *   expert 1: up = [[-1,1],[.5,1]] → a = (2, .5),  h = (2, .5),  dn = [[1,-2],[0,1]] → z = (1, .5)
+ *   expert 0: up = [[1,0],[0,-1]]  → a = (2, -1), h = (2, 0),  dn = [[1,2],[3,4]]  → z = (2, 6)
+ *   expert 1: up = [[-1,1],[.5,1]] → a = (2, .5), h = (2, .5), dn = [[1,-2],[0,1]] → z = (1, .5)
  *   shared:   up = dn = I          → relu(x): (2, 1) and (0, 1)
  * With renormalize the weight of a single choice is 1; without it, it is p = σ(1), σ(2). */
 static void test_forward_hand_computed(void **state)
