@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -11,14 +12,17 @@
 #define MG_VERSION "0.0.0"
 #endif
 
-/* Instructions between two hook calls: small enough to stop promptly, large enough to be free. */
-#define MG_SPEC_HOOK_EVERY 1000
+/* Instructions between two hook calls. Small, because one instruction can be a costly library
+ * call and the clock is only read here; a hook call costs tens of nanoseconds. */
+#define MG_SPEC_HOOK_EVERY 100
 
 /* Per-state bookkeeping, reached through the allocator's user data. */
 typedef struct mg_spec_box {
     size_t used, limit;
     long instructions;
+    double deadline;   /* monotonic seconds */
     int out_of_time;   /* sticky: once set, no pcall inside the spec may swallow it */
+    int over_clock;    /* it was the time limit, not the instruction count */
     int out_of_memory; /* an allocation was refused because of the limit */
 } mg_spec_box;
 
@@ -49,12 +53,20 @@ static void *box_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
+static double now_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static void box_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     mg_spec_box *b = box_of(L);
     b->instructions += MG_SPEC_HOOK_EVERY;
-    if (b->instructions > MG_SPEC_MAX_INSTRUCTIONS) {
+    if (!b->out_of_time && now_seconds() > b->deadline) b->over_clock = 1;
+    if (b->instructions > MG_SPEC_MAX_INSTRUCTIONS || b->over_clock) {
         b->out_of_time = 1;
         luaL_error(L, "spec ran too long");
     }
@@ -219,6 +231,9 @@ static int report_lua_error(lua_State *L, const char *path, mg_err *err)
 static int report_run_error(lua_State *L, int status, const char *path, mg_err *err)
 {
     mg_spec_box *b = box_of(L);
+    if (b->over_clock)
+        return mg_err_set(err, MG_EUSER, "%s: spec ran too long (time limit %d s)", path,
+                          MG_SPEC_MAX_SECONDS);
     if (b->out_of_time)
         return mg_err_set(err, MG_EUSER, "%s: spec ran too long (instruction limit %ld)", path,
                           (long)MG_SPEC_MAX_INSTRUCTIONS);
@@ -258,6 +273,7 @@ int mg_spec_lua_run(const char *path, const char *text, size_t len, lua_State **
         lua_pushvalue(L, -2);
         lua_setupvalue(L, -2, 1); /* the chunk's only upvalue is _ENV */
         b->instructions = 0;
+        b->deadline = now_seconds() + MG_SPEC_MAX_SECONDS;
         lua_sethook(L, box_hook, LUA_MASKCOUNT, MG_SPEC_HOOK_EVERY);
         status = lua_pcall(L, 0, 1, 0);
         lua_sethook(L, NULL, 0, 0);

@@ -16,6 +16,10 @@ struct mg_spec;
  * first, so runaway recursion reports "stack overflow", not a memory error. */
 #define MG_SPEC_MAX_INSTRUCTIONS 10000000L
 #define MG_SPEC_MAX_MEMORY (128u << 20)
+/* A backstop for work the instruction count does not see: library calls and string compares
+ * that run long inside one instruction (sorting or shifting a huge table, comparing 60 MB
+ * strings) in a loop. Real specs finish in well under a millisecond. */
+#define MG_SPEC_MAX_SECONDS 3
 
 /* Runs `text` as a spec in a fresh sandboxed state. On success returns MG_OK with the
  * spec's table on top of *out's stack; nothing untrusted runs after that, so the caller may

@@ -271,6 +271,15 @@ static void test_sandbox_instruction_limit(void **state)
     assert_string_equal(fails("while true do pcall(function() while true do end end) end"), want);
 }
 
+static void test_sandbox_time_limit(void **state)
+{
+    (void)state;
+    /* Few instructions, each a 60 MB string compare: only the clock can stop this. */
+    assert_string_equal(fails("local a = ('x'):rep(6e7)\nlocal b = a .. 'y'\n"
+                              "while true do local _ = a < b end"),
+                        "specs/x.lua: spec ran too long (time limit 3 s)");
+}
+
 static void test_sandbox_deep_recursion(void **state)
 {
     (void)state;
@@ -724,6 +733,7 @@ int main(void)
         cmocka_unit_test(test_sandbox_refuses_binary_chunk),
         cmocka_unit_test(test_sandbox_memory_limit),
         cmocka_unit_test(test_sandbox_instruction_limit),
+        cmocka_unit_test(test_sandbox_time_limit),
         cmocka_unit_test(test_sandbox_deep_recursion),
         cmocka_unit_test(test_sandbox_random_is_deterministic),
         cmocka_unit_test(test_unknown_field_suggests),
