@@ -141,6 +141,7 @@ static int check_unknown(reader *r, int idx, const mg_spec_field *fields, const 
         if (lua_type(L, -2) != LUA_TSTRING) {
             char k[64], field[160];
             if (lua_isinteger(L, -2)) snprintf(k, sizeof k, "[%lld]", (long long)lua_tointeger(L, -2));
+            else if (lua_type(L, -2) == LUA_TNUMBER) snprintf(k, sizeof k, "[%.14g]", lua_tonumber(L, -2));
             else snprintf(k, sizeof k, "[%s]", luaL_typename(L, -2));
             snprintf(field, sizeof field, "%s%s", prefix ? prefix : "", k);
             int rc = bad_value(r, field, -1, "unknown field (spec fields are named: write name = value)");
@@ -258,10 +259,27 @@ static int read_one(reader *r, const mg_spec_field *f, const char *field, int id
     return mg_err_set(r->err, MG_EINTERNAL, "%s: %s: bad schema kind", r->path, field);
 }
 
+/* Checks the names at every level before any value, so a misspelt field is reported as a
+ * typo rather than as the required field it fails to fill. */
+static int check_names(reader *r, int idx, const mg_spec_field *fields, const char *prefix)
+{
+    int rc = check_unknown(r, idx, fields, prefix);
+    for (const mg_spec_field *f = fields; rc == MG_OK && f->name; f++) {
+        if (f->kind != MG_SPEC_TABLE) continue;
+        char field[160];
+        field_path(field, sizeof field, prefix, f->name);
+        lua_pushstring(r->L, f->name);
+        lua_rawget(r->L, idx);
+        if (lua_istable(r->L, -1)) rc = check_names(r, lua_absindex(r->L, -1), f->sub, field);
+        lua_pop(r->L, 1);
+    }
+    return rc;
+}
+
 /* Reads every field of the schema level `fields` from the table at idx (absolute). */
 static int read_fields(reader *r, int idx, const mg_spec_field *fields, const char *prefix)
 {
-    int rc = check_unknown(r, idx, fields, prefix);
+    int rc = MG_OK;
     for (const mg_spec_field *f = fields; rc == MG_OK && f->name; f++) {
         char field[160];
         field_path(field, sizeof field, prefix, f->name);
@@ -314,6 +332,8 @@ int mg_spec_lua_read(lua_State *L, int idx, const char *path, mg_spec *s, mg_err
     reader r = {L, path, s, err, 0};
     memset(s, 0, sizeof *s);
     snprintf(s->path, sizeof s->path, "%s", path);
-    int rc = read_fields(&r, lua_absindex(L, idx), mg_spec_schema, NULL);
+    idx = lua_absindex(L, idx);
+    int rc = check_names(&r, idx, mg_spec_schema, NULL);
+    if (rc == MG_OK) rc = read_fields(&r, idx, mg_spec_schema, NULL);
     return rc == MG_OK ? fill_dependent(&r) : rc;
 }

@@ -311,6 +311,14 @@ static void test_unknown_field_suggests(void **state)
                         "specs/x.lua: train.LR: unknown field (did you mean 'lr'?)");
 }
 
+static void test_unknown_field_before_values(void **state)
+{
+    (void)state;
+    /* The typo, not the required field it leaves empty, and not the model table missing. */
+    assert_string_equal(fails("return { moe = { expertz = 8, top_k = 2, d_ff = 64 } }"),
+                        "specs/x.lua: moe.expertz: unknown field (did you mean 'experts'?)");
+}
+
 static void test_unknown_field_lists_known(void **state)
 {
     (void)state;
@@ -326,6 +334,9 @@ static void test_unknown_field_positional(void **state)
     (void)state;
     assert_string_equal(fails(TINY("{ model = { 512 } }")),
                         "specs/x.lua: model[1] = 512: unknown field (spec fields are named: "
+                        "write name = value)");
+    assert_string_equal(fails(TINY("{ [2.5] = true }")),
+                        "specs/x.lua: [2.5] = true: unknown field (spec fields are named: "
                         "write name = value)");
 }
 
@@ -737,6 +748,7 @@ int main(void)
         cmocka_unit_test(test_sandbox_deep_recursion),
         cmocka_unit_test(test_sandbox_random_is_deterministic),
         cmocka_unit_test(test_unknown_field_suggests),
+        cmocka_unit_test(test_unknown_field_before_values),
         cmocka_unit_test(test_unknown_field_lists_known),
         cmocka_unit_test(test_unknown_field_positional),
         cmocka_unit_test(test_required_field_missing),
