@@ -648,6 +648,18 @@ static void test_derive_dense_twin_is_flop_matched(void **state)
     assert_true(moe.params_active - dense.params_active == 8.0 * 8 * 512);
 }
 
+static void test_derive_non_gated_experts(void **state)
+{
+    (void)state;
+    mg_derived d;
+    assert_int_equal(mg_spec_load("specs/switch-cf125.lua", &spec, &err), MG_OK);
+    mg_spec_derive(&spec, &d);
+    /* ReLU: up is d_ff wide, expert = 2048*512 + 512*2048 = 2097152; router 16*512 = 8192.
+     * 17038336 + 8*(1048576 + 1024) + 512 = 25435648 outside the MoE FFNs. */
+    assert_true(d.params_total == 25435648.0 + 8 * (8192 + 16 * 2097152.0));
+    assert_true(d.params_active == 25435648.0 + 8 * (8192 + 1 * 2097152.0));
+}
+
 static void test_derive_mixtral_matches_published(void **state)
 {
     (void)state;
@@ -681,6 +693,9 @@ static void test_hash_stable(void **state)
     assert_int_equal(mg_spec_load("specs/wt2-moe8.lua", &spec, &err), MG_OK);
     mg_spec_hash(&spec, b);
     assert_string_equal(a, b);
+    /* Pinned: manifests and caches key on it. When the canonical dump changes on purpose
+     * (a field added), update this and say so in the commit: every spec hash moves. */
+    assert_string_equal(a, "88b3cc556037a0056b650341f273dba851baeb967ac258f1fdb87834f1f22658");
     /* The path is not part of the spec. */
     snprintf(spec.path, sizeof spec.path, "elsewhere.lua");
     mg_spec_hash(&spec, b);
@@ -781,6 +796,7 @@ int main(void)
         cmocka_unit_test(test_validate_filled_struct),
         cmocka_unit_test(test_derive_wt2_moe8),
         cmocka_unit_test(test_derive_dense_twin_is_flop_matched),
+        cmocka_unit_test(test_derive_non_gated_experts),
         cmocka_unit_test(test_derive_mixtral_matches_published),
         cmocka_unit_test(test_derive_every_other_layer),
         cmocka_unit_test(test_hash_stable),
