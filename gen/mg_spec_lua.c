@@ -72,8 +72,8 @@ static void box_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
-/* The sandbox's pcall. Unlike the real one it re-raises once the instruction limit is hit,
- * so `while true do pcall(loop) end` cannot outlive the limit. */
+/* The sandbox's pcall. Unlike the real one it re-raises once the instruction or time limit
+ * is hit, so `while true do pcall(loop) end` cannot outlive the limits. */
 static int box_pcall(lua_State *L)
 {
     luaL_checkany(L, 1);
@@ -237,9 +237,11 @@ static int report_run_error(lua_State *L, int status, const char *path, mg_err *
     if (b->out_of_time)
         return mg_err_set(err, MG_EUSER, "%s: spec ran too long (instruction limit %ld)", path,
                           (long)MG_SPEC_MAX_INSTRUCTIONS);
-    if (status == LUA_ERRMEM)
+    if (status == LUA_ERRMEM && b->out_of_memory)
         return mg_err_set(err, MG_EUSER, "%s: spec used too much memory (limit %u MiB)", path,
                           MG_SPEC_MAX_MEMORY >> 20);
+    if (status == LUA_ERRMEM)
+        return mg_err_set(err, MG_EINTERNAL, "%s: out of memory while running the spec", path);
     return report_lua_error(L, path, err);
 }
 
