@@ -1,0 +1,198 @@
+/* moe_params: the parameter struct of every moegen kernel entry, one per entry point.
+ *
+ * Shared verbatim by the generated CUDA sources (device side) and the C runtime (host
+ * side): valid C11 and C++, no includes. Every kernel takes exactly one of these by value.
+ * Pointers are device pointers. "dtype" buffers hold the spec's storage type (bf16/fp16
+ * as 16-bit words, or fp32); everything marked float is fp32 whatever the dtype.
+ *
+ * Index spaces:
+ *   token t in [0,T); assignment i = t*k + j (j-th choice of token t);
+ *   slot s in [0, offsets[E]) : assignments sorted by expert (stable), after drops.
+ * Grouped-GEMM conventions (families up and down):
+ *   offsets  [G+1] slot ranges per group (expert); NULL = one group of rows [0, T)
+ *                  (identity routing, used for shared experts);
+ *   tile_off [G+1] exclusive scan of ceil(rows_g / BM) (from dispatch/scan); NULL with
+ *                  offsets NULL;
+ *   perm     [slots] slot -> t*k+j, the x row of a slot is perm[s] / k; NULL = row s.
+ */
+#ifndef MOE_PARAMS_H
+#define MOE_PARAMS_H
+
+/* Assignments per dispatch chunk (one warp walks one chunk in order). */
+#define MG_DISPATCH_CHUNK 256
+/* Warps (chunks) per block of dispatch count/place. */
+#define MG_DISPATCH_WARPS 4
+/* Tokens per block of router fwd/bwd (one warp per token). */
+#define MG_ROUTER_WARPS 4
+/* Tokens per partial of router dwg (partials are reduced in split order). */
+#define MG_DWG_SPLIT 256
+/* Tokens per block of router dx. */
+#define MG_RDX_TOKENS 8
+
+/* Grouped GEMM shared-memory bytes for a tile, element size esz (2 or 4) and operand
+ * layouts (a_kc / b_kc: 1 when that operand's K dimension is contiguous in memory).
+ * Each 16-byte row is padded by 16 bytes (conflict-free ldmatrix). Host and device use
+ * this same macro. */
+#define MG_GEMM_PAD(esz) (16 / (esz))
+#define MG_GEMM_A_ELEMS(bm, bk, esz, a_kc) \
+    ((a_kc) ? (bm) * ((bk) + MG_GEMM_PAD(esz)) : (bk) * ((bm) + MG_GEMM_PAD(esz)))
+#define MG_GEMM_SMEM_BYTES(bm, bn, bk, stages, esz, a_kc, b_kc) \
+    ((stages) * (MG_GEMM_A_ELEMS(bm, bk, esz, a_kc) + MG_GEMM_A_ELEMS(bn, bk, esz, b_kc)) * (esz))
+
+/* ---------------------------------------------------------------- router */
+typedef struct moe_router_fwd_params {
+    const void *x;        /* [T,d] dtype */
+    const void *wg;       /* [E,d] dtype */
+    const float *bias;    /* [E] selection-only bias (sigmoid_topk) or NULL */
+    float *logits;        /* [T,E] */
+    float *probs;         /* [T,E] p used by the aux loss */
+    float *lse;           /* [T] logsumexp of the logits */
+    int *topk_idx;        /* [T,k] */
+    float *topk_w;        /* [T,k] */
+    int T;
+} moe_router_fwd_params;
+
+typedef struct moe_router_stats_params {
+    const float *probs;   /* [T,E] */
+    const float *lse;     /* [T] */
+    float *psum;          /* [E] sum_t p[t,e] */
+    float *lse2;          /* [1] sum_t lse[t]^2 */
+    int T;
+} moe_router_stats_params;
+
+typedef struct moe_router_loss_params {
+    const float *psum;       /* [E] */
+    const float *lse2;       /* [1] */
+    const int *counts_all;   /* [E] assignments before drops (dispatch/scan) */
+    float *loss;             /* [2] aux, zloss */
+    int T;
+} moe_router_loss_params;
+
+typedef struct moe_router_bwd_params {
+    const float *logits;     /* [T,E] */
+    const int *topk_idx;     /* [T,k] */
+    const float *topk_w;     /* [T,k] */
+    const float *dw;         /* [T,k] dL/dw from combine/bwd */
+    const int *counts_all;   /* [E] */
+    float *dlogits;          /* [T,E] */
+    int T;
+} moe_router_bwd_params;
+
+typedef struct moe_router_dwg_params {
+    const float *dlogits;    /* [T,E] */
+    const void *x;           /* [T,d] dtype */
+    float *part;             /* [n_split,E,d] partials (n_split = ceil(T/MG_DWG_SPLIT)) */
+    float *dwg;              /* [E,d] written by dwgsum (and by dwg when n_split == 1) */
+    int T;
+} moe_router_dwg_params;
+
+typedef struct moe_router_dx_params {
+    const float *dlogits;    /* [T,E] */
+    const void *wg;          /* [E,d] dtype */
+    float *dxr;              /* [T,d] router contribution to dx */
+    int T;
+} moe_router_dx_params;
+
+/* ---------------------------------------------------------------- dispatch */
+typedef struct moe_dispatch_params {
+    const int *topk_idx;     /* [T*k] */
+    int *hist;               /* [n_chunks,E]: count writes per-chunk counts, scan turns them
+                                into per-chunk bases (rank of the chunk's first assignment
+                                of each expert, before drops) */
+    int *counts_all;         /* [E] before drops */
+    int *counts;             /* [E] kept */
+    int *offsets;            /* [E+1] exclusive scan of counts */
+    int *n_dropped;          /* [1] */
+    int *tile_off_up;        /* [E+1] exclusive scan of ceil(counts/tile_m_up) */
+    int *tile_off_dn;        /* [E+1] same with tile_m_dn */
+    int *perm;               /* [T*k] slot -> t*k+j (first offsets[E] valid) */
+    int *slot_of;            /* [T*k] t*k+j -> slot or -1 */
+    int tile_m_up, tile_m_dn;
+    int capacity;            /* per-expert capacity C, or -1 for dropless */
+    int T;
+} moe_dispatch_params;
+
+/* ---------------------------------------------------------------- up: x -> a -> h */
+typedef struct moe_up_fwd_params {
+    const void *x;           /* [T,d] dtype */
+    const void *w_up;        /* [G,F2,d] dtype */
+    void *a;                 /* [slots,F2] dtype pre-activation */
+    void *h;                 /* [slots,FF] dtype activation */
+    const int *offsets, *tile_off, *perm;
+    int n_groups, T;
+} moe_up_fwd_params;
+
+typedef struct moe_up_dgrad_params {
+    const void *da;          /* [slots,F2] dtype */
+    const void *w_up;        /* [G,F2,d] dtype */
+    float *dxs;              /* [slots,d] per-slot dx */
+    const int *offsets, *tile_off;
+    int n_groups, T;
+} moe_up_dgrad_params;
+
+typedef struct moe_up_wgrad_params {
+    const void *da;          /* [slots,F2] dtype */
+    const void *x;           /* [T,d] dtype */
+    float *dw_up;            /* [G,F2,d] (every group written, zeros for empty ones) */
+    const int *offsets, *perm;
+    int n_groups, T;
+} moe_up_wgrad_params;
+
+/* ---------------------------------------------------------------- down: h -> z */
+typedef struct moe_down_fwd_params {
+    const void *h;           /* [slots,FF] dtype */
+    const void *w_dn;        /* [G,d,FF] dtype */
+    float *z;                /* [slots,d] */
+    const int *offsets, *tile_off;
+    int n_groups, T;
+} moe_down_fwd_params;
+
+typedef struct moe_down_dgrad_params {
+    const void *dz;          /* [slots,d] dtype */
+    const void *a;           /* [slots,F2] dtype (from up/fwd) */
+    const void *w_dn;        /* [G,d,FF] dtype */
+    void *da;                /* [slots,F2] dtype: dh * act'(a) */
+    const int *offsets, *tile_off;
+    int n_groups, T;
+} moe_down_dgrad_params;
+
+typedef struct moe_down_wgrad_params {
+    const void *dz;          /* [slots,d] dtype */
+    const void *h;           /* [slots,FF] dtype */
+    float *dw_dn;            /* [G,d,FF] */
+    const int *offsets;
+    int n_groups, T;
+} moe_down_wgrad_params;
+
+/* ---------------------------------------------------------------- combine */
+typedef struct moe_combine_fwd_params {
+    const float *z;          /* [slots,d] */
+    const int *slot_of;      /* [T*k] */
+    const float *topk_w;     /* [T*k] */
+    const float *z_shared;   /* [S,T,d] or NULL */
+    int n_shared;
+    void *y;                 /* [T,d] dtype */
+    int T;
+} moe_combine_fwd_params;
+
+typedef struct moe_combine_bwd_params {
+    const void *dy;          /* [T,d] dtype */
+    const float *z;          /* [slots,d] */
+    const int *slot_of;      /* [T*k] */
+    const float *topk_w;     /* [T*k] */
+    void *dz;                /* [slots,d] dtype: w * dy */
+    float *dw;               /* [T*k] <dy, z>, 0 for dropped assignments */
+    int T;
+} moe_combine_bwd_params;
+
+typedef struct moe_combine_dx_params {
+    const float *dxs;        /* [slots,d] */
+    const int *slot_of;      /* [T*k] */
+    const float *dxr;        /* [T,d] router part, or NULL */
+    const float *dx_shared;  /* [S,T,d] or NULL */
+    int n_shared;
+    void *dx;                /* [T,d] dtype */
+    int T;
+} moe_combine_dx_params;
+
+#endif

@@ -1,0 +1,336 @@
+/* moe_router: routing and its losses and gradients.
+ *   fwd:    logits = x·wgᵀ (fp32, one warp per token), softmax or sigmoid, top-k (ties: lower
+ *           expert id), weights (+ renormalization); writes logits, the aux-loss probs, lse.
+ *   stats:  psum[e] = Σ_t p[t,e], lse2 = Σ_t lse[t]² (fixed-order block reductions)
+ *   loss:   aux = aux_coef·E·Σ_e f_e·P_e (f = counts_all/(T·k), P = psum/T),
+ *           zloss = z_coef·lse2/T
+ *   bwd:    dlogits from dL/dw (routing weights), the aux and the z terms
+ *   dwg:    dwg = dlogitsᵀ·x as per-split partials (splits of MG_DWG_SPLIT tokens)
+ *   dwgsum: dwg = Σ partials in split order (skipped when there is a single split)
+ *   dx:     dxr = dlogits·wg (the router's share of dx, summed by combine/dx)
+ * No float atomics anywhere: every float sum has a fixed order. */
+// moegen:entries fwd stats loss bwd dwg dwgsum dx
+#ifndef MOEGEN_GENERATED
+#include "mg_defaults.cuh"
+#include "moe_params.h"
+#include "mg_common.cuh"
+#endif
+
+#define MG_R_NPL ((MG_E + 31) / 32)   /* experts per lane: e = lane + 32*i */
+
+/* fwd. grid: ceil(T / MG_ROUTER_WARPS); block: 32*MG_ROUTER_WARPS (one warp per token). */
+extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
+/*$fwd*/moe_router_fwd(const moe_router_fwd_params p)
+{
+    __shared__ float s_buf[MG_ROUTER_WARPS][MG_E];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int t = blockIdx.x * MG_ROUTER_WARPS + w;
+    if (t >= p.T) return;   /* warp-uniform; only warp-level sync below */
+    const mg_t *x = (const mg_t *)p.x + (long long)t * MG_D;
+    const mg_t *wg = (const mg_t *)p.wg;
+
+    for (int e = 0; e < MG_E; e++) {
+        const mg_t *wr = wg + (long long)e * MG_D;
+        float acc = 0.0f;
+        for (int c = lane; c < MG_D; c += 32) acc = fmaf(mg_to_f32(x[c]), mg_to_f32(wr[c]), acc);
+        acc = mg_warp_sum(acc);
+        if (lane == 0) s_buf[w][e] = acc;
+    }
+    __syncwarp();
+    float l[MG_R_NPL];
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) {
+        int e = lane + 32 * i;
+        l[i] = e < MG_E ? s_buf[w][e] : -mg_inf();
+    }
+    __syncwarp();   /* s_buf row is reused for the raw top-k weights below */
+
+    float mx = -mg_inf();
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) mx = fmaxf(mx, l[i]);
+    mx = mg_warp_max(mx);
+    float se = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) if (lane + 32 * i < MG_E) se += expf(l[i] - mx);
+    se = mg_warp_sum(se);
+    const float lse = mx + logf(se);
+
+    float pr[MG_R_NPL], sc[MG_R_NPL], wv[MG_R_NPL];
+    if constexpr (MG_ROUTER == 1) {
+        float q = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) {
+            int e = lane + 32 * i;
+            wv[i] = e < MG_E ? mg_sigmoid(l[i]) : 0.0f;
+            q += wv[i];
+        }
+        q = mg_warp_sum(q);
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) {
+            int e = lane + 32 * i;
+            pr[i] = wv[i] / q;
+            sc[i] = wv[i] + ((p.bias && e < MG_E) ? p.bias[e] : 0.0f);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) {
+            int e = lane + 32 * i;
+            pr[i] = e < MG_E ? expf(l[i] - mx) / se : 0.0f;
+            sc[i] = pr[i];
+            wv[i] = pr[i];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) {
+        int e = lane + 32 * i;
+        if (e < MG_E) {
+            p.logits[(long long)t * MG_E + e] = l[i];
+            p.probs[(long long)t * MG_E + e] = pr[i];
+        }
+    }
+    if (lane == 0) p.lse[t] = lse;
+
+    unsigned taken = 0;
+    float wsum = 0.0f;
+    for (int j = 0; j < MG_TOPK; j++) {
+        float best = -mg_inf();
+        int bi = MG_INT_MAX;
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) {
+            int e = lane + 32 * i;
+            if (e < MG_E && !(taken >> i & 1u) && (sc[i] > best || (sc[i] == best && e < bi))) {
+                best = sc[i];
+                bi = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(MG_FULL_MASK, best, o);
+            int oi = __shfl_xor_sync(MG_FULL_MASK, bi, o);
+            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+        }
+        float mine = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) {
+            if (i == (bi >> 5)) mine = wv[i];
+            if (lane + 32 * i == bi) taken |= 1u << i;
+        }
+        float wsel = __shfl_sync(MG_FULL_MASK, mine, bi & 31);
+        wsum += wsel;
+        if (lane == 0) {
+            p.topk_idx[(long long)t * MG_TOPK + j] = bi;
+            s_buf[w][j] = wsel;
+        }
+    }
+    __syncwarp();
+    for (int j = lane; j < MG_TOPK; j += 32) {
+        float v = s_buf[w][j];
+        if (MG_RENORM && MG_ROUTER != 2) v = v / wsum;
+        p.topk_w[(long long)t * MG_TOPK + j] = v;
+    }
+}
+
+/* stats. grid: E + 1 (block e < E: psum[e]; block E: lse2); block: 256. */
+extern "C" __global__ void __launch_bounds__(256)
+/*$stats*/moe_router_stats(const moe_router_stats_params p)
+{
+    __shared__ float scratch[32];
+    const int b = blockIdx.x;
+    float acc = 0.0f;
+    if (b < MG_E) {
+        for (int t = threadIdx.x; t < p.T; t += blockDim.x) acc += p.probs[(long long)t * MG_E + b];
+    } else {
+        for (int t = threadIdx.x; t < p.T; t += blockDim.x) acc += p.lse[t] * p.lse[t];
+    }
+    acc = mg_block_sum(acc, scratch);
+    if (threadIdx.x == 0) {
+        if (b < MG_E) p.psum[b] = acc; else p.lse2[0] = acc;
+    }
+}
+
+/* loss. grid: 1; block: 256. */
+extern "C" __global__ void __launch_bounds__(256)
+/*$loss*/moe_router_loss(const moe_router_loss_params p)
+{
+    __shared__ float scratch[32];
+    const float T = (float)p.T;
+    float v = 0.0f;
+    for (int e = threadIdx.x; e < MG_E; e += blockDim.x)
+        v += ((float)p.counts_all[e] / (T * MG_TOPK)) * (p.psum[e] / T);
+    v = mg_block_sum(v, scratch);
+    if (threadIdx.x == 0) {
+        p.loss[0] = MG_AUX_COEF * (float)MG_E * v;
+        p.loss[1] = MG_Z_COEF * p.lse2[0] / T;
+    }
+}
+
+/* bwd. grid: ceil(T / MG_ROUTER_WARPS); block: 32*MG_ROUTER_WARPS (one warp per token).
+ * With g = dL/d(routing probabilities) (softmax p, or sigmoid s):
+ *   selection: renormalized w_j = r_j/S (r = p or s, S = Σ_sel r): g[sel_j] += (dw_j − Σ_i dw_i w_i)/S,
+ *              otherwise g[sel_j] += dw_j;
+ *   aux:       c_e = aux_coef·E·f_e/T; softmax: g_e += c_e; sigmoid (p = s/Q):
+ *              g_e += (c_e − Σ_i c_i p_i)/Q;
+ *   to logits: softmax dl = p·(g − Σ g·p); sigmoid dl = g·s·(1 − s);
+ *   z-loss:    dl += z_coef·(2/T)·lse·softmax(l). */
+extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
+/*$bwd*/moe_router_bwd(const moe_router_bwd_params p)
+{
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int t = blockIdx.x * MG_ROUTER_WARPS + w;
+    if (t >= p.T) return;
+    const float T = (float)p.T;
+    float l[MG_R_NPL];
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) {
+        int e = lane + 32 * i;
+        l[i] = e < MG_E ? p.logits[(long long)t * MG_E + e] : -mg_inf();
+    }
+    float mx = -mg_inf();
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) mx = fmaxf(mx, l[i]);
+    mx = mg_warp_max(mx);
+    float se = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) if (lane + 32 * i < MG_E) se += expf(l[i] - mx);
+    se = mg_warp_sum(se);
+    const float lse = mx + logf(se);
+
+    float sm[MG_R_NPL], r[MG_R_NPL], g[MG_R_NPL], c[MG_R_NPL];
+    const float cnorm = MG_AUX_COEF * (float)MG_E / (T * MG_TOPK * T);
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) {
+        int e = lane + 32 * i;
+        bool ok = e < MG_E;
+        sm[i] = ok ? expf(l[i] - mx) / se : 0.0f;
+        r[i] = ok ? (MG_ROUTER == 1 ? mg_sigmoid(l[i]) : sm[i]) : 0.0f;
+        c[i] = ok ? cnorm * (float)p.counts_all[e] : 0.0f;
+        g[i] = 0.0f;
+    }
+
+    /* selection term */
+    const long long tk = (long long)t * MG_TOPK;
+    float S = 0.0f, wd = 0.0f;
+    const bool renorm = MG_RENORM && MG_ROUTER != 2;
+    if (renorm) {
+        for (int j = 0; j < MG_TOPK; j++) {
+            int e = p.topk_idx[tk + j];
+            float mine = 0.0f;
+#pragma unroll
+            for (int i = 0; i < MG_R_NPL; i++) if (i == (e >> 5)) mine = r[i];
+            S += __shfl_sync(MG_FULL_MASK, mine, e & 31);
+            wd += p.dw[tk + j] * p.topk_w[tk + j];
+        }
+    }
+    for (int j = 0; j < MG_TOPK; j++) {
+        int e = p.topk_idx[tk + j];
+        float term = renorm ? (p.dw[tk + j] - wd) / S : p.dw[tk + j];
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) if (lane == (e & 31) && i == (e >> 5)) g[i] += term;
+    }
+
+    float dl[MG_R_NPL];
+    if constexpr (MG_ROUTER == 1) {
+        float q = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) q += r[i];
+        q = mg_warp_sum(q);
+        float cp = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) cp += c[i] * (r[i] / q);
+        cp = mg_warp_sum(cp);
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) {
+            float gs = g[i] + (c[i] - cp) / q;
+            dl[i] = gs * r[i] * (1.0f - r[i]);
+        }
+    } else {
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) { g[i] += c[i]; dot += g[i] * r[i]; }
+        dot = mg_warp_sum(dot);
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) dl[i] = r[i] * (g[i] - dot);
+    }
+    const float zs = MG_Z_COEF * 2.0f / T * lse;
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++) {
+        int e = lane + 32 * i;
+        if (e < MG_E) p.dlogits[(long long)t * MG_E + e] = dl[i] + zs * sm[i];
+    }
+}
+
+/* dwg. grid: (ceil(d/128), ceil(E/8), n_split = ceil(T/MG_DWG_SPLIT)); block: 128.
+ * Block (cx, ey, s) sums tokens [s*SPLIT, (s+1)*SPLIT) in order into dwg (one split) or
+ * part[s] (several). */
+extern "C" __global__ void __launch_bounds__(128)
+/*$dwg*/moe_router_dwg(const moe_router_dwg_params p)
+{
+    __shared__ float s_dl[32][8];
+    const int c = blockIdx.x * 128 + threadIdx.x, e0 = blockIdx.y * 8;
+    const int tb = blockIdx.z * MG_DWG_SPLIT;
+    const int te = min(p.T, tb + MG_DWG_SPLIT);
+    const mg_t *x = (const mg_t *)p.x;
+    float acc[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) acc[j] = 0.0f;
+    for (int t0 = tb; t0 < te; t0 += 32) {
+        for (int i = threadIdx.x; i < 256; i += 128) {
+            int tt = t0 + i / 8, ee = e0 + i % 8;
+            s_dl[i / 8][i % 8] = (tt < te && ee < MG_E) ? p.dlogits[(long long)tt * MG_E + ee] : 0.0f;
+        }
+        __syncthreads();
+        const int nt = min(32, te - t0);
+        if (c < MG_D) {
+            for (int i = 0; i < nt; i++) {
+                float xv = mg_to_f32(x[(long long)(t0 + i) * MG_D + c]);
+#pragma unroll
+                for (int j = 0; j < 8; j++) acc[j] = fmaf(s_dl[i][j], xv, acc[j]);
+            }
+        }
+        __syncthreads();
+    }
+    float *out = gridDim.z == 1 ? p.dwg : p.part + (long long)blockIdx.z * MG_E * MG_D;
+    if (c < MG_D) {
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (e0 + j < MG_E) out[(long long)(e0 + j) * MG_D + c] = acc[j];
+    }
+}
+
+/* dwgsum. grid: ceil(E*d/256); block: 256. Only when ceil(T/MG_DWG_SPLIT) > 1. */
+extern "C" __global__ void __launch_bounds__(256)
+/*$dwgsum*/moe_router_dwgsum(const moe_router_dwg_params p)
+{
+    const long long i = (long long)blockIdx.x * 256 + threadIdx.x;
+    if (i >= (long long)MG_E * MG_D) return;
+    const int n_split = (p.T + MG_DWG_SPLIT - 1) / MG_DWG_SPLIT;
+    float acc = 0.0f;
+    for (int s = 0; s < n_split; s++) acc += p.part[(long long)s * MG_E * MG_D + i];
+    p.dwg[i] = acc;
+}
+
+/* dx. grid: ceil(T / MG_RDX_TOKENS); block: 256. dxr[t, c] = Σ_e dlogits[t,e]·wg[e,c]. */
+extern "C" __global__ void __launch_bounds__(256)
+/*$dx*/moe_router_dx(const moe_router_dx_params p)
+{
+    __shared__ float s_dl[MG_RDX_TOKENS][MG_E];
+    const int t0 = blockIdx.x * MG_RDX_TOKENS;
+    for (int i = threadIdx.x; i < MG_RDX_TOKENS * MG_E; i += blockDim.x) {
+        int tt = t0 + i / MG_E;
+        s_dl[i / MG_E][i % MG_E] = tt < p.T ? p.dlogits[(long long)tt * MG_E + i % MG_E] : 0.0f;
+    }
+    __syncthreads();
+    const mg_t *wg = (const mg_t *)p.wg;
+    for (int c = threadIdx.x; c < MG_D; c += blockDim.x) {
+        float acc[MG_RDX_TOKENS];
+#pragma unroll
+        for (int i = 0; i < MG_RDX_TOKENS; i++) acc[i] = 0.0f;
+        for (int e = 0; e < MG_E; e++) {
+            float wv = mg_to_f32(wg[(long long)e * MG_D + c]);
+#pragma unroll
+            for (int i = 0; i < MG_RDX_TOKENS; i++) acc[i] = fmaf(s_dl[i][e], wv, acc[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < MG_RDX_TOKENS; i++)
+            if (t0 + i < p.T) p.dxr[(long long)(t0 + i) * MG_D + c] = acc[i];
+    }
+}
