@@ -31,11 +31,21 @@ static void emit_banner(mg_sb *sb, const mg_plan *p, const char *what, const cha
     mg_sb_printf(sb, "%s %s\n%s Do not edit: change the spec or templates/ and regenerate.\n", cmt, what, cmt);
 }
 
+/* A float literal valid in C++: %.9g may print "0" or "1e-05", which need a '.' or work as is. */
+static const char *float_lit(double v, char *buf, size_t n)
+{
+    snprintf(buf, n, "%.9g", v);
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", n - strlen(buf) - 1);
+    strncat(buf, "f", n - strlen(buf) - 1);
+    return buf;
+}
+
 /* The one block of spec constants the templates specialize on. */
 static void emit_constants(mg_sb *sb, const mg_plan *p, const mg_family *f)
 {
     const mg_spec *s = &p->spec;
     int glu = mg_act_is_glu(s->moe.activation);
+    char f1[40], f2[40], f3[40];
     mg_sb_puts(sb, "#define MOEGEN_GENERATED 1\n// ---- spec constants ----\n");
     mg_sb_printf(sb, "static constexpr int MG_D = %d;\n", s->model.d_model);
     mg_sb_printf(sb, "static constexpr int MG_FF = %d;\n", s->moe.d_ff);
@@ -47,11 +57,11 @@ static void emit_constants(mg_sb *sb, const mg_plan *p, const mg_family *f)
     mg_sb_printf(sb, "static constexpr int MG_ROUTER = %d;     // %s\n", s->moe.router, mg_router_names[s->moe.router]);
     mg_sb_printf(sb, "static constexpr int MG_RENORM = %d;\n", s->moe.renormalize && s->moe.router != MG_ROUTER_SWITCH);
     mg_sb_printf(sb, "static constexpr int MG_CAPACITY = %d;\n", s->moe.capacity_factor > 0);
-    mg_sb_printf(sb, "static constexpr float MG_CAPACITY_FACTOR = %.9gf;\n", s->moe.capacity_factor);
+    mg_sb_printf(sb, "static constexpr float MG_CAPACITY_FACTOR = %s;\n", float_lit(s->moe.capacity_factor, f1, sizeof f1));
     mg_sb_printf(sb, "static constexpr int MG_DTYPE = %d;      // %s\n", s->dtype, mg_dtype_names[s->dtype]);
     mg_sb_printf(sb, "static constexpr int MG_SHARED = %d;\n", s->moe.shared_experts);
-    mg_sb_printf(sb, "static constexpr float MG_AUX_COEF = %.9gf;\n", s->moe.aux_loss);
-    mg_sb_printf(sb, "static constexpr float MG_Z_COEF = %.9gf;\n", s->moe.z_loss);
+    mg_sb_printf(sb, "static constexpr float MG_AUX_COEF = %s;\n", float_lit(s->moe.aux_loss, f2, sizeof f2));
+    mg_sb_printf(sb, "static constexpr float MG_Z_COEF = %s;\n", float_lit(s->moe.z_loss, f3, sizeof f3));
     mg_sb_printf(sb, "// ---- kernel configuration (%s) ----\n", mg_family_names[f->id]);
     mg_sb_printf(sb, "static constexpr int MG_BM = %d, MG_BN = %d, MG_BK = %d, MG_STAGES = %d, MG_WARPS = %d;\n",
                  f->tile.bm, f->tile.bn, f->tile.bk, f->tile.stages, f->tile.warps);
