@@ -4,6 +4,9 @@
  *   dx:  dx[t] = Σ_j dxs[slot(t,j)] + dxr[t] + Σ_s dx_shared[s][t]
  * One block per token; all sums in a fixed order (bitwise reproducible, no atomics). */
 // moegen:entries fwd bwd dx
+// moegen:grid fwd: T x 256
+// moegen:grid bwd: T x 256
+// moegen:grid dx: T x 256
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"

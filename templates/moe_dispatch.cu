@@ -9,6 +9,9 @@
  *          capacity are dropped (slot_of = -1)
  * Integer-only, so deterministic; the host never reads counts (graph-capturable). */
 // moegen:entries count scan place
+// moegen:grid count: ceil(ceil(T*k/MG_DISPATCH_CHUNK)/MG_DISPATCH_WARPS) x 32*MG_DISPATCH_WARPS
+// moegen:grid scan: 1 x 256
+// moegen:grid place: as count
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"

@@ -6,6 +6,9 @@
  * Shared experts run the same entries with identity routing (offsets/tile_off NULL, rows =
  * tokens, dz = dy). */
 // moegen:entries fwd dgrad wgrad
+// moegen:grid fwd: (ceil(T*k/BM)+E routed | ceil(T/BM) identity, ceil(d/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1)
+// moegen:grid dgrad: (ceil(T*k/BM)+E | ceil(T/BM), ceil(FF/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,1,0)
+// moegen:grid wgrad: (ceil(d/BM)*ceil(FF/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0)
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"

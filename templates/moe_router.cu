@@ -10,6 +10,13 @@
  *   dx:     dxr = dlogits·wg (the router's share of dx, summed by combine/dx)
  * No float atomics anywhere: every float sum has a fixed order. */
 // moegen:entries fwd stats loss bwd dwg dwgsum dx
+// moegen:grid fwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS threads, no dynamic smem
+// moegen:grid stats: E+1 x 256
+// moegen:grid loss: 1 x 256
+// moegen:grid bwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS
+// moegen:grid dwg: (ceil(d/128), ceil(E/8), ceil(T/MG_DWG_SPLIT)) x 128
+// moegen:grid dwgsum: ceil(E*d/256) x 256, only when ceil(T/MG_DWG_SPLIT) > 1
+// moegen:grid dx: ceil(T/MG_RDX_TOKENS) x 256
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
