@@ -97,10 +97,12 @@ extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
     }
     if (lane == 0) p.lse[t] = lse;
 
+    /* Top-k by repeated warp argmax; the winner's weight travels with it through the
+     * butterfly (no dynamically indexed register arrays, so no local memory). */
     unsigned taken = 0;
     float wsum = 0.0f;
     for (int j = 0; j < MG_TOPK; j++) {
-        float best = -mg_inf();
+        float best = -mg_inf(), bw = 0.0f;
         int bi = MG_INT_MAX;
 #pragma unroll
         for (int i = 0; i < MG_R_NPL; i++) {
@@ -108,24 +110,22 @@ extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
             if (e < MG_E && !(taken >> i & 1u) && (sc[i] > best || (sc[i] == best && e < bi))) {
                 best = sc[i];
                 bi = e;
+                bw = wv[i];
             }
         }
         for (int o = 16; o > 0; o >>= 1) {
             float ov = __shfl_xor_sync(MG_FULL_MASK, best, o);
+            float ow = __shfl_xor_sync(MG_FULL_MASK, bw, o);
             int oi = __shfl_xor_sync(MG_FULL_MASK, bi, o);
-            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; bw = ow; }
         }
-        float mine = 0.0f;
 #pragma unroll
-        for (int i = 0; i < MG_R_NPL; i++) {
-            if (i == (bi >> 5)) mine = wv[i];
+        for (int i = 0; i < MG_R_NPL; i++)
             if (lane + 32 * i == bi) taken |= 1u << i;
-        }
-        float wsel = __shfl_sync(MG_FULL_MASK, mine, bi & 31);
-        wsum += wsel;
+        wsum += bw;
         if (lane == 0) {
             p.topk_idx[(long long)t * MG_TOPK + j] = bi;
-            s_buf[w][j] = wsel;
+            s_buf[w][j] = bw;
         }
     }
     __syncwarp();
@@ -213,26 +213,34 @@ extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
         g[i] = 0.0f;
     }
 
-    /* selection term */
+    /* selection term: dwv[i] = dL/dw of expert lane+32i when selected (else 0) */
     const long long tk = (long long)t * MG_TOPK;
-    float S = 0.0f, wd = 0.0f;
     const bool renorm = MG_RENORM && MG_ROUTER != 2;
-    if (renorm) {
-        for (int j = 0; j < MG_TOPK; j++) {
-            int e = p.topk_idx[tk + j];
-            float mine = 0.0f;
+    float dwv[MG_R_NPL];
+    unsigned sel = 0;
 #pragma unroll
-            for (int i = 0; i < MG_R_NPL; i++) if (i == (e >> 5)) mine = r[i];
-            S += __shfl_sync(MG_FULL_MASK, mine, e & 31);
-            wd += p.dw[tk + j] * p.topk_w[tk + j];
+    for (int i = 0; i < MG_R_NPL; i++) dwv[i] = 0.0f;
+    float wd = 0.0f;
+    for (int j = 0; j < MG_TOPK; j++) {
+        const int e = p.topk_idx[tk + j];
+        const float dwj = p.dw[tk + j];
+        wd += dwj * p.topk_w[tk + j];
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) {
+            const bool hit = e == lane + 32 * i;
+            dwv[i] = hit ? dwj : dwv[i];
+            sel |= hit ? 1u << i : 0u;
         }
     }
-    for (int j = 0; j < MG_TOPK; j++) {
-        int e = p.topk_idx[tk + j];
-        float term = renorm ? (p.dw[tk + j] - wd) / S : p.dw[tk + j];
+    float S = 0.0f;
+    if (renorm) {
 #pragma unroll
-        for (int i = 0; i < MG_R_NPL; i++) if (lane == (e & 31) && i == (e >> 5)) g[i] += term;
+        for (int i = 0; i < MG_R_NPL; i++) S += (sel >> i & 1u) ? r[i] : 0.0f;
+        S = mg_warp_sum(S);
     }
+#pragma unroll
+    for (int i = 0; i < MG_R_NPL; i++)
+        if (sel >> i & 1u) g[i] = renorm ? (dwv[i] - wd) / S : dwv[i];
 
     float dl[MG_R_NPL];
     if constexpr (MG_ROUTER == 1) {
