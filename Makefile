@@ -20,6 +20,8 @@ LUA_A     := $(firstword $(wildcard /usr/lib/*/liblua5.4.a /usr/lib/liblua5.4.a)
 STATIC_LIBS = $(LUA_A) -Wl,-Bstatic -ljansson -lcrypto -Wl,-Bdynamic
 CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lnccl -lnvrtc -lcudart
 LDLIBS    = $(STATIC_LIBS) $(CUDA_LIBS) -lpthread -ldl -lm
+# The shared library links its dependencies dynamically: Debian's static archives are not PIC.
+SO_LIBS   = -llua5.4 -ljansson -lcrypto $(CUDA_LIBS) -lpthread -ldl -lm
 
 LIB_SRC   := $(sort $(wildcard gen/mg_*.c runtime/mg_*.c))
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(BUILD)/mg_templates.o
@@ -54,7 +56,7 @@ $(BUILD)/%.o: %.c $(wildcard gen/*.h runtime/*.h) | $(BUILD)/mg_templates.h
 $(BUILD)/embed: gen/embed.c
 	@mkdir -p $(BUILD)
 	$(CC) -std=c11 -O1 $(CFLAGS_W) $< -o $@
-$(BUILD)/mg_templates.c $(BUILD)/mg_templates.h: $(BUILD)/embed $(TMPL)
+$(BUILD)/mg_templates.c $(BUILD)/mg_templates.h &: $(BUILD)/embed $(TMPL)
 	$(BUILD)/embed $(BUILD)/mg_templates $(TMPL)
 $(BUILD)/mg_templates.o: $(BUILD)/mg_templates.c
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
@@ -63,7 +65,7 @@ $(BUILD)/libmoegen.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 $(BUILD)/libmoegen.so: $(LIB_OBJ)
-	$(CC) -shared -Wl,-soname,libmoegen.so.0 $(SAN) -o $@ $^ $(LDLIBS)
+	$(CC) -shared -Wl,-soname,libmoegen.so.0 $(SAN) -o $@ $^ $(SO_LIBS)
 $(BUILD)/moegen: gen/moegen.c $(BUILD)/libmoegen.a
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(BUILD)/libmoegen.a $(LDLIBS)
 

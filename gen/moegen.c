@@ -38,7 +38,7 @@ static const char *const usage_main =
     "  gen SPEC [-o DIR]               write the CUDA sources, C header and manifest.json (default out/<name>/)\n"
     "  compile SPEC [--arch A] [-o DIR] [--jobs N] [--no-cache] [-v]\n"
     "                                  gen + NVRTC-compile every kernel family into cubins (arch sm_90a|sm_90|sm_80)\n"
-    "  selftest SPEC [--seed N]        check every kernel against the CPU reference (GPU part skipped without a GPU)\n"
+    "  selftest SPEC [--seed N] [--arch A] check every kernel against the CPU reference (GPU part skipped without a GPU)\n"
     "  cache ls|clear                  list or empty the JIT cache ($MOEGEN_CACHE_DIR, default ~/.cache/moegen)\n"
     "  devices                         list CUDA devices (exit 1 when there are none)\n"
     "\n"
@@ -262,6 +262,7 @@ static int cmd_selftest(const cli_opts *o)
     mg_selftest_opts so;
     memset(&so, 0, sizeof so);
     so.seed = o->have_seed ? o->seed : (unsigned long long)time(NULL);
+    so.arch = o->arch;
     int rc = mg_selftest(&spec, &so, &err);
     if (rc && err.msg[0]) return report(&err);
     return rc;
