@@ -1,0 +1,50 @@
+#!/bin/bash
+# gpu-check: everything that needs a GPU, in one call on the device machine.
+# Builds, runs the GPU selftests (+ the sm_80 fallback), compute-sanitizer, and the
+# benchmarks (generated layer, cuBLASLt dense chain, PyTorch peers) in the same run.
+# Logs go to $OUT (default bench/results/raw/<date>). Sections: build selftest sanitize bench
+# usage: bash bench/gpu-check.sh [section...]     (default: all)
+set -u
+OUT=${OUT:-bench/results/raw/$(date +%Y%m%d-%H%M)}
+mkdir -p "$OUT"
+export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache}
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+sections=${*:-build selftest sanitize bench}
+summary="$OUT/summary.txt"
+: > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+step() { # name timeout_s log command...
+    local name=$1 t=$2 log=$3; shift 3
+    local s=$(date +%s)
+    timeout "$t" "$@" > >(tee -a "$OUT/$log") 2>&1
+    local rc=$?
+    note "$(printf '%-40s rc=%-3d %4ds' "$name" $rc $(( $(date +%s) - s )))"
+    return $rc
+}
+has() { [[ " $sections " == *" $1 "* ]]; }
+
+note "gpu-check $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+note "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+if has build; then
+    step "build" 300 build.log make -j"$(nproc)" all bench || { tail -40 "$OUT/build.log"; exit 1; }
+fi
+if has selftest; then
+    for s in tiny wt2-moe8 switch-cf125; do
+        step "selftest $s" 240 selftest.log build/moegen selftest specs/$s.lua --seed 1
+    done
+    step "selftest tiny --arch sm_80 (fallback)" 120 selftest.log build/moegen selftest specs/tiny.lua --seed 2 --arch sm_80
+fi
+if has sanitize; then
+    export MOEGEN_SELFTEST_BUDGET=2e8
+    step "compute-sanitizer memcheck tiny" 300 sanitizer.log compute-sanitizer --tool memcheck --error-exitcode 3 build/moegen selftest specs/tiny.lua --seed 3
+    step "compute-sanitizer racecheck tiny" 300 sanitizer.log compute-sanitizer --tool racecheck --error-exitcode 3 build/moegen selftest specs/tiny.lua --seed 4
+    unset MOEGEN_SELFTEST_BUDGET
+fi
+if has bench; then
+    step "bench layer (generated)" 300 bench-layer.log build/bench/mg_bench_layer --csv "$OUT/layer.csv"
+    step "bench dense (cuBLASLt roofline)" 200 bench-dense.log build/bench/mg_bench_dense --csv "$OUT/dense.csv"
+    step "bench peer (torch)" 280 bench-peer.log python3 bench/peer_torch.py --json "$OUT/peer.json"
+fi
+echo; cat "$summary"
+grep -hE "summary|FAIL|ERROR" "$OUT"/*.log 2>/dev/null | head -40
