@@ -27,7 +27,7 @@ note "gpu-check $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,memory.total
 note "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 if has build; then
-    step "build" 300 build.log make -j"$(nproc)" all bench || { tail -40 "$OUT/build.log"; exit 1; }
+    make -j"$(nproc)" all bench > /tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }; note "build ok"
 fi
 if has selftest; then
     for s in tiny wt2-moe8 switch-cf125; do
@@ -43,7 +43,7 @@ if has sanitize; then
 fi
 if has bench; then
     step "bench layer (generated)" 300 bench-layer.log build/bench/mg_bench_layer --csv "$OUT/layer.csv"
-    step "bench dense (cuBLASLt roofline)" 200 bench-dense.log build/bench/mg_bench_dense --csv "$OUT/dense.csv"
+    step "bench dense (cuBLASLt roofline)" 200 bench-dense.log build/bench/mg_bench_dense
     step "bench peer (torch)" 280 bench-peer.log python3 bench/peer_torch.py --json "$OUT/peer.json"
 fi
 echo; cat "$summary"
