@@ -189,6 +189,22 @@ static void test_compile_then_cached(void **state)
     mg_assert_contains(p.out, "removed 5 entries");
 }
 
+static void test_selftest_runs_cpu_part(void **state)
+{
+    (void)state;
+    /* The CPU reference checks always run; without a GPU the GPU part says so and passes. */
+    mg_proc p;
+    mg_run(&p, "%s selftest specs/tiny.lua --seed 7", mg_bin());
+    if (p.code) print_error("%s\n", p.out);
+    assert_int_equal(p.code, 0);
+    mg_assert_contains(p.out, "cpu gradcheck");
+    mg_assert_contains(p.out, "PASS");
+    mg_run(&p, "%s devices", mg_bin());
+    if (p.code) mg_assert_contains(p.out, "no CUDA device");
+    mg_run(&p, "%s selftest specs/tiny.lua --seed 7", mg_bin());
+    if (strstr(p.out, "no CUDA device")) mg_assert_contains(p.out, "skipped: no CUDA device");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -202,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_check_prints_plan),
         cmocka_unit_test(test_gen_is_deterministic_and_replaces_whole),
         cmocka_unit_test(test_compile_then_cached),
+        cmocka_unit_test(test_selftest_runs_cpu_part),
     };
     return cmocka_run_group_tests_name("cli", tests, setup, teardown);
 }
