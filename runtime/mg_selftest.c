@@ -25,7 +25,8 @@
 enum { MODE_RANDOM = 0, MODE_DOMINANT = 1, MODE_DEAD = 2 };
 static const char *const mode_names[] = {"random", "all->e0", "dead-experts"};
 
-typedef struct st_stats { int pass, fail, skip; } st_stats;
+/* quiet: count only (moegen tune); first: the first failure, one line. */
+typedef struct st_stats { int pass, fail, skip, quiet; char first[160]; } st_stats;
 
 /* ------------------------------------------------------------------ checks and printing */
 static void print_header(void)
@@ -36,7 +37,10 @@ static void print_header(void)
 static void result_row(st_stats *s, const char *cs, const char *name, double max_abs, double rel, const char *tol,
                        int pass)
 {
-    printf("%-34s %-11s %11.3e %11.3e %9s  %s\n", cs, name, max_abs, rel, tol, pass ? "PASS" : "FAIL");
+    if (!s->quiet)
+        printf("%-34s %-11s %11.3e %11.3e %9s  %s\n", cs, name, max_abs, rel, tol, pass ? "PASS" : "FAIL");
+    if (!pass && !s->fail)
+        snprintf(s->first, sizeof s->first, "%s: max_abs %.3g rel_err %.3g > tol %s", name, max_abs, rel, tol);
     if (pass) s->pass++; else s->fail++;
 }
 
@@ -60,7 +64,7 @@ static int check_float(st_stats *s, const char *cs, const char *name, const floa
     snprintf(ts, sizeof ts, "%.0e", tol);
     int pass = rel <= tol;
     result_row(s, cs, name, max_abs, rel, ts, pass);
-    if (!pass) {
+    if (!pass && !s->quiet) {
         double rms = n ? sqrt(den / (double)n) : 0;
         int shown = 0;
         if (nonfinite) printf("    %ld non-finite values\n", nonfinite);
@@ -80,7 +84,7 @@ static int check_int(st_stats *s, const char *cs, const char *name, const int *g
     long bad = 0;
     for (long i = 0; i < n; i++) bad += got[i] != ref[i];
     result_row(s, cs, name, (double)bad, bad ? 1.0 : 0.0, "exact", !bad);
-    if (bad) {
+    if (bad && !s->quiet) {
         printf("    %ld of %ld differ\n", bad, n);
         int shown = 0;
         for (long i = 0; i < n && shown < 5; i++)
@@ -422,75 +426,145 @@ static int outputs_identical(const st_out *a, const st_out *b, const st_dev *g, 
 }
 
 /* ------------------------------------------------------------------ one case */
+/* Data, device buffers and expected outputs of one case. exp points either into the CPU
+ * reference (rf, rg) or at outputs of a trusted layer (gexp). */
+struct mg_check {
+    mg_spec spec;
+    int T, mode, have_ref;
+    char cs[64];
+    st_data D;
+    st_dev g;
+    mg_ref_fwd rf;
+    mg_ref_grads rg;
+    st_out gexp;   /* from a reference layer (have_ref == 0) */
+    st_out exp;    /* view: the expected outputs (owns nothing) */
+};
+
+void mg_check_free(mg_check *c)
+{
+    if (!c) return;
+    if (c->have_ref) {
+        mg_ref_fwd_free(&c->rf);
+        mg_ref_grads_free(&c->rg);
+    }
+    out_free(&c->gexp);
+    dev_free(&c->g);
+    data_free(&c->D);
+    free(c);
+}
+
+int mg_check_make(const mg_spec *sp, int T, int mode, unsigned long long seed, mg_moe *ref, mg_check **out,
+                  mg_err *err)
+{
+    *out = NULL;
+    mg_check *c = calloc(1, sizeof *c);
+    if (!c) return mg_err_set(err, MG_EINTERNAL, "check: out of memory");
+    c->spec = *sp;
+    c->T = T;
+    c->mode = mode;
+    snprintf(c->cs, sizeof c->cs, "T=%d %s", T, mode_names[mode]);
+    if (data_make(&c->D, sp, T, mode, seed)) { free(c); return mg_err_set(err, MG_EINTERNAL, "check: out of memory (data)"); }
+    int rc = dev_make(&c->g, &c->D, err);
+    if (!rc && ref) rc = gpu_run(ref, &c->D, &c->g, &c->gexp, err);
+    if (rc) { mg_check_free(c); return rc; }
+    st_out *e = &c->exp;
+    if (ref) {
+        *e = c->gexp;
+    } else {
+        const mg_ref_cfg *rc_ = &c->D.c;
+        mg_ref_weights rw = {c->D.wg, c->D.bias, c->D.w_up, c->D.w_dn, c->D.ws_up, c->D.ws_dn};
+        mg_ref_fwd_alloc(rc_, &c->rf);
+        mg_ref_grads_alloc(rc_, &c->rg);
+        c->have_ref = 1;
+        mg_ref_forward(rc_, c->D.x, &rw, &c->rf);
+        mg_ref_backward(rc_, c->D.x, &rw, &c->rf, c->D.dy, &c->rg);
+        e->y = c->rf.y; e->dx = c->rg.dx; e->dwg = c->rg.dwg; e->dw_up = c->rg.dw_up; e->dw_dn = c->rg.dw_dn;
+        e->dws_up = c->rg.dws_up; e->dws_dn = c->rg.dws_dn; e->topk_w = c->rf.topk_w; e->dlogits = c->rg.dlogits;
+        e->topk_idx = c->rf.topk_idx; e->counts = c->rf.counts; e->counts_all = c->rf.counts_all;
+        e->offsets = c->rf.offsets; e->perm = c->rf.perm; e->slot_of = c->rf.slot_of; e->n_dropped = c->rf.n_dropped;
+        e->loss[0] = (float)c->rf.aux;
+        e->loss[1] = (float)c->rf.zloss;
+    }
+    *out = c;
+    return MG_OK;
+}
+
+/* Every output of o against the expected ones: one row each into s. */
+static void check_compare(const mg_check *ck, const st_out *o, const char *cs, st_stats *s)
+{
+    const st_data *D = &ck->D;
+    const mg_ref_cfg *c = &D->c;
+    const st_out *r = &ck->exp;
+    const double tol = D->dtype == MG_DTYPE_FP32 ? 1e-5 : 1e-2, tol_route = 1e-5;
+    const long T = c->T, TK = T * c->k, E = c->E, d = c->d, ff = c->ff, f2 = D->f2, S = c->n_shared;
+    if (!s->quiet) {
+        int zero_experts = 0;
+        for (long e = 0; e < E; e++) zero_experts += r->counts[e] == 0;
+        printf("-- %s: %d slots kept, %d dropped, %d experts without tokens%s\n", cs, r->offsets[E], r->n_dropped,
+               zero_experts, D->n_near_ties ? "" : ", no near ties");
+        if (D->n_near_ties)
+            printf("   note: %d tokens keep a near tie in their top-%d scores after redraws: an index mismatch "
+                   "there is a rounding tie-break, not a kernel bug\n", D->n_near_ties, c->k + 1);
+    }
+    int idx_ok = check_int(s, cs, "topk_idx", o->topk_idx, r->topk_idx, TK, c->k);
+    check_float(s, cs, "topk_w", o->topk_w, r->topk_w, TK, c->k, tol_route);
+    check_int(s, cs, "counts_all", o->counts_all, r->counts_all, E, E);
+    check_int(s, cs, "counts", o->counts, r->counts, E, E);
+    check_int(s, cs, "offsets", o->offsets, r->offsets, E + 1, E + 1);
+    check_int(s, cs, "n_dropped", &o->n_dropped, &r->n_dropped, 1, 1);
+    if (o->offsets[E] == r->offsets[E]) check_int(s, cs, "perm", o->perm, r->perm, r->offsets[E], r->offsets[E] ? r->offsets[E] : 1);
+    check_int(s, cs, "slot_of", o->slot_of, r->slot_of, TK, c->k);
+    check_float(s, cs, "aux", &o->loss[0], &r->loss[0], 1, 1, tol_route);
+    check_float(s, cs, "zloss", &o->loss[1], &r->loss[1], 1, 1, tol_route);
+    if (!idx_ok && D->n_near_ties && !s->quiet) printf("    (routing differs where near ties remain: see the note above)\n");
+    check_float(s, cs, "y", o->y, r->y, T * d, d, tol);
+    check_float(s, cs, "dlogits", o->dlogits, r->dlogits, T * E, E, tol);
+    check_float(s, cs, "dx", o->dx, r->dx, T * d, d, tol);
+    check_float(s, cs, "dwg", o->dwg, r->dwg, E * d, d, tol);
+    check_float(s, cs, "dw_up", o->dw_up, r->dw_up, E * f2 * d, d, tol);
+    check_float(s, cs, "dw_dn", o->dw_dn, r->dw_dn, E * d * ff, ff, tol);
+    if (S) {
+        check_float(s, cs, "dws_up", o->dws_up, r->dws_up, S * f2 * d, d, tol);
+        check_float(s, cs, "dws_dn", o->dws_dn, r->dws_dn, S * d * ff, ff, tol);
+    }
+}
+
+int mg_check_run(mg_check *c, mg_moe *m, int quiet, int *n_fail, char *what, size_t n, mg_err *err)
+{
+    st_out o;
+    st_stats s = {0, 0, 0, quiet, ""};
+    int rc = gpu_run(m, &c->D, &c->g, &o, err);
+    if (!rc) check_compare(c, &o, c->cs[0] ? c->cs : "check", &s);
+    out_free(&o);
+    if (rc) return rc;
+    *n_fail = s.fail;
+    if (what && n) snprintf(what, n, "%s", s.first);
+    return MG_OK;
+}
+
 static int run_case(mg_moe *m, const mg_spec *sp, const char *vname, int T, int mode, unsigned long long seed,
                     st_stats *s, mg_err *err)
 {
     char cs[64];
     snprintf(cs, sizeof cs, "%s T=%d %s", vname, T, mode_names[mode]);
-    st_data D;
-    if (data_make(&D, sp, T, mode, seed)) return mg_err_set(err, MG_EINTERNAL, "selftest: out of memory (data)");
-    const mg_ref_cfg *c = &D.c;
-    const double tol = sp->dtype == MG_DTYPE_FP32 ? 1e-5 : 1e-2, tol_route = 1e-5;
-    st_dev g;
+    mg_check *ck;
+    int rc = mg_check_make(sp, T, mode, seed, NULL, &ck, err);
+    if (rc) return rc;
     st_out o1, o2;
-    memset(&o1, 0, sizeof o1);
     memset(&o2, 0, sizeof o2);
-    int rc = dev_make(&g, &D, err);
-    if (!rc) rc = gpu_run(m, &D, &g, &o1, err);
-    if (!rc) rc = gpu_run(m, &D, &g, &o2, err);
-    if (rc) { dev_free(&g); out_free(&o1); out_free(&o2); data_free(&D); return rc; }
-
-    mg_ref_weights rw = {D.wg, D.bias, D.w_up, D.w_dn, D.ws_up, D.ws_dn};
-    mg_ref_fwd rf;
-    mg_ref_grads rg;
-    mg_ref_fwd_alloc(c, &rf);
-    mg_ref_grads_alloc(c, &rg);
-    mg_ref_forward(c, D.x, &rw, &rf);
-    mg_ref_backward(c, D.x, &rw, &rf, D.dy, &rg);
-
-    const long TK = (long)T * c->k, E = c->E, d = c->d, ff = c->ff, f2 = D.f2, S = c->n_shared;
-    int zero_experts = 0;
-    for (long e = 0; e < E; e++) zero_experts += rf.counts[e] == 0;
-    printf("-- %s: %d slots kept, %d dropped, %d experts without tokens%s\n", cs, rf.offsets[E], rf.n_dropped,
-           zero_experts, D.n_near_ties ? "" : ", no near ties");
-    if (D.n_near_ties)
-        printf("   note: %d tokens keep a near tie in their top-%d scores after redraws: an index mismatch "
-               "there is a rounding tie-break, not a kernel bug\n", D.n_near_ties, c->k + 1);
-
-    int idx_ok = check_int(s, cs, "topk_idx", o1.topk_idx, rf.topk_idx, TK, c->k);
-    check_float(s, cs, "topk_w", o1.topk_w, rf.topk_w, TK, c->k, tol_route);
-    check_int(s, cs, "counts_all", o1.counts_all, rf.counts_all, E, E);
-    check_int(s, cs, "counts", o1.counts, rf.counts, E, E);
-    check_int(s, cs, "offsets", o1.offsets, rf.offsets, E + 1, E + 1);
-    check_int(s, cs, "n_dropped", &o1.n_dropped, &rf.n_dropped, 1, 1);
-    if (o1.offsets[E] == rf.offsets[E]) check_int(s, cs, "perm", o1.perm, rf.perm, rf.offsets[E], rf.offsets[E] ? rf.offsets[E] : 1);
-    check_int(s, cs, "slot_of", o1.slot_of, rf.slot_of, TK, c->k);
-    float aux_ref[2] = {(float)rf.aux, (float)rf.zloss};
-    check_float(s, cs, "aux", &o1.loss[0], &aux_ref[0], 1, 1, tol_route);
-    check_float(s, cs, "zloss", &o1.loss[1], &aux_ref[1], 1, 1, tol_route);
-    if (!idx_ok && D.n_near_ties) printf("    (routing differs where near ties remain: see the note above)\n");
-    check_float(s, cs, "y", o1.y, rf.y, (long)T * d, d, tol);
-    check_float(s, cs, "dlogits", o1.dlogits, rg.dlogits, (long)T * E, E, tol);
-    check_float(s, cs, "dx", o1.dx, rg.dx, (long)T * d, d, tol);
-    check_float(s, cs, "dwg", o1.dwg, rg.dwg, E * d, d, tol);
-    check_float(s, cs, "dw_up", o1.dw_up, rg.dw_up, E * f2 * d, d, tol);
-    check_float(s, cs, "dw_dn", o1.dw_dn, rg.dw_dn, E * d * ff, ff, tol);
-    if (S) {
-        check_float(s, cs, "dws_up", o1.dws_up, rg.dws_up, S * f2 * d, d, tol);
-        check_float(s, cs, "dws_dn", o1.dws_dn, rg.dws_dn, S * d * ff, ff, tol);
+    rc = gpu_run(m, &ck->D, &ck->g, &o1, err);
+    if (!rc) rc = gpu_run(m, &ck->D, &ck->g, &o2, err);
+    if (!rc) {
+        check_compare(ck, &o1, cs, s);
+        char what[32] = "";
+        int same = outputs_identical(&o1, &o2, &ck->g, &ck->D, what, sizeof what);
+        result_row(s, cs, "determinism", 0, 0, "bitwise", same);
+        if (!same) printf("    second run differs in %s\n", what);
     }
-    char what[32] = "";
-    int same = outputs_identical(&o1, &o2, &g, &D, what, sizeof what);
-    result_row(s, cs, "determinism", 0, 0, "bitwise", same);
-    if (!same) printf("    second run differs in %s\n", what);
-
-    mg_ref_fwd_free(&rf);
-    mg_ref_grads_free(&rg);
-    dev_free(&g);
     out_free(&o1);
     out_free(&o2);
-    data_free(&D);
-    return MG_OK;
+    mg_check_free(ck);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ variants */
@@ -561,7 +635,8 @@ int mg_selftest(const mg_spec *spec, const mg_selftest_opts *o, mg_err *err)
     double budget = o->budget > 0 ? o->budget : ST_DEFAULT_BUDGET;
     const char *env = getenv("MOEGEN_SELFTEST_BUDGET");
     if (o->budget <= 0 && env && atof(env) > 0) budget = atof(env);
-    st_stats s = {0, 0, 0};
+    st_stats s;
+    memset(&s, 0, sizeof s);
     printf("moegen selftest: spec '%s' (%s), seed %llu\n", spec->name, spec->path, o->seed);
     print_header();
     cpu_gradchecks(spec, o->seed, &s);
