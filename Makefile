@@ -11,7 +11,7 @@ CFLAGS_W  := -Wall -Wextra -Werror
 CFLAGS    ?= -O2 -g
 SAN       ?=
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(CFLAGS_W) $(CFLAGS) $(SAN) \
-             -Igen -Iruntime -I$(BUILD) -I/usr/include/lua5.4 -I$(CUDA_HOME)/include \
+             -Igen -Iruntime -Itemplates -I$(BUILD) -I/usr/include/lua5.4 -I$(CUDA_HOME)/include \
              -DMG_VERSION=\"$(VERSION)\"
 
 # Lua, jansson and libcrypto are linked statically so the binary runs on GPU hosts that

@@ -1,0 +1,290 @@
+/* mg_launch: kernel lookup, workspace carving and the launch sequence of one MoE layer.
+ * C99 + CUDA runtime only; bundles ship this file verbatim (see mg_launch.h). */
+#include "mg_launch.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ kernel table */
+static const struct { int fam; const char *entry; } mg_launch_defs[MG_K_COUNT] = {
+    {MG_LAUNCH_ROUTER, "fwd"}, {MG_LAUNCH_ROUTER, "stats"}, {MG_LAUNCH_ROUTER, "loss"}, {MG_LAUNCH_ROUTER, "bwd"},
+    {MG_LAUNCH_ROUTER, "dwg"}, {MG_LAUNCH_ROUTER, "dwgsum"}, {MG_LAUNCH_ROUTER, "dx"},
+    {MG_LAUNCH_DISPATCH, "count"}, {MG_LAUNCH_DISPATCH, "scan"}, {MG_LAUNCH_DISPATCH, "place"},
+    {MG_LAUNCH_UP, "fwd"}, {MG_LAUNCH_UP, "dgrad"}, {MG_LAUNCH_UP, "wgrad"},
+    {MG_LAUNCH_DOWN, "fwd"}, {MG_LAUNCH_DOWN, "dgrad"}, {MG_LAUNCH_DOWN, "wgrad"},
+    {MG_LAUNCH_COMBINE, "fwd"}, {MG_LAUNCH_COMBINE, "bwd"}, {MG_LAUNCH_COMBINE, "dx"},
+};
+/* Operand layouts of the GEMM entries (K contiguous for A, for B), for the smem size. */
+static const int mg_launch_gemm_layout[3][2] = {{1, 1}, {1, 0}, {0, 0}};   /* fwd, dgrad, wgrad */
+
+static int mg_launch_cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+static int mg_launch_fail(char *msg, size_t n, int code, const char *what, const char *sym, cudaError_t e)
+{
+    if (msg && n) snprintf(msg, n, "%s(%s): %s", what, sym, cudaGetErrorString(e));
+    return code;
+}
+
+/* ------------------------------------------------------------------ load */
+MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const cudaLibrary_t lib[MG_LAUNCH_FAMILIES],
+                                 const char *const fam_name[MG_LAUNCH_FAMILIES], char *msg, size_t n)
+{
+    const mg_launch_dims d0 = *dim;   /* dim may point into L */
+    int dev = 0, optin = 0, k;
+    cudaError_t e;
+    memset(L, 0, sizeof *L);
+    L->dim = d0;
+    dim = &L->dim;
+    if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+        return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaDeviceGetAttribute", "smem optin", e);
+    for (k = 0; k < MG_K_COUNT; k++) {
+        const int fam = mg_launch_defs[k].fam;
+        snprintf(L->sym[k], sizeof L->sym[k], "%s_%s", fam_name[fam], mg_launch_defs[k].entry);
+        if ((e = cudaLibraryGetKernel(&L->kern[k], lib[fam], L->sym[k])) != cudaSuccess)
+            return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaLibraryGetKernel", L->sym[k], e);
+        if (k >= MG_K_UP_FWD && k <= MG_K_DOWN_WGRAD) {
+            const mg_launch_tile *t = k <= MG_K_UP_WGRAD ? &dim->up : &dim->dn;
+            const int *lay = mg_launch_gemm_layout[(k - MG_K_UP_FWD) % 3];
+            L->smem[k] = (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
+            if (L->smem[k] > (size_t)optin) {
+                if (msg && n)
+                    snprintf(msg, n, "%s needs %lu bytes of shared memory, the device allows %d: use a smaller "
+                             "tile (bk or stages)", L->sym[k], (unsigned long)L->smem[k], optin);
+                return MG_LAUNCH_EUSER;
+            }
+            if (L->smem[k] > 48 * 1024 &&
+                (e = cudaFuncSetAttribute((const void *)L->kern[k], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)L->smem[k])) != cudaSuccess)
+                return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaFuncSetAttribute", L->sym[k], e);
+        }
+    }
+    return MG_LAUNCH_OK;
+}
+
+/* ------------------------------------------------------------------ workspace */
+/* Pass 1 (base NULL) only sums sizes; every buffer starts on a 256-byte boundary. */
+MG_LAUNCH_API size_t mg_launch_carve(const mg_launch_dims *m, int max_T, void *base_, mg_launch_ws *ws)
+{
+    char *base = (char *)base_;
+    size_t off = 0;
+#define TAKE(ptr, bytes) do { size_t b_ = (size_t)(bytes); \
+        if (base) *(void **)&(ws->ptr) = b_ ? base + off : NULL; \
+        off += (b_ + 255) & ~(size_t)255; } while (0)
+    const size_t Tm = (size_t)max_T, TK = Tm * (size_t)m->k, E = (size_t)m->E, d = (size_t)m->d;
+    const size_t ff = (size_t)m->ff, f2 = (size_t)m->f2, S = (size_t)m->S, es = (size_t)m->esz;
+    const size_t n_chunks = (TK + MG_DISPATCH_CHUNK - 1) / MG_DISPATCH_CHUNK;
+    const size_t n_split = (Tm + MG_DWG_SPLIT - 1) / MG_DWG_SPLIT;
+    if (base) { memset(ws, 0, sizeof *ws); ws->max_T = max_T; }
+    TAKE(logits, Tm * E * 4);
+    TAKE(probs, Tm * E * 4);
+    TAKE(dlogits, Tm * E * 4);
+    TAKE(lse, Tm * 4);
+    TAKE(topk_idx, TK * 4);
+    TAKE(topk_w, TK * 4);
+    TAKE(dw, TK * 4);
+    TAKE(perm, TK * 4);
+    TAKE(slot_of, TK * 4);
+    TAKE(hist, n_chunks * E * 4);
+    TAKE(counts_all, E * 4);
+    TAKE(counts, E * 4);
+    TAKE(offsets, (E + 1) * 4);
+    TAKE(tile_off_up, (E + 1) * 4);
+    TAKE(tile_off_dn, (E + 1) * 4);
+    TAKE(n_dropped, 4);
+    TAKE(psum, E * 4);
+    TAKE(lse2, 4);
+    TAKE(loss, 8);
+    TAKE(a, TK * f2 * es);
+    TAKE(h, TK * ff * es);
+    TAKE(z, TK * d * 4);
+    TAKE(dz, TK * d * es);
+    TAKE(da, TK * f2 * es);
+    TAKE(dxs, TK * d * 4);
+    TAKE(dxr, Tm * d * 4);
+    TAKE(dwg_part, n_split > 1 ? n_split * E * d * 4 : 0);
+    TAKE(a_sh, S * Tm * f2 * es);
+    TAKE(h_sh, S * Tm * ff * es);
+    TAKE(z_sh, S * Tm * d * 4);
+    TAKE(da_sh, S ? Tm * f2 * es : 0);
+    TAKE(dxs_sh, S * Tm * d * 4);
+#undef TAKE
+    return off;
+}
+
+MG_LAUNCH_API int mg_launch_capacity(const mg_launch_dims *dim, int T)
+{
+    if (!(dim->cf > 0)) return -1;
+    return (int)ceil(dim->cf * ((double)T * dim->k) / dim->E);   /* same expression as mg_ref_capacity */
+}
+
+/* ------------------------------------------------------------------ launch */
+static int mg_launch_one(const mg_launch *L, int k, unsigned gx, unsigned gy, unsigned gz, unsigned block,
+                         size_t smem, cudaStream_t st, void *params, char *msg, size_t n)
+{
+    dim3 grid, blk;
+    void *args[1];
+    cudaError_t e;
+    if (!gx || !gy || !gz) return MG_LAUNCH_OK;
+    grid.x = gx, grid.y = gy, grid.z = gz;
+    blk.x = block, blk.y = 1, blk.z = 1;
+    args[0] = params;
+    e = cudaLaunchKernel((const void *)L->kern[k], grid, blk, args, smem, st);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess) {
+        if (msg && n)
+            snprintf(msg, n, "launch %s (grid %u,%u,%u block %u smem %lu): %s", L->sym[k], gx, gy, gz, block,
+                     (unsigned long)smem, cudaGetErrorString(e));
+        return MG_LAUNCH_ECUDA;
+    }
+    return MG_LAUNCH_OK;
+}
+#define LAUNCH(k, gx, gy, gz, block, smem, params) do { \
+        int rc_ = mg_launch_one(L, (k), (gx), (gy), (gz), (block), (smem), stream, &(params), msg, n); \
+        if (rc_) return rc_; } while (0)
+
+static int mg_launch_check_T(const mg_launch_ws *ws, int T, char *msg, size_t n)
+{
+    if (T >= 1 && T <= ws->max_T) return MG_LAUNCH_OK;
+    if (msg && n) snprintf(msg, n, "T = %d: must be in [1, max_tokens = %d]", T, ws->max_T);
+    return MG_LAUNCH_EUSER;
+}
+
+/* Byte offset helpers for dtype buffers. */
+static const void *mg_launch_cptr(const void *p, size_t elems, int esz)
+{
+    return p ? (const char *)p + elems * (size_t)esz : NULL;
+}
+static void *mg_launch_mptr(void *p, size_t elems, int esz) { return p ? (char *)p + elems * (size_t)esz : NULL; }
+
+MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                    const mg_launch_weights *w, const void *x, void *y, int T, char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    int s, rc = mg_launch_check_T(ws, T, msg, n);
+    if (rc) return rc;
+    const int E = m->E, k = m->k, d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
+    const int TK = T * k, n_chunks = mg_launch_cdiv(TK, MG_DISPATCH_CHUNK);
+    const mg_launch_tile *tu = &m->up, *td = &m->dn;
+
+    /* router: logits, probabilities, top-k */
+    {
+        moe_router_fwd_params rf = {x, w->wg, w->bias, ws->logits, ws->probs, ws->lse, ws->topk_idx, ws->topk_w, T};
+        LAUNCH(MG_K_ROUTER_FWD, mg_launch_cdiv(T, MG_ROUTER_WARPS), 1, 1, 32 * MG_ROUTER_WARPS, 0, rf);
+    }
+    /* dispatch: count, scan, place */
+    {
+        moe_dispatch_params dp = {ws->topk_idx, ws->hist, ws->counts_all, ws->counts, ws->offsets, ws->n_dropped,
+                                  ws->tile_off_up, ws->tile_off_dn, ws->perm, ws->slot_of, tu->bm, td->bm,
+                                  mg_launch_capacity(m, T), T};
+        LAUNCH(MG_K_DISPATCH_COUNT, mg_launch_cdiv(n_chunks, MG_DISPATCH_WARPS), 1, 1, 32 * MG_DISPATCH_WARPS, 0, dp);
+        LAUNCH(MG_K_DISPATCH_SCAN, 1, 1, 1, 256, 0, dp);
+        LAUNCH(MG_K_DISPATCH_PLACE, mg_launch_cdiv(n_chunks, MG_DISPATCH_WARPS), 1, 1, 32 * MG_DISPATCH_WARPS, 0, dp);
+    }
+    /* losses */
+    {
+        moe_router_stats_params rs = {ws->probs, ws->lse, ws->psum, ws->lse2, T};
+        moe_router_loss_params rl = {ws->psum, ws->lse2, ws->counts_all, ws->loss, T};
+        LAUNCH(MG_K_ROUTER_STATS, E + 1, 1, 1, 256, 0, rs);
+        LAUNCH(MG_K_ROUTER_LOSS, 1, 1, 1, 256, 0, rl);
+    }
+    /* routed experts */
+    {
+        moe_up_fwd_params uf = {x, w->w_up, ws->a, ws->h, ws->offsets, ws->tile_off_up, ws->perm, E, T};
+        moe_down_fwd_params df = {ws->h, w->w_dn, ws->z, ws->offsets, ws->tile_off_dn, E, T};
+        LAUNCH(MG_K_UP_FWD, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(f2, tu->bn), 1, 32 * tu->warps,
+               L->smem[MG_K_UP_FWD], uf);
+        LAUNCH(MG_K_DOWN_FWD, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(d, td->bn), 1, 32 * td->warps,
+               L->smem[MG_K_DOWN_FWD], df);
+    }
+    /* shared experts: identity routing, one launch pair each */
+    for (s = 0; s < m->S; s++) {
+        moe_up_fwd_params su = {x, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
+                                mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
+                                mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), NULL, NULL, NULL, 1, T};
+        moe_down_fwd_params sd = {mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es),
+                                  mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), ws->z_sh + (size_t)s * T * d,
+                                  NULL, NULL, 1, T};
+        LAUNCH(MG_K_UP_FWD, mg_launch_cdiv(T, tu->bm), mg_launch_cdiv(f2, tu->bn), 1, 32 * tu->warps,
+               L->smem[MG_K_UP_FWD], su);
+        LAUNCH(MG_K_DOWN_FWD, mg_launch_cdiv(T, td->bm), mg_launch_cdiv(d, td->bn), 1, 32 * td->warps,
+               L->smem[MG_K_DOWN_FWD], sd);
+    }
+    {
+        moe_combine_fwd_params cf = {ws->z, ws->slot_of, ws->topk_w, m->S ? ws->z_sh : NULL, m->S, y, T};
+        LAUNCH(MG_K_COMBINE_FWD, T, 1, 1, 256, 0, cf);
+    }
+    return MG_LAUNCH_OK;
+}
+
+MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                     const mg_launch_weights *w, const void *x, const void *dy, void *dx,
+                                     const mg_launch_grads *g, int T, char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    int s, rc = mg_launch_check_T(ws, T, msg, n);
+    if (rc) return rc;
+    const int E = m->E, k = m->k, d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
+    const int TK = T * k, n_split = mg_launch_cdiv(T, MG_DWG_SPLIT);
+    const mg_launch_tile *tu = &m->up, *td = &m->dn;
+    if (m->S && (!g->dws_up || !g->dws_dn || !w->ws_up || !w->ws_dn)) {
+        if (msg && n) snprintf(msg, n, "backward: %d shared experts need ws_up/ws_dn and dws_up/dws_dn", m->S);
+        return MG_LAUNCH_EUSER;
+    }
+
+    /* combine backward: dz per slot, dL/dw per assignment; router backward: dlogits */
+    {
+        moe_combine_bwd_params cb = {dy, ws->z, ws->slot_of, ws->topk_w, ws->dz, ws->dw, T};
+        moe_router_bwd_params rb = {ws->logits, ws->topk_idx, ws->topk_w, ws->dw, ws->counts_all, ws->dlogits, T};
+        LAUNCH(MG_K_COMBINE_BWD, T, 1, 1, 256, 0, cb);
+        LAUNCH(MG_K_ROUTER_BWD, mg_launch_cdiv(T, MG_ROUTER_WARPS), 1, 1, 32 * MG_ROUTER_WARPS, 0, rb);
+    }
+    /* routed experts */
+    {
+        moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T};
+        moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T};
+        moe_up_dgrad_params ud = {ws->da, w->w_up, ws->dxs, ws->offsets, ws->tile_off_up, E, T};
+        moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T};
+        LAUNCH(MG_K_DOWN_DGRAD, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(ff, td->bn), 1, 32 * td->warps,
+               L->smem[MG_K_DOWN_DGRAD], dd);
+        LAUNCH(MG_K_DOWN_WGRAD, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), E, 1, 32 * td->warps,
+               L->smem[MG_K_DOWN_WGRAD], dw);
+        LAUNCH(MG_K_UP_DGRAD, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(d, tu->bn), 1, 32 * tu->warps,
+               L->smem[MG_K_UP_DGRAD], ud);
+        LAUNCH(MG_K_UP_WGRAD, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), E, 1, 32 * tu->warps,
+               L->smem[MG_K_UP_WGRAD], uw);
+    }
+    /* shared experts: dz = dy (weight 1), identity rows */
+    for (s = 0; s < m->S; s++) {
+        moe_down_dgrad_params sdd = {dy, mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
+                                     mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), ws->da_sh, NULL, NULL, 1, T};
+        moe_down_wgrad_params sdw = {dy, mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es),
+                                     g->dws_dn + (size_t)s * d * ff, NULL, 1, T};
+        moe_up_dgrad_params sud = {ws->da_sh, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
+                                   ws->dxs_sh + (size_t)s * T * d, NULL, NULL, 1, T};
+        moe_up_wgrad_params suw = {ws->da_sh, x, g->dws_up + (size_t)s * f2 * d, NULL, NULL, 1, T};
+        LAUNCH(MG_K_DOWN_DGRAD, mg_launch_cdiv(T, td->bm), mg_launch_cdiv(ff, td->bn), 1, 32 * td->warps,
+               L->smem[MG_K_DOWN_DGRAD], sdd);
+        LAUNCH(MG_K_DOWN_WGRAD, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, 1, 32 * td->warps,
+               L->smem[MG_K_DOWN_WGRAD], sdw);
+        LAUNCH(MG_K_UP_DGRAD, mg_launch_cdiv(T, tu->bm), mg_launch_cdiv(d, tu->bn), 1, 32 * tu->warps,
+               L->smem[MG_K_UP_DGRAD], sud);
+        LAUNCH(MG_K_UP_WGRAD, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), 1, 1, 32 * tu->warps,
+               L->smem[MG_K_UP_WGRAD], suw);
+    }
+    /* router weight and input gradients */
+    {
+        moe_router_dwg_params rg = {ws->dlogits, x, ws->dwg_part, g->dwg, T};
+        moe_router_dx_params rx = {ws->dlogits, w->wg, ws->dxr, T};
+        LAUNCH(MG_K_ROUTER_DWG, mg_launch_cdiv(d, 128), mg_launch_cdiv(E, 8), n_split, 128, 0, rg);
+        if (n_split > 1) LAUNCH(MG_K_ROUTER_DWGSUM, mg_launch_cdiv((long long)E * d, 256), 1, 1, 256, 0, rg);
+        LAUNCH(MG_K_ROUTER_DX, mg_launch_cdiv(T, MG_RDX_TOKENS), 1, 1, 256, 0, rx);
+    }
+    {
+        moe_combine_dx_params cx = {ws->dxs, ws->slot_of, ws->dxr, m->S ? ws->dxs_sh : NULL, m->S, dx, T};
+        LAUNCH(MG_K_COMBINE_DX, T, 1, 1, 256, 0, cx);
+    }
+    return MG_LAUNCH_OK;
+}
+#undef LAUNCH
