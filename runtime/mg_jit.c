@@ -162,6 +162,21 @@ static char *program_log(nvrtcProgram p)
     return log;
 }
 
+/* A virtual arch (compute_XX) yields PTX, NUL included, which cudaLibraryLoadData JITs. */
+static int program_ptx(nvrtcProgram p, const char *name, mg_blob *out, mg_err *err)
+{
+    size_t n = 0;
+    if (nvrtcGetPTXSize(p, &n) != NVRTC_SUCCESS || n == 0)
+        return mg_err_set(err, MG_EINTERNAL, "nvrtc: %s: no PTX produced", name);
+    if (!(out->data = malloc(n))) return mg_err_set(err, MG_EINTERNAL, "jit: out of memory");
+    if (nvrtcGetPTX(p, out->data) != NVRTC_SUCCESS) {
+        mg_blob_free(out);
+        return mg_err_set(err, MG_EINTERNAL, "nvrtc: %s: nvrtcGetPTX failed", name);
+    }
+    out->size = n;
+    return MG_OK;
+}
+
 static int program_cubin(nvrtcProgram p, const char *name, mg_blob *out, mg_err *err)
 {
     size_t n = 0;
@@ -197,8 +212,10 @@ static int nvrtc_build(const char *name, const char *src, size_t len, const jit_
     }
     rc = nvrtcCompileProgram(p, jo->n_all, jo->v);
     res->log = program_log(p);   /* before looking at rc: the log explains a failure */
-    int ret = rc == NVRTC_SUCCESS ? program_cubin(p, name, &res->cubin, err)
-                                  : report_failure(name, src, len, jo, res->log, rc, err);
+    int ptx = strstr(jo->arch_opt, "=compute_") != NULL;
+    int ret = rc != NVRTC_SUCCESS ? report_failure(name, src, len, jo, res->log, rc, err)
+              : ptx               ? program_ptx(p, name, &res->cubin, err)
+                                  : program_cubin(p, name, &res->cubin, err);
     nvrtcDestroyProgram(&p);
     free(text);
     return ret;

@@ -21,7 +21,8 @@ typedef struct mg_blob {
 void mg_blob_free(mg_blob *b);
 
 typedef struct mg_jit_opts {
-    const char *arch;          /* "sm_90a" (default), "sm_90", "sm_80" */
+    const char *arch;          /* "sm_90a" (default), "sm_90", "sm_80"; a virtual "compute_80"
+                                * yields PTX (NUL-terminated) in result.cubin instead */
     const char *const *extra;  /* extra NVRTC options, may be NULL */
     int n_extra;
     int no_cache;              /* 1: always compile, never read or write the cache */
