@@ -179,7 +179,7 @@ static void test_deterministic(void **state)
 {
     (void)state;
     mg_spec s;
-    load_spec(&s, GC_SPEC("", ", shared_experts = 1");
+    load_spec(&s, GC_SPEC("", ", shared_experts = 1"));
     s.train.dropout = 0.2;
     mg_cpu_model a, b;
     mg_err err;
