@@ -1,7 +1,8 @@
 /* moegen: the command-line tool, a thin client of libmoegen.
  *
- * Verbs: check, gen, compile, selftest, cache, devices; `moegen spec.lua` runs check + gen +
+ * Verbs: check, gen, compile, selftest, cache, devices, train, eval; `moegen spec.lua` runs check + gen +
  * compile. Exit codes: 0 success, 1 user error, 2 internal error. */
+#include "mg_cmd_train.h"
 #include "mg_err.h"
 #include "mg_gen.h"
 #include "mg_jit.h"
@@ -41,6 +42,9 @@ static const char *const usage_main =
     "  selftest SPEC [--seed N] [--arch A] check every kernel against the CPU reference (GPU part skipped without a GPU)\n"
     "  cache ls|clear                  list or empty the JIT cache ($MOEGEN_CACHE_DIR, default ~/.cache/moegen)\n"
     "  devices                         list CUDA devices (exit 1 when there are none)\n"
+    "  train SPEC --device cpu [--steps N] [--run-dir DIR] [--resume DIR]\n"
+    "                                  train the model (CPU trainer; metrics.jsonl, checkpoints; see train --help)\n"
+    "  eval CKPT [--data FILE]         loss and perplexity of a checkpoint\n"
     "\n"
     "options: --help (also after a verb), --version\n"
     "example: moegen compile specs/wt2-moe8.lua --arch sm_90a\n";
@@ -319,6 +323,8 @@ int main(int argc, char **argv)
         printf("moegen %s (NVRTC %s)\n", mg_version(), nv);
         return 0;
     }
+    if (!strcmp(argv[1], "train")) return mg_cmd_train(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "eval")) return mg_cmd_eval(argc - 2, argv + 2);
     static const char *const verbs[] = {"check", "gen", "compile", "selftest", "cache", "devices"};
     const char *verb = NULL;
     for (size_t i = 0; i < sizeof verbs / sizeof *verbs; i++)
@@ -328,7 +334,7 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return verb_help(verb ? verb : "");
     if (!verb && argv[1][0] == '-') return user_error("unknown option '%s' (see moegen --help)", argv[1]);
     if (!verb && !strstr(argv[1], ".lua"))
-        return user_error("unknown verb '%s' (allowed: check, gen, compile, selftest, cache, devices, or a spec.lua)",
+        return user_error("unknown verb '%s' (allowed: check, gen, compile, selftest, cache, devices, train, eval, or a spec.lua)",
                           argv[1]);
     cli_opts o;
     if (parse_opts(verb ? verb : "moegen", argc - first, argv + first, &o)) return MG_EUSER;

@@ -1,0 +1,136 @@
+/* mg_cmd_train: `moegen train` and `moegen eval`: option parsing around mg_train. */
+#include "mg_cmd_train.h"
+#include "mg_err.h"
+#include "mg_spec.h"
+#include "mg_train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const train_help =
+    "usage: moegen train SPEC [--device cpu|gpu] [--steps N] [--run-dir DIR] [--keep N] [-q]\n"
+    "       moegen train --resume DIR [SPEC] [--steps N] [--run-dir DIR]\n"
+    "  Trains the spec's model on its train.data and writes RUN_DIR (default runs/<name>):\n"
+    "  metrics.jsonl (one JSON object per step), spec.lua, ckpt-NNNNNN/ (model.safetensors,\n"
+    "  optimizer.safetensors, state.json; the last --keep, default 3, plus the best) and best ->.\n"
+    "  Validation loss every train.eval_every steps and at the end. --steps N stops after N steps\n"
+    "  in all (the LR schedule still spans train.steps); --resume continues a run bitwise.\n"
+    "  --device cpu (default) is the CPU trainer; the GPU trainer is not built in this version.\n"
+    "  Data: the built-in byte tokenizer (vocab >= 256) on $MOEGEN_DATA_DIR (default ../shared/data).\n"
+    "example: moegen train specs/ci-cpu.lua --device cpu --steps 100\n";
+
+static const char *const eval_help =
+    "usage: moegen eval CKPT [--data FILE]\n"
+    "  Loss and perplexity of a checkpoint (a ckpt-NNNNNN directory, or a run dir: its newest)\n"
+    "  over the non-overlapping seq_len windows of FILE (bytes), or of the spec's validation split.\n"
+    "example: moegen eval runs/ci-cpu/best --data ../shared/data/tinyshakespeare/input.txt\n";
+
+static int fail(const char *verb, const char *fmt, const char *a)
+{
+    fprintf(stderr, "moegen: %s: ", verb);
+    fprintf(stderr, fmt, a);
+    fputc('\n', stderr);
+    return MG_EUSER;
+}
+
+static int parse_long(const char *verb, const char *flag, const char *v, long lo, long *out)
+{
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || x < lo) {
+        fprintf(stderr, "moegen: %s: %s = '%s': must be an integer >= %ld\n", verb, flag, v, lo);
+        return MG_EUSER;
+    }
+    *out = x;
+    return 0;
+}
+
+int mg_cmd_train(int argc, char **argv)
+{
+    const char *spec_path = NULL, *device = "cpu";
+    mg_train_opts o;
+    memset(&o, 0, sizeof o);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *next = i + 1 < argc ? argv[i + 1] : NULL;
+        long v;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(train_help, stdout);
+            return 0;
+        }
+        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) o.quiet = 1;
+        else if (!strcmp(a, "--device") || !strcmp(a, "--steps") || !strcmp(a, "--run-dir") || !strcmp(a, "--resume") ||
+                 !strcmp(a, "--keep")) {
+            if (!next) return fail("train", "%s needs a value", a);
+            i++;
+            if (!strcmp(a, "--device")) device = next;
+            else if (!strcmp(a, "--run-dir")) o.run_dir = next;
+            else if (!strcmp(a, "--resume")) o.resume = next;
+            else if (!strcmp(a, "--steps")) {
+                if (parse_long("train", a, next, 1, &v)) return MG_EUSER;
+                o.stop_after = v;
+            } else {
+                if (parse_long("train", a, next, 1, &v)) return MG_EUSER;
+                o.keep = (int)v;
+            }
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "moegen: train: unknown option '%s' (see moegen train --help)\n", a);
+            return MG_EUSER;
+        } else if (!spec_path) spec_path = a;
+        else return fail("train", "unexpected argument '%s'", a);
+    }
+    if (!strcmp(device, "gpu"))
+        return fail("train", "--device %s: the GPU trainer is not built in this version; use --device cpu", device);
+    if (strcmp(device, "cpu")) return fail("train", "--device = '%s': must be one of cpu, gpu", device);
+    if (!spec_path && !o.resume) return fail("train", "%s", "missing spec file (usage: moegen train SPEC --device cpu)");
+
+    mg_err err;
+    mg_err_clear(&err);
+    mg_spec spec;
+    if (spec_path && mg_spec_load(spec_path, &spec, &err)) {
+        fprintf(stderr, "moegen: %s\n", err.msg);
+        return err.code;
+    }
+    mg_train_result res;
+    if (mg_train(spec_path ? &spec : NULL, &o, &res, &err)) {
+        fprintf(stderr, "moegen: %s\n", err.msg);
+        return err.code ? err.code : MG_EINTERNAL;
+    }
+    if (!o.quiet)
+        printf("train: %ld steps done, last loss %.4f, val loss %.4f (ppl %.2f); %s/metrics.jsonl\n", res.steps_done,
+               res.last_loss, res.last_val, exp(res.last_val), res.run_dir);
+    return 0;
+}
+
+int mg_cmd_eval(int argc, char **argv)
+{
+    const char *ckpt = NULL, *data = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(eval_help, stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--data")) {
+            if (i + 1 >= argc) return fail("eval", "%s needs a value", a);
+            data = argv[++i];
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "moegen: eval: unknown option '%s' (see moegen eval --help)\n", a);
+            return MG_EUSER;
+        } else if (!ckpt) ckpt = a;
+        else return fail("eval", "unexpected argument '%s'", a);
+    }
+    if (!ckpt) return fail("eval", "%s", "missing checkpoint (usage: moegen eval CKPT [--data FILE])");
+    mg_err err;
+    mg_err_clear(&err);
+    double loss;
+    long n;
+    if (mg_train_eval(ckpt, data, &loss, &n, &err)) {
+        fprintf(stderr, "moegen: %s\n", err.msg);
+        return err.code ? err.code : MG_EINTERNAL;
+    }
+    printf("eval: %s on %s: loss %.4f  ppl %.3f  (%ld tokens)\n", ckpt, data ? data : "the validation split", loss,
+           exp(loss), n);
+    return 0;
+}

@@ -1,0 +1,158 @@
+/* mg_cpu_data: token splits for the CPU trainer and its batch sampler (see the header). */
+#include "mg_cpu_data.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int is_dir(const char *p)
+{
+    struct stat sb;
+    return !stat(p, &sb) && S_ISDIR(sb.st_mode);
+}
+
+static void data_dir(char *buf, size_t n)
+{
+    const char *env = getenv("MOEGEN_DATA_DIR");
+    if (env && *env) snprintf(buf, n, "%s", env);
+    else if (is_dir("../shared/data")) snprintf(buf, n, "../shared/data");
+    else snprintf(buf, n, "/work/shared/data");
+}
+
+/* The bytes of path as tokens. */
+static int read_bytes(const char *path, int32_t **out, long *n, mg_err *err)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return mg_err_set(err, MG_EUSER, "%s: cannot open: %s (HINT: set MOEGEN_DATA_DIR to the directory holding "
+                          "tinyshakespeare/, wikitext-2/, ptb/)", path, strerror(errno));
+    fseek(fp, 0, SEEK_END);
+    long size = ftell(fp);
+    rewind(fp);
+    unsigned char *b = malloc((size_t)(size > 0 ? size : 1));
+    int32_t *t = malloc(sizeof(int32_t) * (size_t)(size > 0 ? size : 1));
+    if (!b || !t || fread(b, 1, (size_t)size, fp) != (size_t)size) {
+        fclose(fp);
+        free(b);
+        free(t);
+        return mg_err_set(err, MG_EUSER, "%s: read failed", path);
+    }
+    fclose(fp);
+    for (long i = 0; i < size; i++) t[i] = b[i];
+    free(b);
+    *out = t;
+    *n = size;
+    return 0;
+}
+
+static int split_90_10(const char *path, mg_cpu_data *d, mg_err *err)
+{
+    int32_t *all;
+    long n;
+    if (read_bytes(path, &all, &n, err)) return MG_EUSER;
+    long nt = n * 9 / 10;
+    d->train = all;
+    d->n_train = nt;
+    d->val = malloc(sizeof(int32_t) * (size_t)(n - nt + 1));
+    memcpy(d->val, all + nt, sizeof(int32_t) * (size_t)(n - nt));
+    d->n_val = n - nt;
+    snprintf(d->desc, sizeof d->desc, "bytes of %s (90/10 split)", path);
+    return 0;
+}
+
+static int two_files(const char *tr, const char *va, mg_cpu_data *d, mg_err *err)
+{
+    if (read_bytes(tr, &d->train, &d->n_train, err) || read_bytes(va, &d->val, &d->n_val, err)) return MG_EUSER;
+    snprintf(d->desc, sizeof d->desc, "bytes of %s, %s", tr, va);
+    return 0;
+}
+
+static int check_sizes(const mg_spec *s, mg_cpu_data *d, mg_err *err)
+{
+    if (s->model.vocab < d->vocab)
+        return mg_err_set(err, MG_EUSER, "%s: model.vocab = %d: the built-in byte tokenizer needs vocab >= %d",
+                          s->path, s->model.vocab, d->vocab);
+    long need = (long)s->model.seq_len + 2;
+    if (d->n_train < need || d->n_val < need)
+        return mg_err_set(err, MG_EUSER, "%s: train.data = \"%s\": %ld train / %ld valid tokens, need at least %ld "
+                          "(model.seq_len + 2) in each", s->path, s->train.data, d->n_train, d->n_val, need);
+    return 0;
+}
+
+int mg_cpu_data_open(const mg_spec *s, mg_cpu_data *d, mg_err *err)
+{
+    memset(d, 0, sizeof *d);
+    d->vocab = 256;
+    char dir[1024], a[1600], b[1600];
+    data_dir(dir, sizeof dir);
+    const char *name = s->train.data;
+    int rc;
+    if (!strcmp(name, "tinyshakespeare")) {
+        snprintf(a, sizeof a, "%s/tinyshakespeare/input.txt", dir);
+        rc = split_90_10(a, d, err);
+    } else if (!strcmp(name, "wikitext-2")) {
+        snprintf(a, sizeof a, "%s/wikitext-2/wiki.train.tokens", dir);
+        snprintf(b, sizeof b, "%s/wikitext-2/wiki.valid.tokens", dir);
+        rc = two_files(a, b, d, err);
+    } else if (!strcmp(name, "ptb")) {
+        snprintf(a, sizeof a, "%s/ptb/ptb.train.txt", dir);
+        snprintf(b, sizeof b, "%s/ptb/ptb.valid.txt", dir);
+        rc = two_files(a, b, d, err);
+    } else if (is_dir(name)) {
+        snprintf(a, sizeof a, "%s/train.txt", name);
+        snprintf(b, sizeof b, "%s/valid.txt", name);
+        rc = two_files(a, b, d, err);
+    } else {
+        rc = split_90_10(name, d, err);
+    }
+    if (!rc) rc = check_sizes(s, d, err);
+    if (rc) mg_cpu_data_free(d);
+    else {
+        size_t l = strlen(d->desc);
+        snprintf(d->desc + l, sizeof d->desc - l, ": %ld train / %ld valid byte tokens", d->n_train, d->n_val);
+    }
+    return rc;
+}
+
+int mg_cpu_data_open_eval(const char *path, const mg_spec *s, mg_cpu_data *d, mg_err *err)
+{
+    memset(d, 0, sizeof *d);
+    d->vocab = 256;
+    int rc = read_bytes(path, &d->val, &d->n_val, err);
+    if (!rc && d->n_val < (long)s->model.seq_len + 1)
+        rc = mg_err_set(err, MG_EUSER, "%s: %ld byte tokens, need at least model.seq_len + 1 = %d", path, d->n_val,
+                        s->model.seq_len + 1);
+    if (!rc && s->model.vocab < d->vocab)
+        rc = mg_err_set(err, MG_EUSER, "%s: model.vocab = %d: the built-in byte tokenizer needs vocab >= %d", path,
+                        s->model.vocab, d->vocab);
+    if (rc) mg_cpu_data_free(d);
+    else snprintf(d->desc, sizeof d->desc, "bytes of %s: %ld tokens", path, d->n_val);
+    return rc;
+}
+
+void mg_cpu_data_free(mg_cpu_data *d)
+{
+    free(d->train);
+    free(d->val);
+    memset(d, 0, sizeof *d);
+}
+
+void mg_cpu_data_train_batch(const mg_cpu_data *d, uint64_t seed, long step, int micro, int B, int T, int32_t *out)
+{
+    uint64_t span = (uint64_t)(d->n_train - T);
+    for (int b = 0; b < B; b++) {
+        uint64_t start = mg_mix64(mg_data_stream(seed, (uint64_t)step, (uint64_t)micro, (uint64_t)b)) % span;
+        memcpy(out + (long)b * (T + 1), d->train + start, sizeof(int32_t) * (size_t)(T + 1));
+    }
+}
+
+void mg_cpu_data_val_batch(const mg_cpu_data *d, int j, int n_batches, int B, int T, int32_t *out)
+{
+    long W = (long)n_batches * B, stride = (d->n_val - T - 1) / W;
+    for (int b = 0; b < B; b++) {
+        long start = ((long)j * B + b) * stride;
+        memcpy(out + (long)b * (T + 1), d->val + start, sizeof(int32_t) * (size_t)(T + 1));
+    }
+}

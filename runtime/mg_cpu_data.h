@@ -1,0 +1,58 @@
+/* mg_cpu_data: the CPU trainer's token source: train/valid token arrays and how batches are
+ * drawn from them.
+ *
+ * Until `moegen data` token files are wired in, text is tokenized built-in at byte level:
+ * token = byte value (vocabulary 256, so model.vocab must be >= 256). train.data resolves as
+ *   "tinyshakespeare"  DATA/tinyshakespeare/input.txt, first 90% of the bytes train, rest valid
+ *   "wikitext-2"       DATA/wikitext-2/wiki.{train,valid}.tokens
+ *   "ptb"              DATA/ptb/ptb.{train,valid}.txt
+ *   a directory        DIR/train.txt + DIR/valid.txt
+ *   a file             split 90/10 like tinyshakespeare
+ * with DATA = $MOEGEN_DATA_DIR, else ../shared/data, else /work/shared/data.
+ *
+ * Batches are windows of T+1 tokens. Training row b of micro-batch `micro` of step `step`
+ * starts at mix64(data_stream(seed, step, micro, b)) mod (n_train − T) (stateless, so a
+ * resumed run draws exactly what an uninterrupted one would). Validation uses W = n_batches·B
+ * fixed windows spread evenly: window w starts at w·floor((n_val − T − 1)/W).
+ */
+#ifndef MG_CPU_DATA_H
+#define MG_CPU_DATA_H
+
+#include "mg_cpu_ops.h"   /* mg_mix64 */
+#include "mg_err.h"
+#include "mg_spec.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mg_cpu_data {
+    int32_t *train, *val;
+    long n_train, n_val;
+    int vocab;             /* vocabulary the tokens need (256 for bytes) */
+    char desc[512];        /* for the log: tokenizer, files, counts */
+} mg_cpu_data;
+
+/* Opens the spec's train.data; checks vocab and that both splits hold a window. */
+int mg_cpu_data_open(const mg_spec *s, mg_cpu_data *d, mg_err *err);
+/* One file as a validation split only (moegen eval --data FILE). */
+int mg_cpu_data_open_eval(const char *path, const mg_spec *s, mg_cpu_data *d, mg_err *err);
+void mg_cpu_data_free(mg_cpu_data *d);
+
+/* The stream of training row `row`; the constant keeps it apart from the dropout streams. */
+static inline uint64_t mg_data_stream(uint64_t seed, uint64_t step, uint64_t micro, uint64_t row)
+{
+    return mg_mix64(mg_mix64(mg_mix64(mg_mix64(seed ^ 0x0DA7A0DA7A0DA7A0ull) ^ step) ^ micro) ^ row);
+}
+
+/* out: [B, T+1] */
+void mg_cpu_data_train_batch(const mg_cpu_data *d, uint64_t seed, long step, int micro, int B, int T, int32_t *out);
+/* Batch j of n_batches validation batches; out: [B, T+1]. */
+void mg_cpu_data_val_batch(const mg_cpu_data *d, int j, int n_batches, int B, int T, int32_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,341 @@
+/* mg_train: the CPU training loop, evaluation and resume (see mg_train.h). */
+#include "mg_train.h"
+#include "mg_ckpt.h"
+#include "mg_optim.h"
+#include "mg_sb.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------------------ */
+/* helpers                                                                              */
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int mkdir_p(const char *path, mg_err *err)
+{
+    char p[1024];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0755) && errno != EEXIST) return mg_err_set(err, MG_EUSER, "%s: cannot create: %s", p, strerror(errno));
+        *s = '/';
+    }
+    if (mkdir(p, 0755) && errno != EEXIST) return mg_err_set(err, MG_EUSER, "%s: cannot create: %s", p, strerror(errno));
+    return 0;
+}
+
+static int has_ckpts(const char *run_dir)
+{
+    char out[1600];
+    mg_err e;
+    return mg_ckpt_resolve(run_dir, out, sizeof out, &e) == 0;
+}
+
+/* Keeps the lines of metrics.jsonl with step <= last (a resumed run rewrites the rest). */
+static int trim_metrics(const char *path, long last, mg_err *err)
+{
+    FILE *in = fopen(path, "r");
+    if (!in) return 0;
+    char tmp[1200], line[8192];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        return mg_err_set(err, MG_EUSER, "%s: cannot create: %s", tmp, strerror(errno));
+    }
+    while (fgets(line, sizeof line, in)) {
+        json_t *j = json_loads(line, 0, NULL);
+        json_t *st = json_object_get(j, "step");
+        if (json_is_integer(st) && json_integer_value(st) <= last) fputs(line, out);
+        json_decref(j);
+    }
+    fclose(in);
+    int bad = fflush(out) != 0 || fsync(fileno(out)) != 0;
+    if (fclose(out) || bad || rename(tmp, path))
+        return mg_err_set(err, MG_EUSER, "%s: cannot rewrite: %s", path, strerror(errno));
+    return 0;
+}
+
+static void fmt_eta(char *buf, size_t n, double s)
+{
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* evaluation                                                                           */
+
+double mg_train_val_loss(mg_cpu_model *m, const mg_cpu_data *d, int n_batches, int B)
+{
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (size_t)(m->T + 1));
+    mg_cpu_ctx c = {.train = 0, .scale = 1.0};
+    double ce = 0;
+    long n = 0;
+    for (int j = 0; j < n_batches; j++) {
+        mg_cpu_out o;
+        mg_cpu_data_val_batch(d, j, n_batches, B, m->T, tok);
+        mg_cpu_model_run(m, tok, B, &c, 0, &o);
+        ce += o.ce_sum;
+        n += o.n_tokens;
+    }
+    free(tok);
+    return ce / (double)n;
+}
+
+int mg_train_eval(const char *ckpt_in, const char *data_path, double *loss, long *tokens, mg_err *err)
+{
+    char ckpt[1600];
+    mg_ckpt_state st;
+    mg_spec spec;
+    mg_cpu_model m;
+    mg_cpu_data d;
+    if (mg_ckpt_resolve(ckpt_in, ckpt, sizeof ckpt, err) || mg_ckpt_read_state(ckpt, &st, &spec, err))
+        return err->code;
+    mg_ckpt_state_free(&st);
+    int rc = data_path ? mg_cpu_data_open_eval(data_path, &spec, &d, err) : mg_cpu_data_open(&spec, &d, err);
+    if (rc) return rc;
+    int B = spec.train.batch, T = spec.model.seq_len;
+    if ((rc = mg_cpu_model_create(&m, &spec, B, err)) || (rc = mg_ckpt_load(ckpt, &m, NULL, err))) {
+        mg_cpu_data_free(&d);
+        mg_cpu_model_free(&m);
+        return rc;
+    }
+    /* non-overlapping windows over the whole split, in batches of B */
+    long W = (d.n_val - 1) / T;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (size_t)(T + 1));
+    mg_cpu_ctx c = {.train = 0, .scale = 1.0};
+    double ce = 0;
+    long n = 0;
+    for (long w = 0; w < W; w += B) {
+        int b = (int)(W - w < B ? W - w : B);
+        for (int r = 0; r < b; r++) memcpy(tok + (long)r * (T + 1), d.val + (w + r) * T, sizeof(int32_t) * (size_t)(T + 1));
+        mg_cpu_out o;
+        mg_cpu_model_run(&m, tok, b, &c, 0, &o);
+        ce += o.ce_sum;
+        n += o.n_tokens;
+    }
+    free(tok);
+    *loss = ce / (double)n;
+    *tokens = n;
+    mg_cpu_data_free(&d);
+    mg_cpu_model_free(&m);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* training                                                                             */
+
+typedef struct run {
+    mg_spec spec;
+    mg_cpu_model m;
+    mg_adamw opt;
+    mg_cpu_data data;
+    mg_ckpt_state st;
+    char run_dir[1024];
+    FILE *metrics, *log;
+    long stop;
+} run;
+
+/* The spec and starting point: a fresh model from spec, or the checkpoint's state. */
+static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err *err)
+{
+    char ckpt[1600] = "";
+    int rc;
+    if (o->resume) {
+        mg_spec cs;
+        if ((rc = mg_ckpt_resolve(o->resume, ckpt, sizeof ckpt, err)) || (rc = mg_ckpt_read_state(ckpt, &r->st, &cs, err)))
+            return rc;
+        if (spec) {
+            char h[65];
+            mg_spec_hash(spec, h);
+            if (strcmp(h, r->st.spec_hash))
+                return mg_err_set(err, MG_EUSER, "%s: spec differs from the one %s was trained with (hash %.12s vs %.12s); "
+                                  "resume without a spec or with the same one", spec->path, ckpt, h, r->st.spec_hash);
+        }
+        r->spec = cs;
+        if (o->run_dir) snprintf(r->run_dir, sizeof r->run_dir, "%s", o->run_dir);
+        else {
+            snprintf(r->run_dir, sizeof r->run_dir, "%s", ckpt);
+            char *slash = strrchr(r->run_dir, '/');
+            if (slash) *slash = 0;
+            else snprintf(r->run_dir, sizeof r->run_dir, ".");
+        }
+    } else {
+        if (!spec) return mg_err_set(err, MG_EINTERNAL, "mg_train: no spec and nothing to resume");
+        r->spec = *spec;
+        if (o->run_dir) snprintf(r->run_dir, sizeof r->run_dir, "%s", o->run_dir);
+        else snprintf(r->run_dir, sizeof r->run_dir, "runs/%s", spec->name);
+        if (has_ckpts(r->run_dir))
+            return mg_err_set(err, MG_EUSER, "%s: already holds checkpoints (HINT: --resume %s to continue, or another "
+                              "--run-dir)", r->run_dir, r->run_dir);
+        r->st = (mg_ckpt_state){.seed = (uint64_t)spec->train.seed, .val_loss = NAN, .best_val = NAN, .best_step = -1};
+    }
+    const mg_spec *s = &r->spec;
+    if (s->moe.bias_update_rate > 0 && s->moe.every > 0 && s->moe.router != MG_ROUTER_SIGMOID_TOPK)
+        return mg_err_set(err, MG_EUSER, "%s: moe.bias_update_rate = %g: the CPU trainer applies the selection bias "
+                          "with router = \"sigmoid_topk\" only (as mg_ref does)", s->path, s->moe.bias_update_rate);
+    if ((rc = mkdir_p(r->run_dir, err)) || (rc = mg_cpu_data_open(s, &r->data, err))) return rc;
+    if ((rc = mg_cpu_model_create(&r->m, s, s->train.batch, err))) return rc;
+    mg_adamw_init(&r->opt, r->m.n_params);
+    if (o->resume) {
+        if ((rc = mg_ckpt_load(ckpt, &r->m, &r->opt, err))) return rc;
+        if (r->opt.step != r->st.step)
+            return mg_err_set(err, MG_EUSER, "%s/optimizer.safetensors: step %ld, but state.json says %ld", ckpt,
+                              r->opt.step, r->st.step);
+    } else {
+        mg_cpu_model_init_weights(&r->m, r->st.seed);
+    }
+    r->stop = s->train.steps;
+    if (o->stop_after > 0 && o->stop_after < r->stop) r->stop = o->stop_after;
+
+    char path[1100];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
+    if (o->resume) {
+        if ((rc = trim_metrics(path, r->st.step, err))) return rc;
+        r->metrics = fopen(path, "a");
+    } else {
+        r->metrics = fopen(path, "w");
+        mg_sb sb;
+        mg_sb_init(&sb);
+        mg_spec_dump(s, &sb);
+        snprintf(path, sizeof path, "%s/spec.lua", r->run_dir);
+        FILE *f = fopen(path, "w");
+        if (f) fputs(sb.buf ? sb.buf : "", f), fclose(f);
+        mg_sb_free(&sb);
+    }
+    if (!r->metrics) return mg_err_set(err, MG_EUSER, "%s/metrics.jsonl: cannot open: %s", r->run_dir, strerror(errno));
+    return 0;
+}
+
+static void run_free(run *r)
+{
+    if (r->metrics) fclose(r->metrics);
+    mg_cpu_model_free(&r->m);
+    mg_adamw_free(&r->opt);
+    mg_cpu_data_free(&r->data);
+    mg_ckpt_state_free(&r->st);
+}
+
+typedef struct step_stats {
+    double loss, ce, aux, z, lr, gnorm;
+    long tokens, dropped;
+} step_stats;
+
+/* One optimizer step s (0-based). */
+static void train_step(run *r, long s, int32_t *tok, step_stats *ss)
+{
+    const mg_spec *sp = &r->spec;
+    mg_cpu_model *m = &r->m;
+    int A = sp->train.grad_accum, B = sp->train.batch;
+    double ce = 0;
+    long n = 0;
+    memset(ss, 0, sizeof *ss);
+    memset(m->grads, 0, sizeof(float) * (size_t)m->n_params);
+    for (int a = 0; a < A; a++) {
+        mg_cpu_ctx c = {.train = 1, .seed = r->st.seed, .step = s, .micro = a, .scale = 1.0 / A};
+        mg_cpu_out o;
+        mg_cpu_data_train_batch(&r->data, r->st.seed, s, a, B, m->T, tok);
+        mg_cpu_model_run(m, tok, B, &c, 1, &o);
+        ce += o.ce_sum / (double)o.n_tokens / A;
+        n += o.n_tokens;
+        ss->aux += o.aux;
+        ss->z += o.zloss;
+        ss->dropped += o.dropped;
+    }
+    ss->ce = ce;
+    ss->loss = ce + ss->aux + ss->z;
+    ss->tokens = n;
+    ss->gnorm = mg_grad_norm(m->grads, m->n_params);
+    ss->lr = mg_lr_at(sp, s);
+    mg_adamw_step(&r->opt, m->params, m->grads, m->tensors, m->n_tensors, ss->lr, sp->train.beta1, sp->train.beta2,
+                  1e-8, sp->train.weight_decay, mg_clip_scale(ss->gnorm, sp->train.grad_clip));
+    mg_cpu_model_update_bias(m, sp->moe.bias_update_rate);
+}
+
+static void write_metrics(run *r, long step, const step_stats *ss, double val, double elapsed, double tps)
+{
+    fprintf(r->metrics,
+            "{\"step\": %ld, \"loss\": %.17g, \"ce\": %.17g, \"aux\": %.17g, \"z\": %.17g, \"lr\": %.17g, "
+            "\"grad_norm\": %.17g, \"tokens\": %ld, \"tokens_total\": %ld, \"dropped\": %ld, \"elapsed_s\": %.3f, "
+            "\"tok_per_s\": %.1f",
+            step, ss->loss, ss->ce, ss->aux, ss->z, ss->lr, ss->gnorm, ss->tokens, r->st.tokens, ss->dropped, elapsed, tps);
+    if (isfinite(val)) fprintf(r->metrics, ", \"val_loss\": %.17g, \"val_ppl\": %.17g", val, exp(val));
+    fputs("}\n", r->metrics);
+    fflush(r->metrics);
+}
+
+int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, mg_err *err)
+{
+    run r;
+    memset(&r, 0, sizeof r);
+    memset(res, 0, sizeof *res);
+    res->last_loss = res->last_val = NAN;
+    r.log = o->log ? o->log : stderr;
+    int rc = run_setup(&r, spec, o, err);
+    if (rc) {
+        run_free(&r);
+        return rc;
+    }
+    snprintf(res->run_dir, sizeof res->run_dir, "%s", r.run_dir);
+    const mg_spec *sp = &r.spec;
+    int tty = isatty(fileno(r.log)), A = sp->train.grad_accum, B = sp->train.batch;
+    if (!o->quiet)
+        fprintf(r.log, "train: %s, %ld parameters, %d x %d x %d tokens per step, steps %ld -> %ld of %d; data: %s; "
+                "run dir %s\n", sp->name, r.m.n_params, A, B, r.m.T, r.st.step, r.stop, sp->train.steps, r.data.desc,
+                r.run_dir);
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (size_t)(r.m.T + 1));
+    double t0 = now_s();
+    long first = r.st.step;
+    double last_val = r.st.val_loss;
+    for (long s = r.st.step; s < r.stop && !rc; s++) {
+        step_stats ss;
+        train_step(&r, s, tok, &ss);
+        long done = s + 1;
+        r.st.step = done;
+        r.st.tokens += ss.tokens;
+        r.st.data_pos += (long)A * B;
+        int eval = done % sp->train.eval_every == 0 || done == r.stop;
+        double val = NAN;
+        if (eval) {
+            val = mg_train_val_loss(&r.m, &r.data, sp->train.eval_batches, B);
+            last_val = val;
+            r.st.val_loss = val;
+            if (isfinite(val) && !(val >= r.st.best_val)) r.st.best_val = val, r.st.best_step = done;
+        }
+        double el = now_s() - t0, tps = (double)(done - first) * A * B * r.m.T / (el > 0 ? el : 1e-9);
+        write_metrics(&r, done, &ss, val, el, tps);
+        res->last_loss = ss.loss;
+        if (!o->quiet && (tty || eval)) {
+            char eta[32], vp[32] = "-";
+            fmt_eta(eta, sizeof eta, el / (double)(done - first) * (double)(r.stop - done));
+            if (isfinite(last_val)) snprintf(vp, sizeof vp, "%.2f", exp(last_val));
+            fprintf(r.log, "%sstep %ld/%ld | loss %.4f | val ppl %s | %.0f tok/s | ETA %s%s", tty ? "\r" : "", done,
+                    r.stop, ss.loss, vp, tps, eta, tty ? "\033[K" : "\n");
+            fflush(r.log);
+        }
+        if (eval) {
+            r.st.val_loss = val;
+            rc = mg_ckpt_save(r.run_dir, &r.m, &r.opt, &r.st, o->keep > 0 ? o->keep : 3, err);
+        }
+    }
+    if (!o->quiet && tty) fputc('\n', r.log);
+    res->steps_done = r.st.step;
+    res->last_val = last_val;
+    free(tok);
+    run_free(&r);
+    return rc;
+}
