@@ -1,7 +1,8 @@
 /* moegen: the command-line tool, a thin client of libmoegen.
  *
- * Verbs: check, gen, compile, selftest, cache, devices, train, eval; `moegen spec.lua` runs check + gen +
+ * Verbs: check, gen, compile, selftest, cache, devices, data, train, eval; `moegen spec.lua` runs check + gen +
  * compile. Exit codes: 0 success, 1 user error, 2 internal error. */
+#include "mg_cmd_data.h"
 #include "mg_cmd_train.h"
 #include "mg_err.h"
 #include "mg_gen.h"
@@ -42,6 +43,8 @@ static const char *const usage_main =
     "  selftest SPEC [--seed N] [--arch A] check every kernel against the CPU reference (GPU part skipped without a GPU)\n"
     "  cache ls|clear                  list or empty the JIT cache ($MOEGEN_CACHE_DIR, default ~/.cache/moegen)\n"
     "  devices                         list CUDA devices (exit 1 when there are none)\n"
+    "  data --corpus NAME|PATH [--tokenizer word|gpt2] [-o DIR]\n"
+    "                                  tokenize a corpus into train/valid token files + vocab (see data --help)\n"
     "  train SPEC --device cpu [--steps N] [--run-dir DIR] [--resume DIR]\n"
     "                                  train the model (CPU trainer; metrics.jsonl, checkpoints; see train --help)\n"
     "  eval CKPT [--data FILE]         loss and perplexity of a checkpoint\n"
@@ -323,6 +326,7 @@ int main(int argc, char **argv)
         printf("moegen %s (NVRTC %s)\n", mg_version(), nv);
         return 0;
     }
+    if (!strcmp(argv[1], "data")) return mg_cmd_data(argc - 2, argv + 2);
     if (!strcmp(argv[1], "train")) return mg_cmd_train(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return mg_cmd_eval(argc - 2, argv + 2);
     static const char *const verbs[] = {"check", "gen", "compile", "selftest", "cache", "devices"};
@@ -334,7 +338,7 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return verb_help(verb ? verb : "");
     if (!verb && argv[1][0] == '-') return user_error("unknown option '%s' (see moegen --help)", argv[1]);
     if (!verb && !strstr(argv[1], ".lua"))
-        return user_error("unknown verb '%s' (allowed: check, gen, compile, selftest, cache, devices, train, eval, or a spec.lua)",
+        return user_error("unknown verb '%s' (allowed: check, gen, compile, selftest, cache, devices, data, train, eval, or a spec.lua)",
                           argv[1]);
     cli_opts o;
     if (parse_opts(verb ? verb : "moegen", argc - first, argv + first, &o)) return MG_EUSER;
