@@ -25,7 +25,7 @@ static double now_s(void)
 
 static int mkdir_p(const char *path, mg_err *err)
 {
-    char p[1024];
+    char p[1600];
     snprintf(p, sizeof p, "%s", path);
     for (char *s = p + 1; *s; s++) {
         if (*s != '/') continue;
@@ -49,7 +49,7 @@ static int trim_metrics(const char *path, long last, mg_err *err)
 {
     FILE *in = fopen(path, "r");
     if (!in) return 0;
-    char tmp[1200], line[8192];
+    char tmp[1800], line[8192];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *out = fopen(tmp, "w");
     if (!out) {
@@ -145,7 +145,7 @@ typedef struct run {
     mg_adamw opt;
     mg_cpu_data data;
     mg_ckpt_state st;
-    char run_dir[1024];
+    char run_dir[1600];
     FILE *metrics, *log;
     long stop;
 } run;
@@ -202,7 +202,7 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
     r->stop = s->train.steps;
     if (o->stop_after > 0 && o->stop_after < r->stop) r->stop = o->stop_after;
 
-    char path[1100];
+    char path[1700];
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
     if (o->resume) {
         if ((rc = trim_metrics(path, r->st.step, err))) return rc;

@@ -40,7 +40,7 @@ typedef struct mg_train_opts {
 typedef struct mg_train_result {
     long steps_done;
     double last_loss, last_val;   /* NAN when none */
-    char run_dir[1024];
+    char run_dir[1600];
 } mg_train_result;
 
 /* spec may be NULL when resuming (the checkpoint's spec is used); when both are given

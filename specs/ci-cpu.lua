@@ -8,7 +8,7 @@ return {
   moe = { experts = 4, top_k = 2, d_ff = 64, activation = "swiglu", router = "softmax_topk",
           every = 2, aux_loss = 0.01, z_loss = 0.001 },
   dtype = "fp32",
-  train = { data = "tinyshakespeare", batch = 8, lr = 3e-3, min_lr = 3e-4, warmup = 20,
+  train = { data = "tinyshakespeare", batch = 8, lr = 1e-2, min_lr = 1e-3, warmup = 20,
             schedule = "cosine", steps = 300, weight_decay = 0.1, grad_clip = 1.0, dropout = 0,
             eval_every = 100, eval_batches = 8, seed = 1 },
 }
