@@ -26,6 +26,7 @@ SO_LIBS   = -llua5.4 -ljansson -lcrypto $(CUDA_LIBS) -lpthread -ldl -lm
 LIB_SRC   := $(sort $(wildcard gen/mg_*.c runtime/mg_*.c))
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(BUILD)/mg_templates.o
 TMPL      := $(sort $(wildcard templates/*.cu templates/*.cuh templates/*.h))
+TMPL      += templates/moe_bundle.c runtime/mg_launch.h runtime/mg_launch.c   # shipped in bundles
 TEST_SRC  := $(sort $(wildcard tests/test_*.c))
 TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_SRC := $(sort $(wildcard bench/mg_bench_*.c))

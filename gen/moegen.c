@@ -4,6 +4,7 @@
  * compile. Exit codes: 0 success, 1 user error, 2 internal error. */
 #include "mg_cmd_data.h"
 #include "mg_cmd_train.h"
+#include "mg_bundle.h"
 #include "mg_err.h"
 #include "mg_gen.h"
 #include "mg_jit.h"
@@ -22,7 +23,8 @@
 typedef struct cli_opts {
     const char *spec;      /* positional */
     const char *outdir;    /* -o */
-    const char *arch;      /* --arch */
+    const char *arch;      /* --arch (gen --bundle: a comma list) */
+    int bundle;            /* gen --bundle */
     int jobs;              /* --jobs */
     int no_cache;          /* --no-cache */
     int verbose;           /* -v: ptxas resource usage */
@@ -38,6 +40,8 @@ static const char *const usage_main =
     "verbs:\n"
     "  check SPEC                      validate a spec and print its plan (dims, params, FLOPs, memory, kernels)\n"
     "  gen SPEC [-o DIR]               write the CUDA sources, C header and manifest.json (default out/<name>/)\n"
+    "  gen SPEC --bundle [--arch A,B] [-o DIR]\n"
+    "                                  a standalone bundle: cubins + PTX embedded in a C loader and API (default out/<name>-bundle/)\n"
     "  compile SPEC [--arch A] [-o DIR] [--jobs N] [--no-cache] [-v]\n"
     "                                  gen + NVRTC-compile every kernel family into cubins (arch sm_90a|sm_90|sm_80)\n"
     "  selftest SPEC [--seed N] [--arch A] check every kernel against the CPU reference (GPU part skipped without a GPU)\n"
@@ -66,7 +70,12 @@ static int verb_help(const char *verb)
         {"check", "usage: moegen check SPEC\n  Validates SPEC and prints the plan: every dimension, total and active\n"
                   "  parameters, FLOPs per token, a GPU memory estimate and the kernels to generate.\n"},
         {"gen", "usage: moegen gen SPEC [-o DIR]\n  Writes one .cu per kernel family, moe_<name>.h and manifest.json into DIR\n"
-                "  (default out/<name>/), atomically: a failed run leaves nothing behind.\n"},
+                "  (default out/<name>/), atomically: a failed run leaves nothing behind.\n"
+                "usage: moegen gen SPEC --bundle [--arch sm_80,sm_90a] [-o DIR] [--jobs N] [--no-cache]\n"
+                "  Writes a directory that builds and runs without moegen, Lua or NVRTC (default out/<name>-bundle/):\n"
+                "  moe_<name>.h (C API), moe_<name>.c (loader; cubins per arch + compute_80 PTX embedded),\n"
+                "  moe_<name>.mk and CMakeLists.txt. Consumers compile moe_<name>.c and link -lcudart.\n"
+                "example: moegen gen specs/tiny.lua --bundle -o build/moe_tiny\n"},
         {"compile", "usage: moegen compile SPEC [--arch sm_90a|sm_90|sm_80] [-o DIR] [--jobs N] [--no-cache] [-v]\n"
                     "  Generates and compiles every kernel family with NVRTC (in parallel, through the JIT cache)\n"
                     "  and writes the sources and <family>.<arch>.cubin into DIR. -v prints ptxas resource usage.\n"},
@@ -106,7 +115,7 @@ static int parse_opts(const char *verb, int argc, char **argv, cli_opts *o)
             i++;
             if (!strcmp(a, "-o")) o->outdir = next;
             else if (!strcmp(a, "--arch")) {
-                if (strcmp(next, "sm_90a") && strcmp(next, "sm_90") && strcmp(next, "sm_80"))
+                if (strcmp(next, "sm_90a") && strcmp(next, "sm_90") && strcmp(next, "sm_80") && !strchr(next, ','))
                     return user_error("--arch = '%s': must be one of sm_90a, sm_90, sm_80", next);
                 o->arch = next;
             } else if (!strcmp(a, "--jobs")) {
@@ -119,6 +128,7 @@ static int parse_opts(const char *verb, int argc, char **argv, cli_opts *o)
                 o->have_seed = 1;
             }
         } else if (!strcmp(a, "--no-cache")) o->no_cache = 1;
+        else if (!strcmp(a, "--bundle") && !strcmp(verb, "gen")) o->bundle = 1;
         else if (!strcmp(a, "-v")) o->verbose = 1;
         else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "moegen: %s: unknown option '%s' (see moegen %s --help)\n", verb, a, verb);
@@ -192,6 +202,24 @@ static int cmd_gen(const cli_opts *o, int quiet)
     }
     if (!quiet) printf("gen: wrote %d kernel sources, %s and manifest.json to %s/\n", out.n_src, out.header.file, dir);
     mg_genout_free(&out);
+    return 0;
+}
+
+static int cmd_bundle(const cli_opts *o)
+{
+    mg_plan plan;
+    int rc = load_plan(o, "gen", &plan);
+    if (rc) return rc;
+    char dir[1024];
+    if (o->outdir) snprintf(dir, sizeof dir, "%s", o->outdir);
+    else snprintf(dir, sizeof dir, "out/%s-bundle", plan.spec.name);
+    mg_bundle_opts bo = {.archs = o->arch, .jobs = o->jobs, .no_cache = o->no_cache};
+    mg_err err;
+    mg_err_clear(&err);
+    double t0 = now_ms();
+    if (mg_bundle_write(&plan, &bo, dir, &err)) return report(&err);
+    printf("gen: bundle for %s (%s + %s PTX) in %s/ (%.0f ms); build it with %s/moe_*.mk or CMakeLists.txt\n",
+           plan.spec.name, o->arch ? o->arch : MG_BUNDLE_DEFAULT_ARCHS, MG_BUNDLE_PTX_ARCH, dir, now_ms() - t0, dir);
     return 0;
 }
 
@@ -342,9 +370,11 @@ int main(int argc, char **argv)
                           argv[1]);
     cli_opts o;
     if (parse_opts(verb ? verb : "moegen", argc - first, argv + first, &o)) return MG_EUSER;
+    if (o.arch && strchr(o.arch, ',') && !o.bundle)
+        return user_error("--arch = '%s': a list needs gen --bundle; give one of sm_90a, sm_90, sm_80", o.arch);
     if (!verb) return cmd_default(&o);
     if (!strcmp(verb, "check")) return cmd_check(&o);
-    if (!strcmp(verb, "gen")) return cmd_gen(&o, 0);
+    if (!strcmp(verb, "gen")) return o.bundle ? cmd_bundle(&o) : cmd_gen(&o, 0);
     if (!strcmp(verb, "compile")) return cmd_compile(&o, 0);
     if (!strcmp(verb, "selftest")) return cmd_selftest(&o);
     if (!strcmp(verb, "cache")) return cmd_cache(&o);
