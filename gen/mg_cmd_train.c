@@ -18,13 +18,15 @@ static const char *const train_help =
     "  Validation loss every train.eval_every steps and at the end. --steps N stops after N steps\n"
     "  in all (the LR schedule still spans train.steps); --resume continues a run bitwise.\n"
     "  --device cpu (default) is the CPU trainer; the GPU trainer is not built in this version.\n"
-    "  Data: the built-in byte tokenizer (vocab >= 256) on $MOEGEN_DATA_DIR (default ../shared/data).\n"
+    "  Data: train.data = a `moegen data` output directory (train.tok, valid.tok), or text through the\n"
+    "  built-in byte tokenizer (vocab >= 256) from $MOEGEN_DATA_DIR (default ../shared/data).\n"
     "example: moegen train specs/ci-cpu.lua --device cpu --steps 100\n";
 
 static const char *const eval_help =
     "usage: moegen eval CKPT [--data FILE]\n"
     "  Loss and perplexity of a checkpoint (a ckpt-NNNNNN directory, or a run dir: its newest)\n"
-    "  over the non-overlapping seq_len windows of FILE (bytes), or of the spec's validation split.\n"
+    "  over the non-overlapping seq_len windows of FILE (a .tok token file, else its bytes), or of\n"
+    "  the spec's validation split.\n"
     "example: moegen eval runs/ci-cpu/best --data ../shared/data/tinyshakespeare/input.txt\n";
 
 static int fail(const char *verb, const char *fmt, const char *a)

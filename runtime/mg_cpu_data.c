@@ -1,11 +1,14 @@
 /* mg_cpu_data: token splits for the CPU trainer and its batch sampler (see the header). */
 #include "mg_cpu_data.h"
+#include "mg_cmd_data.h"   /* mg_data_dir: the same data directory `moegen data` reads */
+#include "mg_tokfile.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static int is_dir(const char *p)
 {
@@ -13,12 +16,45 @@ static int is_dir(const char *p)
     return !stat(p, &sb) && S_ISDIR(sb.st_mode);
 }
 
-static void data_dir(char *buf, size_t n)
+static int ends_with(const char *s, const char *suf)
 {
-    const char *env = getenv("MOEGEN_DATA_DIR");
-    if (env && *env) snprintf(buf, n, "%s", env);
-    else if (is_dir("../shared/data")) snprintf(buf, n, "../shared/data");
-    else snprintf(buf, n, "/work/shared/data");
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* The tokens of a `moegen data` token file as int32. */
+static int read_tokfile(const char *path, int32_t **out, long *n, uint32_t *vocab, char *tokenizer, mg_err *err)
+{
+    mg_tokfile tf;
+    if (mg_tokfile_open(path, "make it with: moegen data --corpus NAME --tokenizer word|gpt2", &tf, err))
+        return err ? err->code : MG_EUSER;
+    uint64_t cnt = tf.info.n_tokens;
+    int32_t *t = malloc(sizeof(int32_t) * (size_t)(cnt ? cnt : 1));
+    if (!t) {
+        mg_tokfile_close(&tf);
+        return mg_err_set(err, MG_EINTERNAL, "%s: out of memory for %llu tokens", path, (unsigned long long)cnt);
+    }
+    for (uint64_t i = 0; i < cnt; i++) t[i] = (int32_t)mg_tokfile_at(&tf, i);
+    *out = t;
+    *n = (long)cnt;
+    if (tf.info.vocab > *vocab) *vocab = tf.info.vocab;
+    snprintf(tokenizer, 16, "%s", tf.info.tokenizer);
+    mg_tokfile_close(&tf);
+    return 0;
+}
+
+/* DIR/train.tok + DIR/valid.tok, written by `moegen data -o DIR`. */
+static int tok_dir(const char *dir, mg_cpu_data *d, mg_err *err)
+{
+    char a[1600], b[1600], tk[16];
+    uint32_t vocab = 0;
+    snprintf(a, sizeof a, "%s/train.tok", dir);
+    snprintf(b, sizeof b, "%s/valid.tok", dir);
+    if (read_tokfile(a, &d->train, &d->n_train, &vocab, tk, err) || read_tokfile(b, &d->val, &d->n_val, &vocab, tk, err))
+        return MG_EUSER;
+    d->vocab = (int)vocab;
+    snprintf(d->desc, sizeof d->desc, "token files %.1600s/{train,valid}.tok (%s, vocab %u)", dir, tk, vocab);
+    return 0;
 }
 
 /* The bytes of path as tokens. */
@@ -72,8 +108,8 @@ static int two_files(const char *tr, const char *va, mg_cpu_data *d, mg_err *err
 static int check_sizes(const mg_spec *s, mg_cpu_data *d, mg_err *err)
 {
     if (s->model.vocab < d->vocab)
-        return mg_err_set(err, MG_EUSER, "%s: model.vocab = %d: the built-in byte tokenizer needs vocab >= %d",
-                          s->path, s->model.vocab, d->vocab);
+        return mg_err_set(err, MG_EUSER, "%s: model.vocab = %d: the data (%s) needs vocab >= %d", s->path,
+                          s->model.vocab, d->desc, d->vocab);
     long need = (long)s->model.seq_len + 2;
     if (d->n_train < need || d->n_val < need)
         return mg_err_set(err, MG_EUSER, "%s: train.data = \"%s\": %ld train / %ld valid tokens, need at least %ld "
@@ -85,11 +121,14 @@ int mg_cpu_data_open(const mg_spec *s, mg_cpu_data *d, mg_err *err)
 {
     memset(d, 0, sizeof *d);
     d->vocab = 256;
-    char dir[1024], a[1600], b[1600];
-    data_dir(dir, sizeof dir);
+    char dir[1024], a[1600], b[1600], tt[1600];
     const char *name = s->train.data;
-    int rc;
-    if (!strcmp(name, "tinyshakespeare")) {
+    int rc = mg_data_dir(NULL, dir, sizeof dir, NULL, err);
+    if (rc) return rc;
+    snprintf(tt, sizeof tt, "%s/train.tok", name);
+    if (is_dir(name) && !access(tt, F_OK)) {
+        rc = tok_dir(name, d, err);
+    } else if (!strcmp(name, "tinyshakespeare")) {
         snprintf(a, sizeof a, "%s/tinyshakespeare/input.txt", dir);
         rc = split_90_10(a, d, err);
     } else if (!strcmp(name, "wikitext-2")) {
@@ -111,7 +150,7 @@ int mg_cpu_data_open(const mg_spec *s, mg_cpu_data *d, mg_err *err)
     if (rc) mg_cpu_data_free(d);
     else {
         size_t l = strlen(d->desc);
-        snprintf(d->desc + l, sizeof d->desc - l, ": %ld train / %ld valid byte tokens", d->n_train, d->n_val);
+        snprintf(d->desc + l, sizeof d->desc - l, ": %ld train / %ld valid tokens", d->n_train, d->n_val);
     }
     return rc;
 }
@@ -120,15 +159,19 @@ int mg_cpu_data_open_eval(const char *path, const mg_spec *s, mg_cpu_data *d, mg
 {
     memset(d, 0, sizeof *d);
     d->vocab = 256;
-    int rc = read_bytes(path, &d->val, &d->n_val, err);
+    char tk[16];
+    uint32_t vocab = 0;
+    int tok = ends_with(path, ".tok");
+    int rc = tok ? read_tokfile(path, &d->val, &d->n_val, &vocab, tk, err) : read_bytes(path, &d->val, &d->n_val, err);
+    if (tok) d->vocab = (int)vocab;
     if (!rc && d->n_val < (long)s->model.seq_len + 1)
-        rc = mg_err_set(err, MG_EUSER, "%s: %ld byte tokens, need at least model.seq_len + 1 = %d", path, d->n_val,
+        rc = mg_err_set(err, MG_EUSER, "%s: %ld tokens, need at least model.seq_len + 1 = %d", path, d->n_val,
                         s->model.seq_len + 1);
     if (!rc && s->model.vocab < d->vocab)
-        rc = mg_err_set(err, MG_EUSER, "%s: model.vocab = %d: the built-in byte tokenizer needs vocab >= %d", path,
-                        s->model.vocab, d->vocab);
+        rc = mg_err_set(err, MG_EUSER, "%s: model.vocab = %d: this data needs vocab >= %d", path, s->model.vocab,
+                        d->vocab);
     if (rc) mg_cpu_data_free(d);
-    else snprintf(d->desc, sizeof d->desc, "bytes of %s: %ld tokens", path, d->n_val);
+    else snprintf(d->desc, sizeof d->desc, "%s of %s: %ld tokens", tok ? "tokens" : "bytes", path, d->n_val);
     return rc;
 }
 

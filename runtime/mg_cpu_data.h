@@ -1,14 +1,17 @@
 /* mg_cpu_data: the CPU trainer's token source: train/valid token arrays and how batches are
  * drawn from them.
  *
- * Until `moegen data` token files are wired in, text is tokenized built-in at byte level:
- * token = byte value (vocabulary 256, so model.vocab must be >= 256). train.data resolves as
+ * train.data resolves as
+ *   a directory with train.tok + valid.tok   `moegen data` token files (mg_tokfile); model.vocab
+ *                                            must cover the file's vocabulary
+ * else text, tokenized built-in at byte level: token = byte value (vocabulary 256, so
+ * model.vocab must be >= 256):
  *   "tinyshakespeare"  DATA/tinyshakespeare/input.txt, first 90% of the bytes train, rest valid
  *   "wikitext-2"       DATA/wikitext-2/wiki.{train,valid}.tokens
  *   "ptb"              DATA/ptb/ptb.{train,valid}.txt
  *   a directory        DIR/train.txt + DIR/valid.txt
  *   a file             split 90/10 like tinyshakespeare
- * with DATA = $MOEGEN_DATA_DIR, else ../shared/data, else /work/shared/data.
+ * with DATA from mg_data_dir ($MOEGEN_DATA_DIR, else ../shared/data, else /work/shared/data).
  *
  * Batches are windows of T+1 tokens. Training row b of micro-batch `micro` of step `step`
  * starts at mix64(data_stream(seed, step, micro, b)) mod (n_train − T) (stateless, so a
@@ -32,12 +35,12 @@ typedef struct mg_cpu_data {
     int32_t *train, *val;
     long n_train, n_val;
     int vocab;             /* vocabulary the tokens need (256 for bytes) */
-    char desc[512];        /* for the log: tokenizer, files, counts */
+    char desc[2048];       /* for the log: tokenizer, files, counts */
 } mg_cpu_data;
 
 /* Opens the spec's train.data; checks vocab and that both splits hold a window. */
 int mg_cpu_data_open(const mg_spec *s, mg_cpu_data *d, mg_err *err);
-/* One file as a validation split only (moegen eval --data FILE). */
+/* One file as a validation split only (moegen eval --data FILE): a .tok token file, else bytes. */
 int mg_cpu_data_open_eval(const char *path, const mg_spec *s, mg_cpu_data *d, mg_err *err);
 void mg_cpu_data_free(mg_cpu_data *d);
 

@@ -6,6 +6,7 @@
 #include "mg_testproc.h"
 
 #include "mg_spec.h"
+#include "mg_tokfile.h"
 #include "mg_train.h"
 
 #include <jansson.h>
@@ -229,11 +230,53 @@ static void test_cli(void **state)
     mg_assert_contains(p.out, "/cli/ckpt-000003/model.safetensors: truncated");
 }
 
+
+/* train.data = a `moegen data` output directory: the token files are used as they are, and a
+ * model.vocab below the files' vocabulary is refused. */
+static void test_token_files(void **state)
+{
+    (void)state;
+    char dir[300], path[400], spec[1024];
+    snprintf(dir, sizeof dir, "%s/tok", tmp);
+    mkdir(dir, 0755);
+    uint32_t t[3000];
+    for (int i = 0; i < 3000; i++) t[i] = (uint32_t)((i * 7 + i / 13) % 50);
+    mg_tokfile_info info = {.vocab = 50};
+    snprintf(info.tokenizer, sizeof info.tokenizer, "word");
+    mg_err err;
+    snprintf(path, sizeof path, "%s/train.tok", dir);
+    assert_int_equal(mg_tokfile_write(path, &info, t, 3000, &err), 0);
+    snprintf(path, sizeof path, "%s/valid.tok", dir);
+    assert_int_equal(mg_tokfile_write(path, &info, t + 1000, 500, &err), 0);
+    for (int vocab = 48; vocab <= 64; vocab += 16) {
+        snprintf(spec, sizeof spec, "return { name = 'tk', model = { vocab = %d, d_model = 16, n_layer = 1, n_head = 2,"
+                 " seq_len = 16 }, moe = { experts = 4, top_k = 2, d_ff = 16 }, dtype = 'fp32', train = { data = '%s',"
+                 " batch = 2, steps = 2, warmup = 1, eval_every = 2, eval_batches = 2 } }", vocab, dir);
+        mg_spec s;
+        load(&s, "tk.lua", spec);
+        snprintf(path, sizeof path, "%s/run%d", tmp, vocab);
+        mg_train_opts o = {.run_dir = path, .quiet = 1};
+        mg_train_result r;
+        int rc = mg_train(&s, &o, &r, &err);
+        if (vocab == 48) {
+            assert_int_equal(rc, MG_EUSER);
+            mg_assert_contains(err.msg, "model.vocab = 48: the data (token files ");
+            mg_assert_contains(err.msg, "needs vocab >= 50");
+        } else {
+            if (rc) print_error("%s\n", err.msg);
+            assert_int_equal(rc, 0);
+            assert_int_equal(r.steps_done, 2);
+            assert_true(isfinite(r.last_val) && r.last_val < log(64.0) + 0.5);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_resume_is_bitwise),
+        cmocka_unit_test(test_token_files),
         cmocka_unit_test(test_ci_spec_learns),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
