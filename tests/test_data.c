@@ -3,6 +3,7 @@
 #include "mg_test.h"
 #include "mg_testproc.h"
 
+#include "mg_loader.h"
 #include "mg_rng.h"
 #include "mg_tok.h"
 #include "mg_tokfile.h"
@@ -476,6 +477,183 @@ static void test_bpe_load_errors(void **state)
     assert_string_equal(err.msg, msg);
 }
 
+/* ---- loader -------------------------------------------------------------------------- */
+
+enum { LN = 10007, LB = 4, LT = 16 };
+
+/* A token file whose token i is i, so a window's tokens say where it starts. */
+static void open_positions(mg_tokfile *tf)
+{
+    static uint32_t ids[LN];
+    for (uint32_t i = 0; i < LN; i++) ids[i] = i;
+    char path[300];
+    tmp_path(path, sizeof path, "pos.tok");
+    write_tok(path, 65536, ids, LN);
+    mg_err err;
+    mg_err_clear(&err);
+    assert_int_equal(mg_tokfile_open(path, NULL, tf, &err), 0);
+}
+
+static mg_loader *open_loader(const mg_tokfile *tf, uint64_t seed, mg_loader_order order, int sync)
+{
+    mg_loader_opts o = {.batch = LB, .seq_len = LT, .seed = seed, .order = order, .sync = sync, .name = "pos.tok"};
+    mg_loader *L;
+    mg_err err;
+    mg_err_clear(&err);
+    int rc = mg_loader_open(&L, tf, &o, &err);
+    if (rc) print_error("%s\n", err.msg);
+    assert_int_equal(rc, 0);
+    return L;
+}
+
+/* The next n batches, concatenated. */
+static void take(mg_loader *L, int n, int32_t *out)
+{
+    for (int i = 0; i < n; i++) {
+        mg_batch b;
+        mg_err err;
+        mg_err_clear(&err);
+        assert_int_equal(mg_loader_next(L, &b, &err), 0);
+        assert_int_equal(b.B, LB);
+        assert_int_equal(b.T, LT);
+        memcpy(out + (size_t)i * LB * (LT + 1), b.tok, sizeof(int32_t) * LB * (LT + 1));
+    }
+}
+
+static void test_loader_random_windows(void **state)
+{
+    (void)state;
+    mg_tokfile tf;
+    open_positions(&tf);
+    enum { K = 200, LEN = K * LB * (LT + 1) };
+    static int32_t a[LEN], b[LEN], c[LEN];
+    mg_loader *L1 = open_loader(&tf, 1, MG_LOADER_RANDOM, 0), *L2 = open_loader(&tf, 1, MG_LOADER_RANDOM, 1),
+              *L3 = open_loader(&tf, 2, MG_LOADER_RANDOM, 0);
+    take(L1, K, a);
+    take(L2, K, b);
+    take(L3, K, c);
+    /* Same seed: the same batches, with or without the prefetch thread; another seed differs. */
+    assert_memory_equal(a, b, sizeof a);
+    assert_memory_not_equal(a, c, sizeof a);
+    for (int r = 0; r < K * LB; r++) {
+        const int32_t *row = a + r * (LT + 1);
+        assert_true(row[0] >= 0 && row[0] + LT < LN);
+        for (int t = 1; t <= LT; t++) assert_int_equal(row[t], row[0] + t);
+    }
+    uint64_t tokens;
+    double epochs;
+    mg_loader_seen(L1, &tokens, &epochs);
+    assert_int_equal(tokens, (uint64_t)K * LB * LT);
+    assert_true(epochs > (double)K * LB * LT / LN - 1e-9 && epochs < (double)K * LB * LT / LN + 1e-9);
+    assert_int_equal(mg_loader_pinned(L1), 0);  /* no CUDA device here */
+    /* batch_at agrees with what next() handed out. */
+    int32_t one[LB * (LT + 1)];
+    mg_err err;
+    mg_err_clear(&err);
+    assert_int_equal(mg_loader_batch_at(L1, 37, one, &err), 0);
+    assert_memory_equal(one, a + 37 * LB * (LT + 1), sizeof one);
+    mg_loader_close(L1);
+    mg_loader_close(L2);
+    mg_loader_close(L3);
+    mg_tokfile_close(&tf);
+}
+
+static void test_loader_epochs(void **state)
+{
+    (void)state;
+    mg_tokfile tf;
+    open_positions(&tf);
+    const int W = (LN - 1) / LT;             /* 625 windows */
+    const int K = (2 * W + LB - 1) / LB + 1; /* a bit over two epochs */
+    int32_t *a = malloc(sizeof(int32_t) * (size_t)K * LB * (LT + 1));
+    assert_non_null(a);
+    mg_loader *L = open_loader(&tf, 9, MG_LOADER_EPOCH, 0);
+    take(L, K, a);
+    /* Each epoch visits every window (starting at a multiple of T) exactly once. */
+    char *seen = calloc((size_t)W, 1);
+    int same_order = 1;
+    for (int e = 0; e < 2; e++) {
+        memset(seen, 0, (size_t)W);
+        for (int w = 0; w < W; w++) {
+            const int32_t *row = a + (size_t)(e * W + w) * (LT + 1);
+            assert_int_equal(row[0] % LT, 0);
+            assert_int_equal(row[LT], row[0] + LT);
+            int idx = row[0] / LT;
+            assert_true(idx < W);
+            assert_int_equal(seen[idx], 0);
+            seen[idx] = 1;
+            if (e == 1 && row[0] != a[(size_t)w * (LT + 1)]) same_order = 0;
+        }
+    }
+    assert_false(same_order);                /* each epoch is shuffled anew */
+    uint64_t tokens;
+    double epochs;
+    mg_loader_seen(L, &tokens, &epochs);
+    assert_true(epochs > 2.0 && epochs < 2.0 + 2.0 * LB / W);
+    /* Another loader with the same seed gives the same epochs. */
+    int32_t *b = malloc(sizeof(int32_t) * (size_t)K * LB * (LT + 1));
+    mg_loader *L2 = open_loader(&tf, 9, MG_LOADER_EPOCH, 1);
+    take(L2, K, b);
+    assert_memory_equal(a, b, sizeof(int32_t) * (size_t)K * LB * (LT + 1));
+    mg_loader_close(L2);
+    mg_loader_close(L);
+    free(a);
+    free(b);
+    free(seen);
+    mg_tokfile_close(&tf);
+}
+
+static void test_loader_resume(void **state)
+{
+    (void)state;
+    mg_tokfile tf;
+    open_positions(&tf);
+    enum { LEN = 5 * LB * (LT + 1) };
+    static int32_t skip_[LB * (LT + 1)], want[LEN], got[LEN];
+    for (int order = 0; order < 2; order++) {
+        mg_loader *L = open_loader(&tf, 5, (mg_loader_order)order, 0);
+        for (int i = 0; i < 170; i++) take(L, 1, skip_);  /* past the end of epoch 1 in epoch order */
+        mg_loader_pos pos;
+        mg_loader_tell(L, &pos);
+        assert_int_equal(pos.batch, 170);
+        take(L, 5, want);
+        /* A fresh loader (say, after a restart) seeks to the saved position. */
+        mg_loader *R = open_loader(&tf, 5, (mg_loader_order)order, 0);
+        mg_err err;
+        mg_err_clear(&err);
+        assert_int_equal(mg_loader_seek(R, &pos, &err), 0);
+        take(R, 5, got);
+        assert_memory_equal(want, got, sizeof want);
+        uint64_t t1, t2;
+        mg_loader_seen(L, &t1, NULL);
+        mg_loader_seen(R, &t2, NULL);
+        assert_int_equal(t1, t2);
+        /* Seeking back in the same loader replays. */
+        assert_int_equal(mg_loader_seek(L, &pos, &err), 0);
+        take(L, 5, got);
+        assert_memory_equal(want, got, sizeof want);
+        /* A position from another configuration is refused. */
+        mg_loader *O = open_loader(&tf, 6, (mg_loader_order)order, 0);
+        assert_int_equal(mg_loader_seek(O, &pos, &err), MG_EUSER);
+        char msg[400];
+        snprintf(msg, sizeof msg, "loader: the saved position is for seed 5, batch 4, seq_len 16, %s order over 10007 "
+                 "tokens; this run has seed 6, batch 4, seq_len 16, %s order over 10007 tokens",
+                 order ? "epoch" : "random", order ? "epoch" : "random");
+        assert_string_equal(err.msg, msg);
+        mg_loader_close(O);
+        mg_loader_close(R);
+        mg_loader_close(L);
+    }
+    /* A file shorter than one window. */
+    mg_loader_opts o = {.batch = 2, .seq_len = LN, .name = "pos.tok"};
+    mg_loader *L;
+    mg_err err;
+    mg_err_clear(&err);
+    assert_int_equal(mg_loader_open(&L, &tf, &o, &err), MG_EUSER);
+    assert_string_equal(err.msg, "pos.tok: 10007 tokens, fewer than one window of seq_len + 1 = 10008");
+    mg_tokfile_close(&tf);
+}
+
 /* ---- moegen data --------------------------------------------------------------------- */
 
 static void test_cli_data_errors(void **state)
@@ -634,6 +812,9 @@ int main(void)
         cmocka_unit_test(test_bpe_round_trip_random_bytes),
         cmocka_unit_test(test_bpe_pretokenizer),
         cmocka_unit_test_setup_teardown(test_bpe_load_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loader_random_windows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loader_epochs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loader_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_data_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_data_corrupt_corpus, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_data_path_corpus, setup, teardown),
