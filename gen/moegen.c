@@ -10,6 +10,7 @@
 #include "mg_jit.h"
 #include "mg_plan.h"
 #include "mg_selftest.h"
+#include "mg_tune.h"
 #include "mg_spec.h"
 
 #include <cuda_runtime.h>
@@ -31,6 +32,8 @@ typedef struct cli_opts {
     unsigned long long seed;
     int have_seed;
     const char *sub;       /* cache ls|clear */
+    const char *gpu;       /* --gpu NAME: whose tuning db entries gen/compile use */
+    int rules;             /* --rules: ignore the tuning db */
 } cli_opts;
 
 static const char *const usage_main =
@@ -47,6 +50,9 @@ static const char *const usage_main =
     "  selftest SPEC [--seed N] [--arch A] check every kernel against the CPU reference (GPU part skipped without a GPU)\n"
     "  cache ls|clear                  list or empty the JIT cache ($MOEGEN_CACHE_DIR, default ~/.cache/moegen)\n"
     "  devices                         list CUDA devices (exit 1 when there are none)\n"
+    "  tune SPEC... [--tokens T,..] [--budget S]\n"
+    "                                  find the fastest correct kernel configs on this GPU, remember them (tune --help)\n"
+    "  check/gen/compile take --gpu NAME (use that GPU's tuning db entries) or --rules (ignore the db)\n"
     "  data --corpus NAME|PATH [--tokenizer word|gpt2] [-o DIR]\n"
     "                                  tokenize a corpus into train/valid token files + vocab (see data --help)\n"
     "  train SPEC --device cpu [--steps N] [--run-dir DIR] [--resume DIR]\n"
@@ -110,10 +116,12 @@ static int parse_opts(const char *verb, int argc, char **argv, cli_opts *o)
         const char *a = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
         long v;
-        if (!strcmp(a, "-o") || !strcmp(a, "--arch") || !strcmp(a, "--jobs") || !strcmp(a, "--seed")) {
+        if (!strcmp(a, "-o") || !strcmp(a, "--arch") || !strcmp(a, "--jobs") || !strcmp(a, "--seed") ||
+            !strcmp(a, "--gpu")) {
             if (!next) return user_error("%s needs a value", a);
             i++;
             if (!strcmp(a, "-o")) o->outdir = next;
+            else if (!strcmp(a, "--gpu")) o->gpu = next;
             else if (!strcmp(a, "--arch")) {
                 if (strcmp(next, "sm_90a") && strcmp(next, "sm_90") && strcmp(next, "sm_80") && !strchr(next, ','))
                     return user_error("--arch = '%s': must be one of sm_90a, sm_90, sm_80", next);
@@ -128,6 +136,7 @@ static int parse_opts(const char *verb, int argc, char **argv, cli_opts *o)
                 o->have_seed = 1;
             }
         } else if (!strcmp(a, "--no-cache")) o->no_cache = 1;
+        else if (!strcmp(a, "--rules")) o->rules = 1;
         else if (!strcmp(a, "--bundle") && !strcmp(verb, "gen")) o->bundle = 1;
         else if (!strcmp(a, "-v")) o->verbose = 1;
         else if (a[0] == '-' && a[1]) {
@@ -158,7 +167,12 @@ static int load_plan(const cli_opts *o, const char *verb, mg_plan *plan)
     mg_err err;
     mg_err_clear(&err);
     if (mg_spec_load(o->spec, &spec, &err)) return report(&err);
-    if (mg_plan_make(&spec, NULL, plan, &err)) return report(&err);
+    /* Tiles from the tuning db (moegen tune), else the rules. gen and compile never touch the
+     * GPU (they run on build machines too): the entry is the one tuned on --gpu NAME, else the
+     * newest for the spec's kernels; each tunable family prints which it used. */
+    mg_tune_lookup tl = {.gpu = o->gpu, .arch = o->arch, .rules_only = o->rules,
+                         .log = strcmp(verb, "gen") && strcmp(verb, "compile") ? NULL : stdout};
+    if (mg_tune_plan_make(&spec, &tl, plan, &err)) return report(&err);
     return 0;
 }
 
@@ -279,7 +293,7 @@ static int cmd_default(const cli_opts *o)
     if (!rc) rc = cmd_compile(o, 0);
     if (rc) return rc;
     mg_plan plan;
-    load_plan(o, "compile", &plan);
+    load_plan(o, "check", &plan);
     char dir[1024];
     default_outdir(&plan, o, dir, sizeof dir);
     printf("\nnext: moegen selftest %s   (checks every kernel against the CPU reference)\n"
@@ -357,6 +371,7 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "data")) return mg_cmd_data(argc - 2, argv + 2);
     if (!strcmp(argv[1], "train")) return mg_cmd_train(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return mg_cmd_eval(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "tune")) return mg_tune_cli(argc - 2, argv + 2);
     static const char *const verbs[] = {"check", "gen", "compile", "selftest", "cache", "devices"};
     const char *verb = NULL;
     for (size_t i = 0; i < sizeof verbs / sizeof *verbs; i++)
