@@ -297,6 +297,8 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
         fprintf(r.log, "train: %s, %ld parameters, %d x %d x %d tokens per step, steps %ld -> %ld of %d; data: %s; "
                 "run dir %s\n", sp->name, r.m.n_params, A, B, r.m.T, r.st.step, r.stop, sp->train.steps, r.data.desc,
                 r.run_dir);
+    if (r.st.step >= r.stop && !o->quiet)
+        fprintf(r.log, "train: nothing to do: the checkpoint is at step %ld, the run stops at %ld\n", r.st.step, r.stop);
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (size_t)(r.m.T + 1));
     double t0 = now_s();
     long first = r.st.step;
