@@ -246,6 +246,24 @@ static void test_word_wikitext2(void **state)
     assert_int_equal(mg_tok_word_encode(&w, valid, n, &ids, &st, &err), 0);
     assert_int_equal(ids.n, 217646);
     assert_int_equal(st.unk, 0);
+    /* Round trip up to whitespace: each line's words joined by one space. */
+    mg_sb sb, norm;
+    mg_sb_init(&sb);
+    mg_sb_init(&norm);
+    assert_int_equal(mg_tok_word_decode(&w, ids.v, ids.n, &sb, &err), 0);
+    for (size_t i = 0, line_start = 1, in_word = 0; i < n; i++) {
+        char c = valid[i];
+        if (c == '\n') { mg_sb_putn(&norm, "\n", 1); line_start = 1; in_word = 0; continue; }
+        if (c == ' ') { in_word = 0; continue; }
+        if (!in_word && !line_start) mg_sb_putn(&norm, " ", 1);
+        mg_sb_putn(&norm, &c, 1);
+        in_word = 1;
+        line_start = 0;
+    }
+    assert_int_equal(sb.len, norm.len);
+    assert_memory_equal(sb.buf, norm.buf, sb.len);
+    mg_sb_free(&sb);
+    mg_sb_free(&norm);
     free(valid);
 
     /* The vocabulary file reloads to the same ids. */
