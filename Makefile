@@ -73,6 +73,15 @@ $(BUILD)/moegen: gen/moegen.c $(BUILD)/libmoegen.a
 $(BUILD)/tests/%: tests/%.c tests/mg_test.h $(BUILD)/libmoegen.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests $< -o $@ $(BUILD)/libmoegen.a $(LDLIBS) -lcmocka
+# The bundle bench links a bundle of BUNDLE_SPEC next to libmoegen (bench/mg_bench_bundle.c).
+BUNDLE_SPEC ?= specs/wt2-moe8.lua
+BUNDLE_ID   := $(subst -,_,$(subst .,_,$(basename $(notdir $(BUNDLE_SPEC)))))
+BUNDLE_DIR  := $(BUILD)/bench/moe_$(BUNDLE_ID)
+$(BUNDLE_DIR)/moe_$(BUNDLE_ID).c: $(BUILD)/moegen $(BUNDLE_SPEC)
+	$(BUILD)/moegen gen $(BUNDLE_SPEC) --bundle -o $(BUNDLE_DIR)
+$(BUILD)/bench/mg_bench_bundle: bench/mg_bench_bundle.c $(BUNDLE_DIR)/moe_$(BUNDLE_ID).c $(BUILD)/libmoegen.a
+	$(CC) $(ALL_CFLAGS) -I$(BUNDLE_DIR) -DMOE_ID=$(BUNDLE_ID) -DMOE_UID=$(shell echo $(BUNDLE_ID) | tr a-z A-Z) \
+	    -DMOE_SPEC=\"$(BUNDLE_SPEC)\" $< $(BUNDLE_DIR)/moe_$(BUNDLE_ID).c -o $@ $(BUILD)/libmoegen.a $(LDLIBS)
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libmoegen.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(BUILD)/libmoegen.a $(LDLIBS)
@@ -103,8 +112,10 @@ install: all
 	install -m 644 $(BUILD)/libmoegen.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(BUILD)/libmoegen.so $(DESTDIR)$(PREFIX)/lib/libmoegen.so.0
 	ln -sf libmoegen.so.0 $(DESTDIR)$(PREFIX)/lib/libmoegen.so
-	install -m 644 gen/*.h runtime/*.h $(DESTDIR)$(PREFIX)/include/moegen/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@CUDA@|$(CUDA_HOME)|' moegen.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/moegen.pc
+	install -m 644 gen/*.h runtime/*.h templates/moe_params.h $(DESTDIR)$(PREFIX)/include/moegen/
+	install -m 644 gen/moegen_api.h $(DESTDIR)$(PREFIX)/include/moegen/moegen.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@CUDA@|$(CUDA_HOME)|' \
+	    -e 's|@LIBS_PRIVATE@|$(filter-out $(CUDA_LIBS),$(SO_LIBS))|' moegen.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/moegen.pc
 
 clean:
 	rm -rf build build-asan
