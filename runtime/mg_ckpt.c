@@ -151,7 +151,7 @@ static char *state_json(const mg_cpu_model *m, const mg_ckpt_state *st)
                           "step", (json_int_t)st->step, "tokens", (json_int_t)st->tokens,
                           "rng", "kind", "counter(seed, step, micro, site)", "seed", (json_int_t)st->seed,
                           "step", (json_int_t)st->step,
-                          "data", "sampler", "random-windows(seed, step, micro, row)",
+                          "data", "sampler", "mg_loader random, batch k = step*grad_accum + micro",
                           "position", (json_int_t)st->data_pos,
                           "val_loss", isfinite(st->val_loss) ? json_real(st->val_loss) : json_null(),
                           "best_val_loss", isfinite(st->best_val) ? json_real(st->best_val) : json_null(),

@@ -31,7 +31,7 @@ typedef struct mg_ckpt_state {
     long step;            /* optimizer steps done */
     long tokens;          /* training tokens consumed */
     uint64_t seed;        /* RNG: all randomness is counter-based on (seed, step, micro, ...) */
-    long data_pos;        /* sequences drawn from the train split so far */
+    long data_pos;        /* train batches drawn so far (mg_loader_pos.batch) */
     double val_loss;      /* at this step (NAN when not evaluated) */
     double best_val;      /* best validation loss so far and its step (-1: none) */
     long best_step;

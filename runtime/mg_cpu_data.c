@@ -147,6 +147,16 @@ int mg_cpu_data_open(const mg_spec *s, mg_cpu_data *d, mg_err *err)
         rc = split_90_10(name, d, err);
     }
     if (!rc) rc = check_sizes(s, d, err);
+    if (!rc) {
+        /* int32 tokens in [0, vocab) have the bits of their uint32 values */
+        d->train_view.info.vocab = (uint32_t)d->vocab;
+        d->train_view.info.width = 4;
+        d->train_view.info.n_tokens = (uint64_t)d->n_train;
+        d->train_view.tokens = d->train;
+        mg_loader_opts lo = {.batch = s->train.batch, .seq_len = s->model.seq_len, .seed = (uint64_t)s->train.seed,
+                             .order = MG_LOADER_RANDOM, .sync = 1, .no_pinned = 1, .name = s->train.data};
+        rc = mg_loader_open(&d->loader, &d->train_view, &lo, err);
+    }
     if (rc) mg_cpu_data_free(d);
     else {
         size_t l = strlen(d->desc);
@@ -177,18 +187,15 @@ int mg_cpu_data_open_eval(const char *path, const mg_spec *s, mg_cpu_data *d, mg
 
 void mg_cpu_data_free(mg_cpu_data *d)
 {
+    if (d->loader) mg_loader_close(d->loader);
     free(d->train);
     free(d->val);
     memset(d, 0, sizeof *d);
 }
 
-void mg_cpu_data_train_batch(const mg_cpu_data *d, uint64_t seed, long step, int micro, int B, int T, int32_t *out)
+int mg_cpu_data_train_batch(const mg_cpu_data *d, uint64_t k, int32_t *out, mg_err *err)
 {
-    uint64_t span = (uint64_t)(d->n_train - T);
-    for (int b = 0; b < B; b++) {
-        uint64_t start = mg_mix64(mg_data_stream(seed, (uint64_t)step, (uint64_t)micro, (uint64_t)b)) % span;
-        memcpy(out + (long)b * (T + 1), d->train + start, sizeof(int32_t) * (size_t)(T + 1));
-    }
+    return mg_loader_batch_at(d->loader, k, out, err);
 }
 
 void mg_cpu_data_val_batch(const mg_cpu_data *d, int j, int n_batches, int B, int T, int32_t *out)

@@ -13,16 +13,17 @@
  *   a file             split 90/10 like tinyshakespeare
  * with DATA from mg_data_dir ($MOEGEN_DATA_DIR, else ../shared/data, else /work/shared/data).
  *
- * Batches are windows of T+1 tokens. Training row b of micro-batch `micro` of step `step`
- * starts at mix64(data_stream(seed, step, micro, b)) mod (n_train − T) (stateless, so a
- * resumed run draws exactly what an uninterrupted one would). Validation uses W = n_batches·B
- * fixed windows spread evenly: window w starts at w·floor((n_val − T − 1)/W).
+ * Batches are windows of T+1 tokens. Training batch k (the trainer's k = step·grad_accum +
+ * micro) is mg_loader's batch k in MG_LOADER_RANDOM order with the spec's seed, batch and
+ * seq_len, for bytes and token files alike: a pure function of k, so a resumed run draws
+ * exactly what an uninterrupted one would. Validation uses W = n_batches·B fixed windows
+ * spread evenly: window w starts at w·floor((n_val − T − 1)/W).
  */
 #ifndef MG_CPU_DATA_H
 #define MG_CPU_DATA_H
 
-#include "mg_cpu_ops.h"   /* mg_mix64 */
 #include "mg_err.h"
+#include "mg_loader.h"
 #include "mg_spec.h"
 
 #include <stdint.h>
@@ -35,6 +36,8 @@ typedef struct mg_cpu_data {
     int32_t *train, *val;
     long n_train, n_val;
     int vocab;             /* vocabulary the tokens need (256 for bytes) */
+    mg_tokfile train_view; /* the train tokens seen as a token file (width 4), for the loader */
+    mg_loader *loader;     /* train batches; NULL for an eval-only source */
     char desc[2048];       /* for the log: tokenizer, files, counts */
 } mg_cpu_data;
 
@@ -44,14 +47,8 @@ int mg_cpu_data_open(const mg_spec *s, mg_cpu_data *d, mg_err *err);
 int mg_cpu_data_open_eval(const char *path, const mg_spec *s, mg_cpu_data *d, mg_err *err);
 void mg_cpu_data_free(mg_cpu_data *d);
 
-/* The stream of training row `row`; the constant keeps it apart from the dropout streams. */
-static inline uint64_t mg_data_stream(uint64_t seed, uint64_t step, uint64_t micro, uint64_t row)
-{
-    return mg_mix64(mg_mix64(mg_mix64(mg_mix64(seed ^ 0x0DA7A0DA7A0DA7A0ull) ^ step) ^ micro) ^ row);
-}
-
-/* out: [B, T+1] */
-void mg_cpu_data_train_batch(const mg_cpu_data *d, uint64_t seed, long step, int micro, int B, int T, int32_t *out);
+/* Training batch k into out [B, T+1]. */
+int mg_cpu_data_train_batch(const mg_cpu_data *d, uint64_t k, int32_t *out, mg_err *err);
 /* Batch j of n_batches validation batches; out: [B, T+1]. */
 void mg_cpu_data_val_batch(const mg_cpu_data *d, int j, int n_batches, int B, int T, int32_t *out);
 

@@ -236,7 +236,7 @@ typedef struct step_stats {
 } step_stats;
 
 /* One optimizer step s (0-based). */
-static void train_step(run *r, long s, int32_t *tok, step_stats *ss)
+static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
 {
     const mg_spec *sp = &r->spec;
     mg_cpu_model *m = &r->m;
@@ -248,7 +248,7 @@ static void train_step(run *r, long s, int32_t *tok, step_stats *ss)
     for (int a = 0; a < A; a++) {
         mg_cpu_ctx c = {.train = 1, .seed = r->st.seed, .step = s, .micro = a, .scale = 1.0 / A};
         mg_cpu_out o;
-        mg_cpu_data_train_batch(&r->data, r->st.seed, s, a, B, m->T, tok);
+        if (mg_cpu_data_train_batch(&r->data, (uint64_t)s * (uint64_t)A + (uint64_t)a, tok, err)) return err->code;
         mg_cpu_model_run(m, tok, B, &c, 1, &o);
         ce += o.ce_sum / (double)o.n_tokens / A;
         n += o.n_tokens;
@@ -264,6 +264,7 @@ static void train_step(run *r, long s, int32_t *tok, step_stats *ss)
     mg_adamw_step(&r->opt, m->params, m->grads, m->tensors, m->n_tensors, ss->lr, sp->train.beta1, sp->train.beta2,
                   1e-8, sp->train.weight_decay, mg_clip_scale(ss->gnorm, sp->train.grad_clip));
     mg_cpu_model_update_bias(m, sp->moe.bias_update_rate);
+    return 0;
 }
 
 static void write_metrics(run *r, long step, const step_stats *ss, double val, double elapsed, double tps)
@@ -305,11 +306,11 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
     double last_val = r.st.val_loss;
     for (long s = r.st.step; s < r.stop && !rc; s++) {
         step_stats ss;
-        train_step(&r, s, tok, &ss);
+        if ((rc = train_step(&r, s, tok, &ss, err))) break;
         long done = s + 1;
         r.st.step = done;
         r.st.tokens += ss.tokens;
-        r.st.data_pos += (long)A * B;
+        r.st.data_pos += A;
         int eval = done % sp->train.eval_every == 0 || done == r.stop;
         double val = NAN;
         if (eval) {
