@@ -294,9 +294,11 @@ int mg_tune_enumerate(const mg_spec *spec, mg_family_id fam, int T, const mg_tun
         c[i].predicted = mg_tune_cost_model(&dm, fam, hw, &c[i].tile);
         if (c[i].is_default && c[i].status == MG_TUNE_PRUNED) {
             /* the rule is what runs today: measure it anyway, say what the rules think */
-            char note[sizeof c[i].reason + 32];
-            snprintf(note, sizeof note, "default kept despite: %s", c[i].reason);
-            snprintf(c[i].reason, sizeof c[i].reason, "%s", note);
+            static const char pre[] = "default kept despite: ";
+            size_t len = strnlen(c[i].reason, sizeof c[i].reason - sizeof pre);
+            memmove(c[i].reason + sizeof pre - 1, c[i].reason, len);
+            memcpy(c[i].reason, pre, sizeof pre - 1);
+            c[i].reason[sizeof pre - 1 + len] = 0;
             c[i].status = MG_TUNE_PENDING;
         }
     }
