@@ -22,7 +22,7 @@
 const char *mg_version(void) { return MG_VERSION; }
 
 /* Templates every family source inlines before its own, in this order. */
-static const char *const common_parts[] = {"moe_params.h", "mg_common.cuh"};
+static const char *const common_parts[] = {"moe_params.h", "mg_common.cuh", "mg_wgmma.cuh"};
 
 static void emit_banner(mg_sb *sb, const mg_plan *p, const char *what, const char *cmt)
 {

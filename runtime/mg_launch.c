@@ -20,6 +20,19 @@ static const int mg_launch_gemm_layout[3][2] = {{1, 1}, {1, 0}, {0, 0}};   /* fw
 
 static int mg_launch_cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
 
+/* The Hopper GEMM path (mg_wgmma.cuh) for GEMM entry k with a family's tile; the device picks
+ * it by block size. dgrad/wgrad only with MG_WG_BWD (moe_params.h). */
+static int mg_launch_wg(const mg_launch *L, const mg_launch_tile *t, int k)
+{
+    return L->wg && L->dim.esz == 2 && t->bm == 128 && (MG_WG_BWD || k == MG_K_UP_FWD || k == MG_K_DOWN_FWD);
+}
+/* N of GEMM entry k (fwd, dgrad, wgrad of up, then down): sizes the Hopper tile. */
+static int mg_launch_gemm_n(const mg_launch_dims *m, int k)
+{
+    const int n[6] = {m->f2, m->d, m->d, m->d, m->ff, m->ff};
+    return n[k - MG_K_UP_FWD];
+}
+
 static int mg_launch_fail(char *msg, size_t n, int code, const char *what, const char *sym, cudaError_t e)
 {
     if (msg && n) snprintf(msg, n, "%s(%s): %s", what, sym, cudaGetErrorString(e));
@@ -31,13 +44,16 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
                                  const char *const fam_name[MG_LAUNCH_FAMILIES], char *msg, size_t n)
 {
     const mg_launch_dims d0 = *dim;   /* dim may point into L */
+    const int wg = L->wg;
     int dev = 0, optin = 0, k;
     cudaError_t e;
     memset(L, 0, sizeof *L);
     L->dim = d0;
+    L->wg = wg;
     dim = &L->dim;
     if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
-        (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+        (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&L->nsm, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess)
         return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaDeviceGetAttribute", "smem optin", e);
     for (k = 0; k < MG_K_COUNT; k++) {
         const int fam = mg_launch_defs[k].fam;
@@ -47,7 +63,8 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
         if (k >= MG_K_UP_FWD && k <= MG_K_DOWN_WGRAD) {
             const mg_launch_tile *t = k <= MG_K_UP_WGRAD ? &dim->up : &dim->dn;
             const int *lay = mg_launch_gemm_layout[(k - MG_K_UP_FWD) % 3];
-            L->smem[k] = (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
+            L->smem[k] = mg_launch_wg(L, t, k) ? (size_t)MG_WG_SMEM_BYTES(MG_WG_BN(mg_launch_gemm_n(dim, k)))
+                         : (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
             if (L->smem[k] > (size_t)optin) {
                 if (msg && n)
                     snprintf(msg, n, "%s needs %lu bytes of shared memory, the device allows %d: use a smaller "
@@ -143,6 +160,11 @@ static int mg_launch_one(const mg_launch *L, int k, unsigned gx, unsigned gy, un
 #define LAUNCH(k, gx, gy, gz, block, smem, params) do { \
         int rc_ = mg_launch_one(L, (k), (gx), (gy), (gz), (block), (smem), stream, &(params), msg, n); \
         if (rc_) return rc_; } while (0)
+/* A grouped-GEMM launch: the mma.sync grid (gx, gy) x 32*warps, or on the Hopper path a
+ * persistent grid of one 384-thread CTA per SM that walks the tiles itself. */
+#define GEMM(k, t, gx, gy, params) do { \
+        if (mg_launch_wg(L, (t), (k))) LAUNCH((k), (unsigned)L->nsm, 1, 1, MG_WG_THREADS, L->smem[k], params); \
+        else LAUNCH((k), (gx), (gy), 1, 32 * (t)->warps, L->smem[k], params); } while (0)
 
 static int mg_launch_check_T(const mg_launch_ws *ws, int T, char *msg, size_t n)
 {
@@ -193,10 +215,8 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
     {
         moe_up_fwd_params uf = {x, w->w_up, ws->a, ws->h, ws->offsets, ws->tile_off_up, ws->perm, E, T};
         moe_down_fwd_params df = {ws->h, w->w_dn, ws->z, ws->offsets, ws->tile_off_dn, E, T};
-        LAUNCH(MG_K_UP_FWD, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(f2, tu->bn), 1, 32 * tu->warps,
-               L->smem[MG_K_UP_FWD], uf);
-        LAUNCH(MG_K_DOWN_FWD, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(d, td->bn), 1, 32 * td->warps,
-               L->smem[MG_K_DOWN_FWD], df);
+        GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(f2, tu->bn), uf);
+        GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(d, td->bn), df);
     }
     /* shared experts: identity routing, one launch pair each */
     for (s = 0; s < m->S; s++) {
@@ -206,10 +226,8 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
         moe_down_fwd_params sd = {mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es),
                                   mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), ws->z_sh + (size_t)s * T * d,
                                   NULL, NULL, 1, T};
-        LAUNCH(MG_K_UP_FWD, mg_launch_cdiv(T, tu->bm), mg_launch_cdiv(f2, tu->bn), 1, 32 * tu->warps,
-               L->smem[MG_K_UP_FWD], su);
-        LAUNCH(MG_K_DOWN_FWD, mg_launch_cdiv(T, td->bm), mg_launch_cdiv(d, td->bn), 1, 32 * td->warps,
-               L->smem[MG_K_DOWN_FWD], sd);
+        GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(T, tu->bm), mg_launch_cdiv(f2, tu->bn), su);
+        GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(T, td->bm), mg_launch_cdiv(d, td->bn), sd);
     }
     {
         moe_combine_fwd_params cf = {ws->z, ws->slot_of, ws->topk_w, m->S ? ws->z_sh : NULL, m->S, y, T};
@@ -246,14 +264,10 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
         moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T};
         moe_up_dgrad_params ud = {ws->da, w->w_up, ws->dxs, ws->offsets, ws->tile_off_up, E, T};
         moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T};
-        LAUNCH(MG_K_DOWN_DGRAD, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(ff, td->bn), 1, 32 * td->warps,
-               L->smem[MG_K_DOWN_DGRAD], dd);
-        LAUNCH(MG_K_DOWN_WGRAD, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), E, 1, 32 * td->warps,
-               L->smem[MG_K_DOWN_WGRAD], dw);
-        LAUNCH(MG_K_UP_DGRAD, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(d, tu->bn), 1, 32 * tu->warps,
-               L->smem[MG_K_UP_DGRAD], ud);
-        LAUNCH(MG_K_UP_WGRAD, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), E, 1, 32 * tu->warps,
-               L->smem[MG_K_UP_WGRAD], uw);
+        GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(ff, td->bn), dd);
+        GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), E, dw);
+        GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(d, tu->bn), ud);
+        GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), E, uw);
     }
     /* shared experts: dz = dy (weight 1), identity rows */
     for (s = 0; s < m->S; s++) {
@@ -264,14 +278,10 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
         moe_up_dgrad_params sud = {ws->da_sh, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
                                    ws->dxs_sh + (size_t)s * T * d, NULL, NULL, 1, T};
         moe_up_wgrad_params suw = {ws->da_sh, x, g->dws_up + (size_t)s * f2 * d, NULL, NULL, 1, T};
-        LAUNCH(MG_K_DOWN_DGRAD, mg_launch_cdiv(T, td->bm), mg_launch_cdiv(ff, td->bn), 1, 32 * td->warps,
-               L->smem[MG_K_DOWN_DGRAD], sdd);
-        LAUNCH(MG_K_DOWN_WGRAD, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, 1, 32 * td->warps,
-               L->smem[MG_K_DOWN_WGRAD], sdw);
-        LAUNCH(MG_K_UP_DGRAD, mg_launch_cdiv(T, tu->bm), mg_launch_cdiv(d, tu->bn), 1, 32 * tu->warps,
-               L->smem[MG_K_UP_DGRAD], sud);
-        LAUNCH(MG_K_UP_WGRAD, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), 1, 1, 32 * tu->warps,
-               L->smem[MG_K_UP_WGRAD], suw);
+        GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(T, td->bm), mg_launch_cdiv(ff, td->bn), sdd);
+        GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, sdw);
+        GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(T, tu->bm), mg_launch_cdiv(d, tu->bn), sud);
+        GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), 1, suw);
     }
     /* router weight and input gradients */
     {
@@ -287,4 +297,5 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
     }
     return MG_LAUNCH_OK;
 }
+#undef GEMM
 #undef LAUNCH

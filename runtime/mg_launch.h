@@ -57,6 +57,10 @@ typedef struct mg_launch {
     cudaKernel_t kern[MG_K_COUNT];
     char sym[MG_K_COUNT][192];
     size_t smem[MG_K_COUNT];   /* dynamic shared memory per launch */
+    int nsm;                   /* multiprocessors: the persistent grid of the Hopper GEMMs */
+    int wg;                    /* set before mg_launch_load: 1 when the kernels were built for sm_90a,
+                                  so GEMMs with 16-bit dtypes and bm 128 run the Hopper path
+                                  (templates/mg_wgmma.cuh); 0: mma.sync launches */
 } mg_launch;
 
 /* Device pointers into one workspace, carved for up to max_T tokens. */

@@ -144,6 +144,7 @@ static int compile_and_load(mg_moe *m, const mg_moe_opts *o, mg_err *err)
     const char *fam_name[MG_FAM_COUNT];
     for (int i = 0; i < MG_FAM_COUNT; i++) fam_name[i] = m->plan.fam[i].name;
     char msg[512];
+    m->L.wg = !strcmp(arch, "sm_90a");   /* the GEMM families' Hopper path (mg_wgmma.cuh) */
     rc = mg_launch_load(&m->L, &m->L.dim, m->lib, fam_name, msg, sizeof msg);
     return rc ? mg_err_set(err, rc, "%s", msg) : MG_OK;
 }

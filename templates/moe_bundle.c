@@ -110,6 +110,7 @@ static int moe_load(MOE_T *m)
             return MOE_CODE(ECUDA);
         }
     }
+    m->L.wg = !strcmp(m->img->arch, "sm_90a");   /* same GEMM path as mg_moe (templates/mg_wgmma.cuh) */
     rc = mg_launch_load(&m->L, &moe_dims, m->lib, moe_families, m->err, sizeof m->err);
     return rc == MG_LAUNCH_EUSER ? MOE_CODE(ENOIMAGE) : moe_status(rc);
 }

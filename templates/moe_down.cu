@@ -9,24 +9,145 @@
 // moegen:grid fwd: (ceil(T*k/BM)+E routed | ceil(T/BM) identity, ceil(d/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1)
 // moegen:grid dgrad: (ceil(T*k/BM)+E | ceil(T/BM), ceil(FF/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,1,0)
 // moegen:grid wgrad: (ceil(d/BM)*ceil(FF/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0)
+// moegen:grid sm_90a (16-bit, BM 128), every entry: (SMs) x 384 persistent, smem MG_WG_SMEM_BYTES(MG_WG_BN(N)), N = d | FF | FF
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
 #include "mg_common.cuh"
+#include "mg_wgmma.cuh"
 #endif
 
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, true, true> moe_down_fwd_gemm;
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, true, false> moe_down_dgrad_gemm;
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> moe_down_wgrad_gemm;
 
+#if MG_WG_ARCH
+/* ---- Hopper path (mg_wgmma.cuh): one problem struct per entry. */
+/* fwd: A = h rows, B = W_dn rows (K = FF). */
+struct moe_down_fwd_wg {
+    static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, true, true> G;
+    const moe_down_fwd_params &p;
+    MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV void tile(int t, mg_wtile &w) const
+    {
+        mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
+        w.kb = 0;
+        w.ke = MG_FF;
+    }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.h, 0, 0, 0, 1, 0, 0}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.w_dn + (long long)w.g * MG_D * MG_FF, 0, 0, 0, 1, 0, 0};
+    }
+    MG_DEV long long row_a(const mg_wtile &w, int r) const
+    {
+        int s = w.m0 + r;
+        return s < w.m_end ? (long long)s * MG_FF : -1;
+    }
+    MG_DEV long long row_b(const mg_wtile &w, int n) const
+    {
+        int c = w.nt * BN + n;
+        return c < MG_D ? (long long)c * MG_FF : -1;
+    }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+            long long s = w.m0 + m;
+            int c = w.nt * BN + n;
+            if (s < w.m_end && c < MG_D) mg_st2f(p.z, s * MG_D + c, v0, v1);
+        });
+    }
+};
+/* dgrad: A = dz rows (K = d), B = W_dn[g] MN-contiguous (rows k, columns FF); epilogue
+ * applies the activation gradient. */
+struct moe_down_dgrad_wg {
+    static constexpr int BN = MG_WG_BN(MG_FF), NTN = (MG_FF + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, true, false> G;
+    const moe_down_dgrad_params &p;
+    MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV void tile(int t, mg_wtile &w) const
+    {
+        mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
+        w.kb = 0;
+        w.ke = MG_D;
+    }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.dz, 0, 0, 0, 1, 0, 0}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.w_dn + (long long)w.g * MG_D * MG_FF, 0, MG_FF, 0, 1, w.nt * BN, MG_FF};
+    }
+    MG_DEV long long row_a(const mg_wtile &w, int r) const
+    {
+        int s = w.m0 + r;
+        return s < w.m_end ? (long long)s * MG_D : -1;
+    }
+    MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        const mg_t *a = (const mg_t *)p.a;
+        mg_t *da = (mg_t *)p.da;
+        mg_wg_foreach_pair(acc, [&](int m, int n, float d0, float d1) {
+            long long s = w.m0 + m;
+            int c = w.nt * BN + n;
+            if (s < w.m_end && c < MG_FF) {
+                if constexpr (MG_GLU) {
+                    float g0, g1, u0, u1;
+                    mg_ld2(a, s * MG_F2 + c, &g0, &g1);
+                    mg_ld2(a, s * MG_F2 + MG_FF + c, &u0, &u1);
+                    mg_st2(da, s * MG_F2 + c, d0 * mg_act_df<MG_ACT>(g0) * u0, d1 * mg_act_df<MG_ACT>(g1) * u1);
+                    mg_st2(da, s * MG_F2 + MG_FF + c, d0 * mg_act_f<MG_ACT>(g0), d1 * mg_act_f<MG_ACT>(g1));
+                } else {
+                    float a0, a1;
+                    mg_ld2(a, s * MG_F2 + c, &a0, &a1);
+                    mg_st2(da, s * MG_F2 + c, d0 * mg_act_df<MG_ACT>(a0), d1 * mg_act_df<MG_ACT>(a1));
+                }
+            }
+        });
+    }
+};
+/* wgrad: dW_dn[g] (M = d, N = FF), K = the group's slots; both operands MN-contiguous. */
+struct moe_down_wgrad_wg {
+    static constexpr int BN = MG_WG_BN(MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, false, false> G;
+    const moe_down_wgrad_params &p;
+    MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
+    MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &w) const { return {(const mg_t *)p.dz, 0, MG_D, 0, 1, w.m0, MG_D}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.h, 0, MG_FF, 0, 1, w.nt * BN, MG_FF};
+    }
+    MG_DEV long long row_a(const mg_wtile &, int) const { return -1; }
+    MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        float *dw = p.dw_dn + (long long)w.g * MG_D * MG_FF;
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+            int r = w.m0 + m, c = w.nt * BN + n;
+            if (r < MG_D && c < MG_FF) mg_st2f(dw, (long long)r * MG_FF + c, v0, v1);
+        });
+    }
+};
+#endif
+
 /* fwd: z[s, :] = h[s, :] · W_dn[g]ᵀ (K = FF). grid: x = ceil(T*k/BM) + E when routed
  * (blocks past tile_off[E] exit), ceil(T/BM) for identity; y = ceil(d/BN). block 32*WARPS.
  * dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1). */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS
 /*$fwd*/moe_down_fwd(const moe_down_fwd_params p)
 {
-    typedef moe_down_fwd_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_down_fwd_wg pb{p};
+            moe_down_fwd_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_down_fwd_gemm G;
     __shared__ long long rowA[MG_BM], rowB[MG_BN];
     int g, m0, m_end;
     if (!mg_sched_mtile(p.offsets, p.tile_off, p.n_groups, p.T, MG_BM, &g, &m0, &m_end)) return;
@@ -54,11 +175,20 @@ extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
 /* dgrad: dh[s, :] = dz[s, :] · W_dn[g] (K = d, N = FF), epilogue -> da[s, :F2].
  * grid: x as fwd, y = ceil(FF/BN). block 32*WARPS.
  * dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,0). */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS_BWD
 /*$dgrad*/moe_down_dgrad(const moe_down_dgrad_params p)
 {
-    typedef moe_down_dgrad_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH_BWD
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_down_dgrad_wg pb{p};
+            moe_down_dgrad_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_down_dgrad_gemm G;
     __shared__ long long rowA[MG_BM];
     int g, m0, m_end;
     if (!mg_sched_mtile(p.offsets, p.tile_off, p.n_groups, p.T, MG_BM, &g, &m0, &m_end)) return;
@@ -93,11 +223,20 @@ extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
  * group's slots). grid: x = ceil(d/BM) * ceil(FF/BN) (x / ceil(FF/BN) = m tile),
  * y = n_groups. block 32*WARPS. dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,0,0).
  * Empty groups write zeros. */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS_BWD
 /*$wgrad*/moe_down_wgrad(const moe_down_wgrad_params p)
 {
-    typedef moe_down_wgrad_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH_BWD
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_down_wgrad_wg pb{p};
+            moe_down_wgrad_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_down_wgrad_gemm G;
     constexpr int NTN = (MG_FF + MG_BN - 1) / MG_BN;
     const int g = blockIdx.y, mt = blockIdx.x / NTN, nt = blockIdx.x % NTN;
     const int kb = p.offsets ? p.offsets[g] : 0, ke = p.offsets ? p.offsets[g + 1] : p.T;

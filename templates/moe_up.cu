@@ -10,25 +10,149 @@
 // moegen:grid fwd: (ceil(T*k/BM)+E routed | ceil(T/BM) identity, ceil(F2/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1)
 // moegen:grid dgrad: (ceil(T*k/BM)+E | ceil(T/BM), ceil(d/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,1,0)
 // moegen:grid wgrad: (ceil(F2/BM)*ceil(d/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0)
+// moegen:grid sm_90a (16-bit, BM 128), every entry: (SMs) x 384 persistent, smem MG_WG_SMEM_BYTES(MG_WG_BN(N)), N = F2 | d | d
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
 #include "mg_common.cuh"
+#include "mg_wgmma.cuh"
 #endif
 
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, true, true> moe_up_fwd_gemm;
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, true, false> moe_up_dgrad_gemm;
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> moe_up_wgrad_gemm;
 
+#if MG_WG_ARCH
+/* ---- Hopper path (mg_wgmma.cuh): one problem struct per entry. */
+/* fwd: A = x rows gathered through perm, B = W_up rows; GLU tiles load BN/2 gate rows then
+ * the matching BN/2 up rows, so the epilogue holds gate and up of one h column. */
+struct moe_up_fwd_wg {
+    static constexpr int BN = MG_WG_BN(MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
+    typedef mg_wg<mg_t, BN, true, true> G;
+    const moe_up_fwd_params &p;
+    MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV void tile(int t, mg_wtile &w) const
+    {
+        mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
+        w.kb = 0;
+        w.ke = MG_D;
+    }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.x, 0, 0, 0, 1, 0, 0}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.w_up + (long long)w.g * MG_F2 * MG_D, 0, 0, 0, 1, 0, 0};
+    }
+    MG_DEV long long row_a(const mg_wtile &w, int r) const
+    {
+        int s = w.m0 + r;
+        return s < w.m_end ? (long long)(p.perm ? p.perm[s] / MG_TOPK : s) * MG_D : -1;
+    }
+    MG_DEV long long row_b(const mg_wtile &w, int n) const
+    {
+        int c = w.nt * HB + n % HB;
+        if (c >= MG_FF) return -1;
+        return (long long)(c + (MG_GLU && n >= HB ? MG_FF : 0)) * MG_D;
+    }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        mg_t *a = (mg_t *)p.a, *h = (mg_t *)p.h;
+        if constexpr (MG_GLU) {
+            mg_wg_foreach_glu(acc, [&](int m, int hl, float g0, float g1, float u0, float u1) {
+                long long s = w.m0 + m;
+                int hc = w.nt * HB + hl;
+                if (s < w.m_end && hc < MG_FF) {
+                    mg_st2(a, s * MG_F2 + hc, g0, g1);
+                    mg_st2(a, s * MG_F2 + MG_FF + hc, u0, u1);
+                    mg_st2(h, s * MG_FF + hc, mg_act_f<MG_ACT>(g0) * u0, mg_act_f<MG_ACT>(g1) * u1);
+                }
+            });
+        } else {
+            mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+                long long s = w.m0 + m;
+                int c = w.nt * BN + n;
+                if (s < w.m_end && c < MG_FF) {
+                    mg_st2(a, s * MG_F2 + c, v0, v1);
+                    mg_st2(h, s * MG_FF + c, mg_act_f<MG_ACT>(v0), mg_act_f<MG_ACT>(v1));
+                }
+            });
+        }
+    }
+};
+/* dgrad: A = da rows (K = F2), B = W_up[g] MN-contiguous (rows k, columns d). */
+struct moe_up_dgrad_wg {
+    static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, true, false> G;
+    const moe_up_dgrad_params &p;
+    MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV void tile(int t, mg_wtile &w) const
+    {
+        mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
+        w.kb = 0;
+        w.ke = MG_F2;
+    }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.da, 0, 0, 0, 1, 0, 0}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.w_up + (long long)w.g * MG_F2 * MG_D, 0, MG_D, 0, 1, w.nt * BN, MG_D};
+    }
+    MG_DEV long long row_a(const mg_wtile &w, int r) const
+    {
+        int s = w.m0 + r;
+        return s < w.m_end ? (long long)s * MG_F2 : -1;
+    }
+    MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+            long long s = w.m0 + m;
+            int c = w.nt * BN + n;
+            if (s < w.m_end && c < MG_D) mg_st2f(p.dxs, s * MG_D + c, v0, v1);
+        });
+    }
+};
+/* wgrad: dW_up[g] (M = F2, N = d), K = the group's slots; both operands MN-contiguous. */
+struct moe_up_wgrad_wg {
+    static constexpr int BN = MG_WG_BN(MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, false, false> G;
+    const moe_up_wgrad_params &p;
+    MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
+    MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &w) const { return {(const mg_t *)p.da, 0, MG_F2, 0, 1, w.m0, MG_F2}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.x, 0, MG_D, p.perm, MG_TOPK, w.nt * BN, MG_D};
+    }
+    MG_DEV long long row_a(const mg_wtile &, int) const { return -1; }
+    MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D;
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+            int r = w.m0 + m, c = w.nt * BN + n;
+            if (r < MG_F2 && c < MG_D) mg_st2f(dw, (long long)r * MG_D + c, v0, v1);
+        });
+    }
+};
+#endif
+
 /* fwd. grid: x = ceil(T*k/BM) + E when routed (blocks past tile_off[E] exit), ceil(T/BM)
  * for identity routing; y = ceil(F2/BN). block: 32*WARPS. dynamic smem:
  * MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1). For GLU, CTA column tile y covers h columns
  * [y*BN/2, (y+1)*BN/2) and loads the matching gate and up rows of W_up interleaved. */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS
 /*$fwd*/moe_up_fwd(const moe_up_fwd_params p)
 {
-    typedef moe_up_fwd_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_up_fwd_wg pb{p};
+            moe_up_fwd_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_up_fwd_gemm G;
     __shared__ long long rowA[MG_BM], rowB[MG_BN];
     int g, m0, m_end;
     if (!mg_sched_mtile(p.offsets, p.tile_off, p.n_groups, p.T, MG_BM, &g, &m0, &m_end)) return;
@@ -79,11 +203,20 @@ extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
 
 /* dgrad: dxs[s, :] = da[s, :] · W_up[g]  (K = F2). grid: x as fwd, y = ceil(d/BN).
  * block 32*WARPS. dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,0). */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS_BWD
 /*$dgrad*/moe_up_dgrad(const moe_up_dgrad_params p)
 {
-    typedef moe_up_dgrad_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH_BWD
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_up_dgrad_wg pb{p};
+            moe_up_dgrad_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_up_dgrad_gemm G;
     __shared__ long long rowA[MG_BM];
     int g, m0, m_end;
     if (!mg_sched_mtile(p.offsets, p.tile_off, p.n_groups, p.T, MG_BM, &g, &m0, &m_end)) return;
@@ -108,11 +241,20 @@ extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
  * the group's slots). grid: x = ceil(F2/BM) * ceil(d/BN) (x / ceil(d/BN) = m tile),
  * y = n_groups. block 32*WARPS. dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,0,0).
  * Empty groups write zeros. */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS_BWD
 /*$wgrad*/moe_up_wgrad(const moe_up_wgrad_params p)
 {
-    typedef moe_up_wgrad_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH_BWD
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_up_wgrad_wg pb{p};
+            moe_up_wgrad_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_up_wgrad_gemm G;
     constexpr int NTN = (MG_D + MG_BN - 1) / MG_BN;
     const int g = blockIdx.y, mt = blockIdx.x / NTN, nt = blockIdx.x % NTN;
     const int kb = p.offsets ? p.offsets[g] : 0, ke = p.offsets ? p.offsets[g + 1] : p.T;

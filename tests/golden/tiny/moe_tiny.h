@@ -55,6 +55,24 @@
 #define MG_GEMM_SMEM_BYTES(bm, bn, bk, stages, esz, a_kc, b_kc) \
     ((stages) * (MG_GEMM_A_ELEMS(bm, bk, esz, a_kc) + MG_GEMM_A_ELEMS(bn, bk, esz, b_kc)) * (esz))
 
+/* Hopper grouped GEMM (templates/mg_wgmma.cuh; sm_90a, 16-bit dtypes, plan BM = 128): one
+ * producer warpgroup + two consumer warpgroups, a persistent grid of one CTA per SM.
+ * MG_WG_BN(n): the tile width for a GEMM with n output columns; MG_WG_STAGES: pipeline
+ * depth; MG_WG_SMEM_BYTES: dynamic shared memory (1 KB alignment slack, the stages, full and
+ * empty mbarriers, the producer's row tables). Host and device use these same macros. */
+#define MG_WG_THREADS 384
+#ifndef MG_WG_BN
+#define MG_WG_BN(n) (0 * (n) + 128)   /* one width for now; n is the hook for a wider rule */
+#endif
+/* dgrad/wgrad on the Hopper path: correct (selftest) but slower than mma.sync while their
+ * MN-contiguous operands move by per-thread cp.async (bench/NOTES.md, v1); off until TMA. */
+#ifndef MG_WG_BWD
+#define MG_WG_BWD 0
+#endif
+#define MG_WG_STAGES(bn) ((bn) == 256 ? 4 : 6)
+#define MG_WG_SMEM_BYTES(bn) \
+    (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
+
 /* ---------------------------------------------------------------- router */
 typedef struct moe_router_fwd_params {
     const void *x;        /* [T,d] dtype */

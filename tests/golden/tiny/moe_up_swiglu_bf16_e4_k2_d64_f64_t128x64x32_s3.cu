@@ -62,6 +62,24 @@ static constexpr int MG_BM = 128, MG_BN = 64, MG_BK = 32, MG_STAGES = 3, MG_WARP
 #define MG_GEMM_SMEM_BYTES(bm, bn, bk, stages, esz, a_kc, b_kc) \
     ((stages) * (MG_GEMM_A_ELEMS(bm, bk, esz, a_kc) + MG_GEMM_A_ELEMS(bn, bk, esz, b_kc)) * (esz))
 
+/* Hopper grouped GEMM (templates/mg_wgmma.cuh; sm_90a, 16-bit dtypes, plan BM = 128): one
+ * producer warpgroup + two consumer warpgroups, a persistent grid of one CTA per SM.
+ * MG_WG_BN(n): the tile width for a GEMM with n output columns; MG_WG_STAGES: pipeline
+ * depth; MG_WG_SMEM_BYTES: dynamic shared memory (1 KB alignment slack, the stages, full and
+ * empty mbarriers, the producer's row tables). Host and device use these same macros. */
+#define MG_WG_THREADS 384
+#ifndef MG_WG_BN
+#define MG_WG_BN(n) (0 * (n) + 128)   /* one width for now; n is the hook for a wider rule */
+#endif
+/* dgrad/wgrad on the Hopper path: correct (selftest) but slower than mma.sync while their
+ * MN-contiguous operands move by per-thread cp.async (bench/NOTES.md, v1); off until TMA. */
+#ifndef MG_WG_BWD
+#define MG_WG_BWD 0
+#endif
+#define MG_WG_STAGES(bn) ((bn) == 256 ? 4 : 6)
+#define MG_WG_SMEM_BYTES(bn) \
+    (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
+
 /* ---------------------------------------------------------------- router */
 typedef struct moe_router_fwd_params {
     const void *x;        /* [T,d] dtype */
@@ -633,6 +651,483 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
 }
 
 #endif
+#line 1 "templates/mg_wgmma.cuh"
+/* mg_wgmma: the Hopper (sm_90a) grouped-GEMM core of the up and down families.
+ *
+ * One CTA of three warpgroups per SM, persistent: warpgroup 0 produces (cp.async 16-byte
+ * copies into 128-byte-swizzled stages, each completing on the stage's "full" mbarrier
+ * through cp.async.mbarrier.arrive.noinc), warpgroups 1 and 2 consume (wgmma m64nBNk16,
+ * operands straight from shared memory, one wgmma group kept in flight, the stage released
+ * on its "empty" mbarrier). setmaxnreg moves registers from the producer to the consumers.
+ * Every role walks the same tile sequence t = blockIdx.x, +gridDim.x, ... and decodes t
+ * into (group, m tile, n tile) from device-side offsets, so no host sync is needed.
+ *
+ * Tile: BM = 128 (64 rows per consumer), BN = MG_WG_BN(N), BK = 64 (one 128-byte swizzle
+ * atom of 16-bit elements). Operand layouts in shared memory, both canonical GMMA layouts:
+ *   K-contiguous (A_KC/B_KC): [rows][64 k], row r at r*128 bytes, 16-byte chunk c stored
+ *     at chunk c ^ (r & 7). Descriptor: SBO = 1024 (8-row groups), k16 step = +32 bytes.
+ *   MN-contiguous: [MN/64 blocks][64 k][64 mn], same swizzle per 128-byte k row.
+ *     Descriptor: LBO = 8192 (next 64-wide MN block), SBO = 1024 (next 8 k rows),
+ *     k16 step = +2048 bytes; wgmma's transpose bit set for that operand.
+ * Operands are described per tile by the kernel's problem struct (see moe_up.cu):
+ *   n_tiles(), tile(t, w), opnd_a(w) / opnd_b(w) (mg_opnd of mg_common.cuh: base, and for
+ *   MN-contiguous operands ld, gather, gdiv, mn0, MN), row_a(w, r) / row_b(w, n) for
+ *   K-contiguous operands (element offset of the row from base, -1 = zero row), and
+ *   epilogue(w, acc) using mg_wg_foreach_pair / mg_wg_foreach_glu.
+ * Everything out of range in K is zero-filled by the copies (wgrad K ranges end at a
+ * group boundary inside a tensor), so rows of other groups never enter a sum.
+ *
+ * Only compiled for sm_90a (MG_WG_ARCH); other targets keep mg_gemm's mma.sync path. */
+#ifndef MG_WGMMA_CUH
+#define MG_WGMMA_CUH
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MG_WG_ARCH 1
+#else
+#define MG_WG_ARCH 0
+#endif
+
+/* Launch bounds of the GEMM entries: the Hopper path needs a register cap at entry for
+ * setmaxnreg (384 threads, 1 CTA/SM); mma.sync keeps its own. */
+#if MG_WG_ARCH
+#define MG_GEMM_BOUNDS __launch_bounds__(MG_WG_THREADS, 1)
+#else
+#define MG_GEMM_BOUNDS __launch_bounds__(MG_WARPS * 32)
+#endif
+/* dgrad and wgrad entries take the Hopper path only with MG_WG_BWD (moe_params.h). */
+#if MG_WG_ARCH && MG_WG_BWD
+#define MG_GEMM_BOUNDS_BWD MG_GEMM_BOUNDS
+#define MG_WG_ARCH_BWD 1
+#else
+#define MG_GEMM_BOUNDS_BWD __launch_bounds__(MG_WARPS * 32)
+#define MG_WG_ARCH_BWD 0
+#endif
+
+/* Hopper path for this source: sm_90a, 16-bit storage, the plan's BM = 128 (the dispatch
+ * scan counts tiles of tile_m = BM). The host mirrors this rule (runtime/mg_moe.c). */
+static constexpr bool MG_WG_ON = MG_WG_ARCH && MG_DTYPE != 2 && MG_BM == 128;
+
+/* One output tile of a persistent walk: group, first row (slot) and end of the group's
+ * rows, n tile, and the K range [kb, ke). */
+struct mg_wtile { int g, m0, m_end, mt, nt, kb, ke; };
+
+/* Band raster inside one group: n tiles in bands of 8, m fastest within a band, so the CTAs
+ * in flight share a few B (weight) tiles and a few A row tiles in L2. */
+MG_DEV void mg_wg_band(int l, int Mg, int NTN, int *mt, int *nt)
+{
+    const int BW = 8;
+    int nb = l / (Mg * BW), r = l - nb * Mg * BW;
+    int bw = NTN - nb * BW < BW ? NTN - nb * BW : BW;
+    *mt = r / bw;
+    *nt = nb * BW + r % bw;
+}
+/* Slot-row GEMMs (fwd, dgrad): tiles of 128 slots of one group x NTN n tiles. */
+MG_DEV int mg_wg_rows_ntiles(const int *tile_off, int G, int T, int NTN)
+{
+    return (tile_off ? tile_off[G] : (T + 127) / 128) * NTN;
+}
+MG_DEV void mg_wg_rows_tile(const int *offsets, const int *tile_off, int G, int T, int NTN, int t, mg_wtile &w)
+{
+    int g = 0, mt0 = 0, Mg, r0 = 0, r1 = T;
+    if (tile_off) {
+        const int q = t / NTN;
+        int lo = 0, hi = G - 1;              /* last group with tile_off[g] <= q */
+        while (lo < hi) {
+            int mid = (lo + hi + 1) >> 1;
+            if (tile_off[mid] <= q) lo = mid; else hi = mid - 1;
+        }
+        g = lo;
+        mt0 = tile_off[g];
+        Mg = tile_off[g + 1] - mt0;
+        r0 = offsets[g];
+        r1 = offsets[g + 1];
+    } else {
+        Mg = (T + 127) / 128;
+    }
+    mg_wg_band(t - mt0 * NTN, Mg, NTN, &w.mt, &w.nt);
+    w.g = g;
+    w.m0 = r0 + w.mt * 128;
+    w.m_end = r1;
+}
+/* Weight-gradient GEMMs: per group MT x NTN output tiles, K = the group's slots. */
+MG_DEV void mg_wg_wgrad_tile(const int *offsets, int T, int MT, int NTN, int t, mg_wtile &w)
+{
+    const int per = MT * NTN;
+    w.g = t / per;
+    mg_wg_band(t - w.g * per, MT, NTN, &w.mt, &w.nt);
+    w.m0 = w.mt * 128;
+    w.m_end = 0;
+    w.kb = offsets ? offsets[w.g] : 0;
+    w.ke = offsets ? offsets[w.g + 1] : T;
+}
+
+/* Two adjacent 16-bit (or fp32) elements, as one 4-byte (8-byte) access. */
+template <class T> MG_DEV void mg_st2(T *p, long long i, float a, float b)
+{
+    if constexpr (sizeof(T) == 2) {
+        unsigned u = (unsigned)mg_from_f32<T>(a).u | ((unsigned)mg_from_f32<T>(b).u << 16);
+        *(unsigned *)(p + i) = u;
+    } else {
+        p[i] = mg_from_f32<T>(a);
+        p[i + 1] = mg_from_f32<T>(b);
+    }
+}
+template <class T> MG_DEV void mg_ld2(const T *p, long long i, float *a, float *b)
+{
+    if constexpr (sizeof(T) == 2) {
+        unsigned u = *(const unsigned *)(p + i);
+        T x, y;
+        x.u = (unsigned short)(u & 0xffffu);
+        y.u = (unsigned short)(u >> 16);
+        *a = mg_to_f32(x);
+        *b = mg_to_f32(y);
+    } else {
+        *a = mg_to_f32(p[i]);
+        *b = mg_to_f32(p[i + 1]);
+    }
+}
+struct alignas(8) mg_f2 { float x, y; };
+MG_DEV void mg_st2f(float *p, long long i, float a, float b) { mg_f2 v = {a, b}; *(mg_f2 *)(p + i) = v; }
+
+#if MG_WG_ARCH
+/* ------------------------------------------------------------------ PTX wrappers (sm_90a) */
+MG_DEV void mg_mbar_init(unsigned bar, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(bar), "r"(count) : "memory");
+}
+MG_DEV void mg_mbar_arrive(unsigned bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" :: "r"(bar) : "memory");
+}
+/* Arrives (counting as one of the expected arrivals) once this thread's cp.asyncs land. */
+MG_DEV void mg_mbar_arrive_cp_async(unsigned bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
+}
+MG_DEV void mg_mbar_wait(unsigned bar, unsigned parity)
+{
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+MG_DEV void mg_fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+MG_DEV void mg_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+MG_DEV void mg_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+MG_DEV void mg_bar_named(unsigned id, unsigned n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); }
+MG_DEV void mg_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+MG_DEV void mg_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> MG_DEV void mg_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory"); }
+template <int R> MG_DEV void mg_setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(R)); }
+template <int R> MG_DEV void mg_setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(R)); }
+/* Keeps the compiler from moving accumulator accesses across wgmma issue/wait. */
+template <int N> MG_DEV void mg_wg_fence_acc(float (&d)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+MG_DEV void mg_cp_async16_u32(unsigned dst, const void *src, bool pred)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(pred ? 16 : 0) : "memory");
+}
+/* Shared-memory matrix descriptor, 128-byte swizzle. */
+MG_DEV unsigned long long mg_wg_desc(unsigned addr, unsigned lbo, unsigned sbo)
+{
+    return (unsigned long long)((addr & 0x3ffffu) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
+           ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+/* D[64 x N] (+)= A · B over one k16 step; TA/TB = 1 for an MN-contiguous operand. The
+ * primary template is never executed (it lets fp32 sources instantiate the dead path). */
+template <int N, class T> struct mg_wgmma_op {
+    template <int TA, int TB> MG_DEV static void mma(float (&)[N / 2], unsigned long long, unsigned long long) {}
+};
+template <> struct mg_wgmma_op<128, mg_bf16> {
+    template <int TA, int TB> MG_DEV static void mma(float (&d)[64], unsigned long long a, unsigned long long b)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                     "{"
+                     "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+                     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+                     "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+                     "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "l"(a), "l"(b), "r"(1), "n"(TA), "n"(TB));
+    }
+};
+template <> struct mg_wgmma_op<128, mg_f16> {
+    template <int TA, int TB> MG_DEV static void mma(float (&d)[64], unsigned long long a, unsigned long long b)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+                     "{"
+                     "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+                     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+                     "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
+                     "}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "l"(a), "l"(b), "r"(1), "n"(TA), "n"(TB));
+    }
+};
+template <> struct mg_wgmma_op<256, mg_bf16> {
+    template <int TA, int TB> MG_DEV static void mma(float (&d)[128], unsigned long long a, unsigned long long b)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+                     "{"
+                     "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+                     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+                     "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+                     "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+                     "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+                     "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+                     "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"
+                     "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+                       "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+                       "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+                       "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+                       "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+                       "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+                       "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+                       "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+                       "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+                     : "l"(a), "l"(b), "r"(1), "n"(TA), "n"(TB));
+    }
+};
+template <> struct mg_wgmma_op<256, mg_f16> {
+    template <int TA, int TB> MG_DEV static void mma(float (&d)[128], unsigned long long a, unsigned long long b)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+                     "{"
+                     "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+                     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+                     "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,"
+                     "%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,"
+                     "%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,"
+                     "%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,"
+                     "%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127"
+                     "}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+                       "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+                       "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+                       "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+                       "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+                       "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+                       "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+                       "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+                       "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+                     : "l"(a), "l"(b), "r"(1), "n"(TA), "n"(TB));
+    }
+};
+
+/* ------------------------------------------------------------------ the core */
+template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
+    static constexpr int BM = 128, BK = 64;
+    static constexpr int STAGES = MG_WG_STAGES(BN);
+    static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
+    static constexpr int NACC = BN / 2;              /* fp32 accumulators per consumer thread */
+    static constexpr int SMEM_BYTES = MG_WG_SMEM_BYTES(BN);
+    static constexpr unsigned MN_LBO = 64 * 128, SW_SBO = 1024;
+    static_assert(BN == 128 || BN == 256, "BN must be 128 or 256");
+    static_assert(SMEM_BYTES >= 1024 + STAGES * STAGE_BYTES + 16 * STAGES + (BM + BN) * 8, "smem layout");
+
+    /* One operand's stage: rows [R] x 64 k, K-contiguous (rows from the table). */
+    MG_DEV static void load_kc(unsigned dst, const long long *rows, const T *base, int R, int k0, int ke, int ptid)
+    {
+#pragma unroll 4
+        for (int c = ptid; c < R * 8; c += 128) {
+            int r = c >> 3, kc = c & 7;
+            long long ro = rows[r];
+            int k = k0 + kc * 8;
+            bool ok = ro >= 0 && k < ke;
+            mg_cp_async16_u32(dst + r * 128 + ((kc ^ (r & 7)) << 4), ok ? (const void *)(base + ro + k) : (const void *)base, ok);
+        }
+    }
+    /* MN-contiguous: 64 k rows x R columns, k row -> memory row through the gather. */
+    MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int R, int k0, int ke, int ptid)
+    {
+        const int CPR = R / 8;
+#pragma unroll 4
+        for (int c = ptid; c < 64 * CPR; c += 128) {
+            int kr = c / CPR, mc = c - kr * CPR;
+            int k = k0 + kr, mn = o.mn0 + mc * 8;
+            bool ok = k < ke && mn < o.MN;
+            const T *src = o.base;
+            if (ok) {
+                long long row = o.gather ? (long long)(o.gather[k] / o.gdiv) : (long long)k;
+                src = o.base + row * o.ld + mn;
+            }
+            mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src, ok);
+        }
+    }
+
+    template <class P> MG_DEV static void producer(const P &pb, unsigned sbase, unsigned full, unsigned empty,
+                                                   long long *rowsA, long long *rowsB)
+    {
+        const int ptid = threadIdx.x;       /* warpgroup 0 */
+        const int n_tiles = pb.n_tiles();
+        int s = 0;
+        unsigned ph = 0;
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+            mg_wtile w;
+            pb.tile(t, w);
+            const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
+            if constexpr (A_KC || B_KC) {
+                mg_bar_named(1, 128);       /* everyone issued the last tile's copies */
+                if constexpr (A_KC)
+                    for (int r = ptid; r < BM; r += 128) rowsA[r] = pb.row_a(w, r);
+                if constexpr (B_KC)
+                    for (int r = ptid; r < BN; r += 128) rowsB[r] = pb.row_b(w, r);
+                mg_bar_named(1, 128);
+            }
+            const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
+            for (int kt = 0; kt < nk; kt++) {
+                mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES;
+                const int k0 = w.kb + kt * BK;
+                if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
+                else load_mn(sa, oa, BM, k0, w.ke, ptid);
+                if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
+                else load_mn(sb, ob, BN, k0, w.ke, ptid);
+                mg_mbar_arrive_cp_async(full + 8 * s);
+                if (++s == STAGES) { s = 0; ph ^= 1; }
+            }
+        }
+        mg_cp_async_wait_all();
+    }
+
+    template <class P> MG_DEV static void consumer(const P &pb, unsigned sbase, unsigned full, unsigned empty)
+    {
+        const int c = threadIdx.x / 128 - 1, lane = threadIdx.x & 31;
+        const int n_tiles = pb.n_tiles();
+        int s = 0;
+        unsigned ph = 0;
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+            mg_wtile w;
+            pb.tile(t, w);
+            float acc[NACC];
+#pragma unroll
+            for (int i = 0; i < NACC; i++) acc[i] = 0.0f;
+            mg_wg_fence_acc(acc);
+            const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
+            int prev = -1;
+            for (int kt = 0; kt < nk; kt++) {
+                mg_mbar_wait(full + 8 * s, ph);
+                mg_fence_proxy_async();
+                const unsigned sa = sbase + s * STAGE_BYTES + c * (64 * 128), sb = sbase + s * STAGE_BYTES + A_BYTES;
+                mg_wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; kk++) {
+                    unsigned long long da = A_KC ? mg_wg_desc(sa + kk * 32, 16, SW_SBO)
+                                                 : mg_wg_desc(sa + kk * 2048, MN_LBO, SW_SBO);
+                    unsigned long long db = B_KC ? mg_wg_desc(sb + kk * 32, 16, SW_SBO)
+                                                 : mg_wg_desc(sb + kk * 2048, MN_LBO, SW_SBO);
+                    mg_wgmma_op<BN, T>::template mma<A_KC ? 0 : 1, B_KC ? 0 : 1>(acc, da, db);
+                }
+                mg_wgmma_commit();
+                mg_wgmma_wait<1>();
+                mg_wg_fence_acc(acc);
+                if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);
+                prev = s;
+                if (++s == STAGES) { s = 0; ph ^= 1; }
+            }
+            mg_wgmma_wait<0>();
+            mg_wg_fence_acc(acc);
+            if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);
+            pb.epilogue(w, acc);
+        }
+    }
+
+    /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
+    template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
+    {
+        const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
+        const unsigned full = sbase + STAGES * STAGE_BYTES, empty = full + 8 * STAGES;
+        long long *rowsA = (long long *)(smem + (sbase - raw) + STAGES * STAGE_BYTES + 16 * STAGES);
+        long long *rowsB = rowsA + BM;
+        if (threadIdx.x == 0) {
+            for (int i = 0; i < STAGES; i++) {
+                mg_mbar_init(full + 8 * i, 128);    /* one cp.async arrive per producer thread */
+                mg_mbar_init(empty + 8 * i, 8);     /* one arrive per consumer warp */
+            }
+            mg_fence_mbar_init();
+        }
+        __syncthreads();
+        if (threadIdx.x < 128) {
+            mg_setmaxnreg_dec<56>();
+            producer(pb, sbase, full, empty, rowsA, rowsB);
+        } else {
+            mg_setmaxnreg_inc<224>();
+            consumer(pb, sbase, full, empty);
+        }
+    }
+};
+
+/* Accumulator walk of a consumer thread (m64nN layout): f(m, n, v0, v1) for the adjacent
+ * columns n, n+1 of local row m of the 128 x BN tile. */
+template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
+{
+    const int c = threadIdx.x / 128 - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const int m = c * 64 + warp * 16 + (lane >> 2), n = (lane & 3) * 2;
+#pragma unroll
+    for (int j = 0; j < NACC / 4; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) f(m + 8 * h, n + 8 * j, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+}
+/* GLU tiles hold gate columns in [0, BN/2) and the matching up columns in [BN/2, BN):
+ * f(m, hl, gate0, gate1, up0, up1) for h columns hl, hl+1 of the tile's BN/2. */
+template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NACC], F f)
+{
+    const int c = threadIdx.x / 128 - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const int m = c * 64 + warp * 16 + (lane >> 2), n = (lane & 3) * 2;
+    constexpr int HJ = NACC / 8;   /* 8-column blocks in the gate half */
+#pragma unroll
+    for (int j = 0; j < HJ; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            f(m + 8 * h, n + 8 * j, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], acc[4 * (j + HJ) + 2 * h],
+              acc[4 * (j + HJ) + 2 * h + 1]);
+}
+#endif /* MG_WG_ARCH */
+
+#endif
 #line 1 "templates/moe_up.cu"
 /* moe_up: the expert up projection as a grouped GEMM over variable-size expert groups.
  *   fwd:   a[s] = x[row(s)] · W_up[g]ᵀ  (x rows gathered through perm in the loader; no
@@ -646,25 +1141,149 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
 // moegen:grid fwd: (ceil(T*k/BM)+E routed | ceil(T/BM) identity, ceil(F2/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1)
 // moegen:grid dgrad: (ceil(T*k/BM)+E | ceil(T/BM), ceil(d/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,1,0)
 // moegen:grid wgrad: (ceil(F2/BM)*ceil(d/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0)
+// moegen:grid sm_90a (16-bit, BM 128), every entry: (SMs) x 384 persistent, smem MG_WG_SMEM_BYTES(MG_WG_BN(N)), N = F2 | d | d
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
 #include "mg_common.cuh"
+#include "mg_wgmma.cuh"
 #endif
 
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, true, true> moe_up_fwd_gemm;
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, true, false> moe_up_dgrad_gemm;
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> moe_up_wgrad_gemm;
 
+#if MG_WG_ARCH
+/* ---- Hopper path (mg_wgmma.cuh): one problem struct per entry. */
+/* fwd: A = x rows gathered through perm, B = W_up rows; GLU tiles load BN/2 gate rows then
+ * the matching BN/2 up rows, so the epilogue holds gate and up of one h column. */
+struct moe_up_fwd_wg {
+    static constexpr int BN = MG_WG_BN(MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
+    typedef mg_wg<mg_t, BN, true, true> G;
+    const moe_up_fwd_params &p;
+    MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV void tile(int t, mg_wtile &w) const
+    {
+        mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
+        w.kb = 0;
+        w.ke = MG_D;
+    }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.x, 0, 0, 0, 1, 0, 0}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.w_up + (long long)w.g * MG_F2 * MG_D, 0, 0, 0, 1, 0, 0};
+    }
+    MG_DEV long long row_a(const mg_wtile &w, int r) const
+    {
+        int s = w.m0 + r;
+        return s < w.m_end ? (long long)(p.perm ? p.perm[s] / MG_TOPK : s) * MG_D : -1;
+    }
+    MG_DEV long long row_b(const mg_wtile &w, int n) const
+    {
+        int c = w.nt * HB + n % HB;
+        if (c >= MG_FF) return -1;
+        return (long long)(c + (MG_GLU && n >= HB ? MG_FF : 0)) * MG_D;
+    }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        mg_t *a = (mg_t *)p.a, *h = (mg_t *)p.h;
+        if constexpr (MG_GLU) {
+            mg_wg_foreach_glu(acc, [&](int m, int hl, float g0, float g1, float u0, float u1) {
+                long long s = w.m0 + m;
+                int hc = w.nt * HB + hl;
+                if (s < w.m_end && hc < MG_FF) {
+                    mg_st2(a, s * MG_F2 + hc, g0, g1);
+                    mg_st2(a, s * MG_F2 + MG_FF + hc, u0, u1);
+                    mg_st2(h, s * MG_FF + hc, mg_act_f<MG_ACT>(g0) * u0, mg_act_f<MG_ACT>(g1) * u1);
+                }
+            });
+        } else {
+            mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+                long long s = w.m0 + m;
+                int c = w.nt * BN + n;
+                if (s < w.m_end && c < MG_FF) {
+                    mg_st2(a, s * MG_F2 + c, v0, v1);
+                    mg_st2(h, s * MG_FF + c, mg_act_f<MG_ACT>(v0), mg_act_f<MG_ACT>(v1));
+                }
+            });
+        }
+    }
+};
+/* dgrad: A = da rows (K = F2), B = W_up[g] MN-contiguous (rows k, columns d). */
+struct moe_up_dgrad_wg {
+    static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, true, false> G;
+    const moe_up_dgrad_params &p;
+    MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV void tile(int t, mg_wtile &w) const
+    {
+        mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
+        w.kb = 0;
+        w.ke = MG_F2;
+    }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.da, 0, 0, 0, 1, 0, 0}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.w_up + (long long)w.g * MG_F2 * MG_D, 0, MG_D, 0, 1, w.nt * BN, MG_D};
+    }
+    MG_DEV long long row_a(const mg_wtile &w, int r) const
+    {
+        int s = w.m0 + r;
+        return s < w.m_end ? (long long)s * MG_F2 : -1;
+    }
+    MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+            long long s = w.m0 + m;
+            int c = w.nt * BN + n;
+            if (s < w.m_end && c < MG_D) mg_st2f(p.dxs, s * MG_D + c, v0, v1);
+        });
+    }
+};
+/* wgrad: dW_up[g] (M = F2, N = d), K = the group's slots; both operands MN-contiguous. */
+struct moe_up_wgrad_wg {
+    static constexpr int BN = MG_WG_BN(MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, false, false> G;
+    const moe_up_wgrad_params &p;
+    MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
+    MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &w) const { return {(const mg_t *)p.da, 0, MG_F2, 0, 1, w.m0, MG_F2}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.x, 0, MG_D, p.perm, MG_TOPK, w.nt * BN, MG_D};
+    }
+    MG_DEV long long row_a(const mg_wtile &, int) const { return -1; }
+    MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D;
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+            int r = w.m0 + m, c = w.nt * BN + n;
+            if (r < MG_F2 && c < MG_D) mg_st2f(dw, (long long)r * MG_D + c, v0, v1);
+        });
+    }
+};
+#endif
+
 /* fwd. grid: x = ceil(T*k/BM) + E when routed (blocks past tile_off[E] exit), ceil(T/BM)
  * for identity routing; y = ceil(F2/BN). block: 32*WARPS. dynamic smem:
  * MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1). For GLU, CTA column tile y covers h columns
  * [y*BN/2, (y+1)*BN/2) and loads the matching gate and up rows of W_up interleaved. */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS
 moe_up_swiglu_bf16_e4_k2_d64_f64_t128x64x32_s3_fwd(const moe_up_fwd_params p)
 {
-    typedef moe_up_fwd_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_up_fwd_wg pb{p};
+            moe_up_fwd_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_up_fwd_gemm G;
     __shared__ long long rowA[MG_BM], rowB[MG_BN];
     int g, m0, m_end;
     if (!mg_sched_mtile(p.offsets, p.tile_off, p.n_groups, p.T, MG_BM, &g, &m0, &m_end)) return;
@@ -715,11 +1334,20 @@ moe_up_swiglu_bf16_e4_k2_d64_f64_t128x64x32_s3_fwd(const moe_up_fwd_params p)
 
 /* dgrad: dxs[s, :] = da[s, :] · W_up[g]  (K = F2). grid: x as fwd, y = ceil(d/BN).
  * block 32*WARPS. dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,0). */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS_BWD
 moe_up_swiglu_bf16_e4_k2_d64_f64_t128x64x32_s3_dgrad(const moe_up_dgrad_params p)
 {
-    typedef moe_up_dgrad_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH_BWD
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_up_dgrad_wg pb{p};
+            moe_up_dgrad_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_up_dgrad_gemm G;
     __shared__ long long rowA[MG_BM];
     int g, m0, m_end;
     if (!mg_sched_mtile(p.offsets, p.tile_off, p.n_groups, p.T, MG_BM, &g, &m0, &m_end)) return;
@@ -744,11 +1372,20 @@ moe_up_swiglu_bf16_e4_k2_d64_f64_t128x64x32_s3_dgrad(const moe_up_dgrad_params p
  * the group's slots). grid: x = ceil(F2/BM) * ceil(d/BN) (x / ceil(d/BN) = m tile),
  * y = n_groups. block 32*WARPS. dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,0,0).
  * Empty groups write zeros. */
-extern "C" __global__ void __launch_bounds__(MG_WARPS * 32)
+extern "C" __global__ void MG_GEMM_BOUNDS_BWD
 moe_up_swiglu_bf16_e4_k2_d64_f64_t128x64x32_s3_wgrad(const moe_up_wgrad_params p)
 {
-    typedef moe_up_wgrad_gemm G;
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+#if MG_WG_ARCH_BWD
+    if constexpr (MG_WG_ON) {
+        if (blockDim.x == MG_WG_THREADS) {   /* launched for the Hopper path (mg_launch.c) */
+            const moe_up_wgrad_wg pb{p};
+            moe_up_wgrad_wg::G::run(pb, mg_smem);
+            return;
+        }
+    }
+#endif
+    typedef moe_up_wgrad_gemm G;
     constexpr int NTN = (MG_D + MG_BN - 1) / MG_BN;
     const int g = blockIdx.y, mt = blockIdx.x / NTN, nt = blockIdx.x % NTN;
     const int kb = p.offsets ? p.offsets[g] : 0, ke = p.offsets ? p.offsets[g + 1] : p.T;
