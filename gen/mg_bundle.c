@@ -228,7 +228,7 @@ static int gen_loader(const bundle *b, mg_sb *sb, mg_err *err)
                  s->moe.experts, s->moe.top_k, s->moe.shared_experts, mg_dtype_size(s->dtype), s->moe.capacity_factor,
                  tu->bm, tu->bn, tu->bk, tu->stages, tu->warps, td->bm, td->bn, td->bk, td->stages, td->warps);
     mg_sb_puts(sb, "#define MOE_FAMILIES {");
-    for (int i = 0; i < p->n_families; i++) mg_sb_printf(sb, "%s\\\n    \"%s\"", i ? "," : "", p->fam[i].name);
+    for (int i = 0; i < MG_FAM_MOE_COUNT; i++) mg_sb_printf(sb, "%s\\\n    \"%s\"", i ? "," : "", p->fam[i].name);
     mg_sb_puts(sb, "}\n");
     size_t len;
     const char *text = mg_tmpl_get("moe_bundle.c", &len);
@@ -257,7 +257,7 @@ static void gen_blob(const bundle *b, mg_sb *sb)
     banner(sb, b, "Embedded kernel images (cubins and PTX), included by the loader.", "//");
     const mg_plan *p = b->plan;
     for (int t = 0; t < b->n_t; t++)
-        for (int f = 0; f < p->n_families; f++) {
+        for (int f = 0; f < MG_FAM_MOE_COUNT; f++) {
             char sym[64];
             snprintf(sym, sizeof sym, "moe_img_%d_%d", t, f);
             mg_sb_printf(sb, "/* %s %s: %zu bytes */\n", p->fam[f].name, b->target[t], b->res[t][f].cubin.size);
@@ -267,7 +267,7 @@ static void gen_blob(const bundle *b, mg_sb *sb)
     for (int t = 0; t < b->n_t; t++) {
         const char *a = b->target[t];
         mg_sb_printf(sb, "    {\"%s\", %d, %d, %d, {", a, target_cc(a), a[strlen(a) - 1] == 'a', target_ptx(a));
-        for (int f = 0; f < p->n_families; f++) mg_sb_printf(sb, "%smoe_img_%d_%d", f ? ", " : "", t, f);
+        for (int f = 0; f < MG_FAM_MOE_COUNT; f++) mg_sb_printf(sb, "%smoe_img_%d_%d", f ? ", " : "", t, f);
         mg_sb_puts(sb, "}},\n");
     }
     mg_sb_puts(sb, "};\n");
@@ -408,6 +408,9 @@ int mg_bundle_write(mg_plan *plan, const mg_bundle_opts *o, const char *dir, mg_
     mg_genout out;
     int rc = mg_gen_sources(plan, &out, err);
     if (rc) { free(b); return rc; }
+    /* a bundle ships the MoE layer: its families only (not the decoder-LM ones, runtime/mg_lm.h) */
+    for (int i = MG_FAM_MOE_COUNT; i < out.n_src; i++) { free(out.src[i].text); out.src[i].text = NULL; }
+    if (out.n_src > MG_FAM_MOE_COUNT) out.n_src = MG_FAM_MOE_COUNT;
     rc = compile_all(b, &out, o, err);
     if (!rc) rc = write_bundle(b, &out, dir, err);
     for (int t = 0; t < b->n_t; t++)

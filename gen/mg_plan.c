@@ -1,13 +1,16 @@
 /* mg_plan: kernel families, procedural names and tile rules for a validated spec. */
 #include "mg_plan.h"
 #include "mg_tmpl.h"
+#include "lm_params.h"   /* LM_ATTN_BQ, LM_ATTN_BKV: the attention tile, named in the family name */
 
 #include <stdio.h>
 #include <string.h>
 
-const char *const mg_family_names[MG_FAM_COUNT] = {"router", "dispatch", "up", "down", "combine"};
+const char *const mg_family_names[MG_FAM_COUNT] = {"router", "dispatch", "up", "down", "combine",
+                                                   "attn", "rope", "norm", "embed", "xent", "dropout", "adamw", "util"};
 const char *const mg_family_templates[MG_FAM_COUNT] = {
-    "moe_router.cu", "moe_dispatch.cu", "moe_up.cu", "moe_down.cu", "moe_combine.cu"};
+    "moe_router.cu", "moe_dispatch.cu", "moe_up.cu", "moe_down.cu", "moe_combine.cu",
+    "lm_attn.cu", "lm_rope.cu", "lm_norm.cu", "lm_embed.cu", "lm_xent.cu", "lm_dropout.cu", "lm_adamw.cu", "lm_util.cu"};
 
 static int fam_has_tile(mg_family_id id) { return id == MG_FAM_UP || id == MG_FAM_DOWN; }
 
@@ -48,6 +51,20 @@ static void family_name(const mg_spec *s, mg_family *f)
         snprintf(f->name, sizeof f->name, "moe_combine_%s_k%d_d%d%s", dt, k, d,
                  s->moe.shared_experts ? "_shared" : "");
         break;
+    case MG_FAM_ATTN:
+        snprintf(f->name, sizeof f->name, "lm_attn_%s_h%d_kv%d_d%d_causal_q%dk%d", dt, s->model.n_head,
+                 s->model.n_kv_head, d / s->model.n_head, LM_ATTN_BQ, LM_ATTN_BKV(d / s->model.n_head));
+        break;
+    case MG_FAM_ROPE:
+        snprintf(f->name, sizeof f->name, "lm_rope_%s_h%d_kv%d_d%d", dt, s->model.n_head, s->model.n_kv_head,
+                 d / s->model.n_head);
+        break;
+    case MG_FAM_NORM: snprintf(f->name, sizeof f->name, "lm_rmsnorm_%s_d%d", dt, d); break;
+    case MG_FAM_EMBED: snprintf(f->name, sizeof f->name, "lm_embed_%s_v%d_d%d", dt, s->model.vocab, d); break;
+    case MG_FAM_XENT: snprintf(f->name, sizeof f->name, "lm_xent_%s_v%d", dt, s->model.vocab); break;
+    case MG_FAM_DROPOUT: snprintf(f->name, sizeof f->name, "lm_dropout_%s", dt); break;
+    case MG_FAM_ADAMW: snprintf(f->name, sizeof f->name, "lm_adamw_%s", dt); break;
+    case MG_FAM_UTIL: snprintf(f->name, sizeof f->name, "lm_util_%s", dt); break;
     default: break;
     }
 }

@@ -16,8 +16,20 @@ typedef enum {
     MG_FAM_UP,           /* templates/moe_up.cu       : gathered grouped GEMM x·W_upᵀ + activation (+ bwd) */
     MG_FAM_DOWN,         /* templates/moe_down.cu     : grouped GEMM h·W_dnᵀ (+ bwd with act-grad) */
     MG_FAM_COMBINE,      /* templates/moe_combine.cu  : weighted combine, its backward, dx gather */
+    MG_FAM_ATTN,         /* templates/lm_attn.cu      : causal GQA flash attention (+ FA2 bwd) */
+    MG_FAM_ROPE,         /* templates/lm_rope.cu      : rotary embedding of q, k in place (+ bwd) */
+    MG_FAM_NORM,         /* templates/lm_norm.cu      : RMSNorm, residual add fused (+ bwd, dw) */
+    MG_FAM_EMBED,        /* templates/lm_embed.cu     : embedding gather, deterministic scatter-add */
+    MG_FAM_XENT,         /* templates/lm_xent.cu      : softmax cross-entropy, dlogits in place */
+    MG_FAM_DROPOUT,      /* templates/lm_dropout.cu   : counter-based dropout + residual add (+ bwd) */
+    MG_FAM_ADAMW,        /* templates/lm_adamw.cu     : AdamW step on fp32 masters + compute copy */
+    MG_FAM_UTIL,         /* templates/lm_util.cu      : cast, grad-norm partials and total, scale */
     MG_FAM_COUNT
 } mg_family_id;
+
+/* Families [0, MG_FAM_MOE_COUNT) make the MoE layer (mg_moe, mg_launch); the rest, from
+ * MG_FAM_ATTN on, are the decoder LM's other kernels (runtime/mg_lm.h). */
+#define MG_FAM_MOE_COUNT ((int)MG_FAM_ATTN)
 
 extern const char *const mg_family_names[MG_FAM_COUNT];      /* "router", ... */
 extern const char *const mg_family_templates[MG_FAM_COUNT];  /* "moe_router.cu", ... */

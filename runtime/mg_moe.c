@@ -18,7 +18,7 @@
 
 _Static_assert((int)MG_FAM_ROUTER == MG_LAUNCH_ROUTER && (int)MG_FAM_DISPATCH == MG_LAUNCH_DISPATCH &&
                (int)MG_FAM_UP == MG_LAUNCH_UP && (int)MG_FAM_DOWN == MG_LAUNCH_DOWN &&
-               (int)MG_FAM_COMBINE == MG_LAUNCH_COMBINE && (int)MG_FAM_COUNT == MG_LAUNCH_FAMILIES,
+               (int)MG_FAM_COMBINE == MG_LAUNCH_COMBINE && MG_FAM_MOE_COUNT == MG_LAUNCH_FAMILIES,
                "mg_launch.h and mg_plan.h disagree on the family order");
 
 struct mg_moe {
@@ -117,7 +117,7 @@ static int compile_and_load(mg_moe *m, const mg_moe_opts *o, mg_err *err)
     if (rc) return rc;
     const char *names[MG_FAM_COUNT], *srcs[MG_FAM_COUNT];
     size_t lens[MG_FAM_COUNT];
-    int n = m->plan.n_families;
+    int n = MG_FAM_MOE_COUNT;   /* the MoE layer's families only (runtime/mg_lm.c builds the rest) */
     for (int i = 0; i < n; i++) {
         names[i] = m->plan.fam[i].name;
         srcs[i] = gen.src[i].text;

@@ -10,6 +10,7 @@
 #include "mg_selftest.h"
 #include "mg_cuda.h"
 #include "mg_moe.h"
+#include "mg_lm.h"
 #include "mg_plan.h"
 #include "mg_ref.h"
 #include "mg_rng.h"
@@ -661,6 +662,11 @@ int mg_selftest(const mg_spec *spec, const mg_selftest_opts *o, mg_err *err)
     st_variant v;
     int rc = MG_OK;
 
+    /* MOEGEN_SELFTEST_PART=lm|moe runs one part only (default both) */
+    const char *part = getenv("MOEGEN_SELFTEST_PART");
+    const int do_moe = !part || strcmp(part, "lm"), do_lm = !part || strcmp(part, "moe");
+    if (!do_moe) goto lm_part;
+
     /* 1. the spec's own dims */
     memset(&v, 0, sizeof v);
     snprintf(v.name, sizeof v.name, "spec");
@@ -727,6 +733,9 @@ int mg_selftest(const mg_spec *spec, const mg_selftest_opts *o, mg_err *err)
         v.modes = 1 << MODE_RANDOM;
         rc = run_variant(&v, o, &seed, &s, err);
     }
+lm_part:
+    /* 6. the decoder-LM kernels (attention, RoPE, norms, embedding, loss, dropout, AdamW, utilities) */
+    if (!rc && do_lm) rc = mg_lm_selftest(spec, o->arch, o->seed, &s.pass, &s.fail, err);
     if (rc) {
         printf("selftest: stopped: %s\n", err->msg);
         return rc;

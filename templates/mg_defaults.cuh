@@ -19,6 +19,14 @@ static constexpr int MG_DTYPE = 0;      // 0 bf16 1 fp16 2 fp32
 static constexpr int MG_SHARED = 0;     // shared experts
 static constexpr float MG_AUX_COEF = 0.01f;
 static constexpr float MG_Z_COEF = 0.001f;
+// decoder-LM constants (templates/lm_*.cu)
+static constexpr int MG_N_HEAD = 8;
+static constexpr int MG_N_KV_HEAD = 8;  // divides MG_N_HEAD
+static constexpr int MG_HEAD_DIM = 64;  // multiple of 8, <= 256
+static constexpr int MG_VOCAB = 33278;
+static constexpr int MG_SEQ = 256;      // model.seq_len (the longest sequence)
+static constexpr double MG_ROPE_THETA = 10000.0;
+static constexpr float MG_NORM_EPS = 1e-05f;
 // tile (families up and down only; zero elsewhere)
 static constexpr int MG_BM = 128, MG_BN = 128, MG_BK = 32, MG_STAGES = 3, MG_WARPS = 8;
 

@@ -178,15 +178,15 @@ static void test_compile_then_cached(void **state)
     assert_int_equal(p.code, 0);
     mg_run(&p, "%s compile specs/tiny.lua -o %s/c --arch sm_80", mg_bin(), tmp);
     assert_int_equal(p.code, 0);
-    mg_assert_contains(p.out, "(5 cached)");
+    mg_assert_contains(p.out, "(13 cached)");   /* 5 MoE + 8 decoder-LM families */
     mg_run(&p, "ls %s/c/*.sm_80.cubin | wc -l", tmp);
-    assert_string_equal(p.out, "5\n");
+    assert_string_equal(p.out, "13\n");
     mg_run(&p, "%s cache ls", mg_bin());
     assert_int_equal(p.code, 0);
     mg_assert_contains(p.out, "entries in");
     mg_run(&p, "%s cache clear", mg_bin());
     assert_int_equal(p.code, 0);
-    mg_assert_contains(p.out, "removed 5 entries");
+    mg_assert_contains(p.out, "removed 13 entries");
 }
 
 static void test_selftest_runs_cpu_part(void **state)

@@ -3,6 +3,7 @@
 // Do not edit: change the spec or templates/ and regenerate.
 #define MOEGEN_GENERATED 1
 // ---- spec constants ----
+#pragma nv_diag_suppress 177   // declared but never referenced: families use a subset
 static constexpr int MG_D = 64;
 static constexpr int MG_FF = 64;
 static constexpr int MG_F2 = 128;
@@ -18,6 +19,13 @@ static constexpr int MG_DTYPE = 0;      // bf16
 static constexpr int MG_SHARED = 0;
 static constexpr float MG_AUX_COEF = 0.01f;
 static constexpr float MG_Z_COEF = 0.001f;
+static constexpr int MG_N_HEAD = 4;
+static constexpr int MG_N_KV_HEAD = 4;
+static constexpr int MG_HEAD_DIM = 16;
+static constexpr int MG_VOCAB = 512;
+static constexpr int MG_SEQ = 64;
+static constexpr double MG_ROPE_THETA = 10000.0;
+static constexpr float MG_NORM_EPS = 1e-05f;
 // ---- kernel configuration (dispatch) ----
 static constexpr int MG_BM = 0, MG_BN = 0, MG_BK = 0, MG_STAGES = 0, MG_WARPS = 0;
 #line 1 "templates/moe_params.h"

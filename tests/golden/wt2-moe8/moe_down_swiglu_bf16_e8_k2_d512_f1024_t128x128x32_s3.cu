@@ -3,6 +3,7 @@
 // Do not edit: change the spec or templates/ and regenerate.
 #define MOEGEN_GENERATED 1
 // ---- spec constants ----
+#pragma nv_diag_suppress 177   // declared but never referenced: families use a subset
 static constexpr int MG_D = 512;
 static constexpr int MG_FF = 1024;
 static constexpr int MG_F2 = 2048;
@@ -18,6 +19,13 @@ static constexpr int MG_DTYPE = 0;      // bf16
 static constexpr int MG_SHARED = 0;
 static constexpr float MG_AUX_COEF = 0.01f;
 static constexpr float MG_Z_COEF = 0.001f;
+static constexpr int MG_N_HEAD = 8;
+static constexpr int MG_N_KV_HEAD = 8;
+static constexpr int MG_HEAD_DIM = 64;
+static constexpr int MG_VOCAB = 33278;
+static constexpr int MG_SEQ = 256;
+static constexpr double MG_ROPE_THETA = 10000.0;
+static constexpr float MG_NORM_EPS = 1e-05f;
 // ---- kernel configuration (down) ----
 static constexpr int MG_BM = 128, MG_BN = 128, MG_BK = 32, MG_STAGES = 3, MG_WARPS = 8;
 #line 1 "templates/moe_params.h"
