@@ -14,14 +14,14 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC $(CFLAGS_W) $(CFLAGS) $(SAN) \
              -Igen -Iruntime -Itemplates -I$(BUILD) -I/usr/include/lua5.4 -I$(CUDA_HOME)/include \
              -DMG_VERSION=\"$(VERSION)\"
 
-# Lua, jansson, libcrypto and SQLite (the tuning db) are linked statically so the binary runs on GPU hosts that
-# lack them; the CUDA libraries dynamically. libcuda is never linked (see README).
+# Lua, jansson, libcrypto, SQLite (the tuning db) and zlib (TensorBoard PNGs) are linked statically so the binary
+# runs on GPU hosts that lack them; the CUDA libraries dynamically. libcuda is never linked (see README).
 LUA_A     := $(firstword $(wildcard /usr/lib/*/liblua5.4.a /usr/lib/liblua5.4.a))
-STATIC_LIBS = $(LUA_A) -Wl,-Bstatic -ljansson -lcrypto -lsqlite3 -Wl,-Bdynamic
+STATIC_LIBS = $(LUA_A) -Wl,-Bstatic -ljansson -lcrypto -lsqlite3 -lz -Wl,-Bdynamic
 CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lnccl -lnvrtc -lcudart
 LDLIBS    = $(STATIC_LIBS) $(CUDA_LIBS) -lpthread -ldl -lm
 # The shared library links its dependencies dynamically: Debian's static archives are not PIC.
-SO_LIBS   = -llua5.4 -ljansson -lcrypto -lsqlite3 $(CUDA_LIBS) -lpthread -ldl -lm
+SO_LIBS   = -llua5.4 -ljansson -lcrypto -lsqlite3 -lz $(CUDA_LIBS) -lpthread -ldl -lm
 
 LIB_SRC   := $(sort $(wildcard gen/mg_*.c runtime/mg_*.c))
 LIB_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIB_SRC)) $(BUILD)/mg_templates.o

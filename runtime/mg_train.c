@@ -1,8 +1,10 @@
 /* mg_train: the CPU training loop, evaluation and resume (see mg_train.h). */
 #include "mg_train.h"
 #include "mg_ckpt.h"
+#include "mg_metrics.h"
 #include "mg_optim.h"
 #include "mg_sb.h"
+#include "mg_tb.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -49,19 +51,21 @@ static int trim_metrics(const char *path, long last, mg_err *err)
 {
     FILE *in = fopen(path, "r");
     if (!in) return 0;
-    char tmp[1800], line[8192];
+    char tmp[1800], *line = NULL;
+    size_t cap = 0;
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *out = fopen(tmp, "w");
     if (!out) {
         fclose(in);
         return mg_err_set(err, MG_EUSER, "%s: cannot create: %s", tmp, strerror(errno));
     }
-    while (fgets(line, sizeof line, in)) {
+    while (getline(&line, &cap, in) > 0) {   /* lines with routing metrics can be long */
         json_t *j = json_loads(line, 0, NULL);
         json_t *st = json_object_get(j, "step");
         if (json_is_integer(st) && json_integer_value(st) <= last) fputs(line, out);
         json_decref(j);
     }
+    free(line);
     fclose(in);
     int bad = fflush(out) != 0 || fsync(fileno(out)) != 0;
     if (fclose(out) || bad || rename(tmp, path))
@@ -148,6 +152,10 @@ typedef struct run {
     char run_dir[1600];
     FILE *metrics, *log;
     long stop;
+    mg_metrics mx;       /* routing metrics of the MoE layers over the log window */
+    mg_tb tb;            /* TensorBoard event file (tb.f NULL: off) */
+    int log_every, metrics_on;
+    double metrics_s;    /* time spent in mx and tb */
 } run;
 
 /* The spec and starting point: a fresh model from spec, or the checkpoint's state. */
@@ -218,12 +226,24 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
         mg_sb_free(&sb);
     }
     if (!r->metrics) return mg_err_set(err, MG_EUSER, "%s/metrics.jsonl: cannot open: %s", r->run_dir, strerror(errno));
+    r->log_every = o->log_every > 0 ? o->log_every : 1;
+    r->metrics_on = !o->no_metrics;
+    if (r->metrics_on) {
+        int ids[256], n = 0;
+        for (int i = 0; i < r->m.L && n < 256; i++)
+            if (r->m.layers[i].moe) ids[n++] = i;
+        if (mg_metrics_init(&r->mx, n, ids, r->m.E, r->m.k)) return mg_err_set(err, MG_EINTERNAL, "out of memory");
+        snprintf(path, sizeof path, "%s/tb", r->run_dir);
+        if ((rc = mg_tb_open(&r->tb, path, err))) return rc;
+    }
     return 0;
 }
 
 static void run_free(run *r)
 {
     if (r->metrics) fclose(r->metrics);
+    mg_tb_close(&r->tb);
+    mg_metrics_free(&r->mx);
     mg_cpu_model_free(&r->m);
     mg_adamw_free(&r->opt);
     mg_cpu_data_free(&r->data);
@@ -255,6 +275,17 @@ static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
         ss->aux += o.aux;
         ss->z += o.zloss;
         ss->dropped += o.dropped;
+        if (r->metrics_on) {
+            double t0 = now_s();
+            for (int i = 0, li = 0; i < m->L; i++) {
+                const mg_ref_fwd *f = &m->layers[i].rf;
+                if (!m->layers[i].moe) continue;
+                mg_metrics_add(&r->mx, li++, &(mg_metrics_batch){.T = B * m->T, .counts_all = f->counts_all,
+                               .topk_idx = f->topk_idx, .probs = f->probs, .aux = f->aux, .z = f->zloss,
+                               .dropped = f->n_dropped});
+            }
+            r->metrics_s += now_s() - t0;
+        }
     }
     ss->ce = ce;
     ss->loss = ce + ss->aux + ss->z;
@@ -275,6 +306,22 @@ static void write_metrics(run *r, long step, const step_stats *ss, double val, d
             "\"tok_per_s\": %.1f",
             step, ss->loss, ss->ce, ss->aux, ss->z, ss->lr, ss->gnorm, ss->tokens, r->st.tokens, ss->dropped, elapsed, tps);
     if (isfinite(val)) fprintf(r->metrics, ", \"val_loss\": %.17g, \"val_ppl\": %.17g", val, exp(val));
+    if (r->metrics_on) {
+        double t0 = now_s();
+        mg_metrics_end_step(&r->mx);
+        if (step % r->log_every == 0 || step == r->stop) {
+            mg_metrics_json(&r->mx, r->metrics);
+            static const char *const tags[] = {"train/loss", "train/ce", "train/aux", "train/z", "train/lr",
+                                               "train/grad_norm", "train/tok_per_s", "train/dropped"};
+            double v[] = {ss->loss, ss->ce, ss->aux, ss->z, ss->lr, ss->gnorm, tps, (double)ss->dropped};
+            for (int i = 0; i < 8; i++) mg_tb_scalar(&r->tb, tags[i], step, v[i]);
+            if (isfinite(val)) mg_tb_scalar(&r->tb, "val/loss", step, val), mg_tb_scalar(&r->tb, "val/ppl", step, exp(val));
+            mg_metrics_tb(&r->mx, &r->tb, step, isfinite(val));
+            mg_tb_flush(&r->tb);
+            mg_metrics_reset(&r->mx);
+        }
+        r->metrics_s += now_s() - t0;
+    }
     fputs("}\n", r->metrics);
     fflush(r->metrics);
 }
@@ -338,6 +385,8 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
     if (!o->quiet && tty) fputc('\n', r.log);
     res->steps_done = r.st.step;
     res->last_val = last_val;
+    res->train_s = now_s() - t0;
+    res->metrics_s = r.metrics_s;
     free(tok);
     run_free(&r);
     return rc;

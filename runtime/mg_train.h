@@ -10,8 +10,12 @@
  *
  * RUN_DIR/metrics.jsonl gets one JSON object per step:
  *   {"step", "loss", "ce", "aux", "z", "lr", "grad_norm", "tokens", "tokens_total", "dropped",
- *    "elapsed_s", "tok_per_s"[, "val_loss", "val_ppl"]}
+ *    "elapsed_s", "tok_per_s"[, "val_loss", "val_ppl"][, "moe": [...]]}
  * loss/ce/aux/z/lr/grad_norm printed with 17 significant digits, so two runs compare exactly.
+ * "moe" (every log_every steps and the last; models with MoE layers) holds each MoE layer's
+ * routing metrics over the steps since the previous one (mg_metrics.h). The same scalars, the
+ * per-expert load histograms and, at eval steps, a load heatmap image go to the TensorBoard
+ * event file RUN_DIR/tb/events.out.tfevents.<time>.<host> (mg_tb.h).
  */
 #ifndef MG_TRAIN_H
 #define MG_TRAIN_H
@@ -34,12 +38,15 @@ typedef struct mg_train_opts {
                               schedule still spans train.steps, so a later --resume continues it) */
     int keep;              /* checkpoints kept besides the best; 0 = 3 */
     int quiet;             /* no progress line */
+    int log_every;         /* routing metrics every N steps; 0 = 1 */
+    int no_metrics;        /* no routing metrics and no TensorBoard file (overhead baseline) */
     FILE *log;             /* progress and notes; NULL = stderr */
 } mg_train_opts;
 
 typedef struct mg_train_result {
     long steps_done;
     double last_loss, last_val;   /* NAN when none */
+    double train_s, metrics_s;    /* wall time of the steps, and of it in routing metrics + TensorBoard */
     char run_dir[1600];
 } mg_train_result;
 
