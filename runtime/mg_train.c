@@ -1,6 +1,7 @@
 /* mg_train: the CPU training loop, evaluation and resume (see mg_train.h). */
 #include "mg_train.h"
 #include "mg_ckpt.h"
+#include "mg_gpu_model.h"
 #include "mg_metrics.h"
 #include "mg_optim.h"
 #include "mg_sb.h"
@@ -156,6 +157,7 @@ typedef struct run {
     mg_tb tb;            /* TensorBoard event file (tb.f NULL: off) */
     int log_every, metrics_on;
     double metrics_s;    /* time spent in mx and tb */
+    mg_gpu_model *gpu;   /* NULL: the CPU model trains; else r->m is its host copy (bmax 1) */
 } run;
 
 /* The spec and starting point: a fresh model from spec, or the checkpoint's state. */
@@ -197,7 +199,11 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
         return mg_err_set(err, MG_EUSER, "%s: moe.bias_update_rate = %g: the CPU trainer applies the selection bias "
                           "with router = \"sigmoid_topk\" only (as mg_ref does)", s->path, s->moe.bias_update_rate);
     if ((rc = mkdir_p(r->run_dir, err)) || (rc = mg_cpu_data_open(s, &r->data, err))) return rc;
-    if ((rc = mg_cpu_model_create(&r->m, s, s->train.batch, err))) return rc;
+    if ((rc = mg_cpu_model_create(&r->m, s, o->gpu ? 1 : s->train.batch, err))) return rc;
+    if (o->gpu) {
+        mg_gpu_opts go = {0};
+        if ((rc = mg_gpu_create(&r->gpu, &r->m, s->train.batch, &go, err))) return rc;
+    }
     mg_adamw_init(&r->opt, r->m.n_params);
     if (o->resume) {
         if ((rc = mg_ckpt_load(ckpt, &r->m, &r->opt, err))) return rc;
@@ -207,6 +213,7 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
     } else {
         mg_cpu_model_init_weights(&r->m, r->st.seed);
     }
+    if (r->gpu && (rc = mg_gpu_upload(r->gpu, &r->opt, err))) return rc;
     r->stop = s->train.steps;
     if (o->stop_after > 0 && o->stop_after < r->stop) r->stop = o->stop_after;
 
@@ -244,6 +251,7 @@ static void run_free(run *r)
     if (r->metrics) fclose(r->metrics);
     mg_tb_close(&r->tb);
     mg_metrics_free(&r->mx);
+    mg_gpu_destroy(r->gpu);
     mg_cpu_model_free(&r->m);
     mg_adamw_free(&r->opt);
     mg_cpu_data_free(&r->data);
@@ -254,6 +262,67 @@ typedef struct step_stats {
     double loss, ce, aux, z, lr, gnorm;
     long tokens, dropped;
 } step_stats;
+
+/* One optimizer step s (0-based) on the GPU: the micro-batches are enqueued while the host
+ * draws the next batch; statistics and the grad norm are read once per step. */
+static int train_step_gpu(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
+{
+    const mg_spec *sp = &r->spec;
+    int A = sp->train.grad_accum, B = sp->train.batch, rc;
+    mg_cpu_out outs[64], *o = A <= 64 ? outs : malloc(sizeof *o * (size_t)A);
+    memset(ss, 0, sizeof *ss);
+    for (int a = 0; a < A; a++) {
+        mg_cpu_ctx c = {.train = 1, .seed = r->st.seed, .step = s, .micro = a, .scale = 1.0 / A};
+        if ((rc = mg_cpu_data_train_batch(&r->data, (uint64_t)s * (uint64_t)A + (uint64_t)a, tok, err)) ||
+            (rc = mg_gpu_run(r->gpu, tok, B, &c, 1, a, err)))
+            goto out;
+    }
+    ss->lr = mg_lr_at(sp, s);
+    if ((rc = mg_gpu_opt_step(r->gpu, &r->opt, ss->lr, &ss->gnorm, err)) ||
+        (rc = mg_gpu_read_stats(r->gpu, A, 1, o, err)))
+        goto out;
+    for (int a = 0; a < A; a++) {
+        if (r->metrics_on)   /* router entropy/top-1 are not reduced on the device yet: reported as 0 */
+            for (int i = 0, li = 0; i < r->m.L; i++) {
+                if (!r->m.layers[i].moe) continue;
+                mg_metrics_batch mb = {.T = B * r->m.T};
+                mg_gpu_layer_stats(r->gpu, a, i, &mb.counts_all, &mb.aux, &mb.z, &mb.dropped);
+                mg_metrics_add(&r->mx, li++, &mb);
+            }
+        ss->ce += o[a].ce_sum / (double)o[a].n_tokens / A;
+        ss->tokens += o[a].n_tokens;
+        ss->aux += o[a].aux;
+        ss->z += o[a].zloss;
+        ss->dropped += o[a].dropped;
+    }
+    ss->loss = ss->ce + ss->aux + ss->z;
+    mg_cpu_model_update_bias(&r->m, sp->moe.bias_update_rate);
+    if (sp->moe.bias_update_rate > 0) rc = mg_gpu_upload_bias(r->gpu, err);
+out:
+    if (o != outs) free(o);
+    return rc;
+}
+
+/* Validation loss on the GPU: the same fixed batches as mg_train_val_loss. */
+static int val_loss_gpu(run *r, double *loss, mg_err *err)
+{
+    int nb = r->spec.train.eval_batches, B = r->spec.train.batch, T = r->m.T, rc = 0;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (size_t)(T + 1));
+    mg_cpu_out *o = calloc((size_t)nb, sizeof *o);
+    mg_cpu_ctx c = {.train = 0, .scale = 1.0};
+    for (int j = 0; j < nb && !rc; j++) {
+        mg_cpu_data_val_batch(&r->data, j, nb, B, T, tok);
+        rc = mg_gpu_run(r->gpu, tok, B, &c, 0, j, err);
+    }
+    if (!rc) rc = mg_gpu_read_stats(r->gpu, nb, 0, o, err);
+    double ce = 0;
+    long n = 0;
+    for (int j = 0; j < nb && !rc; j++) ce += o[j].ce_sum, n += o[j].n_tokens;
+    *loss = rc ? NAN : ce / (double)n;
+    free(tok);
+    free(o);
+    return rc;
+}
 
 /* One optimizer step s (0-based). */
 static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
@@ -353,7 +422,7 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
     double last_val = r.st.val_loss;
     for (long s = r.st.step; s < r.stop && !rc; s++) {
         step_stats ss;
-        if ((rc = train_step(&r, s, tok, &ss, err))) break;
+        if ((rc = r.gpu ? train_step_gpu(&r, s, tok, &ss, err) : train_step(&r, s, tok, &ss, err))) break;
         long done = s + 1;
         r.st.step = done;
         r.st.tokens += ss.tokens;
@@ -361,7 +430,11 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
         int eval = done % sp->train.eval_every == 0 || done == r.stop;
         double val = NAN;
         if (eval) {
-            val = mg_train_val_loss(&r.m, &r.data, sp->train.eval_batches, B);
+            if (r.gpu) {
+                if ((rc = val_loss_gpu(&r, &val, err))) break;
+            } else {
+                val = mg_train_val_loss(&r.m, &r.data, sp->train.eval_batches, B);
+            }
             last_val = val;
             r.st.val_loss = val;
             if (isfinite(val) && !(val >= r.st.best_val)) r.st.best_val = val, r.st.best_step = done;
@@ -373,16 +446,27 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
             char eta[32], vp[32] = "-";
             fmt_eta(eta, sizeof eta, el / (double)(done - first) * (double)(r.stop - done));
             if (isfinite(last_val)) snprintf(vp, sizeof vp, "%.2f", exp(last_val));
-            fprintf(r.log, "%sstep %ld/%ld | loss %.4f | val ppl %s | %.0f tok/s | ETA %s%s", tty ? "\r" : "", done,
-                    r.stop, ss.loss, vp, tps, eta, tty ? "\033[K" : "\n");
+            char mfu[48] = "";
+            if (r.gpu) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100 * mg_gpu_mfu(sp, tps, 0));
+            fprintf(r.log, "%sstep %ld/%ld | loss %.4f | val ppl %s | %.0f tok/s%s | ETA %s%s", tty ? "\r" : "", done,
+                    r.stop, ss.loss, vp, tps, mfu, eta, tty ? "\033[K" : "\n");
             fflush(r.log);
         }
         if (eval) {
             r.st.val_loss = val;
+            if (r.gpu && (rc = mg_gpu_download(r.gpu, &r.opt, err))) break;
             rc = mg_ckpt_save(r.run_dir, &r.m, &r.opt, &r.st, o->keep > 0 ? o->keep : 3, err);
         }
     }
     if (!o->quiet && tty) fputc('\n', r.log);
+    if (!o->quiet && r.gpu && r.st.step > first) {
+        double el = now_s() - t0, tps = (double)(r.st.step - first) * A * B * r.m.T / (el > 0 ? el : 1e-9);
+        char name[256];
+        mg_gpu_name(name, sizeof name);
+        fprintf(r.log, "train: %s: %.0f tok/s, MFU %.1f%% (model FLOPs 6·active + attention per token over a dense "
+                "bf16 peak of %.0f TFLOP/s, the H100 SXM / H200 datasheet), GPU memory in use %.2f GiB\n", name, tps,
+                100 * mg_gpu_mfu(sp, tps, 0), MG_GPU_PEAK_BF16 / 1e12, mg_gpu_mem_used() / (1024.0 * 1024 * 1024));
+    }
     res->steps_done = r.st.step;
     res->last_val = last_val;
     res->train_s = now_s() - t0;

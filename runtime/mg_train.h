@@ -41,6 +41,7 @@ typedef struct mg_train_opts {
     int log_every;         /* routing metrics every N steps; 0 = 1 */
     int no_metrics;        /* no routing metrics and no TensorBoard file (overhead baseline) */
     FILE *log;             /* progress and notes; NULL = stderr */
+    int gpu;               /* 1: train on the GPU (mg_gpu_model), same loop, files and math */
 } mg_train_opts;
 
 typedef struct mg_train_result {

@@ -1,0 +1,118 @@
+/* mg_gpu_model: the whole language model on one GPU, forward, backward and the optimizer step:
+ * the same model, parameter layout, RNG counters and step math as the CPU trainer
+ * (runtime/TRAINING.md, mg_cpu_model.h), on the generated kernels.
+ *
+ * Parameters: one flat fp32 master buffer P in the CPU model's order (so init, checkpoints and
+ * the tensor table are the CPU model's: the host mg_cpu_model is the source of truth at
+ * upload/download time), its gradient G, AdamW m/v, and a compute copy Wc in the spec's dtype
+ * at the same offsets (Wc = P for fp32). Adjacent tensors are used fused, with no copy:
+ *   q_proj, k_proj, v_proj          = one [(H + 2·KV)·hd, d] QKV weight (lm_params.h's W_qkv order)
+ *   router, experts' gate/up, down  = mg_moe's wg, w_up [E, F2, d], w_dn [E, d, ff] (+ shared)
+ *   dense gate_proj, up_proj, down  = mg_moe's w_up [1, F2d, d], w_dn [1, d, ffd]
+ *
+ * Per micro-batch of B sequences (N = B·T rows), forward:
+ *   x0 = embed(ids)                                                     mg_lm_embed_fwd
+ *   layer l:  n1 = rmsnorm(x_l)            qkv = n1·W_qkvᵀ (cuBLASLt)  rope(qkv)  attn → att
+ *             x_mid = x_l + drop(att·W_oᵀ)                             mg_lm_dropout (residual fused)
+ *             n2 = rmsnorm(x_mid)          f = ffn(n2)                 x_{l+1} = x_mid + drop(f)
+ *   logits = rmsnorm(x_L)·headᵀ  [N, ldV]  → fused CE, dlogits in place (scale 1/(A·N))
+ * The FFN of an MoE layer is mg_moe built for the spec with aux_loss/A and z_loss/A baked in
+ * (the kernels take the coefficients as constants; TRAINING.md scales them by 1/grad_accum).
+ * A dense layer is mg_moe built for E = 1, k = 1, d_ff = d_ff_dense, softmax router, no
+ * aux/z loss, dropless: softmax over one logit is exactly 1, so y = 1·down(act(up(x))) with
+ * the generated (and verified) up/activation/down kernels; the router's gradient is exactly
+ * 0 and goes to a scratch buffer. The LM has no separate activation kernel, so this keeps one
+ * implementation of each activation.
+ *
+ * Gradients: micro-batch 0 writes every gradient (GEMM beta 0, norm dw and mg_moe grads
+ * written), later micro-batches accumulate (GEMM beta 1; norm dw and MoE grads through a
+ * scratch buffer plus an fp32 add). The tied head's gradient is written by the head GEMM and
+ * the embedding backward accumulates onto it. Grad norm: util sumsq per 16M-element chunk +
+ * one gnorm (deterministic); clip factor stays on the device and feeds AdamW.
+ *
+ * All work goes on one stream; nothing syncs until mg_gpu_read_stats / the download. */
+#ifndef MG_GPU_MODEL_H
+#define MG_GPU_MODEL_H
+
+#include "mg_cpu_model.h"
+#include "mg_err.h"
+#include "mg_optim.h"
+#include "mg_spec.h"
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Dense bf16 peak used for MFU: H100 SXM and H200 datasheet, 989 TFLOP/s (no sparsity). */
+#define MG_GPU_PEAK_BF16 989.0e12
+
+/* Number of usable CUDA devices (0 with the reason in why when none). */
+int mg_gpu_count(char *why, size_t n);
+
+/* Model FLOPs utilization: tok_per_s · flops_per_token (mg_spec_derive: 6·active + attention)
+ * / peak (peak <= 0: MG_GPU_PEAK_BF16). */
+double mg_gpu_mfu(const mg_spec *s, double tok_per_s, double peak);
+
+/* The fused views of the flat buffer the GPU model relies on; checks that the tensors are
+ * where it expects them (q,k,v adjacent; an MoE layer's router, experts, shared experts
+ * contiguous; a dense layer's gate/up/down contiguous). CPU-only: tested by test_gpu_layout.
+ * Returns MG_OK or MG_EINTERNAL naming the first tensor out of place. */
+int mg_gpu_check_layout(const mg_cpu_model *m, mg_err *err);
+
+/* The spec the MoE kernels of layer kind `dense` (0: an MoE layer, 1: a dense layer as E = 1)
+ * are generated for: single GPU layout, aux/z divided by grad_accum (MoE) or 0 (dense). */
+void mg_gpu_layer_spec(const mg_spec *s, int dense, mg_spec *out);
+
+typedef struct mg_gpu_model mg_gpu_model;
+
+typedef struct mg_gpu_opts {
+    const char *arch;   /* NULL: the current device's */
+    int verbose;
+} mg_gpu_opts;
+
+/* Compiles (through the cache) and allocates for micro-batches of up to bmax sequences of
+ * the model host describes; host must outlive g. No upload: call mg_gpu_upload. */
+int mg_gpu_create(mg_gpu_model **g, mg_cpu_model *host, int bmax, const mg_gpu_opts *o, mg_err *err);
+void mg_gpu_destroy(mg_gpu_model *g);
+
+/* host params (+ selection biases) → device master and compute weights; with o != NULL
+ * also the AdamW moments and step. */
+int mg_gpu_upload(mg_gpu_model *g, const mg_adamw *o, mg_err *err);
+/* device → host params, biases and (o != NULL) moments; syncs. */
+int mg_gpu_download(mg_gpu_model *g, mg_adamw *o, mg_err *err);
+/* device gradients → out [n_params] (host); syncs. */
+int mg_gpu_download_grads(mg_gpu_model *g, float *out, mg_err *err);
+
+/* Enqueues one micro-batch: tokens [B, T+1] host (copied to pinned staging, then async H2D),
+ * forward (+ backward when grad, accumulating as ctx->micro > 0); its statistics go to
+ * slot ctx->micro (train) or `slot` (eval: pass any slot < mg_gpu_slots). */
+int mg_gpu_run(mg_gpu_model *g, const int32_t *tokens, int B, const mg_cpu_ctx *ctx, int grad, int slot, mg_err *err);
+int mg_gpu_slots(const mg_gpu_model *g);
+
+/* Waits, then sums the statistics of slots [0, n) in order like mg_cpu_out (ce_sum = CE·N,
+ * aux/z already scaled); when count_loads, adds each MoE layer's routing loads to
+ * host->layers[i].load (for mg_cpu_model_update_bias). */
+int mg_gpu_read_stats(mg_gpu_model *g, int n, int count_loads, mg_cpu_out *outs, mg_err *err);
+
+/* After mg_gpu_read_stats: MoE layer i's routing counts [E] (before drops), aux, z and drops
+ * in slot; pointers valid until the next read. */
+void mg_gpu_layer_stats(const mg_gpu_model *g, int slot, int layer, const int **counts_all, double *aux, double *z,
+                        long *dropped);
+
+/* Grad norm, clip, AdamW at lr for update t = o->step + 1 (o->step is then incremented,
+ * host side only); returns the (unclipped) norm. Syncs to read the norm. */
+int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_err *err);
+/* After mg_cpu_model_update_bias on the host: the selection biases → device. */
+int mg_gpu_upload_bias(mg_gpu_model *g, mg_err *err);
+
+/* Device memory in use on the current device (cudaMemGetInfo total − free), bytes. */
+double mg_gpu_mem_used(void);
+/* The device's name, for logs. */
+void mg_gpu_name(char *buf, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
