@@ -1,6 +1,8 @@
 /* mg_cmd_train: `moegen train` and `moegen eval`: option parsing around mg_train. */
 #include "mg_cmd_train.h"
 #include "mg_err.h"
+#include "mg_gpu_check.h"
+#include "mg_gpu_model.h"
 #include "mg_spec.h"
 #include "mg_train.h"
 
@@ -12,12 +14,18 @@
 static const char *const train_help =
     "usage: moegen train SPEC [--device cpu|gpu] [--steps N] [--run-dir DIR] [--keep N] [-q]\n"
     "       moegen train --resume DIR [SPEC] [--steps N] [--run-dir DIR]\n"
+    "       moegen train SPEC --check-step [--dump DIR]\n"
     "  Trains the spec's model on its train.data and writes RUN_DIR (default runs/<name>):\n"
     "  metrics.jsonl (one JSON object per step), spec.lua, ckpt-NNNNNN/ (model.safetensors,\n"
     "  optimizer.safetensors, state.json; the last --keep, default 3, plus the best) and best ->.\n"
     "  Validation loss every train.eval_every steps and at the end. --steps N stops after N steps\n"
     "  in all (the LR schedule still spans train.steps); --resume continues a run bitwise.\n"
-    "  --device cpu (default) is the CPU trainer; the GPU trainer is not built in this version.\n"
+    "  --device: gpu (the default when a CUDA device is present: generated kernels, bf16 compute on\n"
+    "  fp32 master weights; prints tokens/s, MFU and GPU memory) or cpu (the default without one: the\n"
+    "  fp32 oracle). Both follow runtime/TRAINING.md and write the same files; either resumes the other.\n"
+    "  --check-step: one step on the CPU and the GPU from the same init and a random batch; compares the\n"
+    "  loss and every gradient per tensor (exit 1 on a mismatch); --dump DIR also writes the init, the\n"
+    "  batch and both gradients for bench/torch_lm_step.py.\n"
     "  Data: train.data = a `moegen data` output directory (train.tok, valid.tok), or text through the\n"
     "  built-in byte tokenizer (vocab >= 256) from $MOEGEN_DATA_DIR (default ../shared/data).\n"
     "example: moegen train specs/ci-cpu.lua --device cpu --steps 100\n";
@@ -51,7 +59,8 @@ static int parse_long(const char *verb, const char *flag, const char *v, long lo
 
 int mg_cmd_train(int argc, char **argv)
 {
-    const char *spec_path = NULL, *device = "cpu";
+    const char *spec_path = NULL, *device = NULL, *dump = NULL;
+    int check = 0;
     mg_train_opts o;
     memset(&o, 0, sizeof o);
     for (int i = 0; i < argc; i++) {
@@ -62,6 +71,11 @@ int mg_cmd_train(int argc, char **argv)
             return 0;
         }
         if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) o.quiet = 1;
+        else if (!strcmp(a, "--check-step")) check = 1;
+        else if (!strcmp(a, "--dump")) {
+            if (!next) return fail("train", "%s needs a value", a);
+            dump = argv[++i];
+        }
         else if (!strcmp(a, "--device") || !strcmp(a, "--steps") || !strcmp(a, "--run-dir") || !strcmp(a, "--resume") ||
                  !strcmp(a, "--keep")) {
             if (!next) return fail("train", "%s needs a value", a);
@@ -82,9 +96,15 @@ int mg_cmd_train(int argc, char **argv)
         } else if (!spec_path) spec_path = a;
         else return fail("train", "unexpected argument '%s'", a);
     }
-    if (!strcmp(device, "gpu"))
-        return fail("train", "--device %s: the GPU trainer is not built in this version; use --device cpu", device);
-    if (strcmp(device, "cpu")) return fail("train", "--device = '%s': must be one of cpu, gpu", device);
+    char why[256] = "";
+    int have_gpu = mg_gpu_count(why, sizeof why) > 0;
+    if (device && strcmp(device, "cpu") && strcmp(device, "gpu"))
+        return fail("train", "--device = '%s': must be one of cpu, gpu", device);
+    if (device && !strcmp(device, "gpu") && !have_gpu)
+        return fail("train", "--device gpu: no CUDA device here (%s); use --device cpu", why);
+    o.gpu = device ? !strcmp(device, "gpu") : have_gpu;
+    if (dump && !check) return fail("train", "%s", "--dump needs --check-step");
+    if (check && (!spec_path || o.resume)) return fail("train", "%s", "--check-step needs a spec file (and no --resume)");
     if (!spec_path && !o.resume) return fail("train", "%s", "missing spec file (usage: moegen train SPEC --device cpu)");
 
     mg_err err;
@@ -93,6 +113,14 @@ int mg_cmd_train(int argc, char **argv)
     if (spec_path && mg_spec_load(spec_path, &spec, &err)) {
         fprintf(stderr, "moegen: %s\n", err.msg);
         return err.code;
+    }
+    if (check) {
+        int n_fail = 0;
+        if (mg_gpu_check_step(&spec, dump, stdout, &n_fail, &err)) {
+            fprintf(stderr, "moegen: train: %s\n", err.msg);
+            return err.code ? err.code : MG_EINTERNAL;
+        }
+        return n_fail ? MG_EUSER : 0;
     }
     mg_train_result res;
     if (mg_train(spec_path ? &spec : NULL, &o, &res, &err)) {

@@ -184,10 +184,27 @@ static void test_cli(void **state)
 {
     (void)state;
     mg_proc p;
-    mg_run(&p, "%s train specs/ci-cpu.lua --device gpu", mg_bin());
+    mg_run(&p, "%s devices", mg_bin());
+    if (p.code != 0) {   /* no CUDA device (CI): --device gpu is one line naming the reason */
+        mg_run(&p, "%s train specs/ci-cpu.lua --device gpu --run-dir %s/nogpu", mg_bin(), tmp);
+        assert_int_equal(p.code, 1);
+        mg_assert_contains(p.out, "moegen: train: --device gpu: no CUDA device here (");
+        mg_assert_contains(p.out, "); use --device cpu\n");
+        assert_ptr_equal(strchr(p.out, '\n'), p.out + strlen(p.out) - 1);
+        /* --check-step runs the CPU half, dumps it for the PyTorch check, then says why it stops */
+        mg_run(&p, "%s train specs/ci-cpu.lua --check-step --dump %s/chk", mg_bin(), tmp);
+        assert_int_equal(p.code, 1);
+        mg_assert_contains(p.out, "gpu: skipped: no CUDA device");
+        mg_assert_contains(p.out, "moegen: train: --check-step: no CUDA device (");
+        mg_run(&p, "ls %s/chk", tmp);
+        mg_assert_contains(p.out, "batch.npy\nconfig.json\ngrads_cpu.safetensors\nmodel.safetensors\nspec.lua\n");
+    }
+    mg_run(&p, "%s train specs/ci-cpu.lua --dump /tmp/x", mg_bin());
     assert_int_equal(p.code, 1);
-    assert_string_equal(p.out, "moegen: train: --device gpu: the GPU trainer is not built in this version; use "
-                               "--device cpu\n");
+    mg_assert_contains(p.out, "--dump needs --check-step");
+    mg_run(&p, "%s train specs/ci-cpu.lua --device tpu", mg_bin());
+    assert_int_equal(p.code, 1);
+    mg_assert_contains(p.out, "--device = 'tpu': must be one of cpu, gpu");
     mg_run(&p, "%s train --device cpu", mg_bin());
     assert_int_equal(p.code, 1);
     mg_assert_contains(p.out, "missing spec file");
