@@ -1,6 +1,6 @@
 /* moegen: the command-line tool, a thin client of libmoegen.
  *
- * Verbs: check, gen, compile, selftest, cache, devices, data, train, eval; `moegen spec.lua` runs check + gen +
+ * Verbs: check, gen, compile, selftest, cache, devices, data, train, eval, report, watch, analyze; `moegen spec.lua` runs check + gen +
  * compile. Exit codes: 0 success, 1 user error, 2 internal error. */
 #include "mg_cmd_data.h"
 #include "mg_cmd_train.h"
@@ -9,6 +9,7 @@
 #include "mg_gen.h"
 #include "mg_jit.h"
 #include "mg_plan.h"
+#include "mg_report.h"
 #include "mg_selftest.h"
 #include "mg_tune.h"
 #include "mg_spec.h"
@@ -58,6 +59,9 @@ static const char *const usage_main =
     "  train SPEC --device cpu [--steps N] [--run-dir DIR] [--resume DIR]\n"
     "                                  train the model (CPU trainer; metrics.jsonl, checkpoints; see train --help)\n"
     "  eval CKPT [--data FILE]         loss and perplexity of a checkpoint\n"
+    "  report RUN_DIR... [-o FILE]     one self-contained HTML report of runs (curves, expert load, co-activation)\n"
+    "  watch RUN_DIR [--once]          live terminal view of a training run\n"
+    "  analyze CKPT --data FILE        expert specialization of a checkpoint (JSON, --html)\n"
     "\n"
     "options: --help (also after a verb), --version\n"
     "example: moegen compile specs/wt2-moe8.lua --arch sm_90a\n";
@@ -372,6 +376,9 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "train")) return mg_cmd_train(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return mg_cmd_eval(argc - 2, argv + 2);
     if (!strcmp(argv[1], "tune")) return mg_tune_cli(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "report")) return mg_cmd_report(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "watch")) return mg_cmd_watch(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "analyze")) return mg_cmd_analyze(argc - 2, argv + 2);
     static const char *const verbs[] = {"check", "gen", "compile", "selftest", "cache", "devices"};
     const char *verb = NULL;
     for (size_t i = 0; i < sizeof verbs / sizeof *verbs; i++)
@@ -381,7 +388,7 @@ int main(int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return verb_help(verb ? verb : "");
     if (!verb && argv[1][0] == '-') return user_error("unknown option '%s' (see moegen --help)", argv[1]);
     if (!verb && !strstr(argv[1], ".lua"))
-        return user_error("unknown verb '%s' (allowed: check, gen, compile, selftest, cache, devices, data, train, eval, or a spec.lua)",
+        return user_error("unknown verb '%s' (allowed: check, gen, compile, selftest, cache, devices, data, train, eval, report, watch, analyze, or a spec.lua)",
                           argv[1]);
     cli_opts o;
     if (parse_opts(verb ? verb : "moegen", argc - first, argv + first, &o)) return MG_EUSER;
