@@ -34,7 +34,9 @@ static int lm_load(mg_lm *L, mg_err *err)
     for (int k = 0; k < MG_LM_K_COUNT; k++) {
         const int f = lm_defs[k].fam - MG_FAM_ATTN;
         if (!L->lib[f]) continue;
-        snprintf(L->sym[k], sizeof L->sym[k], "%s_%s", L->fam_name[f], lm_defs[k].entry);
+        char sym[sizeof L->sym[k]];   /* via a local: source and target both live in *L */
+        snprintf(sym, sizeof sym, "%s_%s", L->fam_name[f], lm_defs[k].entry);
+        memcpy(L->sym[k], sym, sizeof sym);
         cudaError_t e = cudaLibraryGetKernel(&L->kern[k], L->lib[f], L->sym[k]);
         if (e != cudaSuccess)
             return mg_err_set(err, MG_EINTERNAL, "cudaLibraryGetKernel(%s): %s", L->sym[k], cudaGetErrorString(e));
