@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 typedef struct mg_proc { int code; char out[16384]; } mg_proc;
 
@@ -24,6 +25,20 @@ static inline void mg_run(mg_proc *p, const char *fmt, ...)
     p->out[n] = 0;
     int st = f ? pclose(f) : -1;
     p->code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+/* A suite's scratch directory: "/tmp/mg_<tag>_XXXXXX" made into buf; 0 on success. */
+static inline int mg_test_tmpdir(char *buf, size_t n, const char *tag)
+{
+    snprintf(buf, n, "/tmp/mg_%s_XXXXXX", tag);
+    return mkdtemp(buf) ? 0 : -1;
+}
+
+/* Removes a scratch directory and everything in it. */
+static inline void mg_test_rmtree(const char *dir)
+{
+    mg_proc p;
+    mg_run(&p, "rm -rf '%s'", dir);
 }
 
 /* The moegen binary under test ($MOEGEN, default build/moegen). */

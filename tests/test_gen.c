@@ -14,8 +14,7 @@ static char tmp[256];
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/tmp/mg_gen_XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    if (mg_test_tmpdir(tmp, sizeof tmp, "gen")) return -1;
     char cache[300];
     snprintf(cache, sizeof cache, "%s/cache", tmp);
     setenv("MOEGEN_CACHE_DIR", cache, 1);
@@ -25,8 +24,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    mg_proc p;
-    mg_run(&p, "rm -rf %s", tmp);
+    mg_test_rmtree(tmp);
     return 0;
 }
 

@@ -34,8 +34,7 @@ static const char *data_file(void)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/tmp/mg_report_XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    if (mg_test_tmpdir(tmp, sizeof tmp, "report")) return -1;
     if (!have_data()) return 0;
     mg_proc p;
     mg_run(&p, "%s train specs/ci-cpu.lua --steps 6 --run-dir %s/a -q && %s train specs/ci-cpu.lua --steps 4 "
@@ -51,8 +50,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    mg_proc p;
-    mg_run(&p, "rm -rf %s", tmp);
+    mg_test_rmtree(tmp);
     return 0;
 }
 

@@ -21,15 +21,13 @@ static char tmp[256];
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/tmp/mg_train_XXXXXX");
-    return mkdtemp(tmp) ? 0 : -1;
+    return mg_test_tmpdir(tmp, sizeof tmp, "train");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    mg_proc p;
-    mg_run(&p, "rm -rf %s", tmp);
+    mg_test_rmtree(tmp);
     return 0;
 }
 

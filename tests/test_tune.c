@@ -26,8 +26,7 @@ static char dbpath[320];
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmp, sizeof tmp, "/tmp/mg_tune_XXXXXX");
-    if (!mkdtemp(tmp)) return -1;
+    if (mg_test_tmpdir(tmp, sizeof tmp, "tune")) return -1;
     setenv("MOEGEN_CACHE_DIR", tmp, 1);
     snprintf(dbpath, sizeof dbpath, "%s/tune.db", tmp);
     return 0;
@@ -36,8 +35,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    mg_proc p;
-    mg_run(&p, "rm -rf %s", tmp);
+    mg_test_rmtree(tmp);
     return 0;
 }
 
