@@ -6,12 +6,15 @@
  * Data: random (never zeros), x ~ N(0,1), weights ~ U(-1,1)/sqrt(fan_in), a fresh seed per
  * run (printed). Outputs are poisoned before the first run and checked finite after.
  *
- * Usage: mg_bench_layer [--shape NAME] [--runs N] [--warmup N] [--seed S] [--csv FILE] */
+ * Usage: mg_bench_layer [--shape NAME] [--runs N] [--warmup N] [--seed S] [--csv FILE] [--rules]
+ * Tiles come from the tuning database (moegen tune) for this GPU when it has an entry, else
+ * from the generator's rules; --rules forces the rules, for tuned-vs-default comparisons. */
 #include "mg_bench_timer.h"
 #include "mg_moe.h"
 #include "mg_plan.h"
 #include "mg_rng.h"
 #include "mg_spec.h"
+#include "mg_tune_db.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -91,6 +94,9 @@ static int all_finite(const void *dev, long n)
     return ok;
 }
 
+/* 1: ignore the tuning database and use the generator's rules (--rules). */
+static int use_rules;
+
 static int bench_shape(const shape *sh, const mg_bench_opts *bo, unsigned long long seed, FILE *csv)
 {
     char lua[1024];
@@ -102,7 +108,12 @@ static int bench_shape(const shape *sh, const mg_bench_opts *bo, unsigned long l
     mg_spec spec;
     mg_plan plan;
     mg_err err;
-    if (mg_spec_load_string("bench", lua, strlen(lua), &spec, &err) || mg_plan_make(&spec, NULL, &plan, &err)) {
+    /* Tiles: the tuning database's winner for this GPU and T when there is one, else the rules;
+     * one "tuning:" line per family says which. */
+    struct cudaDeviceProp prop;
+    mg_cuda_check(cudaGetDeviceProperties(&prop, 0));
+    mg_tune_lookup tl = {.gpu = prop.name, .T = sh->T, .rules_only = use_rules, .log = stdout};
+    if (mg_spec_load_string("bench", lua, strlen(lua), &spec, &err) || mg_tune_plan_make(&spec, &tl, &plan, &err)) {
         fprintf(stderr, "mg_bench_layer: %s\n", err.msg);
         return 1;
     }
@@ -167,9 +178,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--warmup") && more) bo.warmup = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--seed") && more) seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--csv") && more) csv_path = argv[++i];
+        else if (!strcmp(argv[i], "--rules")) use_rules = 1;
         else {
             fprintf(stderr, "usage: mg_bench_layer [--shape mixtral|olmoe|finegrained|small] [--runs N] [--warmup N] "
-                            "[--seed S] [--csv FILE]\n");
+                            "[--seed S] [--csv FILE] [--rules]\n");
             return 1;
         }
     }
