@@ -14,7 +14,8 @@ selftests() { # part budget specs...
     local part=$1 budget=$2; shift 2
     for s in "$@"; do
         echo "=== selftest $s (part $part)"
-        MOEGEN_SELFTEST_PART=$part MOEGEN_SELFTEST_BUDGET=$budget build/moegen selftest specs/$s.lua --seed 21
+        MOEGEN_SELFTEST_PART=$part MOEGEN_SELFTEST_BUDGET=$budget build/moegen selftest specs/$s.lua --seed 21 \
+            ${MOEGEN_SELFTEST_ARCH:+--arch $MOEGEN_SELFTEST_ARCH}
         echo "=== rc=$? $s"
     done
 }
@@ -28,7 +29,10 @@ job moe-large  bash -c "$(declare -f selftests); selftests moe 3e8 olmoe-1b-7b f
 job lm         bash -c "$(declare -f selftests); selftests lm 3e8 wt2-moe8 tiny"
 job sanitizer  bash -c "MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=5e7 compute-sanitizer --tool memcheck --error-exitcode 3 build/moegen selftest specs/tiny.lua --seed 22; echo memcheck rc=\$?; \
                         MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=5e7 compute-sanitizer --tool racecheck --error-exitcode 3 build/moegen selftest specs/tiny.lua --seed 23; echo racecheck rc=\$?"
-job examples   bash -c "make -C examples/embed-c && examples/embed-c/build/embed-c && examples/embed-c/build/embed-c --image ptx --tokens 1000 && make -C examples/cpp && examples/cpp/build/moe-cpp; echo examples rc=\$?"
+job ptx        bash -c "$(declare -f selftests); MOEGEN_SELFTEST_ARCH=compute_80; selftests moe 3e8 tiny wt2-moe8 2>&1 | sed 's/^/[compute_80] /'"
+job examples   bash -c "make -C examples/embed-c && examples/embed-c/build/embed-c && examples/embed-c/build/embed-c --image ptx --tokens 1000 && make -C examples/cpp && examples/cpp/build/moe-cpp && \
+                        make install PREFIX=/tmp/mgp >/dev/null && PKG_CONFIG_PATH=/tmp/mgp/lib/pkgconfig make -C examples/pkgconfig && examples/pkgconfig/build/moe-runtime specs/tiny.lua && \
+                        build/bench/mg_bench_bundle; echo examples rc=\$?"
 wait
 cat "$OUT/summary.txt"
 grep -hE "^selftest:|=== rc|rc=|ERROR SUMMARY|RACECHECK SUMMARY|PASS$|embed-c:|moe-cpp" "$OUT"/*.log | grep -v "  PASS$" | head -60

@@ -48,7 +48,7 @@ static const char *const usage_main =
     "                                  a standalone bundle: cubins + PTX embedded in a C loader and API (default out/<name>-bundle/)\n"
     "  compile SPEC [--arch A] [-o DIR] [--jobs N] [--no-cache] [-v]\n"
     "                                  gen + NVRTC-compile every kernel family into cubins (arch sm_90a|sm_90|sm_80)\n"
-    "  selftest SPEC [--seed N] [--arch A] check every kernel against the CPU reference (GPU part skipped without a GPU)\n"
+    "  selftest SPEC [--seed N] [--arch A|compute_80] check every kernel against the CPU reference (GPU part skipped without a GPU)\n"
     "  cache ls|clear                  list or empty the JIT cache ($MOEGEN_CACHE_DIR, default ~/.cache/moegen)\n"
     "  devices                         list CUDA devices (exit 1 when there are none)\n"
     "  tune SPEC... [--tokens T,..] [--budget S]\n"
@@ -127,8 +127,14 @@ static int parse_opts(const char *verb, int argc, char **argv, cli_opts *o)
             if (!strcmp(a, "-o")) o->outdir = next;
             else if (!strcmp(a, "--gpu")) o->gpu = next;
             else if (!strcmp(a, "--arch")) {
-                if (strcmp(next, "sm_90a") && strcmp(next, "sm_90") && strcmp(next, "sm_80") && !strchr(next, ','))
-                    return user_error("--arch = '%s': must be one of sm_90a, sm_90, sm_80", next);
+                /* selftest also takes compute_80: PTX that the driver JIT-compiles, which runs the
+                 * mma.sync (sm_80) path on a Hopper card */
+                int ptx_ok = !strcmp(verb, "selftest") && !strcmp(next, "compute_80");
+                if (strcmp(next, "sm_90a") && strcmp(next, "sm_90") && strcmp(next, "sm_80") && !strchr(next, ',') &&
+                    !ptx_ok)
+                    return user_error(!strcmp(verb, "selftest")
+                                          ? "--arch = '%s': must be one of sm_90a, sm_90, sm_80, compute_80"
+                                          : "--arch = '%s': must be one of sm_90a, sm_90, sm_80", next);
                 o->arch = next;
             } else if (!strcmp(a, "--jobs")) {
                 if (parse_int("--jobs", next, 1, 256, &v)) return MG_EUSER;

@@ -6,7 +6,8 @@
  * by copying the spec (top_k = experts, one expert, capacity overflow, shared expert), each
  * with data modes that route every token to expert 0 or leave experts without tokens.
  * Every run poisons the layer's workspace and outputs (0xFF bytes = NaN) first, compares
- * against mg_ref on the dtype-rounded inputs, and runs twice to check bitwise determinism. */
+ * against mg_ref on the dtype-rounded inputs, runs twice to check bitwise determinism, and a
+ * third time captured into a CUDA graph and replayed (same bits required). */
 #include "mg_selftest.h"
 #include "mg_cuda.h"
 #include "mg_moe.h"
@@ -357,8 +358,35 @@ static int fetch_dtype(float **dst, const void *src, size_t n, int dtype, int es
 
 static void *xmalloc(size_t n) { return malloc(n ? n : 1); }
 
-/* Poison, forward, backward, fetch everything. */
-static int gpu_run(mg_moe *m, const st_data *D, const st_dev *g, st_out *o, mg_err *err)
+/* Forward + backward on stream st; with graph = 1 they are captured into a CUDA graph first
+ * and the graph is launched, which proves the layer is capturable: no host reads of device
+ * values, no allocation, no synchronizing calls between launches. */
+static int fwd_bwd(mg_moe *m, cudaStream_t st, const mg_moe_weights *w, const mg_moe_grads *gr, const st_dev *g,
+                   int T, int graph, mg_err *err)
+{
+    if (!graph) {
+        int rc = mg_moe_forward(m, st, w, g->x, g->y, T, err);
+        return rc ? rc : mg_moe_backward(m, st, w, g->x, g->dy, g->dx, gr, T, err);
+    }
+    cudaGraph_t G = NULL;
+    cudaGraphExec_t X = NULL;
+    MG_CUDA_TRY(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), err);
+    int rc = mg_moe_forward(m, st, w, g->x, g->y, T, err);
+    if (!rc) rc = mg_moe_backward(m, st, w, g->x, g->dy, g->dx, gr, T, err);
+    cudaError_t e = cudaStreamEndCapture(st, &G);
+    if (!rc && e != cudaSuccess)
+        rc = mg_err_set(err, MG_EINTERNAL, "graph capture: %s", cudaGetErrorString(e));
+    if (!rc && (e = cudaGraphInstantiate(&X, G, 0)) != cudaSuccess)
+        rc = mg_err_set(err, MG_EINTERNAL, "graph instantiate: %s", cudaGetErrorString(e));
+    if (!rc && (e = cudaGraphLaunch(X, st)) != cudaSuccess)
+        rc = mg_err_set(err, MG_EINTERNAL, "graph launch: %s", cudaGetErrorString(e));
+    if (X) cudaGraphExecDestroy(X);
+    if (G) cudaGraphDestroy(G);
+    return rc;
+}
+
+/* Poison, forward, backward (eagerly, or as a replayed CUDA graph), fetch everything. */
+static int gpu_run(mg_moe *m, const st_data *D, const st_dev *g, st_out *o, int graph, mg_err *err)
 {
     const mg_ref_cfg *c = &D->c;
     const size_t T = (size_t)c->T, E = (size_t)c->E, TK = T * (size_t)c->k;
@@ -375,8 +403,14 @@ static int gpu_run(mg_moe *m, const st_data *D, const st_dev *g, st_out *o, mg_e
 
     mg_moe_weights w = {g->wg, g->bias, g->w_up, g->w_dn, g->ws_up, g->ws_dn};
     mg_moe_grads gr = {g->dwg, g->dw_up, g->dw_dn, g->dws_up, g->dws_dn};
-    if ((rc = mg_moe_forward(m, 0, &w, g->x, g->y, (int)T, err))) return rc;
-    if ((rc = mg_moe_backward(m, 0, &w, g->x, g->dy, g->dx, &gr, (int)T, err))) return rc;
+    cudaStream_t st = 0;
+    if (graph) MG_CUDA_TRY(cudaStreamCreate(&st), err);   /* the legacy stream cannot be captured */
+    rc = fwd_bwd(m, st, &w, &gr, g, (int)T, graph, err);
+    if (graph) {
+        cudaStreamSynchronize(st);
+        cudaStreamDestroy(st);
+    }
+    if (rc) return rc;
     MG_CUDA_TRY(cudaDeviceSynchronize(), err);
 
     mg_moe_state s;
@@ -466,7 +500,7 @@ int mg_check_make(const mg_spec *sp, int T, int mode, unsigned long long seed, m
     snprintf(c->cs, sizeof c->cs, "T=%d %s", T, mode_names[mode]);
     if (data_make(&c->D, sp, T, mode, seed)) { free(c); return mg_err_set(err, MG_EINTERNAL, "check: out of memory (data)"); }
     int rc = dev_make(&c->g, &c->D, err);
-    if (!rc && ref) rc = gpu_run(ref, &c->D, &c->g, &c->gexp, err);
+    if (!rc && ref) rc = gpu_run(ref, &c->D, &c->g, &c->gexp, 0, err);
     if (rc) { mg_check_free(c); return rc; }
     st_out *e = &c->exp;
     if (ref) {
@@ -534,7 +568,7 @@ int mg_check_run(mg_check *c, mg_moe *m, int quiet, int *n_fail, char *what, siz
 {
     st_out o;
     st_stats s = {0, 0, 0, quiet, ""};
-    int rc = gpu_run(m, &c->D, &c->g, &o, err);
+    int rc = gpu_run(m, &c->D, &c->g, &o, 0, err);
     if (!rc) check_compare(c, &o, c->cs[0] ? c->cs : "check", &s);
     out_free(&o);
     if (rc) return rc;
@@ -551,19 +585,30 @@ static int run_case(mg_moe *m, const mg_spec *sp, const char *vname, int T, int 
     mg_check *ck;
     int rc = mg_check_make(sp, T, mode, seed, NULL, &ck, err);
     if (rc) return rc;
-    st_out o1, o2;
+    st_out o1, o2, o3;
     memset(&o2, 0, sizeof o2);
-    rc = gpu_run(m, &ck->D, &ck->g, &o1, err);
-    if (!rc) rc = gpu_run(m, &ck->D, &ck->g, &o2, err);
+    memset(&o3, 0, sizeof o3);
+    rc = gpu_run(m, &ck->D, &ck->g, &o1, 0, err);
+    if (!rc) rc = gpu_run(m, &ck->D, &ck->g, &o2, 0, err);
     if (!rc) {
         check_compare(ck, &o1, cs, s);
         char what[32] = "";
         int same = outputs_identical(&o1, &o2, &ck->g, &ck->D, what, sizeof what);
         result_row(s, cs, "determinism", 0, 0, "bitwise", same);
         if (!same) printf("    second run differs in %s\n", what);
+        /* The same step captured into a CUDA graph and replayed must give the same bits. */
+        mg_err gerr;
+        mg_err_clear(&gerr);
+        int grc = gpu_run(m, &ck->D, &ck->g, &o3, 1, &gerr);
+        same = !grc && outputs_identical(&o1, &o3, &ck->g, &ck->D, what, sizeof what);
+        result_row(s, cs, "cuda graph", 0, 0, "bitwise", same);
+        if (grc) printf("    %s\n", gerr.msg);
+        else if (!same) printf("    graph replay differs in %s\n", what);
+        cudaGetLastError();   /* a failed capture must not poison the next case */
     }
     out_free(&o1);
     out_free(&o2);
+    out_free(&o3);
     mg_check_free(ck);
     return rc;
 }
