@@ -1,5 +1,6 @@
 /* mg_cmd_train: `moegen train` and `moegen eval`: option parsing around mg_train. */
 #include "mg_cmd_train.h"
+#include "mg_cmd_dist.h"
 #include "mg_err.h"
 #include "mg_gpu_check.h"
 #include "mg_gpu_model.h"
@@ -15,6 +16,7 @@ static const char *const train_help =
     "usage: moegen train SPEC [--device cpu|gpu] [--steps N] [--run-dir DIR] [--keep N] [-q]\n"
     "       moegen train --resume DIR [SPEC] [--steps N] [--run-dir DIR]\n"
     "       moegen train SPEC --check-step [--dump DIR]\n"
+    "       moegen train SPEC --gpus N | --procs N [--timeout S] [--rendezvous file:PATH|tcp:HOST:PORT]\n"
     "  Trains the spec's model on its train.data and writes RUN_DIR (default runs/<name>):\n"
     "  metrics.jsonl (one JSON object per step), spec.lua, ckpt-NNNNNN/ (model.safetensors,\n"
     "  optimizer.safetensors, state.json; the last --keep, default 3, plus the best) and best ->.\n"
@@ -26,6 +28,11 @@ static const char *const train_help =
     "  --check-step: one step on the CPU and the GPU from the same init and a random batch; compares the\n"
     "  loss and every gradient per tensor (exit 1 on a mismatch); --dump DIR also writes the init, the\n"
     "  batch and both gradients for bench/torch_lm_step.py.\n"
+    "  --gpus N / --procs N: one worker process per GPU (NCCL) / per CPU rank (shared memory), output\n"
+    "  lines prefixed [rank R]; a worker that dies or sends no heartbeat for --timeout S (default 300)\n"
+    "  seconds ends the job. Under Slurm/MPI each rank finds itself from the launcher's variables and\n"
+    "  needs --rendezvous. The workers check their communicator; DP/EP training is not wired yet\n"
+    "  (runtime/DISTRIBUTED.md).\n"
     "  Data: train.data = a `moegen data` output directory (train.tok, valid.tok), or text through the\n"
     "  built-in byte tokenizer (vocab >= 256) from $MOEGEN_DATA_DIR (default ../shared/data).\n"
     "example: moegen train specs/ci-cpu.lua --device cpu --steps 100\n";
@@ -61,6 +68,7 @@ int mg_cmd_train(int argc, char **argv)
 {
     const char *spec_path = NULL, *device = NULL, *dump = NULL;
     int check = 0;
+    mg_dist_flags df = {0};
     mg_train_opts o;
     memset(&o, 0, sizeof o);
     for (int i = 0; i < argc; i++) {
@@ -72,7 +80,16 @@ int mg_cmd_train(int argc, char **argv)
         }
         if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) o.quiet = 1;
         else if (!strcmp(a, "--check-step")) check = 1;
-        else if (!strcmp(a, "--dump")) {
+        else if (!strcmp(a, "--gpus") || !strcmp(a, "--procs") || !strcmp(a, "--timeout")) {
+            if (!next) return fail("train", "%s needs a value", a);
+            if (parse_long("train", a, argv[++i], 1, &v)) return MG_EUSER;
+            if (!strcmp(a, "--gpus")) df.gpus = (int)v;
+            else if (!strcmp(a, "--procs")) df.procs = (int)v;
+            else df.timeout_s = (double)v;
+        } else if (!strcmp(a, "--rendezvous")) {
+            if (!next) return fail("train", "%s needs a value", a);
+            df.rendezvous = argv[++i];
+        } else if (!strcmp(a, "--dump")) {
             if (!next) return fail("train", "%s needs a value", a);
             dump = argv[++i];
         }
@@ -106,6 +123,10 @@ int mg_cmd_train(int argc, char **argv)
     if (dump && !check) return fail("train", "%s", "--dump needs --check-step");
     if (check && (!spec_path || o.resume)) return fail("train", "%s", "--check-step needs a spec file (and no --resume)");
     if (!spec_path && !o.resume) return fail("train", "%s", "missing spec file (usage: moegen train SPEC --device cpu)");
+    if (df.gpus && df.procs) return fail("train", "%s", "--gpus and --procs exclude each other");
+    if (df.gpus || df.procs) o.gpu = df.gpus > 0;   /* --gpus: the GPU trainer, --procs: the CPU one */
+    int drc = mg_cmd_train_dist(argc, argv, &df, o.gpu);
+    if (drc >= 0) return drc;
 
     mg_err err;
     mg_err_clear(&err);

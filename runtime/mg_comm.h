@@ -1,0 +1,67 @@
+/* mg_comm: collectives across the ranks of one job, two backends with one interface:
+ * NCCL (runtime/mg_comm_nccl.c; device buffers, one stream) and CPU (runtime/mg_comm_cpu.c; host
+ * buffers, shared memory between the local launcher's processes, sums in rank order so results are
+ * bitwise reproducible). Every call is collective: all ranks call it with matching sizes. */
+#ifndef MG_COMM_H
+#define MG_COMM_H
+
+#include <stddef.h>
+#include "mg_err.h"
+
+typedef enum { MG_COMM_F32, MG_COMM_F64, MG_COMM_BYTE } mg_comm_dtype;   /* sums: F32, F64 only */
+
+static inline size_t mg_comm_dtype_size(mg_comm_dtype t) { return t == MG_COMM_F64 ? 8 : t == MG_COMM_F32 ? 4 : 1; }
+
+typedef struct mg_comm mg_comm;
+
+typedef struct mg_comm_ops {
+    int (*all_reduce)(mg_comm *, const void *in, void *out, size_t n, mg_comm_dtype, mg_err *);
+    int (*reduce_scatter)(mg_comm *, const void *in, void *out, size_t n, mg_comm_dtype, mg_err *);
+    int (*all_gather)(mg_comm *, const void *in, void *out, size_t n, mg_comm_dtype, mg_err *);
+    int (*all_to_all_v)(mg_comm *, const void *send, const size_t *send_counts, void *recv, size_t *recv_counts,
+                        size_t recv_cap, mg_comm_dtype, mg_err *);
+    void (*abort)(mg_comm *);
+    void (*close)(mg_comm *);
+} mg_comm_ops;
+
+struct mg_comm {
+    const mg_comm_ops *ops;
+    int rank, world;
+    double timeout_s;   /* a collective that does not finish in this long fails (and aborts, NCCL) */
+};
+
+/* out[i] = sum over ranks of in[i], n elements; in may equal out. */
+static inline int mg_comm_all_reduce(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
+{ return c->ops->all_reduce(c, in, out, n, t, err); }
+/* in: world*n elements; out (n): the sum over ranks of block `rank` of in. */
+static inline int mg_comm_reduce_scatter(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
+{ return c->ops->reduce_scatter(c, in, out, n, t, err); }
+/* in: n elements; out: world*n, block r from rank r. */
+static inline int mg_comm_all_gather(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
+{ return c->ops->all_gather(c, in, out, n, t, err); }
+/* send: blocks for rank 0, 1, ... back to back, send_counts[r] elements each (host array).
+ * The counts are exchanged first; recv_counts[r] (host, out) = what rank r sends here, and recv
+ * holds the blocks in rank order. Fails (on every rank) when a rank's total exceeds its recv_cap. */
+static inline int mg_comm_all_to_all_v(mg_comm *c, const void *send, const size_t *send_counts, void *recv,
+                                       size_t *recv_counts, size_t recv_cap, mg_comm_dtype t, mg_err *err)
+{ return c->ops->all_to_all_v(c, send, send_counts, recv, recv_counts, recv_cap, t, err); }
+/* Ends outstanding work without waiting for the peers (after an error or a timeout). */
+static inline void mg_comm_abort(mg_comm *c) { c->ops->abort(c); }
+static inline void mg_comm_close(mg_comm *c) { if (c) c->ops->close(c); }
+
+/* ---------------------------------------------------------------- CPU backend */
+/* The segment: a header, per-rank counts and one slot of slot_bytes per rank; bigger transfers go
+ * in rounds. The launcher creates it (mg_launch_opts.shm_bytes) and passes the fd as $MOEGEN_SHM_FD. */
+size_t mg_comm_cpu_shm_size(int world, size_t slot_bytes);
+int mg_comm_cpu_shm_init(int fd, int world, size_t slot_bytes, mg_err *err);
+/* fd < 0: $MOEGEN_SHM_FD. */
+mg_comm *mg_comm_cpu_open(int fd, int rank, int world, double timeout_s, mg_err *err);
+
+/* ---------------------------------------------------------------- NCCL backend (untested: no GPU here) */
+/* Rank 0 makes the id (ncclGetUniqueId), mg_dist_rendezvous shares it, every rank opens.
+ * stream: a cudaStream_t (NULL: the default stream). Collectives wait for completion up to
+ * timeout_s, polling ncclCommGetAsyncError; on an error or the timeout they call ncclCommAbort. */
+int mg_comm_nccl_unique_id(unsigned char id[128], mg_err *err);
+mg_comm *mg_comm_nccl_open(const unsigned char id[128], int rank, int world, void *stream, double timeout_s, mg_err *err);
+
+#endif

@@ -1,0 +1,169 @@
+/* mg_comm_nccl: the NCCL backend of mg_comm (device buffers on one stream). The only file that
+ * includes <nccl.h>. Untested: written and compiled on a host without GPUs (runtime/DISTRIBUTED.md).
+ * The communicator is non-blocking (config.blocking = 0) so that every wait can time out: each
+ * collective is enqueued, then we poll the stream and ncclCommGetAsyncError until it is done, an
+ * error shows up, or timeout_s passes; the last two abort the communicator. */
+#include "mg_comm.h"
+#include "mg_cuda.h"
+
+#include <nccl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+double mg_dist_now(void);
+
+_Static_assert(sizeof(ncclUniqueId) == 128, "mg_dist shares the id as 128 opaque bytes");
+
+typedef struct nccl_comm {
+    mg_comm base;
+    ncclComm_t nc;
+    cudaStream_t stream;
+    size_t *d_counts;   /* world*world counts for all-to-all-v */
+    int aborted;
+} nccl_comm;
+
+static ncclDataType_t nccl_type(mg_comm_dtype t)
+{
+    return t == MG_COMM_F64 ? ncclFloat64 : t == MG_COMM_F32 ? ncclFloat32 : ncclUint8;
+}
+
+static void nccl_abort(mg_comm *b)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    if (!c->aborted) ncclCommAbort(c->nc);
+    c->aborted = 1;
+}
+
+/* Waits for the communicator to leave ncclInProgress and the stream to drain. */
+static int nccl_wait(nccl_comm *c, ncclResult_t r, const char *what, mg_err *err)
+{
+    double deadline = mg_dist_now() + c->base.timeout_s;
+    for (;;) {
+        ncclResult_t async = ncclSuccess;
+        if (r != ncclSuccess && r != ncclInProgress) break;
+        ncclCommGetAsyncError(c->nc, &async);
+        if (async != ncclSuccess && async != ncclInProgress) {
+            r = async;
+            break;
+        }
+        if (async == ncclSuccess) {
+            cudaError_t q = cudaStreamQuery(c->stream);
+            if (q == cudaSuccess) return 0;
+            if (q != cudaErrorNotReady) {
+                nccl_abort(&c->base);
+                return mg_err_set(err, MG_EINTERNAL, "comm nccl: %s: %s", what, cudaGetErrorString(q));
+            }
+        }
+        if (mg_dist_now() > deadline) {
+            nccl_abort(&c->base);
+            return mg_err_set(err, MG_EUSER, "comm nccl: rank %d: %s did not finish within %.0f s; communicator aborted",
+                              c->base.rank, what, c->base.timeout_s);
+        }
+        struct timespec t = {0, 100000};
+        nanosleep(&t, NULL);
+        r = ncclSuccess;
+    }
+    nccl_abort(&c->base);
+    return mg_err_set(err, MG_EINTERNAL, "comm nccl: rank %d: %s: %s (%s); communicator aborted", c->base.rank, what,
+                      ncclGetErrorString(r), ncclGetLastError(c->nc));
+}
+
+static int nccl_all_reduce(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    return nccl_wait(c, ncclAllReduce(in, out, n, nccl_type(t), ncclSum, c->nc, c->stream), "all-reduce", err);
+}
+
+static int nccl_reduce_scatter(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    return nccl_wait(c, ncclReduceScatter(in, out, n, nccl_type(t), ncclSum, c->nc, c->stream), "reduce-scatter", err);
+}
+
+static int nccl_all_gather(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    return nccl_wait(c, ncclAllGather(in, out, n, nccl_type(t), c->nc, c->stream), "all-gather", err);
+}
+
+static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_counts, void *recv, size_t *recv_counts,
+                             size_t recv_cap, mg_comm_dtype t, mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    int W = b->world, me = b->rank;
+    size_t es = mg_comm_dtype_size(t), *all = malloc((size_t)W * W * sizeof *all);
+    if (!all) return mg_err_set(err, MG_EINTERNAL, "comm nccl: out of memory");
+    /* 1. the counts: all-gather every rank's row, then take our column */
+    MG_CUDA_TRY(cudaMemcpyAsync(c->d_counts + (size_t)me * W, send_counts, (size_t)W * sizeof(size_t),
+                                cudaMemcpyHostToDevice, c->stream), err);
+    int rc = nccl_wait(c, ncclAllGather(c->d_counts + (size_t)me * W, c->d_counts, (size_t)W * sizeof(size_t),
+                                        ncclUint8, c->nc, c->stream), "all-to-all-v counts", err);
+    if (!rc && cudaMemcpy(all, c->d_counts, (size_t)W * W * sizeof *all, cudaMemcpyDeviceToHost) != cudaSuccess)
+        rc = mg_err_set(err, MG_EINTERNAL, "comm nccl: cannot read back the all-to-all-v counts");
+    size_t total = 0;
+    for (int j = 0; !rc && j < W; j++) total += recv_counts[j] = all[(size_t)j * W + me];
+    if (!rc && total > recv_cap)
+        rc = mg_err_set(err, MG_EUSER, "comm: all-to-all-v: rank %d receives %zu elements, capacity %zu", me, total,
+                        recv_cap);
+    free(all);
+    if (rc) return rc;   /* note: unlike the CPU backend the other ranks are not told; they time out */
+    /* 2. the data: one grouped round of sends and receives */
+    size_t so = 0, ro = 0;
+    ncclResult_t r = ncclGroupStart();
+    for (int j = 0; j < W && (r == ncclSuccess || r == ncclInProgress); j++) {
+        if (send_counts[j]) r = ncclSend((const char *)send + so * es, send_counts[j] * es, ncclUint8, j, c->nc, c->stream);
+        if (recv_counts[j] && (r == ncclSuccess || r == ncclInProgress))
+            r = ncclRecv((char *)recv + ro * es, recv_counts[j] * es, ncclUint8, j, c->nc, c->stream);
+        so += send_counts[j];
+        ro += recv_counts[j];
+    }
+    ncclResult_t g = ncclGroupEnd();
+    return nccl_wait(c, r == ncclSuccess || r == ncclInProgress ? g : r, "all-to-all-v", err);
+}
+
+static void nccl_close(mg_comm *b)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    if (!c->aborted) ncclCommFinalize(c->nc), ncclCommDestroy(c->nc);
+    cudaFree(c->d_counts);
+    free(c);
+}
+
+static const mg_comm_ops nccl_ops = {nccl_all_reduce, nccl_reduce_scatter, nccl_all_gather, nccl_all_to_all_v,
+                                     nccl_abort, nccl_close};
+
+int mg_comm_nccl_unique_id(unsigned char id[128], mg_err *err)
+{
+    ncclUniqueId u;
+    ncclResult_t r = ncclGetUniqueId(&u);
+    if (r != ncclSuccess) return mg_err_set(err, MG_EINTERNAL, "comm nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
+    memcpy(id, u.internal, 128);
+    return 0;
+}
+
+mg_comm *mg_comm_nccl_open(const unsigned char id[128], int rank, int world, void *stream, double timeout_s, mg_err *err)
+{
+    nccl_comm *c = calloc(1, sizeof *c);
+    if (!c) {
+        mg_err_set(err, MG_EINTERNAL, "comm nccl: out of memory");
+        return NULL;
+    }
+    c->base = (mg_comm){&nccl_ops, rank, world, timeout_s > 0 ? timeout_s : 300.0};
+    c->stream = (cudaStream_t)stream;
+    if (cudaMalloc((void **)&c->d_counts, (size_t)world * world * sizeof(size_t)) != cudaSuccess) {
+        free(c);
+        mg_err_set(err, MG_EINTERNAL, "comm nccl: cudaMalloc of the counts failed");
+        return NULL;
+    }
+    ncclUniqueId u;
+    memcpy(u.internal, id, 128);
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    if (nccl_wait(c, ncclCommInitRankConfig(&c->nc, world, u, rank, &cfg), "ncclCommInitRank", err)) {
+        cudaFree(c->d_counts);
+        free(c);
+        return NULL;
+    }
+    return &c->base;
+}
