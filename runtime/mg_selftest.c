@@ -672,7 +672,12 @@ static int run_variant(const st_variant *v, const mg_selftest_opts *o, unsigned 
  * (an ep that divides the spec's experts need not divide a variant's). */
 static void shrink_dims(mg_spec *sp)
 {
-    if (sp->model.d_model > 512) sp->model.d_model = 512;
+    if (sp->model.d_model > 512) {
+        sp->model.d_model = 512;
+        /* the heads must still divide d (bench-small's 6 heads do not divide 512) */
+        if (512 % sp->model.n_head || sp->model.n_head % sp->model.n_kv_head)
+            sp->model.n_head = sp->model.n_kv_head = 8;
+    }
     if (sp->moe.d_ff > 512) sp->moe.d_ff = 512;
     sp->parallel.dp = sp->parallel.ep = 1;
     sp->parallel.zero = 0;
