@@ -1,5 +1,6 @@
 /* mg_cache: the on-disk cubin cache: where it lives, its keys, checked entries, ls and clear. */
 #include "mg_cache.h"
+#include "mg_file.h"
 #include "mg_sha.h"
 
 #include <dirent.h>
@@ -179,19 +180,6 @@ static int read_file(const char *path, unsigned char **out, size_t *n)
     return 0;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const unsigned char *c = p;
-    while (n) {
-        ssize_t w = write(fd, c, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        c += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* ---------------------------------------------------------------------------------------
  * Get and put */
 
@@ -221,30 +209,6 @@ int mg_cache_get(const char *dir, const char *key, mg_blob *out)
     return 1;
 }
 
-/* Writes hdr + payload to a fresh temp file next to final and renames it into place. */
-static int put_file(const char *sub, const char *final, const unsigned char *hdr, size_t hl,
-                    const mg_blob *b, const char *key, mg_err *err)
-{
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s/%s.cubin.tmp.XXXXXX", sub, key) >= (int)sizeof tmp)
-        return mg_err_set(err, MG_EUSER, "cache: path too long under %s", sub);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return mg_err_set(err, MG_EUSER, "cache: cannot create a temp file in %s: %s", sub,
-                          strerror(errno));
-    /* mkstemp makes 0600; entries are as readable as the 0755 directories holding them. */
-    int bad = fchmod(fd, 0644) || write_all(fd, hdr, hl) || write_all(fd, b->data, b->size) ||
-              fsync(fd);
-    int e = errno;
-    if (close(fd) && !bad) { bad = 1; e = errno; }
-    if (!bad && rename(tmp, final)) { bad = 1; e = errno; }
-    if (bad) {
-        unlink(tmp);
-        return mg_err_set(err, MG_EUSER, "cache: cannot write %s: %s", final, strerror(e));
-    }
-    return MG_OK;
-}
-
 int mg_cache_put(const char *dir, const char *key, const char *name, const mg_blob *b,
                  mg_err *err)
 {
@@ -257,7 +221,11 @@ int mg_cache_put(const char *dir, const char *key, const char *name, const mg_bl
     if ((rc = mg_cache_entry_path(dir, key, final, sizeof final, err))) return rc;
     size_t hl = entry_header(hdr, name, b);
     if (!hl) return mg_err_set(err, MG_EINTERNAL, "cache: sha256 failed");
-    return put_file(sub, final, hdr, hl, b, key, err);
+    /* Concurrent writers of one key each rename a complete file into place: the last wins,
+     * with identical bytes. */
+    const void *parts[2] = {hdr, b->data};
+    size_t lens[2] = {hl, b->size};
+    return mg_write_atomic(final, parts, lens, 2, err);
 }
 
 /* ---------------------------------------------------------------------------------------

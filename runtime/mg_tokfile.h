@@ -20,6 +20,7 @@
 #define MG_TOKFILE_H
 
 #include "mg_err.h"
+#include "mg_file.h"  /* mg_write_atomic, used by the tokenizers too */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -61,8 +62,6 @@ static inline uint32_t mg_tokfile_at(const mg_tokfile *tf, uint64_t i)
     return tf->info.width == 2 ? ((const uint16_t *)tf->tokens)[i] : ((const uint32_t *)tf->tokens)[i];
 }
 
-/* Writes the concatenation of parts to path: temp file in the same directory, fsync, rename. */
-int mg_write_atomic(const char *path, const void *const *parts, const size_t *lens, int n_parts, mg_err *err);
 
 #ifdef __cplusplus
 }
