@@ -34,25 +34,7 @@
 
 /* ---- shapes ------------------------------------------------------------------------------ */
 
-typedef struct bench_shape {
-    const char *name;
-    int T, d, ff, E, k;
-} bench_shape;
-
-static const bench_shape SHAPES[] = {
-    {"mixtral", 8192, 4096, 14336, 8, 2},
-    {"olmoe", 16384, 2048, 1024, 64, 8},
-    {"finegrained", 16384, 2048, 768, 128, 8},
-    {"small", 16384, 768, 3072, 8, 2},
-};
-#define NSHAPES ((int)(sizeof SHAPES / sizeof SHAPES[0]))
-
-/* The formula the README and the generated layer's benchmark use. */
-static double expert_flop(const bench_shape *s)
-{
-    double Tk = (double)s->T * s->k;
-    return 3.0 * (2.0 * Tk * s->d * 2.0 * s->ff + 2.0 * Tk * s->ff * s->d);
-}
+#include "mg_bench_shapes.h"
 
 /* ---- device buffers with random bf16 data ------------------------------------------------ */
 

@@ -22,20 +22,9 @@
 #include <string.h>
 #include <time.h>
 
-typedef struct shape { const char *name; int T, d, ff, E, k; } shape;
-static const shape SHAPES[] = {
-    {"mixtral", 8192, 4096, 14336, 8, 2},
-    {"olmoe", 16384, 2048, 1024, 64, 8},
-    {"finegrained", 16384, 2048, 768, 128, 8},
-    {"small", 16384, 768, 3072, 8, 2},
-};
-#define NSHAPES ((int)(sizeof SHAPES / sizeof SHAPES[0]))
+#include "mg_bench_shapes.h"
 
-static double expert_flop(const shape *s)
-{
-    double Tk = (double)s->T * s->k;
-    return 3.0 * (2.0 * Tk * s->d * 2.0 * s->ff + 2.0 * Tk * s->ff * s->d);
-}
+
 
 /* A device buffer of n bf16 values filled from a host pattern of random values whose
  * period (2^22+3) is prime to every row length, so no two rows are equal. */
@@ -97,7 +86,7 @@ static int all_finite(const void *dev, long n)
 /* 1: ignore the tuning database and use the generator's rules (--rules). */
 static int use_rules;
 
-static int bench_shape(const shape *sh, const mg_bench_opts *bo, unsigned long long seed, FILE *csv)
+static int bench_one(const bench_shape *sh, const mg_bench_opts *bo, unsigned long long seed, FILE *csv)
 {
     char lua[1024];
     snprintf(lua, sizeof lua,
@@ -194,7 +183,7 @@ int main(int argc, char **argv)
     if (csv) fprintf(csv, "shape,mode,T,d,ff,E,k,flop,runs,median_ms,min_ms,tflops\n");
     int fails = 0;
     for (int i = 0; i < NSHAPES; i++)
-        if (!only || !strcmp(only, SHAPES[i].name)) fails += bench_shape(&SHAPES[i], &bo, seed + i, csv);
+        if (!only || !strcmp(only, SHAPES[i].name)) fails += bench_one(&SHAPES[i], &bo, seed + i, csv);
     if (csv) fclose(csv);
     return fails ? 1 : 0;
 }
