@@ -23,16 +23,6 @@ typedef struct bundle {
     int has_bias, n_shared;
 } bundle;
 
-/* The spec name as a C identifier (dashes and dots become underscores). */
-static void c_ident(const char *name, char *buf, size_t n, int upper)
-{
-    size_t i = 0;
-    for (; name[i] && i + 1 < n; i++) {
-        char c = isalnum((unsigned char)name[i]) ? name[i] : '_';
-        buf[i] = upper ? (char)toupper((unsigned char)c) : c;
-    }
-    buf[i] = 0;
-}
 
 static int target_cc(const char *t) { return atoi(strchr(t, '_') + 1); }
 static int target_ptx(const char *t) { return !strncmp(t, "compute_", 8); }
@@ -397,8 +387,8 @@ int mg_bundle_write(mg_plan *plan, const mg_bundle_opts *o, const char *dir, mg_
     bundle *b = calloc(1, sizeof *b);
     if (!b) return mg_err_set(err, MG_EINTERNAL, "bundle: out of memory");
     b->plan = plan;
-    c_ident(plan->spec.name, b->id, sizeof b->id, 0);
-    c_ident(plan->spec.name, b->ID, sizeof b->ID, 1);
+    mg_c_ident(plan->spec.name, b->id, sizeof b->id, 0);
+    mg_c_ident(plan->spec.name, b->ID, sizeof b->ID, 1);
     b->has_bias = plan->spec.moe.router == MG_ROUTER_SIGMOID_TOPK;
     b->n_shared = plan->spec.moe.shared_experts;
     int n = mg_bundle_archs(o && o->archs ? o->archs : MG_BUNDLE_DEFAULT_ARCHS, b->target, err);

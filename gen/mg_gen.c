@@ -126,7 +126,7 @@ static int gen_family(const mg_plan *p, const mg_family *f, mg_source *src, mg_e
 }
 
 /* The spec name as a C identifier (dashes and dots become underscores). */
-static void c_ident(const char *name, char *buf, size_t n, int upper)
+void mg_c_ident(const char *name, char *buf, size_t n, int upper)
 {
     size_t i = 0;
     for (; name[i] && i + 1 < n; i++) {
@@ -154,8 +154,8 @@ static void grid_rule(const char *tname, const char *entry, char *buf, size_t n)
 static void gen_header(const mg_plan *p, mg_source *h)
 {
     char id[80], ID[80];
-    c_ident(p->spec.name, id, sizeof id, 0);
-    c_ident(p->spec.name, ID, sizeof ID, 1);
+    mg_c_ident(p->spec.name, id, sizeof id, 0);
+    mg_c_ident(p->spec.name, ID, sizeof ID, 1);
     mg_sb sb;
     mg_sb_init(&sb);
     mg_sb_puts(&sb, "/*\n");
@@ -179,8 +179,8 @@ static void gen_header(const mg_plan *p, mg_source *h)
         for (int e = 0; e < f->n_entries; e++) {
             char sym[192], FAM[32], ENT[32], rule[256];
             mg_plan_entry_symbol(f, e, sym, sizeof sym);
-            c_ident(mg_family_names[f->id], FAM, sizeof FAM, 1);
-            c_ident(f->entries[e], ENT, sizeof ENT, 1);
+            mg_c_ident(mg_family_names[f->id], FAM, sizeof FAM, 1);
+            mg_c_ident(f->entries[e], ENT, sizeof ENT, 1);
             grid_rule(mg_family_templates[f->id], f->entries[e], rule, sizeof rule);
             mg_sb_printf(&sb, "/* %s */\n#define MOE_%s_%s_%s \"%s\"\n", rule, ID, FAM, ENT, sym);
         }

@@ -40,6 +40,10 @@ typedef struct mg_extra_file {
 int mg_gen_write_with(const mg_genout *out, const mg_extra_file *extra, int n_extra, const char *dir,
                       mg_err *err);
 
+/* name as a C identifier into buf: characters other than [A-Za-z0-9] become '_', upper-cased
+ * when upper (spec names like "wt2-moe8" -> "wt2_moe8" / "WT2_MOE8" in headers and symbols). */
+void mg_c_ident(const char *name, char *buf, size_t n, int upper);
+
 /* Generator version string (goes into manifests and cache keys). */
 const char *mg_version(void);
 
