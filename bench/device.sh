@@ -1,0 +1,29 @@
+#!/bin/bash
+# device: the wrapper of one call on the device machine (see /work/.library/device). It unpacks
+# the carried Debian packages, builds once, runs the named parts (each a shell command line,
+# separated by ';;'), in parallel when PARALLEL=1, and packs every log under $OUT into
+# $OUT/logs.tgz, since a call returns at most 8 files. $OUT/summary.txt stays unpacked.
+#   bash bench/device.sh 'bench/train_wt2.sh check ;; bash bench/acceptance.sh'
+set -u
+cd "$(dirname "$0")/.."
+for f in .deb/*.deb; do dpkg -x "$f" /; done; ldconfig
+ROOT=${OUT:-bench/results/raw/device-$(date +%Y%m%d-%H%M)}
+LOGS=$ROOT/logs; mkdir -p "$LOGS"
+export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+S=$ROOT/summary.txt
+echo "device.sh $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || cat COMMIT 2>/dev/null)" > "$S"
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader >> "$S"
+t0=$(date +%s)
+make -j"$(nproc)" all bench > "$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log" | tee -a "$S"; tar czf "$ROOT/logs.tgz" -C "$LOGS" .; exit 1; }
+echo "build $(( $(date +%s) - t0 ))s" >> "$S"
+IFS=$'\n' read -r -d '' -a parts < <(printf '%s' "$1" | sed 's/ *;; */\n/g'; printf '\0')
+i=0
+for p in "${parts[@]}"; do
+    i=$((i + 1)); d=$LOGS/p$i; mkdir -p "$d"
+    run_part() { local s=$(date +%s); OUT=$2 bash -c "$1" > "$2/console.log" 2>&1; local rc=$?
+                 echo "part $3 rc=$rc $(( $(date +%s) - s ))s: $1" >> "$S"; }
+    if [ "${PARALLEL:-0}" = 1 ]; then run_part "$p" "$d" $i & else run_part "$p" "$d" $i; fi
+done
+wait
+tar czf "$ROOT/logs.tgz" -C "$LOGS" . && rm -rf "$LOGS"
+cat "$S"
