@@ -7,6 +7,11 @@
 set -u
 cd "$(dirname "$0")/.."
 for f in .deb/*.deb; do dpkg -x "$f" /; done; ldconfig
+# the Debian -dev packages' lib*.so links name Debian's sonames (libz.so.1.2.13); where the
+# device's Ubuntu has another minor version they dangle and ld falls back to the non-PIC .a
+for l in /usr/lib/x86_64-linux-gnu/lib*.so /lib/x86_64-linux-gnu/lib*.so; do
+    [ -L "$l" ] && [ ! -e "$l" ] && for t in "$l".[0-9]*; do [ -e "$t" ] && ln -sf "$(basename "$t")" "$l" && break; done
+done
 ROOT=${OUT:-bench/results/raw/device-$(date +%Y%m%d-%H%M)}
 LOGS=$ROOT/logs; mkdir -p "$LOGS"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
