@@ -71,8 +71,9 @@ def expert_up(W, L, e, glu, pre="experts"):
     return torch.cat([W[f"model.layers.{L}.mlp.{pre}.{e}.gate_proj.weight"], up], 0) if glu else up
 
 
-def moe(cfg, W, L, x, scale):
-    """x [N, d] → y, aux, z (aux/z already times the coefficient·scale)."""
+def moe(cfg, W, L, x, scale, forced=None):
+    """x [N, d] → y, aux, z (aux/z already times the coefficient·scale). forced: [N, k] top-k
+    choices to replay (routing.npy, the GPU's, where near-ties broke the other way) or None."""
     E, k, ff, act = cfg["experts"], cfg["top_k"], cfg["d_ff"], cfg["activation"]
     glu = act in ("swiglu", "geglu")
     if cfg["router"] == "sigmoid_topk" or cfg["capacity_factor"] > 0:
@@ -82,7 +83,7 @@ def moe(cfg, W, L, x, scale):
     logits = x @ W[f"model.layers.{L}.mlp.gate.weight"].T
     p = torch.softmax(logits, -1)
     # top-k by p, ties to the lower id (torch.topk is not guaranteed stable: sort by (-p, id))
-    order = torch.argsort(-p.detach(), dim=-1, stable=True)[:, :k]
+    order = torch.argsort(-p.detach(), dim=-1, stable=True)[:, :k] if forced is None else forced
     w = torch.gather(p, 1, order)
     if cfg["renormalize"] and cfg["router"] != "switch":
         w = w / w.sum(-1, keepdim=True)
@@ -115,7 +116,7 @@ def dense_ffn(cfg, W, L, x):
     return act_fn(act, x @ up.T, ffd) @ W[f"model.layers.{L}.mlp.down_proj.weight"].T
 
 
-def forward(cfg, W, tok, micro, A):
+def forward(cfg, W, tok, micro, A, routing=None):
     """(CE + aux + z)/A of one micro-batch, as moegen's step weights it."""
     B, T1 = tok.shape
     T, d, H, KV, hd = T1 - 1, cfg["d_model"], cfg["n_head"], cfg["n_kv_head"], cfg["head_dim"]
@@ -129,6 +130,8 @@ def forward(cfg, W, tok, micro, A):
     sin = ang.sin().float().to(dt)[None, :, None, :]
     x = W["model.embed_tokens.weight"][inp].reshape(B * T, d)
     aux_t = z_t = 0.0
+    n_moe = sum(1 for L in range(cfg["n_layer"]) if cfg["every"] > 0 and (L + 1) % cfg["every"] == 0)
+    moe_i = 0
     for L in range(cfg["n_layer"]):
         pre = f"model.layers.{L}."
         n1 = rmsnorm(x, W[pre + "input_layernorm.weight"], eps)
@@ -147,7 +150,9 @@ def forward(cfg, W, tok, micro, A):
         n2 = rmsnorm(x, W[pre + "post_attention_layernorm.weight"], eps)
         is_moe = cfg["every"] > 0 and (L + 1) % cfg["every"] == 0
         if is_moe:
-            f, a, z = moe(cfg, W, L, n2, 1.0 / A)
+            forced = None if routing is None else routing[micro * n_moe + moe_i]
+            moe_i += 1
+            f, a, z = moe(cfg, W, L, n2, 1.0 / A, forced)
             aux_t, z_t = aux_t + a, z_t + z
         else:
             f = dense_ffn(cfg, W, L, n2)
@@ -175,11 +180,15 @@ def main():
          if not k.endswith("e_score_correction_bias")}
     batch = torch.from_numpy(np.load(os.path.join(a.dir, "batch.npy")).astype(np.int64))
     A = batch.shape[0]
+    rpath = os.path.join(a.dir, "routing.npy")   # written when moegen replayed the GPU's routing
+    routing = torch.from_numpy(np.load(rpath).astype(np.int64)) if os.path.exists(rpath) else None
+    if routing is not None:
+        print("torch_lm_step: replaying the GPU's routing from routing.npy (near-ties broke differently)")
     total, ce_s, aux_s, z_s = 0.0, 0.0, 0.0, 0.0
     for m in range(A):
-        loss, ce, aux, z = forward(cfg, W, batch[m], m, A)
+        loss, ce, aux, z = forward(cfg, W, batch[m], m, A, routing)
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
         ce_s += float(ce) / A
         aux_s += float(aux)
         z_s += float(z)

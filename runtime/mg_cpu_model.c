@@ -258,7 +258,7 @@ static void layer_fwd(mg_cpu_model *m, int li, int B, const mg_cpu_ctx *c, mg_cp
         l->rc.aux_coef = m->spec.moe.aux_loss * c->scale;
         l->rc.z_coef = m->spec.moe.z_loss * c->scale;
         mg_ref_weights w = moe_weights(m, l);
-        mg_ref_forward(&l->rc, l->n2, &w, &l->rf);
+        mg_ref_forward_routed(&l->rc, l->n2, &w, l->force_idx, &l->rf);
         memcpy(m->tmp, l->rf.y, sizeof(float) * (size_t)(N * d));
         out->aux += l->rf.aux;
         out->zloss += l->rf.zloss;

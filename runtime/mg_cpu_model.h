@@ -64,6 +64,7 @@ typedef struct mg_cpu_layer {
     long f_up, f_dn;                      /* dense layers */
     float *sel_bias;                      /* [E] aux-loss-free selection bias (NULL: off) */
     long *load;                           /* [E] assignments per expert since the last reset */
+    const int *force_idx;                 /* [N,k] routing to replay instead of selecting (NULL: select) */
     float *x_in, *n1, *q, *k, *v, *att, *x_mid, *n2, *fa, *fh;
     double *r1, *r2, *lse;
     mg_ref_cfg rc;

@@ -111,6 +111,115 @@ static int compare(FILE *out, const char *what, const mg_cpu_model *m, const flo
     return fails;
 }
 
+/* One training step's forward+backward on the CPU model (grads zeroed first). */
+/* route: NULL, or [a][layer] top-k choices to replay in the MoE layers (mg_ref_forward_routed). */
+static void cpu_step(mg_cpu_model *cm, const int32_t *tok, int A, int B, int W, uint64_t seed, int *const *route,
+                     mg_cpu_out *co, step_out *cs, double *gn)
+{
+    memset(cm->grads, 0, sizeof(float) * (size_t)cm->n_params);
+    for (int a = 0; a < A; a++) {
+        mg_cpu_ctx c = {.train = 1, .seed = seed, .step = 0, .micro = a, .scale = 1.0 / A};
+        for (int i = 0; i < cm->L; i++) cm->layers[i].force_idx = route ? route[a * cm->L + i] : NULL;
+        mg_cpu_model_run(cm, tok + (long)a * B * W, B, &c, 1, &co[a]);
+    }
+    for (int i = 0; i < cm->L; i++) cm->layers[i].force_idx = NULL;
+    sum_outs(co, A, cs);
+    *gn = mg_grad_norm(cm->grads, cm->n_params);
+}
+
+/* The score the router selects by (mg_ref.h): p (softmax/switch) or sigmoid(logit), plus the
+ * selection bias when there is one. */
+static double sel_score(const mg_cpu_model *m, const mg_cpu_layer *l, long t, int e)
+{
+    double v = m->spec.moe.router == MG_ROUTER_SIGMOID_TOPK ? 1.0 / (1.0 + exp(-(double)l->rf.logits[t * m->E + e]))
+                                                             : (double)l->rf.probs[t * m->E + e];
+    return v + (l->sel_bias ? l->sel_bias[e] : 0.0);
+}
+
+/* Compares the GPU's top-k choices of one MoE layer (gidx, [N,k]) with the CPU's own (in l->rf,
+ * which must hold the same micro-batch) and measures each differing token's score gap in the
+ * CPU's view: how far the GPU's choice in a differing slot falls below the CPU's choice there,
+ * relative to the spread (RMS about the mean) of that layer's scores. Rounding of bf16 inputs
+ * moves scores by a small fraction of the spread, so a larger gap is a routing error. */
+typedef struct route_diff {
+    long tokens, differ;
+    double worst;   /* largest gap / spread over the differing tokens */
+} route_diff;
+
+static void route_compare(const mg_cpu_model *m, const mg_cpu_layer *l, const int *gidx, long N, route_diff *rd)
+{
+    double s1 = 0, s2 = 0;
+    for (long t = 0; t < N; t++)
+        for (int e = 0; e < m->E; e++) {
+            double v = sel_score(m, l, t, e);
+            s1 += v, s2 += v * v;
+        }
+    double n = (double)N * m->E, spread = sqrt(fmax(s2 / n - (s1 / n) * (s1 / n), 1e-30));
+    for (long t = 0; t < N; t++) {
+        const int *ci = l->rf.topk_idx + t * m->k, *gi = gidx + t * m->k;
+        double gap = 0;
+        int same = 1;
+        for (int j = 0; j < m->k; j++) {
+            if (ci[j] == gi[j]) continue;
+            same = 0;
+            if (gi[j] < 0 || gi[j] >= m->E) { gap = INFINITY; break; }
+            gap = fmax(gap, sel_score(m, l, t, ci[j]) - sel_score(m, l, t, gi[j]));
+        }
+        rd->tokens++;
+        if (!same) rd->differ++, rd->worst = fmax(rd->worst, gap / spread);
+    }
+}
+
+/* The GPU's routing against the CPU's, micro-batch by micro-batch (a forward-only CPU pass each).
+ * Differences that are near ties (route_compare) are expected in bf16; then the CPU step is
+ * redone with the GPU's choices replayed, so the loss and gradient comparisons that follow test
+ * the kernels and not the tie-break. A difference beyond the bound is a failure. */
+static int check_routing(FILE *out, mg_cpu_model *cm, const int32_t *tok, int A, int B, int W, uint64_t seed,
+                         int *const *groute, int lp, mg_cpu_out *co, step_out *cs, double *gn, int *replayed,
+                         int *n_fail)
+{
+    double bound = lp ? 1e-3 : 0.1;
+    route_diff all = {0};
+    mg_cpu_out tmp;
+    *replayed = 0;
+    for (int a = 0; a < A; a++) {
+        mg_cpu_ctx c = {.train = 1, .seed = seed, .step = 0, .micro = a, .scale = 1.0 / A};
+        mg_cpu_model_run(cm, tok + (long)a * B * W, B, &c, 0, &tmp);
+        for (int i = 0; i < cm->L; i++)
+            if (cm->layers[i].moe) route_compare(cm, &cm->layers[i], groute[a * cm->L + i], (long)B * cm->T, &all);
+    }
+    if (!all.tokens) return MG_OK;
+    int bad = all.differ && !(all.worst <= bound);
+    fprintf(out, "  routing: %ld of %ld token-layers choose differently on the GPU; largest score gap %.2e of the "
+            "score spread (bound %.0e: rounding near-ties)  %s\n", all.differ, all.tokens, all.worst, bound,
+            bad ? "FAIL" : "ok");
+    *n_fail += bad;
+    if (!all.differ) return MG_OK;
+    cpu_step(cm, tok, A, B, W, seed, groute, co, cs, gn);
+    *replayed = 1;
+    fprintf(out, "  cpu with the GPU's routing replayed: loss %.8f (ce %.8f aux %.3e z %.3e), grad norm %.6e\n",
+            cs->loss, cs->ce, cs->aux, cs->z, *gn);
+    return MG_OK;
+}
+
+/* routing.npy: int32 [A·n_moe_layers, B·T, k] (micro-batch major, then MoE layers in order): the GPU's
+ * choices that the dumped CPU gradients replayed. */
+static int write_routing(const char *dir, const mg_cpu_model *m, int *const *groute, int A, long N, mg_err *err)
+{
+    int nm = 0;
+    for (int i = 0; i < m->L; i++) nm += m->layers[i].moe;
+    int32_t *buf = malloc(sizeof(int32_t) * (size_t)A * nm * N * m->k);
+    long o = 0;
+    for (int a = 0; a < A; a++)
+        for (int i = 0; i < m->L; i++)
+            if (m->layers[i].moe) memcpy(buf + o, groute[a * m->L + i], sizeof(int) * (size_t)N * m->k), o += N * m->k;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/routing.npy", dir);
+    int rc = write_npy_i32(path, buf, A * nm, (int)N, m->k, err);
+    free(buf);
+    return rc;
+}
+
 int mg_gpu_check_step(const mg_spec *spec, const char *dump_dir, FILE *out, int *n_fail, mg_err *err)
 {
     const mg_spec *s = spec;
@@ -138,15 +247,15 @@ int mg_gpu_check_step(const mg_spec *spec, const char *dump_dir, FILE *out, int 
 
     /* CPU oracle */
     mg_cpu_out *co = calloc((size_t)A, sizeof *co), *go = calloc((size_t)A, sizeof *go);
-    memset(cm.grads, 0, sizeof(float) * (size_t)cm.n_params);
-    for (int a = 0; a < A; a++) {
-        mg_cpu_ctx c = {.train = 1, .seed = seed, .step = 0, .micro = a, .scale = 1.0 / A};
-        mg_cpu_model_run(&cm, tok + (long)a * B * W, B, &c, 1, &co[a]);
-    }
     step_out cs, gs;
-    sum_outs(co, A, &cs);
-    double cpu_gn = mg_grad_norm(cm.grads, cm.n_params);
+    double cpu_gn;
+    cpu_step(&cm, tok, A, B, W, seed, NULL, co, &cs, &cpu_gn);
     fprintf(out, "  cpu: loss %.8f (ce %.8f aux %.3e z %.3e), grad norm %.6e\n", cs.loss, cs.ce, cs.aux, cs.z, cpu_gn);
+    long N = (long)B * T;
+    int **groute = calloc((size_t)A * cm.L, sizeof *groute);   /* [a][layer]: the GPU's top-k, MoE layers */
+    for (int a = 0; a < A; a++)
+        for (int i = 0; i < cm.L; i++)
+            if (cm.layers[i].moe) groute[a * cm.L + i] = malloc(sizeof(int) * (size_t)N * cm.k);
 
     char path[1200];
     if (dump_dir) {
@@ -156,7 +265,7 @@ int mg_gpu_check_step(const mg_spec *spec, const char *dump_dir, FILE *out, int 
         if ((rc = mg_ckpt_write_model(path, &cm, 0, err))) goto done;
         snprintf(path, sizeof path, "%s/batch.npy", dump_dir);
         if ((rc = write_npy_i32(path, tok, A, B, W, err))) goto done;
-        snprintf(path, sizeof path, "%s/grads_cpu.safetensors", dump_dir);
+        snprintf(path, sizeof path, "%s/grads_cpu.safetensors", dump_dir);   /* rewritten if routing is replayed */
         if ((rc = write_buf(path, &cm, cm.grads, err))) goto done;
         mg_sb sb;
         mg_sb_init(&sb);
@@ -187,12 +296,23 @@ int mg_gpu_check_step(const mg_spec *spec, const char *dump_dir, FILE *out, int 
     if ((rc = mg_gpu_create(&g, &hm, B, &gopt, err)) || (rc = mg_gpu_upload(g, &go_opt, err))) goto done2;
     for (int a = 0; a < A && !rc; a++) {
         mg_cpu_ctx c = {.train = 1, .seed = seed, .step = 0, .micro = a, .scale = 1.0 / A};
+        mg_gpu_capture_routing(g, groute + (size_t)a * cm.L);
         rc = mg_gpu_run(g, tok + (long)a * B * W, B, &c, 1, a, err);
     }
     float *gg = malloc(sizeof(float) * (size_t)cm.n_params);
     if (!rc) rc = mg_gpu_read_stats(g, A, 0, go, err);
+    mg_gpu_capture_routing(g, NULL);
     if (!rc) rc = mg_gpu_download_grads(g, gg, err);
     if (rc) { free(gg); goto done2; }
+    int replayed;
+    check_routing(out, &cm, tok, A, B, W, seed, groute, lp, co, &cs, &cpu_gn, &replayed, n_fail);
+    if (dump_dir && replayed) {
+        snprintf(path, sizeof path, "%s/grads_cpu.safetensors", dump_dir);
+        if ((rc = write_buf(path, &cm, cm.grads, err)) || (rc = write_routing(dump_dir, &cm, groute, A, N, err))) {
+            free(gg);
+            goto done2;
+        }
+    }
     sum_outs(go, A, &gs);
     fprintf(out, "  gpu: loss %.8f (ce %.8f aux %.3e z %.3e)\n", gs.loss, gs.ce, gs.aux, gs.z);
     int fl = !(rel(gs.loss, cs.loss) <= tol_loss);
@@ -226,6 +346,9 @@ done2:
     mg_adamw_free(&go_opt);
     mg_adamw_free(&co_opt);
 done:
+    if (groute)
+        for (int i = 0; i < A * cm.L; i++) free(groute[i]);
+    free(groute);
     free(co);
     free(go);
     free(tok);

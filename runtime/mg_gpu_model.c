@@ -132,6 +132,7 @@ struct mg_gpu_model {
     float *dstat, *hstat;         /* per slot: CE mean, then (aux, z) per layer */
     int *dcnt, *hcnt;             /* per slot: per layer counts_all [E] then n_dropped */
     int *slot_N;
+    int *const *route_out;        /* [L] host buffers for each MoE layer's top-k choices (check only) */
 };
 
 static void *WC(const mg_gpu_model *g, long off) { return (char *)g->Wc + off * (long)g->esz; }
@@ -391,6 +392,8 @@ int mg_gpu_download_grads(mg_gpu_model *g, float *out, mg_err *err)
     return MG_OK;
 }
 
+void mg_gpu_capture_routing(mg_gpu_model *g, int *const *per_layer) { g->route_out = per_layer; }
+
 /* ------------------------------------------------------------------------------------ */
 /* forward and backward of one micro-batch                                               */
 
@@ -440,6 +443,9 @@ static int layer_fwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double 
         MG_CUDA_TRY(cudaMemcpyAsync(sd, ms.loss, 2 * sizeof(float), cudaMemcpyDeviceToDevice, g->st), err);
         MG_CUDA_TRY(cudaMemcpyAsync(cd, ms.counts_all, (size_t)g->E * sizeof(int), cudaMemcpyDeviceToDevice, g->st), err);
         MG_CUDA_TRY(cudaMemcpyAsync(cd + g->E, ms.n_dropped, sizeof(int), cudaMemcpyDeviceToDevice, g->st), err);
+        if (g->route_out && g->route_out[i])
+            MG_CUDA_TRY(cudaMemcpyAsync(g->route_out[i], ms.topk_idx, (size_t)N * g->h->k * sizeof(int),
+                                        cudaMemcpyDeviceToHost, g->st), err);
     }
     unsigned long long s1 = mg_hash_drop_stream(c->seed, (unsigned long long)c->step, (unsigned long long)c->micro,
                                                 (unsigned long long)(2 * i + 1));

@@ -85,6 +85,11 @@ int mg_gpu_download(mg_gpu_model *g, mg_adamw *o, mg_err *err);
 /* device gradients → out [n_params] (host); syncs. */
 int mg_gpu_download_grads(mg_gpu_model *g, float *out, mg_err *err);
 
+/* per_layer[i] (host, [B·T, k]) receives MoE layer i's top-k choices at each forward, for the
+ * GPU-vs-CPU check; NULL entries (dense layers) and per_layer = NULL (the default) capture
+ * nothing. Valid after the next sync (mg_gpu_read_stats). */
+void mg_gpu_capture_routing(mg_gpu_model *g, int *const *per_layer);
+
 /* Enqueues one micro-batch: tokens [B, T+1] host (copied to pinned staging, then async H2D),
  * forward (+ backward when grad, accumulating as ctx->micro > 0); its statistics go to
  * slot ctx->micro (train) or `slot` (eval: pass any slot < mg_gpu_slots). */

@@ -642,12 +642,18 @@ void mg_ref_route(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, 
 
 void mg_ref_forward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, mg_ref_fwd *f)
 {
+    mg_ref_forward_routed(c, x, w, NULL, f);
+}
+
+void mg_ref_forward_routed(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, const int *topk_idx,
+                           mg_ref_fwd *f)
+{
     mg_ref_model m;
     mg_ref_state st;
     long TK = (long)c->T * c->k;
     ref_model_from_float(c, x, w, 1, &m, "mg_ref_forward");
     mg_ref_state_alloc(&m, &st);
-    mg_ref_forward_d(&m, &st, NULL, 1);
+    mg_ref_forward_d(&m, &st, topk_idx, 1);
     ref_copy_route(c, &st, f);
     ref_d2f(f->a, st.a, TK * m.F2);
     ref_d2f(f->h, st.h, TK * c->ff);

@@ -95,6 +95,11 @@ void mg_ref_grads_free(mg_ref_grads *g);
 void mg_ref_route(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, mg_ref_fwd *f);
 /* Full forward (calls mg_ref_route). */
 void mg_ref_forward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, mg_ref_fwd *f);
+/* The same with the top-k choices given ([T,k], slot order) instead of selected: the weights,
+ * dispatch and losses follow from them. A GPU-vs-CPU check replays the GPU's routing with it,
+ * so that a near-tie that rounding broke the other way is not reported as a kernel error. */
+void mg_ref_forward_routed(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, const int *topk_idx,
+                           mg_ref_fwd *f);
 /* Backward; f must come from mg_ref_forward on the same inputs. */
 void mg_ref_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w,
                      const mg_ref_fwd *f, const float *dy, mg_ref_grads *g);

@@ -550,6 +550,40 @@ static void test_route_matches_forward(void **state)
     tm_free(&m);
 }
 
+/* A replayed routing (mg_ref_forward_routed) that equals the selection reproduces the forward
+ * bitwise; a different one changes exactly the tokens it touches, with the weights the given
+ * experts' renormalized probabilities. */
+static void test_forward_routed_replay(void **state)
+{
+    (void)state;
+    mg_ref_cfg c = cfg(11, 16, 8, 4, 2, MG_ACT_SWIGLU, MG_ROUTER_SOFTMAX_TOPK, 0, 1);
+    tmodel m;
+    mg_ref_fwd a, b;
+    tm_init(&m, &c, 78, 0);
+    mg_ref_fwd_alloc(&c, &a);
+    mg_ref_fwd_alloc(&c, &b);
+    mg_ref_forward(&c, m.x, &m.w, &a);
+    int idx[11 * 2];
+    memcpy(idx, a.topk_idx, sizeof idx);
+    mg_ref_forward_routed(&c, m.x, &m.w, idx, &b);
+    assert_memory_equal(a.y, b.y, sizeof(float) * c.T * c.d);
+    assert_true(a.aux == b.aux);
+    int e = 0;   /* token 3's second choice → an expert it did not choose */
+    while (e == idx[3 * 2] || e == idx[3 * 2 + 1]) e++;
+    idx[3 * 2 + 1] = e;
+    mg_ref_forward_routed(&c, m.x, &m.w, idx, &b);
+    assert_int_equal(b.topk_idx[3 * 2 + 1], e);
+    double p0 = b.probs[3 * c.E + idx[3 * 2]], p1 = b.probs[3 * c.E + e];
+    assert_float_equal(b.topk_w[3 * 2 + 1], p1 / (p0 + p1), 1e-6);
+    for (int t = 0; t < c.T; t++) {
+        int diff = memcmp(a.y + t * c.d, b.y + t * c.d, sizeof(float) * c.d) != 0;
+        assert_int_equal(diff, t == 3);
+    }
+    mg_ref_fwd_free(&a);
+    mg_ref_fwd_free(&b);
+    tm_free(&m);
+}
+
 /* Dropped assignments contribute nothing and receive nothing: with dy only on the rows
  * of dropped tokens (k = 1, renormalized, so the weight is the constant 1; no aux/z),
  * y of those rows is 0 and every gradient is 0. */
@@ -633,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_route_sigmoid_bias),
         cmocka_unit_test(test_route_renormalized_sum_to_one),
         cmocka_unit_test(test_route_matches_forward),
+        cmocka_unit_test(test_forward_routed_replay),
         cmocka_unit_test(test_dispatch_all_to_one_expert),
         cmocka_unit_test(test_dispatch_capacity_drops_later_tokens),
         cmocka_unit_test(test_dispatch_random_consistent),
