@@ -16,7 +16,7 @@ ROOT=${OUT:-bench/results/raw/device-$(date +%Y%m%d-%H%M)}
 LOGS=$ROOT/logs; mkdir -p "$LOGS"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 S=$ROOT/summary.txt
-echo "device.sh $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || cat COMMIT 2>/dev/null)" > "$S"
+echo "device.sh $(date -u +%FT%TZ) $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)" > "$S"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader >> "$S"
 t0=$(date +%s)
 make -j"$(nproc)" all bench > "$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log" | tee -a "$S"; tar czf "$ROOT/logs.tgz" -C "$LOGS" .; exit 1; }

@@ -9,9 +9,10 @@
 #                  run(command="bench/train_wt2.sh train wt2-dense", carry=["data"])    # ~5 min
 #                  run(command="bench/train_wt2.sh peer wt2-moe8", carry=["data"])      # PyTorch peer
 #
-#   check   build; --check-step on tiny (bf16) and ci-cpu (fp32) with dumps, the PyTorch
-#           recomputation of both dumps (bench/torch_lm_step.py, if torch is installed), and
-#           the 50-step smoke of wt2-moe8 (falling loss)
+#   check   build; --check-step on tiny (bf16), ci-cpu (fp32) and tiny-drop (dropout, 2 micro-
+#           batches) with dumps, the PyTorch recomputation of the dumps (bench/torch_lm_step.py, if
+#           torch is installed), and the 50-step smoke of wt2-moe8 (falling loss; `check nosmoke`
+#           skips it)
 #   train   `moegen data --corpus wikitext-2 --tokenizer word` into a work dir whose
 #           wikitext-2/ then holds train.tok + valid.tok (what train.data = "wikitext-2"
 #           resolves to first), then `moegen train` for SECONDS (default 200) of wall time
@@ -35,9 +36,13 @@ prepare)
 check)
     build
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-    for s in tiny ci-cpu; do
+    # tiny-drop: tiny with dropout and two micro-batches, the paths tiny itself leaves out
+    printf 'return moegen.extend(moegen.base("tiny"), { name = "tiny-drop", train = { dropout = 0.1, grad_accum = 2 } })\n' \
+        > "$OUT/tiny-drop.lua"
+    for s in tiny ci-cpu tiny-drop; do
+        sp=$REPO/specs/$s.lua; [ -f "$sp" ] || sp=$OUT/$s.lua
         echo "=== check-step $s"
-        "$M" train "$REPO/specs/$s.lua" --check-step --dump "$OUT/chk-$s" 2>&1 | tee "$OUT/check-$s.log"
+        "$M" train "$sp" --check-step --dump "$OUT/chk-$s" 2>&1 | tee "$OUT/check-$s.log"
         echo "=== rc=${PIPESTATUS[0]}"
         if python3 -c "import torch, safetensors" 2>/dev/null; then
             python3 "$REPO/bench/torch_lm_step.py" "$OUT/chk-$s" 2>&1 | tee "$OUT/torch-$s.log"
@@ -45,6 +50,7 @@ check)
             echo "torch_lm_step: skipped (no torch/safetensors here)"
         fi
     done
+    [ "${2:-}" = nosmoke ] && exit 0
     echo "=== smoke: wt2-moe8, 50 steps"
     W=$(mktemp -d /tmp/wt2.XXXX) && cd "$W" &&
         "$M" data --corpus wikitext-2 --tokenizer word -o wikitext-2 > "$OUT/data.log" 2>&1 &&
@@ -93,7 +99,7 @@ c["z_loss"] = num("z_loss", 0.001); c["rope_theta"] = 10000.0; c["norm_eps"] = 1
 c["grad_accum"] = int(num("grad_accum", 1)); c["renormalize"] = 1; c["name"] = sys.argv[1]
 json.dump(c, open(sys.argv[2], "w"))
 PY
-    python3 "$REPO/bench/peer_torch_train.py" --config "$OUT/$spec-config.json" --steps 30 2>&1 | tail -3 | tee "$OUT/peer-$spec.log"
+    python3 "$REPO/bench/peer_torch_train.py" --config "$OUT/$spec-config.json" --steps 30 > "$OUT/peer-$spec.log" 2>&1; tail -3 "$OUT/peer-$spec.log"
     ;;
 *)
     sed -n '2,24p' "$0"; exit 1 ;;
