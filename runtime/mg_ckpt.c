@@ -328,7 +328,7 @@ int mg_ckpt_load(const char *ckpt, mg_cpu_model *m, mg_adamw *o, mg_err *err)
     mg_st_file f;
     snprintf(path, sizeof path, "%s/model.safetensors", ckpt);
     if (mg_st_open(path, &f, err)) return err ? err->code : MG_EUSER;
-    int rc = 0, expect = m->n_tensors;
+    int rc = 0, expect = m->n_tensors_full;   /* an expert shard loads its experts out of the full file */
     for (int j = 0; j < m->n_tensors && !rc; j++) {
         const mg_cpu_tensor *t = &m->tensors[j];
         rc = load_tensor(&f, t->name, t->ndim, t->shape[0], t->shape[1], m->params + t->off, err);
@@ -359,9 +359,9 @@ int mg_ckpt_load(const char *ckpt, mg_cpu_model *m, mg_adamw *o, mg_err *err)
         snprintf(name, sizeof name, "exp_avg_sq.%s", t->name);
         if (!rc) rc = load_tensor(&f, name, t->ndim, t->shape[0], t->shape[1], o->v + t->off, err);
     }
-    if (!rc && mg_st_count(&f) != 2 * m->n_tensors)
+    if (!rc && mg_st_count(&f) != 2 * m->n_tensors_full)
         rc = mg_err_set(err, MG_EUSER, "%s: %d tensors, expected %d for this spec", path, mg_st_count(&f),
-                        2 * m->n_tensors);
+                        2 * m->n_tensors_full);
     if (!rc) o->step = s;
     mg_st_close(&f);
     return rc;

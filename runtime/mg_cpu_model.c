@@ -1,6 +1,7 @@
 /* mg_cpu_model: the whole model on the CPU (layout and math in mg_cpu_model.h). */
 #include "mg_cpu_model.h"
 #include "mg_cpu_ops.h"
+#include "mg_ep.h"
 #include "mg_rng.h"
 
 #include <math.h>
@@ -29,7 +30,7 @@ int mg_cpu_layer_is_moe(const mg_spec *s, int i)
 /* ------------------------------------------------------------------------------------ */
 /* the tensor table                                                                     */
 
-typedef struct table { mg_cpu_model *m; int cap; } table;
+typedef struct table { mg_cpu_model *m; int cap, gidx; } table;
 
 static long add_tensor(table *tb, int ndim, long s0, long s1, int decay, float std,
                        const char *fmt, ...) __attribute__((format(printf, 7, 8)));
@@ -55,34 +56,39 @@ static long add_tensor(table *tb, int ndim, long s0, long s1, int decay, float s
     t->off = m->n_params;
     t->decay = decay;
     t->init_std = std;
+    t->gidx = tb->gidx++;
     m->n_params += t->n;
     return t->off;
 }
 
 /* One expert group (routed or shared): gate+up of each, then down of each, so that the
- * group is mg_ref's [n, F2, d] followed by [n, d, ff]. */
-static void add_experts(table *tb, const char *prefix, int layer, int n, long *up, long *dn)
+ * group is mg_ref's [n, F2, d] followed by [n, d, ff]. Only experts [lo, hi) get tensors (an
+ * expert shard); the others still count in the global index, so init streams stay put. */
+static void add_experts(table *tb, const char *prefix, int layer, int n, int lo, int hi, long *up, long *dn)
 {
     mg_cpu_model *m = tb->m;
     float std = 0.02f, std_res = (float)(0.02 / sqrt(2.0 * m->L));
-    int glu = mg_act_is_glu((mg_act)m->act);
+    int glu = mg_act_is_glu((mg_act)m->act), first = m->n_tensors, routed = !strcmp(prefix, "experts");
     for (int e = 0; e < n; e++) {
+        if (e < lo || e >= hi) { tb->gidx += glu ? 2 : 1; continue; }
         long o = glu ? add_tensor(tb, 2, m->ff, m->d, 1, std, "model.layers.%d.mlp.%s.%d.gate_proj.weight",
                                   layer, prefix, e) : -1;
         long o2 = add_tensor(tb, 2, m->ff, m->d, 1, std, "model.layers.%d.mlp.%s.%d.up_proj.weight", layer,
                              prefix, e);
-        if (e == 0) *up = glu ? o : o2;
+        if (e == lo) *up = glu ? o : o2;
     }
     for (int e = 0; e < n; e++) {
+        if (e < lo || e >= hi) { tb->gidx++; continue; }
         long o = add_tensor(tb, 2, m->d, m->ff, 1, std_res, "model.layers.%d.mlp.%s.%d.down_proj.weight", layer,
                             prefix, e);
-        if (e == 0) *dn = o;
+        if (e == lo) *dn = o;
     }
+    for (int j = first; j < m->n_tensors; j++) m->tensors[j].expert = routed;
 }
 
 static void build_table(mg_cpu_model *m)
 {
-    table tb = {m, 0};
+    table tb = {m, 0, 0};
     float std = 0.02f, std_res = (float)(0.02 / sqrt(2.0 * m->L));
     int glu = mg_act_is_glu((mg_act)m->act);
     m->emb = add_tensor(&tb, 2, m->V, m->d, 1, std, "model.embed_tokens.weight");
@@ -97,9 +103,9 @@ static void build_table(mg_cpu_model *m)
         l->ln2 = add_tensor(&tb, 1, m->d, 0, 0, 0, "model.layers.%d.post_attention_layernorm.weight", i);
         if (l->moe) {
             l->router = add_tensor(&tb, 2, m->E, m->d, 1, std, "model.layers.%d.mlp.gate.weight", i);
-            add_experts(&tb, "experts", i, m->E, &l->w_up, &l->w_dn);
+            add_experts(&tb, "experts", i, m->E, m->e0, m->e0 + m->E_loc, &l->w_up, &l->w_dn);
             l->ws_up = l->ws_dn = -1;
-            if (m->S) add_experts(&tb, "shared_experts", i, m->S, &l->ws_up, &l->ws_dn);
+            if (m->S) add_experts(&tb, "shared_experts", i, m->S, 0, m->S, &l->ws_up, &l->ws_dn);
         } else {
             long g = glu ? add_tensor(&tb, 2, m->ffd, m->d, 1, std, "model.layers.%d.mlp.gate_proj.weight", i) : -1;
             long u = add_tensor(&tb, 2, m->ffd, m->d, 1, std, "model.layers.%d.mlp.up_proj.weight", i);
@@ -110,6 +116,7 @@ static void build_table(mg_cpu_model *m)
     m->lnf = add_tensor(&tb, 1, m->d, 0, 0, 0, "model.norm.weight");
     m->lm_head = m->spec.model.tie_embeddings ? m->emb
                                               : add_tensor(&tb, 2, m->V, m->d, 1, std, "lm_head.weight");
+    m->n_tensors_full = tb.gidx;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -117,8 +124,16 @@ static void build_table(mg_cpu_model *m)
 
 int mg_cpu_model_create(mg_cpu_model *m, const mg_spec *s, int bmax, mg_err *err)
 {
+    return mg_cpu_model_create_shard(m, s, bmax, 1, 0, err);
+}
+
+int mg_cpu_model_create_shard(mg_cpu_model *m, const mg_spec *s, int bmax, int ep, int ep_rank, mg_err *err)
+{
     memset(m, 0, sizeof *m);
     if (bmax < 1) return mg_err_set(err, MG_EINTERNAL, "mg_cpu_model_create: bmax = %d: must be >= 1", bmax);
+    if (ep < 1 || ep_rank < 0 || ep_rank >= ep || s->moe.experts % ep)
+        return mg_err_set(err, MG_EINTERNAL, "mg_cpu_model_create: expert shard %d of %d: must divide %d experts",
+                          ep_rank, ep, s->moe.experts);
     mg_derived dv;
     mg_spec_derive(s, &dv);
     m->spec = *s;
@@ -131,6 +146,7 @@ int mg_cpu_model_create(mg_cpu_model *m, const mg_spec *s, int bmax, mg_err *err
     m->F2 = glu ? 2 * m->ff : m->ff;
     m->F2d = glu ? 2 * m->ffd : m->ffd;
     m->bmax = bmax;
+    m->ep = ep, m->ep_rank = ep_rank, m->E_loc = m->E / ep, m->e0 = ep_rank * m->E_loc;
     m->layers = model_alloc((size_t)m->L, sizeof(mg_cpu_layer));
     for (int i = 0; i < m->L; i++) m->layers[i].moe = mg_cpu_layer_is_moe(s, i);
     build_table(m);
@@ -149,7 +165,7 @@ int mg_cpu_model_create(mg_cpu_model *m, const mg_spec *s, int bmax, mg_err *err
                                  .capacity_factor = s->moe.capacity_factor, .aux_coef = s->moe.aux_loss,
                                  .z_coef = s->moe.z_loss, .n_shared = m->S};
             mg_ref_fwd_alloc(&l->rc, &l->rf);
-            mg_ref_grads_alloc(&l->rc, &l->rg);
+            if (ep == 1) mg_ref_grads_alloc(&l->rc, &l->rg);   /* a shard's experts: mg_ep's own buffers */
             l->load = model_alloc((size_t)m->E, sizeof(long));
             if (s->moe.bias_update_rate > 0) l->sel_bias = FALLOC(m->E);
         } else {
@@ -171,6 +187,7 @@ int mg_cpu_model_create(mg_cpu_model *m, const mg_spec *s, int bmax, mg_err *err
 void mg_cpu_model_free(mg_cpu_model *m)
 {
     if (!m->layers) return;
+    mg_ep_detach(m);
     for (int i = 0; i < m->L; i++) {
         mg_cpu_layer *l = &m->layers[i];
         free(l->x_in); free(l->n1); free(l->x_mid); free(l->n2); free(l->q); free(l->att);
@@ -195,7 +212,7 @@ void mg_cpu_model_init_weights(mg_cpu_model *m, uint64_t seed)
             continue;
         }
         mg_rng r;
-        mg_rng_seed(&r, mg_mix64(seed) ^ mg_mix64((uint64_t)j + 1));
+        mg_rng_seed(&r, mg_mix64(seed) ^ mg_mix64((uint64_t)t->gidx + 1));
         for (long i = 0; i < t->n; i++) p[i] = (float)(t->init_std * mg_rng_normal(&r));
     }
     for (int i = 0; i < m->L; i++)
@@ -258,13 +275,18 @@ static void layer_fwd(mg_cpu_model *m, int li, int B, const mg_cpu_ctx *c, mg_cp
         l->rc.aux_coef = m->spec.moe.aux_loss * c->scale;
         l->rc.z_coef = m->spec.moe.z_loss * c->scale;
         mg_ref_weights w = moe_weights(m, l);
-        mg_ref_forward_routed(&l->rc, l->n2, &w, l->force_idx, &l->rf);
-        memcpy(m->tmp, l->rf.y, sizeof(float) * (size_t)(N * d));
+        if (m->ep_rt) {
+            mg_ep_forward(m->ep_rt, li, &l->rc, l->n2, &w, &l->rf, m->tmp);
+        } else {
+            mg_ref_forward_routed(&l->rc, l->n2, &w, l->force_idx, &l->rf);
+            memcpy(m->tmp, l->rf.y, sizeof(float) * (size_t)(N * d));
+        }
         out->aux += l->rf.aux;
         out->zloss += l->rf.zloss;
         out->dropped += l->rf.n_dropped;
+        const int *cnt = m->ep_rt ? mg_ep_group_counts(m->ep_rt, li) : l->rf.counts_all;   /* the group's loads */
         if (c->train)
-            for (int e = 0; e < m->E; e++) l->load[e] += l->rf.counts_all[e];
+            for (int e = 0; e < m->E; e++) l->load[e] += cnt[e];
     } else {
         mg_mm_fwd(l->n2, P + l->f_up, l->fa, N, m->d, m->F2d);
         mg_act_fwd(m->act, l->fa, l->fh, N, m->ffd);
@@ -290,7 +312,11 @@ static void layer_bwd(mg_cpu_model *m, int li, int B, const mg_cpu_ctx *c)
     /* FFN branch: x_out = x_mid + drop(ffn(n2)) */
     memcpy(m->dtmp, m->dx, sizeof(float) * (size_t)(N * d));
     mg_dropout(m->dtmp, N * d, p, drop_stream(c, li, 1));
-    if (l->moe) {
+    if (l->moe && m->ep_rt) {
+        mg_ref_weights w = moe_weights(m, l);
+        mg_ep_backward(m->ep_rt, li, &l->rc, l->n2, &w, &l->rf, m->dtmp, m->dn, G + l->router, G + l->w_up,
+                       G + l->w_dn);
+    } else if (l->moe) {
         mg_ref_weights w = moe_weights(m, l);
         mg_ref_backward(&l->rc, l->n2, &w, &l->rf, m->dtmp, &l->rg);
         memcpy(m->dn, l->rg.dx, sizeof(float) * (size_t)(N * d));

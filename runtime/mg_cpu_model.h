@@ -54,6 +54,8 @@ typedef struct mg_cpu_tensor {
     long off, n;       /* element offset in the flat buffer, element count */
     int decay;         /* AdamW weight decay applies (2-D weights, not norms) */
     float init_std;    /* 0: init to ones (norms) */
+    int gidx;          /* index in the full model's table (its init stream; = its own index unsharded) */
+    int expert;        /* a routed expert's weight: sharded over the ep ranks, reduced over its dp replicas */
 } mg_cpu_tensor;
 
 /* What one layer keeps between forward and backward, plus its parameter offsets. */
@@ -76,6 +78,9 @@ typedef struct mg_cpu_model {
     mg_spec spec;
     int V, d, L, H, Hkv, hd, T, E, k, ff, F2, ffd, F2d, S, act;
     int bmax;                             /* largest micro-batch the workspace holds */
+    int ep, ep_rank, E_loc, e0;           /* expert shard: experts [e0, e0 + E_loc) of E (ep = 1: all) */
+    int n_tensors_full;                   /* tensors of the unsharded model (checkpoints hold them all) */
+    struct mg_ep *ep_rt;                  /* expert-parallel runtime (mg_ep.h), NULL on one rank */
     long n_params;
     float *params, *grads;
     int n_tensors;
@@ -108,6 +113,11 @@ typedef struct mg_cpu_out {
 /* Builds the tensor table and allocates parameters, grads and a workspace for micro-batches
  * of up to bmax sequences. Weights are zero until mg_cpu_model_init_weights. */
 int  mg_cpu_model_create(mg_cpu_model *m, const mg_spec *s, int bmax, mg_err *err);
+/* The same for expert shard ep_rank of ep (E % ep == 0): the table holds the routed experts
+ * [ep_rank·E/ep, (ep_rank+1)·E/ep) of each MoE layer (global names and init streams) and every
+ * other tensor; w_up/w_dn point at the first local expert. The MoE layers run through m->ep_rt
+ * (mg_ep_attach) when ep > 1. */
+int  mg_cpu_model_create_shard(mg_cpu_model *m, const mg_spec *s, int bmax, int ep, int ep_rank, mg_err *err);
 void mg_cpu_model_free(mg_cpu_model *m);
 void mg_cpu_model_init_weights(mg_cpu_model *m, uint64_t seed);
 const mg_cpu_tensor *mg_cpu_model_find(const mg_cpu_model *m, const char *name);

@@ -302,18 +302,25 @@ static void ref_dispatch(const mg_ref_model *m, mg_ref_state *st)
     free(next);
 }
 
+/* The batch the aux and z means run over: this call's tokens, or a group's (mg_ref_cfg.T_stat). */
+static double ref_stat_T(const mg_ref_cfg *c) { return c->T_stat > 0 ? c->T_stat : c->T; }
+static double ref_stat_f(const mg_ref_cfg *c, const mg_ref_state *st, int e)
+{
+    return (c->counts_stat ? c->counts_stat[e] : st->counts_all[e]) / (ref_stat_T(c) * c->k);
+}
+
 static void ref_losses(const mg_ref_model *m, mg_ref_state *st)
 {
     const mg_ref_cfg *c = &m->c;
     double aux = 0, z = 0;
     for (int e = 0; e < c->E; e++) {
-        double f = st->counts_all[e] / ((double)c->T * c->k), P = 0;
+        double f = ref_stat_f(c, st, e), P = 0;
         for (int t = 0; t < c->T; t++) P += st->probs[(long)t * c->E + e];
-        aux += f * (P / c->T);
+        aux += f * (P / ref_stat_T(c));
     }
     for (int t = 0; t < c->T; t++) z += st->lse[t] * st->lse[t];
     st->aux = c->aux_coef * c->E * aux;
-    st->zloss = c->z_coef * z / c->T;
+    st->zloss = c->z_coef * z / ref_stat_T(c);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -484,7 +491,7 @@ static void ref_dlogits_row(const mg_ref_model *m, const mg_ref_state *st, int t
         for (int e = 0; e < c->E; e++) dot += ds[e] * sc[e];
         for (int e = 0; e < c->E; e++) dl[e] = sc[e] * (ds[e] - dot);
     }
-    double zc = 2.0 * c->z_coef * st->lse[t] / c->T;
+    double zc = 2.0 * c->z_coef * st->lse[t] / ref_stat_T(c);
     for (int e = 0; e < c->E; e++) dl[e] += zc * exp(l[e] - st->lse[t]);
 }
 
@@ -495,7 +502,7 @@ static void ref_router_bwd(const mg_ref_model *m, const mg_ref_state *st, const 
     const mg_ref_cfg *c = &m->c;
     double *ds = ref_dalloc(c->E), *dp = ref_dalloc(c->E);
     for (int e = 0; e < c->E; e++)   /* aux = aux_coef·E·Σ_e f_e·(1/T)·Σ_t p[t,e] */
-        dp[e] = c->aux_coef * c->E * (st->counts_all[e] / ((double)c->T * c->k)) / c->T;
+        dp[e] = c->aux_coef * c->E * ref_stat_f(c, st, e) / ref_stat_T(c);
     for (int t = 0; t < c->T; t++) {
         double *dl = g->dlogits + (long)t * c->E;
         ref_dscore(m, st, t, dw + (long)t * c->k, dp, ds);
@@ -692,6 +699,25 @@ void mg_ref_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *
     ref_d2f(g->dlogits, dg.dlogits, (long)c->T * c->E);
     mg_ref_dgrads_free(&dg);
     free(dyd);
+    mg_ref_state_free(&st);
+    mg_ref_model_free(&m);
+}
+
+void mg_ref_router_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, const mg_ref_fwd *f,
+                            const double *dw, float *dx, float *dwg)
+{
+    mg_ref_model m;
+    mg_ref_state st;
+    mg_ref_dgrads dg;
+    if (!f || !dw || !dx || !dwg) mg_ref_die("mg_ref_router_backward: f, dw, dx and dwg must be non-NULL");
+    ref_model_from_float(c, x, w, 0, &m, "mg_ref_router_backward");
+    mg_ref_state_alloc(&m, &st);
+    mg_ref_forward_d(&m, &st, f->topk_idx, 0);
+    mg_ref_dgrads_alloc(&m, &dg);
+    ref_router_bwd(&m, &st, dw, &dg);
+    ref_d2f(dx, dg.dx, (long)c->T * c->d);
+    ref_d2f(dwg, dg.dwg, (long)c->E * c->d);
+    mg_ref_dgrads_free(&dg);
     mg_ref_state_free(&st);
     mg_ref_model_free(&m);
 }

@@ -50,6 +50,12 @@ typedef struct mg_ref_cfg {
     double capacity_factor;   /* 0 = dropless */
     double aux_coef, z_coef;
     int n_shared;
+    /* Expert parallelism (mg_ep): the aux and z means run over a batch spread across ranks.
+     * T_stat > 0: the tokens of that batch (else T); counts_stat: its counts_all [E] (else this
+     * call's). aux = aux_coef·E·Σ_e f_e·(Σ_t p[t,e])/T_stat with f_e = counts_stat[e]/(T_stat·k),
+     * zloss = z_coef·Σ_t lse²/T_stat: this call's share of the batch's losses. */
+    int T_stat;
+    const int *counts_stat;
 } mg_ref_cfg;
 
 typedef struct mg_ref_weights {
@@ -103,6 +109,13 @@ void mg_ref_forward_routed(const mg_ref_cfg *c, const float *x, const mg_ref_wei
 /* Backward; f must come from mg_ref_forward on the same inputs. */
 void mg_ref_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w,
                      const mg_ref_fwd *f, const float *dy, mg_ref_grads *g);
+
+/* The router's part of the backward pass alone, for a layer whose experts run elsewhere
+ * (mg_ep): dw [T,k] = dL/d(routing weight) of each slot (0 for dropped ones); writes
+ * dwg [E,d] and dx [T,d] = the router's share of dL/dx (logits, aux and z losses).
+ * f must come from mg_ref_route on the same c, x and w. */
+void mg_ref_router_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, const mg_ref_fwd *f,
+                            const double *dw, float *dx, float *dwg);
 
 /* Scalar helpers shared by tests (exact erf gelu, silu and their derivatives). */
 double mg_ref_act(int act, double v);
