@@ -22,6 +22,10 @@ typedef struct mg_comm_ops {
                         size_t recv_cap, mg_comm_dtype, mg_err *);
     void (*abort)(mg_comm *);
     void (*close)(mg_comm *);
+    /* NULL in the CPU backend (the helpers below fall back to the blocking call / a no-op) */
+    int (*all_reduce_async)(mg_comm *, const void *in, void *out, size_t n, mg_comm_dtype, void *stream, mg_err *);
+    int (*wait)(mg_comm *, void *stream, mg_err *);
+    int (*split)(mg_comm *, int color, int key, mg_comm **out, mg_err *);
 } mg_comm_ops;
 
 struct mg_comm {
@@ -30,7 +34,8 @@ struct mg_comm {
     double timeout_s;   /* a collective that does not finish in this long fails (and aborts, NCCL) */
 };
 
-/* out[i] = sum over ranks of in[i], n elements; in may equal out. */
+/* out[i] = sum over ranks of in[i], n elements; in may equal out. The NCCL backend's blocking
+ * calls also take host buffers (staged through device memory): small statistics need no copies. */
 static inline int mg_comm_all_reduce(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
 { return c->ops->all_reduce(c, in, out, n, t, err); }
 /* in: world*n elements; out (n): the sum over ranks of block `rank` of in. */
@@ -45,6 +50,21 @@ static inline int mg_comm_all_gather(mg_comm *c, const void *in, void *out, size
 static inline int mg_comm_all_to_all_v(mg_comm *c, const void *send, const size_t *send_counts, void *recv,
                                        size_t *recv_counts, size_t recv_cap, mg_comm_dtype t, mg_err *err)
 { return c->ops->all_to_all_v(c, send, send_counts, recv, recv_counts, recv_cap, t, err); }
+/* Enqueues the all-reduce on `stream` (a cudaStream_t, device buffers) and returns without waiting
+ * (NCCL); mg_comm_wait(c, stream) waits for it. Backends without streams run it now, blocking. */
+static inline int mg_comm_all_reduce_async(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t,
+                                           void *stream, mg_err *err)
+{ return c->ops->all_reduce_async ? c->ops->all_reduce_async(c, in, out, n, t, stream, err) : c->ops->all_reduce(c, in, out, n, t, err); }
+/* Waits until everything enqueued on `stream` has finished, up to timeout_s, watching the
+ * communicator for errors; an error or the timeout aborts the communicator (NCCL). */
+static inline int mg_comm_wait(mg_comm *c, void *stream, mg_err *err)
+{ return c->ops->wait ? c->ops->wait(c, stream, err) : 0; }
+/* Collective over c: the ranks that pass the same color form one new communicator, ranked by
+ * (key, rank in c). color < 0: this rank joins none (*out = NULL). The new communicator is
+ * independent of c (close both). E.g. a world of dp·ep ranks, rank = d·ep + e: color d gives the
+ * ep group of replica d, color e the dp group of expert shard e. */
+static inline int mg_comm_split(mg_comm *c, int color, int key, mg_comm **out, mg_err *err)
+{ return c->ops->split(c, color, key, out, err); }
 /* Ends outstanding work without waiting for the peers (after an error or a timeout). */
 static inline void mg_comm_abort(mg_comm *c) { c->ops->abort(c); }
 static inline void mg_comm_close(mg_comm *c) { if (c) c->ops->close(c); }

@@ -1,6 +1,9 @@
 /* mg_comm_cpu: the CPU backend of mg_comm — collectives between the local launcher's processes
  * over one shared-memory segment. Each rank copies into its slot, a barrier, each rank reads every
- * slot and sums in rank order (((r0 + r1) + r2) ...): the same bits on every rank and every run. */
+ * slot and sums in rank order (((r0 + r1) + r2) ...): the same bits on every rank and every run.
+ * A split communicator (mg_comm_split) is a view of the same segment: its members' slots and a
+ * barrier of its own from a table in the header. Slots and the count table can be shared by the
+ * views because a collective ends with a barrier after the last read of every slot it used. */
 #include "mg_comm.h"
 
 #include <sched.h>
@@ -15,12 +18,17 @@
 double mg_dist_now(void);
 
 #define SHM_MAGIC 0x4d47434du   /* "MGCM" */
+#define MAX_SPLITS 8            /* mg_comm_split calls per job (each needs world barriers) */
+
+typedef struct shm_bar {
+    atomic_uint count, gen;
+} shm_bar;
 
 typedef struct shm_hdr {
     uint32_t magic, world;
     uint64_t slot_bytes;
-    atomic_uint count, gen;   /* the barrier */
-    atomic_int aborted;       /* set by a rank that gave up: every wait then fails */
+    shm_bar bar;              /* the world's barrier */
+    atomic_int aborted;       /* set by a rank that gave up: every wait then fails (every group too) */
     int pad;
 } shm_hdr;
 
@@ -29,14 +37,20 @@ typedef struct cpu_comm {
     unsigned char *map;
     size_t map_bytes, slot;   /* slot: bytes per rank */
     shm_hdr *h;
-    uint64_t *counts;         /* world*world: all-to-all-v counts, [src*world + dst] */
-    int32_t *status;          /* world: per-rank verdicts */
+    uint64_t *counts;         /* world*world: all-to-all-v counts, [src*world + dst] (segment ranks) */
+    int32_t *status;          /* world: per-rank verdicts (segment ranks) */
     unsigned char *slots;
+    shm_bar *bar;             /* this communicator's barrier */
+    shm_bar *split_bars;      /* MAX_SPLITS * world */
+    int seg_world;            /* ranks of the segment */
+    int *members;             /* [base.world] segment rank of each member, in order */
+    int n_splits;             /* splits made from this communicator (the same count on every member) */
 } cpu_comm;
 
 static size_t hdr_bytes(int world)
 {
-    size_t b = sizeof(shm_hdr) + (size_t)world * (size_t)world * 8 + (size_t)world * 4;
+    size_t b = sizeof(shm_hdr) + (size_t)world * (size_t)world * 8 + (size_t)world * 4 +
+               (size_t)MAX_SPLITS * (size_t)world * sizeof(shm_bar);
     return (b + 63) & ~(size_t)63;
 }
 
@@ -49,15 +63,14 @@ int mg_comm_cpu_shm_init(int fd, int world, size_t slot_bytes, mg_err *err)
                           slot_bytes, world);
     size_t n = mg_comm_cpu_shm_size(world, slot_bytes);
     if (ftruncate(fd, (off_t)n)) return mg_err_set(err, MG_EINTERNAL, "comm cpu: cannot size the segment to %zu bytes", n);
-    shm_hdr *h = mmap(NULL, sizeof *h, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    size_t hb = hdr_bytes(world);
+    shm_hdr *h = mmap(NULL, hb, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (h == MAP_FAILED) return mg_err_set(err, MG_EINTERNAL, "comm cpu: mmap failed");
+    memset(h, 0, hb);   /* every barrier at (0, 0), not aborted */
     h->world = (uint32_t)world;
     h->slot_bytes = slot_bytes;
-    atomic_store(&h->count, 0);
-    atomic_store(&h->gen, 0);
-    atomic_store(&h->aborted, 0);
     h->magic = SHM_MAGIC;
-    munmap(h, sizeof *h);
+    munmap(h, hb);
     return 0;
 }
 
@@ -66,14 +79,15 @@ int mg_comm_cpu_shm_init(int fd, int world, size_t slot_bytes, mg_err *err)
 static int barrier(cpu_comm *c, mg_err *err)
 {
     shm_hdr *h = c->h;
-    unsigned g = atomic_load(&h->gen);
-    if (atomic_fetch_add(&h->count, 1) == h->world - 1) {
-        atomic_store(&h->count, 0);
-        atomic_fetch_add(&h->gen, 1);
+    shm_bar *b = c->bar;
+    unsigned g = atomic_load(&b->gen);
+    if (atomic_fetch_add(&b->count, 1) == (unsigned)c->base.world - 1) {
+        atomic_store(&b->count, 0);
+        atomic_fetch_add(&b->gen, 1);
         return 0;
     }
     double deadline = mg_dist_now() + c->base.timeout_s;
-    for (long spin = 0; atomic_load(&h->gen) == g; spin++) {
+    for (long spin = 0; atomic_load(&b->gen) == g; spin++) {
         if (atomic_load(&h->aborted))
             return mg_err_set(err, MG_EUSER, "comm cpu: rank %d: another rank aborted the communicator", c->base.rank);
         if (spin < 1000) continue;
@@ -92,7 +106,9 @@ static int barrier(cpu_comm *c, mg_err *err)
     return 0;
 }
 
-static unsigned char *slot_of(cpu_comm *c, int r) { return c->slots + (size_t)r * c->slot; }
+/* Segment rank of member r. */
+static int seg_rank(const cpu_comm *c, int r) { return c->members ? c->members[r] : r; }
+static unsigned char *slot_of(cpu_comm *c, int r) { return c->slots + (size_t)seg_rank(c, r) * c->slot; }
 
 /* dst[i] = sum over ranks r (in order) of the element at byte offset off of slot r, i < n. */
 static void sum_slots(cpu_comm *c, size_t off, void *dst, size_t n, mg_comm_dtype t)
@@ -175,21 +191,25 @@ static int cpu_all_to_all_v(mg_comm *b, const void *send, const size_t *send_cou
     int W = b->world, me = b->rank;
     size_t es = mg_comm_dtype_size(t), sub = c->slot / (size_t)W, chunk = sub / es;
     /* 1. exchange the counts; every rank checks its own capacity and learns everyone's verdict */
-    for (int j = 0; j < W; j++) c->counts[(size_t)me * W + j] = send_counts[j];
+    size_t SW = (size_t)c->seg_world;
+#define COUNT(src, dst) c->counts[(size_t)seg_rank(c, src) * SW + (size_t)seg_rank(c, dst)]
+    for (int j = 0; j < W; j++) COUNT(me, j) = send_counts[j];
     if (barrier(c, err)) return MG_EUSER;
     size_t total = 0, rounds = 0;
     for (int j = 0; j < W; j++) {
-        recv_counts[j] = (size_t)c->counts[(size_t)j * W + me];
+        recv_counts[j] = (size_t)COUNT(j, me);
         total += recv_counts[j];
     }
-    for (size_t k = 0; k < (size_t)W * W; k++) {
-        size_t r = ((size_t)c->counts[k] + chunk - 1) / chunk;
-        if (r > rounds) rounds = r;
-    }
-    c->status[me] = total <= recv_cap;
+    for (int i = 0; i < W; i++)
+        for (int j = 0; j < W; j++) {
+            size_t r = ((size_t)COUNT(i, j) + chunk - 1) / chunk;
+            if (r > rounds) rounds = r;
+        }
+#undef COUNT
+    c->status[seg_rank(c, me)] = total <= recv_cap;
     if (barrier(c, err)) return MG_EUSER;
     for (int j = 0; j < W; j++)
-        if (!c->status[j])
+        if (!c->status[seg_rank(c, j)])
             return mg_err_set(err, MG_EUSER, "comm: all-to-all-v: rank %d receives more than its capacity%s", j,
                               j == me ? "" : " (reported by that rank)");
     /* 2. the data, in rounds of at most `chunk` elements per (source, destination) pair */
@@ -224,12 +244,65 @@ static void cpu_abort(mg_comm *b) { atomic_store(&((cpu_comm *)b)->h->aborted, 1
 static void cpu_close(mg_comm *b)
 {
     cpu_comm *c = (cpu_comm *)b;
-    munmap(c->map, c->map_bytes);
+    if (!c->members) munmap(c->map, c->map_bytes);   /* a split view shares its parent's mapping */
+    free(c->members);
     free(c);
 }
 
-static const mg_comm_ops cpu_ops = {cpu_all_reduce, cpu_reduce_scatter, cpu_all_gather, cpu_all_to_all_v, cpu_abort,
-                                    cpu_close};
+static int cpu_split(mg_comm *b, int color, int key, mg_comm **out, mg_err *err);
+
+static const mg_comm_ops cpu_ops = {.all_reduce = cpu_all_reduce, .reduce_scatter = cpu_reduce_scatter,
+                                    .all_gather = cpu_all_gather, .all_to_all_v = cpu_all_to_all_v,
+                                    .abort = cpu_abort, .close = cpu_close, .split = cpu_split};
+
+/* Every member learns everyone's (color, key); a group's barrier is split_bars[n_splits·world +
+ * its lowest segment rank], so groups of one split, and of different splits, never share one.
+ * The view borrows the parent's mapping: close it before the parent. */
+static int cpu_split(mg_comm *b, int color, int key, mg_comm **out, mg_err *err)
+{
+    cpu_comm *c = (cpu_comm *)b;
+    int W = b->world, SW = c->seg_world;
+    *out = NULL;
+    if (c->members) return mg_err_set(err, MG_EUSER, "comm cpu: a split communicator cannot be split again");
+    if (c->n_splits >= MAX_SPLITS)
+        return mg_err_set(err, MG_EUSER, "comm cpu: more than %d splits of one communicator", MAX_SPLITS);
+    int32_t mine[2] = {color, key}, *all = malloc(sizeof(int32_t) * 2 * (size_t)W);
+    if (!all) return mg_err_set(err, MG_EINTERNAL, "comm cpu: out of memory");
+    int rc = cpu_all_gather(b, mine, all, 8, MG_COMM_BYTE, err);
+    int split_no = c->n_splits++;
+    if (rc || color < 0) {
+        free(all);
+        return rc;
+    }
+    cpu_comm *s = calloc(1, sizeof *s);
+    int *mem = malloc(sizeof(int) * (size_t)W), n = 0, me = -1;
+    if (!s || !mem) {
+        free(all), free(s), free(mem);
+        return mg_err_set(err, MG_EINTERNAL, "comm cpu: out of memory");
+    }
+    /* members ordered by (key, rank in c): insertion sort over the ranks of this color */
+    for (int r = 0; r < W; r++) {
+        if (all[2 * r] != color) continue;
+        int j = n++;
+        while (j > 0 && all[2 * mem[j - 1] + 1] > all[2 * r + 1]) mem[j] = mem[j - 1], j--;
+        mem[j] = r;
+    }
+    int lowest = SW;
+    for (int j = 0; j < n; j++) {
+        if (mem[j] == b->rank) me = j;
+        mem[j] = seg_rank(c, mem[j]);
+        if (mem[j] < lowest) lowest = mem[j];
+    }
+    free(all);
+    *s = *c;
+    s->base.rank = me;
+    s->base.world = n;
+    s->members = mem;
+    s->n_splits = 0;
+    s->bar = &c->split_bars[(size_t)split_no * (size_t)SW + (size_t)lowest];
+    *out = &s->base;
+    return 0;
+}
 
 mg_comm *mg_comm_cpu_open(int fd, int rank, int world, double timeout_s, mg_err *err)
 {
@@ -271,6 +344,9 @@ mg_comm *mg_comm_cpu_open(int fd, int rank, int world, double timeout_s, mg_err 
     c->h = (shm_hdr *)c->map;
     c->counts = (uint64_t *)(c->map + sizeof(shm_hdr));
     c->status = (int32_t *)(c->counts + (size_t)world * world);
+    c->split_bars = (shm_bar *)(c->status + world);
     c->slots = c->map + hdr_bytes(world);
+    c->bar = &c->h->bar;
+    c->seg_world = world;
     return &c->base;
 }

@@ -21,6 +21,8 @@ typedef struct nccl_comm {
     ncclComm_t nc;
     cudaStream_t stream;
     size_t *d_counts;   /* world*world counts for all-to-all-v */
+    void *scratch;      /* device staging of host buffers (blocking calls), scratch_bytes */
+    size_t scratch_bytes;
     int aborted;
 } nccl_comm;
 
@@ -36,8 +38,8 @@ static void nccl_abort(mg_comm *b)
     c->aborted = 1;
 }
 
-/* Waits for the communicator to leave ncclInProgress and the stream to drain. */
-static int nccl_wait(nccl_comm *c, ncclResult_t r, const char *what, mg_err *err)
+/* Waits for the communicator to leave ncclInProgress and (stream_too) `stream` to drain. */
+static int nccl_wait_on(nccl_comm *c, cudaStream_t stream, int stream_too, ncclResult_t r, const char *what, mg_err *err)
 {
     /* spin for the first 2 ms: an all-to-all of the EP dispatch takes tens of µs, a 100 µs nap per
      * poll would dominate it (bench/mg_bench_a2a) */
@@ -51,7 +53,7 @@ static int nccl_wait(nccl_comm *c, ncclResult_t r, const char *what, mg_err *err
             break;
         }
         if (async == ncclSuccess) {
-            cudaError_t q = cudaStreamQuery(c->stream);
+            cudaError_t q = stream_too ? cudaStreamQuery(stream) : cudaSuccess;
             if (q == cudaSuccess) return 0;
             if (q != cudaErrorNotReady) {
                 nccl_abort(&c->base);
@@ -73,22 +75,89 @@ static int nccl_wait(nccl_comm *c, ncclResult_t r, const char *what, mg_err *err
                       ncclGetErrorString(r), ncclGetLastError(c->nc));
 }
 
+static int nccl_wait(nccl_comm *c, ncclResult_t r, const char *what, mg_err *err)
+{
+    return nccl_wait_on(c, c->stream, 1, r, what, err);
+}
+
+/* 1 when p is host memory (pageable or pinned): the blocking calls then stage through scratch. */
+static int is_host(const void *p)
+{
+    struct cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 1;
+    }
+    return a.type == cudaMemoryTypeUnregistered || a.type == cudaMemoryTypeHost;
+}
+
+static int scratch(nccl_comm *c, size_t bytes, mg_err *err)
+{
+    if (bytes <= c->scratch_bytes) return 0;
+    cudaFree(c->scratch);
+    c->scratch = NULL, c->scratch_bytes = 0;
+    MG_CUDA_TRY(cudaMalloc(&c->scratch, bytes), err);
+    c->scratch_bytes = bytes;
+    return 0;
+}
+
+typedef enum { OP_ALL_REDUCE, OP_REDUCE_SCATTER, OP_ALL_GATHER } nccl_op;
+
+/* One blocking collective; host buffers go through the scratch (in at offset 0, out after it). */
+static int nccl_collective(nccl_comm *c, nccl_op op, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
+{
+    size_t es = mg_comm_dtype_size(t), W = (size_t)c->base.world;
+    size_t in_n = op == OP_REDUCE_SCATTER ? W * n : n, out_n = op == OP_ALL_GATHER ? W * n : n;
+    int host_in = is_host(in), host_out = is_host(out), rc;
+    const void *din = in;
+    void *dout = out;
+    if (host_in || host_out) {
+        if ((rc = scratch(c, (in_n + out_n) * es, err))) return rc;
+        if (host_in) {
+            din = c->scratch;
+            MG_CUDA_TRY(cudaMemcpyAsync(c->scratch, in, in_n * es, cudaMemcpyHostToDevice, c->stream), err);
+        }
+        if (host_out) dout = (char *)c->scratch + in_n * es;
+    }
+    ncclDataType_t ty = nccl_type(t);
+    ncclResult_t r = op == OP_ALL_REDUCE ? ncclAllReduce(din, dout, n, ty, ncclSum, c->nc, c->stream)
+                     : op == OP_REDUCE_SCATTER ? ncclReduceScatter(din, dout, n, ty, ncclSum, c->nc, c->stream)
+                                               : ncclAllGather(din, dout, n, ty, c->nc, c->stream);
+    static const char *const names[] = {"all-reduce", "reduce-scatter", "all-gather"};
+    if ((rc = nccl_wait(c, r, names[op], err))) return rc;
+    if (host_out) MG_CUDA_TRY(cudaMemcpy(out, dout, out_n * es, cudaMemcpyDeviceToHost), err);
+    return 0;
+}
+
 static int nccl_all_reduce(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
 {
-    nccl_comm *c = (nccl_comm *)b;
-    return nccl_wait(c, ncclAllReduce(in, out, n, nccl_type(t), ncclSum, c->nc, c->stream), "all-reduce", err);
+    return nccl_collective((nccl_comm *)b, OP_ALL_REDUCE, in, out, n, t, err);
 }
 
 static int nccl_reduce_scatter(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
 {
-    nccl_comm *c = (nccl_comm *)b;
-    return nccl_wait(c, ncclReduceScatter(in, out, n, nccl_type(t), ncclSum, c->nc, c->stream), "reduce-scatter", err);
+    return nccl_collective((nccl_comm *)b, OP_REDUCE_SCATTER, in, out, n, t, err);
 }
 
 static int nccl_all_gather(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
 {
+    return nccl_collective((nccl_comm *)b, OP_ALL_GATHER, in, out, n, t, err);
+}
+
+/* Enqueued on `stream`; waits only for the enqueue (a non-blocking communicator may report
+ * ncclInProgress until the call is queued), not for the result: see nccl_stream_wait. */
+static int nccl_all_reduce_async(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, void *stream,
+                                 mg_err *err)
+{
     nccl_comm *c = (nccl_comm *)b;
-    return nccl_wait(c, ncclAllGather(in, out, n, nccl_type(t), c->nc, c->stream), "all-gather", err);
+    ncclResult_t r = ncclAllReduce(in, out, n, nccl_type(t), ncclSum, c->nc, (cudaStream_t)stream);
+    return nccl_wait_on(c, (cudaStream_t)stream, 0, r, "all-reduce (async)", err);
+}
+
+static int nccl_stream_wait(mg_comm *b, void *stream, mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    return nccl_wait_on(c, (cudaStream_t)stream, 1, ncclSuccess, "waiting for the stream", err);
 }
 
 static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_counts, void *recv, size_t *recv_counts,
@@ -131,11 +200,71 @@ static void nccl_close(mg_comm *b)
     nccl_comm *c = (nccl_comm *)b;
     if (!c->aborted) ncclCommFinalize(c->nc), ncclCommDestroy(c->nc);
     cudaFree(c->d_counts);
+    cudaFree(c->scratch);
     free(c);
 }
 
-static const mg_comm_ops nccl_ops = {nccl_all_reduce, nccl_reduce_scatter, nccl_all_gather, nccl_all_to_all_v,
-                                     nccl_abort, nccl_close};
+static int nccl_split(mg_comm *b, int color, int key, mg_comm **out, mg_err *err);
+
+static const mg_comm_ops nccl_ops = {.all_reduce = nccl_all_reduce, .reduce_scatter = nccl_reduce_scatter,
+                                     .all_gather = nccl_all_gather, .all_to_all_v = nccl_all_to_all_v,
+                                     .abort = nccl_abort, .close = nccl_close,
+                                     .all_reduce_async = nccl_all_reduce_async, .wait = nccl_stream_wait,
+                                     .split = nccl_split};
+
+static nccl_comm *nccl_new(int rank, int world, cudaStream_t stream, double timeout_s, mg_err *err)
+{
+    nccl_comm *c = calloc(1, sizeof *c);
+    if (!c) {
+        mg_err_set(err, MG_EINTERNAL, "comm nccl: out of memory");
+        return NULL;
+    }
+    c->base = (mg_comm){&nccl_ops, rank, world, timeout_s > 0 ? timeout_s : 300.0};
+    c->stream = stream;
+    if (cudaMalloc((void **)&c->d_counts, (size_t)world * world * sizeof(size_t)) != cudaSuccess) {
+        free(c);
+        mg_err_set(err, MG_EINTERNAL, "comm nccl: cudaMalloc of the counts failed");
+        return NULL;
+    }
+    return c;
+}
+
+/* ncclCommSplit (non-blocking like the parent; never ncclCommInitAll). */
+static int nccl_split(mg_comm *b, int color, int key, mg_comm **out, mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    ncclComm_t nc = NULL;
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    *out = NULL;
+    ncclResult_t r = ncclCommSplit(c->nc, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &nc, &cfg);
+    int rc = nccl_wait_on(c, c->stream, 0, r, "ncclCommSplit", err);
+    if (rc || !nc) return rc;
+    double deadline = mg_dist_now() + b->timeout_s;
+    for (;;) {   /* the new communicator finishes its own initialisation */
+        ncclResult_t a = ncclInProgress;
+        ncclCommGetAsyncError(nc, &a);
+        if (a == ncclSuccess) break;
+        if (a != ncclInProgress || mg_dist_now() > deadline) {
+            ncclCommAbort(nc);
+            return mg_err_set(err, MG_EUSER, "comm nccl: rank %d: ncclCommSplit(color %d): %s", b->rank, color,
+                              a == ncclInProgress ? "timed out" : ncclGetErrorString(a));
+        }
+        struct timespec t = {0, 100000};
+        nanosleep(&t, NULL);
+    }
+    int rank = 0, world = 0;
+    ncclCommUserRank(nc, &rank);
+    ncclCommCount(nc, &world);
+    nccl_comm *s = nccl_new(rank, world, c->stream, b->timeout_s, err);
+    if (!s) {
+        ncclCommAbort(nc);
+        return MG_EINTERNAL;
+    }
+    s->nc = nc;
+    *out = &s->base;
+    return 0;
+}
 
 int mg_comm_nccl_unique_id(unsigned char id[128], mg_err *err)
 {
@@ -148,18 +277,8 @@ int mg_comm_nccl_unique_id(unsigned char id[128], mg_err *err)
 
 mg_comm *mg_comm_nccl_open(const unsigned char id[128], int rank, int world, void *stream, double timeout_s, mg_err *err)
 {
-    nccl_comm *c = calloc(1, sizeof *c);
-    if (!c) {
-        mg_err_set(err, MG_EINTERNAL, "comm nccl: out of memory");
-        return NULL;
-    }
-    c->base = (mg_comm){&nccl_ops, rank, world, timeout_s > 0 ? timeout_s : 300.0};
-    c->stream = (cudaStream_t)stream;
-    if (cudaMalloc((void **)&c->d_counts, (size_t)world * world * sizeof(size_t)) != cudaSuccess) {
-        free(c);
-        mg_err_set(err, MG_EINTERNAL, "comm nccl: cudaMalloc of the counts failed");
-        return NULL;
-    }
+    nccl_comm *c = nccl_new(rank, world, (cudaStream_t)stream, timeout_s, err);
+    if (!c) return NULL;
     ncclUniqueId u;
     memcpy(u.internal, id, 128);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;

@@ -299,6 +299,52 @@ static void comm_world(int W)
 static void test_comm_cpu_2(void **state) { (void)state; comm_world(2); }
 static void test_comm_cpu_3(void **state) { (void)state; comm_world(3); }
 
+/* mg_comm_split on a 2 x 2 grid (rank = d·2 + e, as dp x ep): the ep groups {0,1} {2,3} and the
+ * dp groups {0,2} {1,3} each pass every collective, used in turn; rank 3 also tries a color of its
+ * own with another split (a group of one) and color -1 (none); the world still works after. */
+static int split_child(int fd, int r)
+{
+    mg_err err;
+    mg_comm *w = mg_comm_cpu_open(fd, r, 4, 5.0, &err), *ep = NULL, *dp = NULL, *solo = NULL;
+    if (!w) return fprintf(stderr, "%s\n", err.msg), 99;
+    int bad = 0;
+    if (mg_comm_split(w, r / 2, r, &ep, &err) || mg_comm_split(w, r % 2, -r, &dp, &err) ||
+        mg_comm_split(w, r == 3 ? 7 : -1, 0, &solo, &err))
+        return fprintf(stderr, "rank %d: %s\n", r, err.msg), 98;
+    bad += !ep || ep->world != 2 || ep->rank != r % 2;
+    bad += !dp || dp->world != 2 || dp->rank != 1 - r / 2;   /* key -r: the higher world rank first */
+    bad += r == 3 ? !solo || solo->world != 1 || solo->rank != 0 : solo != NULL;
+    bad += comm_checks(dp) + comm_checks(ep) + comm_checks(dp);
+    double x = r + 1;
+    if (solo && mg_comm_all_reduce(solo, &x, &x, 1, MG_COMM_F64, &err)) bad += 100;
+    bad += solo && x != 4;
+    x = r + 1;
+    if (mg_comm_all_reduce(w, &x, &x, 1, MG_COMM_F64, &err)) bad += 100;
+    bad += x != 10;
+    mg_comm *again = NULL;
+    bad += mg_comm_split(dp, 0, 0, &again, &err) != MG_EUSER || again != NULL;   /* views are not split again */
+    mg_comm_close(solo);
+    mg_comm_close(dp);
+    mg_comm_close(ep);
+    mg_comm_close(w);
+    if (bad) fprintf(stderr, "rank %d: %d split mismatches\n", r, bad);
+    return bad ? 1 : 0;
+}
+
+static void test_comm_cpu_split(void **state)
+{
+    (void)state;
+    int fd = memfd_create("test-comm", 0);
+    assert_true(fd >= 0);
+    mg_err err;
+    assert_int_equal(mg_comm_cpu_shm_init(fd, 4, 96, &err), 0);
+    pid_t pids[4];
+    for (int r = 0; r < 4; r++)
+        if ((pids[r] = fork()) == 0) _exit(split_child(fd, r));
+    close(fd);
+    assert_int_equal(wait_all(pids, 4), 0);
+}
+
 static void test_comm_cpu_timeout(void **state)
 {
     (void)state;
@@ -492,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_rendezvous_file), cmocka_unit_test(test_rendezvous_tcp),
         cmocka_unit_test(test_comm_cpu_2),      cmocka_unit_test(test_comm_cpu_3),
         cmocka_unit_test(test_comm_cpu_timeout), cmocka_unit_test(test_launch_ok),
+        cmocka_unit_test(test_comm_cpu_split),
         cmocka_unit_test(test_launch_killed),   cmocka_unit_test(test_launch_hung),
         cmocka_unit_test(test_launch_status),   cmocka_unit_test(test_cli_procs),
     };
