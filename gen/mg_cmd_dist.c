@@ -1,6 +1,7 @@
 /* mg_cmd_dist: `moegen train --gpus N | --procs N` (the local launcher) and what each worker does
- * until the trainer runs DP/EP: find its rank, rendezvous, open the communicator, one all-reduce
- * checked against direct computation, then a clear "not wired yet" (runtime/DISTRIBUTED.md). */
+ * before it trains: find its rank, rendezvous, open the communicator and check it with one
+ * all-reduce against direct computation; then `moegen train` runs data parallel over it
+ * (runtime/DISTRIBUTED.md). */
 #include "mg_cmd_dist.h"
 #include "mg_comm.h"
 #include "mg_cuda.h"
@@ -12,10 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static const char *const not_wired =
-    "the workers checked their communicator; DP/EP training is not wired into the trainer yet "
-    "(issue 6; runtime/DISTRIBUTED.md)";
 
 /* ---------------------------------------------------------------- launcher */
 
@@ -57,15 +54,15 @@ static int launch(int argc, char **argv, const mg_dist_flags *f)
     mg_err_clear(&err);
     int rc = mg_dist_launch(&o, exec_worker, &a, &err);
     free(a.argv);
-    fprintf(stderr, "moegen: train: %s\n", rc ? err.msg : not_wired);
-    return rc ? rc : MG_EUSER;
+    if (rc) fprintf(stderr, "moegen: train: %s\n", err.msg);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- worker */
 
 /* NCCL: rank 0 makes the id, the rendezvous shares it, one all-reduce of rank+1 on the device.
- * Untested: no GPU where this was written. */
-static int check_nccl(const mg_dist_env *e, const char *how, double timeout, double *sum, mg_err *err)
+ * The communicator stays open for the trainer (*out). */
+static int check_nccl(const mg_dist_env *e, const char *how, double timeout, double *sum, mg_comm **out, mg_err *err)
 {
     unsigned char id[MG_DIST_ID_BYTES] = {0};
     if (e->rank == 0 && mg_comm_nccl_unique_id(id, err)) return MG_EINTERNAL;
@@ -81,22 +78,24 @@ static int check_nccl(const mg_dist_env *e, const char *how, double timeout, dou
     int rc = c ? mg_comm_all_reduce(c, d, d, 1, MG_COMM_F64, err) : MG_EINTERNAL;
     if (!rc && cudaMemcpy(sum, d, sizeof x, cudaMemcpyDeviceToHost) != cudaSuccess)
         rc = mg_err_set(err, MG_EINTERNAL, "dist: cannot read back the all-reduce");
-    mg_comm_close(c);
     cudaFree(d);
+    if (rc) mg_comm_close(c);
+    else *out = c;
     return rc;
 }
 
-static int check_cpu(const mg_dist_env *e, double timeout, double *sum, mg_err *err)
+static int check_cpu(const mg_dist_env *e, double timeout, double *sum, mg_comm **out, mg_err *err)
 {
     mg_comm *c = mg_comm_cpu_open(-1, e->rank, e->world, timeout, err);
     if (!c) return MG_EUSER;
     *sum = e->rank + 1;
     int rc = mg_comm_all_reduce(c, sum, sum, 1, MG_COMM_F64, err);
-    mg_comm_close(c);
+    if (rc) mg_comm_close(c);
+    else *out = c;
     return rc;
 }
 
-static int worker(const mg_dist_env *e, const mg_dist_flags *f, int gpu)
+static int worker(const mg_dist_env *e, const mg_dist_flags *f, int gpu, mg_comm **comm)
 {
     mg_err err;
     mg_err_clear(&err);
@@ -108,35 +107,43 @@ static int worker(const mg_dist_env *e, const mg_dist_flags *f, int gpu)
         return MG_EUSER;
     }
     int rc = mg_dist_heartbeat_start(&err);
-    if (!rc) rc = gpu ? check_nccl(e, how, timeout, &sum, &err) : check_cpu(e, timeout, &sum, &err);
+    if (!rc) rc = gpu ? check_nccl(e, how, timeout, &sum, comm, &err) : check_cpu(e, timeout, &sum, comm, &err);
     mg_dist_alive();
     if (!rc && sum != 0.5 * e->world * (e->world + 1))
         rc = mg_err_set(&err, MG_EINTERNAL, "dist: all-reduce of rank+1 gave %g, expected %g", sum,
                         0.5 * e->world * (e->world + 1));
     if (rc) {
-        fprintf(stderr, "moegen: train: %s\n", err.msg);
-    } else {
-        printf("dist: rank %d of %d (%s, local rank %d): %s all-reduce ok\n", e->rank, e->world, e->source,
-               e->local_rank, gpu ? "nccl" : "cpu");
-        if (!getenv("MOEGEN_LAUNCH_FD")) {   /* under Slurm/MPI; our launcher says it once for all */
-            if (e->rank == 0) fprintf(stderr, "moegen: train: %s\n", not_wired);
-            rc = MG_EUSER;
-        }
+        fprintf(stderr, "moegen: train: rank %d: %s\n", e->rank, err.msg);
+        if (*comm) mg_comm_abort(*comm), mg_comm_close(*comm), *comm = NULL;
+        fflush(NULL);
+        mg_dist_heartbeat_stop();
+        return rc;
     }
+    printf("dist: rank %d of %d (%s, local rank %d): %s all-reduce ok\n", e->rank, e->world, e->source, e->local_rank,
+           gpu ? "nccl" : "cpu");
     fflush(NULL);
-    mg_dist_heartbeat_stop();
-    return rc;
+    return MG_CMD_DIST_WORKER;   /* the heartbeat runs on: mg_cmd_train_dist_end stops it */
 }
 
-int mg_cmd_train_dist(int argc, char **argv, const mg_dist_flags *f, int gpu)
+int mg_cmd_train_dist(int argc, char **argv, const mg_dist_flags *f, int gpu, mg_comm **comm)
 {
     mg_dist_env e;
     mg_err err;
+    *comm = NULL;
     if (mg_dist_env_detect(&e, &err)) {
         fprintf(stderr, "moegen: train: %s\n", err.msg);
         return MG_EUSER;
     }
-    if (e.world > 1) return worker(&e, f, gpu);
+    if (e.world > 1) return worker(&e, f, gpu, comm);
     if (f->gpus || f->procs) return launch(argc, argv, f);
     return -1;
+}
+
+void mg_cmd_train_dist_end(mg_comm *comm, int failed)
+{
+    if (!comm) return;
+    if (failed) mg_comm_abort(comm);   /* the peers fail at once instead of waiting for their timeout */
+    mg_comm_close(comm);
+    fflush(NULL);
+    mg_dist_heartbeat_stop();
 }

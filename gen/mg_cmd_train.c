@@ -1,6 +1,7 @@
 /* mg_cmd_train: `moegen train` and `moegen eval`: option parsing around mg_train. */
 #include "mg_cmd_train.h"
 #include "mg_cmd_dist.h"
+#include "mg_comm.h"
 #include "mg_err.h"
 #include "mg_gpu_check.h"
 #include "mg_gpu_model.h"
@@ -28,11 +29,12 @@ static const char *const train_help =
     "  --check-step: one step on the CPU and the GPU from the same init and a random batch; compares the\n"
     "  loss and every gradient per tensor (exit 1 on a mismatch); --dump DIR also writes the init, the\n"
     "  batch and both gradients for bench/torch_lm_step.py.\n"
-    "  --gpus N / --procs N: one worker process per GPU (NCCL) / per CPU rank (shared memory), output\n"
-    "  lines prefixed [rank R]; a worker that dies or sends no heartbeat for --timeout S (default 300)\n"
-    "  seconds ends the job. Under Slurm/MPI each rank finds itself from the launcher's variables and\n"
-    "  needs --rendezvous. The workers check their communicator; DP/EP training is not wired yet\n"
-    "  (runtime/DISTRIBUTED.md).\n"
+    "  --gpus N / --procs N: data parallel, one worker process per GPU (NCCL) / per CPU rank (shared\n"
+    "  memory); the global batch (train.batch x grad_accum) is split over the ranks, gradients are\n"
+    "  summed, rank 0 writes the run dir (same files as one process; either resumes the other). Output\n"
+    "  lines prefixed [rank R]; a worker that dies, or sends no heartbeat / finishes no collective for\n"
+    "  --timeout S (default 300) seconds, ends the job. Under Slurm/MPI each rank finds itself from the\n"
+    "  launcher's variables and needs --rendezvous (runtime/DISTRIBUTED.md).\n"
     "  Data: train.data = a `moegen data` output directory (train.tok, valid.tok), or text through the\n"
     "  built-in byte tokenizer (vocab >= 256) from $MOEGEN_DATA_DIR (default ../shared/data).\n"
     "example: moegen train specs/ci-cpu.lua --device cpu --steps 100\n";
@@ -124,17 +126,20 @@ int mg_cmd_train(int argc, char **argv)
     if (check && (!spec_path || o.resume)) return fail("train", "%s", "--check-step needs a spec file (and no --resume)");
     if (!spec_path && !o.resume) return fail("train", "%s", "missing spec file (usage: moegen train SPEC --device cpu)");
     if (df.gpus && df.procs) return fail("train", "%s", "--gpus and --procs exclude each other");
+    if (check && (df.gpus || df.procs)) return fail("train", "%s", "--check-step runs in one process (no --gpus/--procs)");
     if (df.gpus || df.procs) o.gpu = df.gpus > 0;   /* --gpus: the GPU trainer, --procs: the CPU one */
-    int drc = mg_cmd_train_dist(argc, argv, &df, o.gpu);
-    if (drc >= 0) return drc;
-
     mg_err err;
     mg_err_clear(&err);
     mg_spec spec;
-    if (spec_path && mg_spec_load(spec_path, &spec, &err)) {
+    if (spec_path && mg_spec_load(spec_path, &spec, &err)) {   /* before the launch: one message, not one per rank */
         fprintf(stderr, "moegen: %s\n", err.msg);
         return err.code;
     }
+    mg_comm *comm = NULL;
+    int drc = mg_cmd_train_dist(argc, argv, &df, o.gpu, &comm);
+    if (drc >= 0) return drc;
+    o.comm = comm;   /* a worker: data parallel over comm */
+
     if (check) {
         int n_fail = 0;
         if (mg_gpu_check_step(&spec, dump, stdout, &n_fail, &err)) {
@@ -145,10 +150,14 @@ int mg_cmd_train(int argc, char **argv)
     }
     mg_train_result res;
     if (mg_train(spec_path ? &spec : NULL, &o, &res, &err)) {
-        fprintf(stderr, "moegen: %s\n", err.msg);
+        if (comm) fprintf(stderr, "moegen: rank %d: %s\n", comm->rank, err.msg);
+        else fprintf(stderr, "moegen: %s\n", err.msg);
+        mg_cmd_train_dist_end(comm, 1);
         return err.code ? err.code : MG_EINTERNAL;
     }
-    if (!o.quiet)
+    int rank = comm ? comm->rank : 0;
+    mg_cmd_train_dist_end(comm, 0);
+    if (!o.quiet && rank == 0)
         printf("train: %ld steps done, last loss %.4f, val loss %.4f (ppl %.2f); %s/metrics.jsonl\n", res.steps_done,
                res.last_loss, res.last_val, exp(res.last_val), res.run_dir);
     return 0;

@@ -2,6 +2,7 @@
 #include "mg_gpu_model.h"
 #include "mg_blas.h"
 #include "mg_cuda.h"
+#include "mg_dp.h"
 #include "mg_hash.h"   /* dropout streams: the same counters as mg_cpu_ops.h */
 #include "mg_jit.h"
 #include "mg_lm.h"
@@ -132,6 +133,11 @@ struct mg_gpu_model {
     float *dstat, *hstat;         /* per slot: CE mean, then (aux, z) per layer */
     int *dcnt, *hcnt;             /* per slot: per layer counts_all [E] then n_dropped */
     int *slot_N;
+    /* data parallel (mg_dp.h): each bucket is all-reduced on cs once its stage's backward is done */
+    const mg_dp *dp;
+    cudaStream_t cs;
+    cudaEvent_t *bev, cev;        /* per bucket: its gradients are final; on cs: every bucket reduced */
+    int dp_armed, dp_pending;
     int *const *route_out;        /* [L] host buffers for each MoE layer's top-k choices (check only) */
 };
 
@@ -224,6 +230,8 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     for (int i = 0; i < g->L && !rc; i++) {
         const mg_cpu_layer *l = &h->layers[i];
         mg_gpu_layer_spec(&g->spec, !l->moe, &ls);
+        if (l->moe && o && o->loss_scale > 0)   /* data parallel: 1/(A_loc·world) instead of 1/grad_accum */
+            ls.moe.aux_loss = g->spec.moe.aux_loss * o->loss_scale, ls.moe.z_loss = g->spec.moe.z_loss * o->loss_scale;
         mg_moe_opts mo = {.arch = arch, .verbose = o ? o->verbose : 0};
         if ((rc = mg_spec_validate(&ls, err)) || (rc = mg_plan_make(&ls, NULL, plan, err)) ||
             (rc = mg_moe_create(plan, &mo, (int)N, &g->ly[i].ffn, err)))
@@ -333,6 +341,11 @@ void mg_gpu_destroy(mg_gpu_model *g)
         if (g->ev[i]) cudaEventDestroy(g->ev[i]);
     }
     free(g->slot_N);
+    for (int i = 0; g->bev && i < g->dp->n_buckets; i++)
+        if (g->bev[i]) cudaEventDestroy(g->bev[i]);
+    free(g->bev);
+    if (g->cev) cudaEventDestroy(g->cev);
+    if (g->cs) cudaStreamSynchronize(g->cs), cudaStreamDestroy(g->cs);
     mg_lm_destroy(g->lm);
     mg_blas_destroy(g->blas);
     if (g->add_lib) cudaLibraryUnload(g->add_lib);
@@ -393,6 +406,43 @@ int mg_gpu_download_grads(mg_gpu_model *g, float *out, mg_err *err)
 }
 
 void mg_gpu_capture_routing(mg_gpu_model *g, int *const *per_layer) { g->route_out = per_layer; }
+
+/* ------------------------------------------------------------------------------------ */
+/* data parallel: bucketed gradient all-reduce overlapping the backward                  */
+
+int mg_gpu_dp_attach(mg_gpu_model *g, const mg_dp *dp, mg_err *err)
+{
+    if (!mg_dp_on(dp)) return MG_OK;
+    g->dp = dp;
+    MG_CUDA_TRY(cudaStreamCreateWithFlags(&g->cs, cudaStreamNonBlocking), err);
+    g->bev = calloc((size_t)dp->n_buckets, sizeof *g->bev);
+    if (!g->bev) return mg_err_set(err, MG_EINTERNAL, "mg_gpu_dp_attach: out of memory");
+    for (int i = 0; i < dp->n_buckets; i++)
+        MG_CUDA_TRY(cudaEventCreateWithFlags(&g->bev[i], cudaEventDisableTiming), err);
+    MG_CUDA_TRY(cudaEventCreateWithFlags(&g->cev, cudaEventDisableTiming), err);
+    return MG_OK;
+}
+
+void mg_gpu_dp_arm(mg_gpu_model *g) { g->dp_armed = g->dp != NULL; }
+
+/* The backward of `stage` is enqueued: its buckets' all-reduce goes on cs behind an event, so it
+ * runs while the compute stream goes on with the earlier layers. */
+static int dp_stage_done(mg_gpu_model *g, int stage, mg_err *err)
+{
+    if (!g->dp_armed) return MG_OK;
+    const mg_dp *dp = g->dp;
+    for (int i = 0; i < dp->n_buckets; i++) {
+        const mg_dp_bucket *b = &dp->b[i];
+        if (b->stage != stage) continue;
+        MG_CUDA_TRY(cudaEventRecord(g->bev[i], g->st), err);
+        MG_CUDA_TRY(cudaStreamWaitEvent(g->cs, g->bev[i], 0), err);
+        int rc = mg_comm_all_reduce_async(dp->comm[b->group], g->G + b->off, g->G + b->off, (size_t)b->n, MG_COMM_F32,
+                                          g->cs, err);
+        if (rc) return rc;
+        g->dp_pending = 1;
+    }
+    return MG_OK;
+}
 
 /* ------------------------------------------------------------------------------------ */
 /* forward and backward of one micro-batch                                               */
@@ -463,11 +513,11 @@ static int norm_bwd(mg_gpu_model *g, int acc, const void *dy, const void *h, lon
 }
 
 /* g->dx holds dL/dx at layer i's output; on return, at its input. */
-static int layer_bwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double p, mg_err *err)
+static int layer_bwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double p, int acc, mg_err *err)
 {
     const mg_cpu_layer *l = &g->h->layers[i];
     gpu_layer *y = &g->ly[i];
-    int N = B * g->T, d = g->d, acc = c->micro > 0, rc;
+    int N = B * g->T, d = g->d, rc;
     long long Nd = (long long)N * d;
     float beta = acc ? 1.f : 0.f;
     unsigned long long sa = mg_hash_drop_stream(c->seed, (unsigned long long)c->step, (unsigned long long)c->micro,
@@ -497,7 +547,6 @@ static int layer_bwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double 
 int mg_gpu_run(mg_gpu_model *g, const int32_t *tokens, int B, const mg_cpu_ctx *c, int grad, int slot, mg_err *err)
 {
     if (B < 1 || B > g->bmax) return mg_err_set(err, MG_EINTERNAL, "mg_gpu_run: B = %d: must be in [1, %d]", B, g->bmax);
-    if (grad) slot = c->micro;
     if (slot < 0 || slot >= g->slots)
         return mg_err_set(err, MG_EINTERNAL, "mg_gpu_run: slot %d: must be in [0, %d)", slot, g->slots);
     const mg_cpu_model *h = g->h;
@@ -537,14 +586,19 @@ int mg_gpu_run(mg_gpu_model *g, const int32_t *tokens, int B, const mg_cpu_ctx *
     if (!grad) return MG_OK;
 
     /* backward */
-    int acc = c->micro > 0;
+    int acc = slot > 0;
     if ((rc = gemm(g, 0, 0, N, d, g->V, g->logits, g->ldV, WC(g, head), d, 0.f, g->dn, d, 0, err)) ||
         (rc = gemm(g, 1, 0, g->V, d, N, g->logits, g->ldV, g->nf, d, acc ? 1.f : 0.f, g->G + head, d, 1, err)) ||
-        (rc = norm_bwd(g, acc, g->dn, g->X[g->L], h->lnf, g->rf, NULL, g->dx, N, err)))
+        (rc = norm_bwd(g, acc, g->dn, g->X[g->L], h->lnf, g->rf, NULL, g->dx, N, err)) ||
+        (rc = dp_stage_done(g, MG_DP_STAGE_HEAD(g->L), err)))
         return rc;
     for (int i = g->L - 1; i >= 0; i--)
-        if ((rc = layer_bwd(g, i, B, c, p, err))) return rc;
-    return mg_lm_embed_bwd(g->lm, g->st, g->ids, g->dx, g->sort_ws, g->G + h->emb, g->tied || acc, N, err);
+        if ((rc = layer_bwd(g, i, B, c, p, acc, err)) || (rc = dp_stage_done(g, i, err))) return rc;
+    if ((rc = mg_lm_embed_bwd(g->lm, g->st, g->ids, g->dx, g->sort_ws, g->G + h->emb, g->tied || acc, N, err)) ||
+        (rc = dp_stage_done(g, MG_DP_STAGE_EMBED(g->L), err)))
+        return rc;
+    g->dp_armed = 0;
+    return MG_OK;
 }
 
 int mg_gpu_read_stats(mg_gpu_model *g, int n, int count_loads, mg_cpu_out *outs, mg_err *err)
@@ -590,7 +644,12 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
 {
     const mg_cpu_model *h = g->h;
     const mg_spec *sp = &g->spec;
-    int rc;
+    int rc, pending = g->dp_pending;
+    if (pending) {   /* every bucket reduced before the norm reads G */
+        MG_CUDA_TRY(cudaEventRecord(g->cev, g->cs), err);
+        MG_CUDA_TRY(cudaStreamWaitEvent(g->st, g->cev, 0), err);
+        g->dp_pending = 0;
+    }
     for (int c = 0; c < g->n_chunks; c++) {
         long long off = (long long)c * GRAD_CHUNK, n = h->n_params - off < GRAD_CHUNK ? h->n_params - off : GRAD_CHUNK;
         if ((rc = mg_lm_sumsq(g->lm, g->st, g->G + off, n, g->part + (size_t)c * LM_SUMSQ_BLOCKS, err))) return rc;
@@ -614,6 +673,12 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
     }
     float hn[2];
     MG_CUDA_TRY(cudaMemcpyAsync(hn, g->dnorm, sizeof hn, cudaMemcpyDeviceToHost, g->st), err);
+    if (pending) {   /* a hung or failed peer ends in the comm's timeout and abort, not a hang here */
+        if (g->dp->comm[MG_DP_GROUP_REPLICAS] != g->dp->comm[MG_DP_GROUP_ALL] &&
+            (rc = mg_comm_wait(g->dp->comm[MG_DP_GROUP_REPLICAS], g->st, err)))
+            return rc;
+        if ((rc = mg_comm_wait(g->dp->comm[MG_DP_GROUP_ALL], g->st, err))) return rc;
+    }
     MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
     *gnorm = hn[0];
     o->step++;

@@ -70,6 +70,8 @@ typedef struct mg_gpu_model mg_gpu_model;
 typedef struct mg_gpu_opts {
     const char *arch;   /* NULL: the current device's */
     int verbose;
+    double loss_scale;  /* loss weight of one micro-batch, baked into the MoE layers' aux/z coefficients:
+                           0 = 1/grad_accum; data parallel: mg_dp.scale */
 } mg_gpu_opts;
 
 /* Compiles (through the cache) and allocates for micro-batches of up to bmax sequences of
@@ -91,8 +93,9 @@ int mg_gpu_download_grads(mg_gpu_model *g, float *out, mg_err *err);
 void mg_gpu_capture_routing(mg_gpu_model *g, int *const *per_layer);
 
 /* Enqueues one micro-batch: tokens [B, T+1] host (copied to pinned staging, then async H2D),
- * forward (+ backward when grad, accumulating as ctx->micro > 0); its statistics go to
- * slot ctx->micro (train) or `slot` (eval: pass any slot < mg_gpu_slots). */
+ * forward (+ backward when grad: slot 0 writes the gradients, slots > 0 accumulate, i.e. slot is
+ * the local micro-batch index; ctx->micro only picks the dropout streams); its statistics go to
+ * `slot` (< mg_gpu_slots). */
 int mg_gpu_run(mg_gpu_model *g, const int32_t *tokens, int B, const mg_cpu_ctx *ctx, int grad, int slot, mg_err *err);
 int mg_gpu_slots(const mg_gpu_model *g);
 
@@ -109,6 +112,14 @@ void mg_gpu_layer_stats(const mg_gpu_model *g, int slot, int layer, const int **
 /* Grad norm, clip, AdamW at lr for update t = o->step + 1 (o->step is then incremented,
  * host side only); returns the (unclipped) norm. Syncs to read the norm. */
 int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_err *err);
+/* Data parallel (mg_dp.h, dp outlives g): a side stream and per-bucket events. After
+ * mg_gpu_dp_arm, the next backward enqueues each bucket's all-reduce on the side stream as soon
+ * as its stage is done, overlapping the rest of the backward; mg_gpu_opt_step makes the compute
+ * stream wait for all of them and waits through mg_comm_wait (timeout, NCCL errors → abort).
+ * Arm before the last local micro-batch of a step. No-op when dp is off. */
+typedef struct mg_dp mg_dp;
+int mg_gpu_dp_attach(mg_gpu_model *g, const mg_dp *dp, mg_err *err);
+void mg_gpu_dp_arm(mg_gpu_model *g);
 /* After mg_cpu_model_update_bias on the host: the selection biases → device. */
 int mg_gpu_upload_bias(mg_gpu_model *g, mg_err *err);
 

@@ -1,6 +1,8 @@
 /* mg_train: the CPU training loop, evaluation and resume (see mg_train.h). */
 #include "mg_train.h"
 #include "mg_ckpt.h"
+#include "mg_dist.h"      /* mg_dist_alive: the launcher's heartbeat */
+#include "mg_dp.h"
 #include "mg_gpu_model.h"
 #include "mg_metrics.h"
 #include "mg_optim.h"
@@ -158,6 +160,7 @@ typedef struct run {
     int log_every, metrics_on;
     double metrics_s;    /* time spent in mx and tb */
     mg_gpu_model *gpu;   /* NULL: the CPU model trains; else r->m is its host copy (bmax 1) */
+    mg_dp dp;            /* this rank's share of each step (one process: the whole step) */
 } run;
 
 /* The spec and starting point: a fresh model from spec, or the checkpoint's state. */
@@ -198,11 +201,14 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
     if (s->moe.bias_update_rate > 0 && s->moe.every > 0 && s->moe.router != MG_ROUTER_SIGMOID_TOPK)
         return mg_err_set(err, MG_EUSER, "%s: moe.bias_update_rate = %g: the CPU trainer applies the selection bias "
                           "with router = \"sigmoid_topk\" only (as mg_ref does)", s->path, s->moe.bias_update_rate);
+    if ((rc = mg_dp_init(&r->dp, o->comm, NULL, s->train.grad_accum, s->train.batch, err))) return rc;
     if ((rc = mkdir_p(r->run_dir, err)) || (rc = mg_cpu_data_open(s, &r->data, err))) return rc;
     if ((rc = mg_cpu_model_create(&r->m, s, o->gpu ? 1 : s->train.batch, err))) return rc;
+    if ((rc = mg_dp_buckets(&r->dp, &r->m, err))) return rc;
     if (o->gpu) {
-        mg_gpu_opts go = {0};
-        if ((rc = mg_gpu_create(&r->gpu, &r->m, s->train.batch, &go, err))) return rc;
+        mg_gpu_opts go = {.loss_scale = mg_dp_on(&r->dp) ? r->dp.scale : 0};
+        if ((rc = mg_gpu_create(&r->gpu, &r->m, r->dp.B_loc, &go, err)) || (rc = mg_gpu_dp_attach(r->gpu, &r->dp, err)))
+            return rc;
     }
     mg_adamw_init(&r->opt, r->m.n_params);
     if (o->resume) {
@@ -219,7 +225,9 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
 
     char path[1700];
     snprintf(path, sizeof path, "%s/metrics.jsonl", r->run_dir);
-    if (o->resume) {
+    if (r->dp.rank > 0) {   /* data parallel: rank 0 writes the run's files */
+        r->metrics = fopen("/dev/null", "w");
+    } else if (o->resume) {
         if ((rc = trim_metrics(path, r->st.step, err))) return rc;
         r->metrics = fopen(path, "a");
     } else {
@@ -241,7 +249,7 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
             if (r->m.layers[i].moe) ids[n++] = i;
         if (mg_metrics_init(&r->mx, n, ids, r->m.E, r->m.k)) return mg_err_set(err, MG_EINTERNAL, "out of memory");
         snprintf(path, sizeof path, "%s/tb", r->run_dir);
-        if ((rc = mg_tb_open(&r->tb, path, err))) return rc;
+        if (r->dp.rank == 0 && (rc = mg_tb_open(&r->tb, path, err))) return rc;
     }
     return 0;
 }
@@ -256,6 +264,7 @@ static void run_free(run *r)
     mg_adamw_free(&r->opt);
     mg_cpu_data_free(&r->data);
     mg_ckpt_state_free(&r->st);
+    mg_dp_free(&r->dp);
 }
 
 typedef struct step_stats {
@@ -263,18 +272,31 @@ typedef struct step_stats {
     long tokens, dropped;
 } step_stats;
 
+/* Data parallel: the step's statistics summed over the ranks (a no-op on one process). */
+static int dp_sum_stats(run *r, step_stats *ss, mg_err *err)
+{
+    double v[5] = {ss->ce, ss->aux, ss->z, (double)ss->dropped, (double)ss->tokens};
+    int rc = mg_dp_sum(&r->dp, v, 5, err);
+    ss->ce = v[0], ss->aux = v[1], ss->z = v[2], ss->dropped = (long)v[3], ss->tokens = (long)v[4];
+    return rc;
+}
+
 /* One optimizer step s (0-based) on the GPU: the micro-batches are enqueued while the host
  * draws the next batch; statistics and the grad norm are read once per step. */
 static int train_step_gpu(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
 {
     const mg_spec *sp = &r->spec;
-    int A = sp->train.grad_accum, B = sp->train.batch, rc;
+    int A = r->dp.A_loc, B = r->dp.B_loc, W = r->dp.world, rc;   /* this rank's micro-batches (mg_dp.h) */
     mg_cpu_out outs[64], *o = A <= 64 ? outs : malloc(sizeof *o * (size_t)A);
     memset(ss, 0, sizeof *ss);
     for (int a = 0; a < A; a++) {
-        mg_cpu_ctx c = {.train = 1, .seed = r->st.seed, .step = s, .micro = a, .scale = 1.0 / A};
-        if ((rc = mg_cpu_data_train_batch(&r->data, (uint64_t)s * (uint64_t)A + (uint64_t)a, tok, err)) ||
-            (rc = mg_gpu_run(r->gpu, tok, B, &c, 1, a, err)))
+        unsigned long long k;
+        int row0, micro;
+        mg_dp_micro(&r->dp, s, a, &k, &row0, &micro);
+        mg_cpu_ctx c = {.train = 1, .seed = r->st.seed, .step = s, .micro = micro, .scale = r->dp.scale};
+        if (a == A - 1) mg_gpu_dp_arm(r->gpu);   /* the last backward launches the gradient all-reduce */
+        if ((rc = mg_cpu_data_train_batch(&r->data, k, tok, err)) ||
+            (rc = mg_gpu_run(r->gpu, tok + (long)row0 * (r->m.T + 1), B, &c, 1, a, err)))
             goto out;
     }
     ss->lr = mg_lr_at(sp, s);
@@ -289,12 +311,13 @@ static int train_step_gpu(run *r, long s, int32_t *tok, step_stats *ss, mg_err *
                 mg_gpu_layer_stats(r->gpu, a, i, &mb.counts_all, &mb.aux, &mb.z, &mb.dropped);
                 mg_metrics_add(&r->mx, li++, &mb);
             }
-        ss->ce += o[a].ce_sum / (double)o[a].n_tokens / A;
+        ss->ce += o[a].ce_sum / (double)o[a].n_tokens / (A * W);
         ss->tokens += o[a].n_tokens;
         ss->aux += o[a].aux;
         ss->z += o[a].zloss;
         ss->dropped += o[a].dropped;
     }
+    if ((rc = dp_sum_stats(r, ss, err)) || (rc = mg_dp_sum_loads(&r->dp, &r->m, err))) goto out;
     ss->loss = ss->ce + ss->aux + ss->z;
     mg_cpu_model_update_bias(&r->m, sp->moe.bias_update_rate);
     if (sp->moe.bias_update_rate > 0) rc = mg_gpu_upload_bias(r->gpu, err);
@@ -303,22 +326,29 @@ out:
     return rc;
 }
 
-/* Validation loss on the GPU: the same fixed batches as mg_train_val_loss. */
-static int val_loss_gpu(run *r, double *loss, mg_err *err)
+/* Validation loss on the GPU or (data parallel) the CPU: the same fixed batches as
+ * mg_train_val_loss, cut into pieces of B_loc rows dealt round-robin over the ranks; CE and
+ * token sums added over the ranks. One process: every batch whole, in order. */
+static int val_loss_dp(run *r, double *loss, mg_err *err)
 {
-    int nb = r->spec.train.eval_batches, B = r->spec.train.batch, T = r->m.T, rc = 0;
+    const mg_dp *dp = &r->dp;
+    int nb = r->spec.train.eval_batches, B = r->spec.train.batch, T = r->m.T, Bl = dp->B_loc, P = B / Bl, rc = 0;
+    int n_loc = 0;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (size_t)(T + 1));
-    mg_cpu_out *o = calloc((size_t)nb, sizeof *o);
+    mg_cpu_out *o = calloc((size_t)nb * (size_t)P, sizeof *o);
     mg_cpu_ctx c = {.train = 0, .scale = 1.0};
-    for (int j = 0; j < nb && !rc; j++) {
-        mg_cpu_data_val_batch(&r->data, j, nb, B, T, tok);
-        rc = mg_gpu_run(r->gpu, tok, B, &c, 0, j, err);
+    for (int q = dp->rank; q < nb * P && !rc; q += dp->world) {
+        mg_cpu_data_val_batch(&r->data, q / P, nb, B, T, tok);
+        const int32_t *piece = tok + (long)(q % P) * Bl * (T + 1);
+        if (r->gpu) rc = mg_gpu_run(r->gpu, piece, Bl, &c, 0, n_loc, err);
+        else mg_cpu_model_run(&r->m, piece, Bl, &c, 0, &o[n_loc]);
+        n_loc++;
     }
-    if (!rc) rc = mg_gpu_read_stats(r->gpu, nb, 0, o, err);
-    double ce = 0;
-    long n = 0;
-    for (int j = 0; j < nb && !rc; j++) ce += o[j].ce_sum, n += o[j].n_tokens;
-    *loss = rc ? NAN : ce / (double)n;
+    if (!rc && r->gpu && n_loc) rc = mg_gpu_read_stats(r->gpu, n_loc, 0, o, err);
+    double v[2] = {0, 0};
+    for (int j = 0; j < n_loc && !rc; j++) v[0] += o[j].ce_sum, v[1] += (double)o[j].n_tokens;
+    if (!rc) rc = mg_dp_sum(&r->dp, v, 2, err);
+    *loss = rc ? NAN : v[0] / v[1];
     free(tok);
     free(o);
     return rc;
@@ -329,17 +359,20 @@ static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
 {
     const mg_spec *sp = &r->spec;
     mg_cpu_model *m = &r->m;
-    int A = sp->train.grad_accum, B = sp->train.batch;
+    int A = r->dp.A_loc, B = r->dp.B_loc, W = r->dp.world, rc;   /* this rank's micro-batches (mg_dp.h) */
     double ce = 0;
     long n = 0;
     memset(ss, 0, sizeof *ss);
     memset(m->grads, 0, sizeof(float) * (size_t)m->n_params);
     for (int a = 0; a < A; a++) {
-        mg_cpu_ctx c = {.train = 1, .seed = r->st.seed, .step = s, .micro = a, .scale = 1.0 / A};
+        unsigned long long k;
+        int row0, micro;
+        mg_dp_micro(&r->dp, s, a, &k, &row0, &micro);
+        mg_cpu_ctx c = {.train = 1, .seed = r->st.seed, .step = s, .micro = micro, .scale = r->dp.scale};
         mg_cpu_out o;
-        if (mg_cpu_data_train_batch(&r->data, (uint64_t)s * (uint64_t)A + (uint64_t)a, tok, err)) return err->code;
-        mg_cpu_model_run(m, tok, B, &c, 1, &o);
-        ce += o.ce_sum / (double)o.n_tokens / A;
+        if (mg_cpu_data_train_batch(&r->data, k, tok, err)) return err->code;
+        mg_cpu_model_run(m, tok + (long)row0 * (m->T + 1), B, &c, 1, &o);
+        ce += o.ce_sum / (double)o.n_tokens / (A * W);
         n += o.n_tokens;
         ss->aux += o.aux;
         ss->z += o.zloss;
@@ -357,8 +390,11 @@ static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
         }
     }
     ss->ce = ce;
-    ss->loss = ce + ss->aux + ss->z;
     ss->tokens = n;
+    if ((rc = mg_dp_reduce_grads(&r->dp, m->grads, err)) || (rc = dp_sum_stats(r, ss, err)) ||
+        (rc = mg_dp_sum_loads(&r->dp, m, err)))
+        return rc;
+    ss->loss = ss->ce + ss->aux + ss->z;
     ss->gnorm = mg_grad_norm(m->grads, m->n_params);
     ss->lr = mg_lr_at(sp, s);
     mg_adamw_step(&r->opt, m->params, m->grads, m->tensors, m->n_tensors, ss->lr, sp->train.beta1, sp->train.beta2,
@@ -401,6 +437,12 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
     memset(&r, 0, sizeof r);
     memset(res, 0, sizeof *res);
     res->last_loss = res->last_val = NAN;
+    mg_train_opts o_rank;
+    if (o->comm && o->comm->rank > 0) {   /* data parallel: only rank 0 prints progress */
+        o_rank = *o;
+        o_rank.quiet = 1;
+        o = &o_rank;
+    }
     r.log = o->log ? o->log : stderr;
     int rc = run_setup(&r, spec, o, err);
     if (rc) {
@@ -414,6 +456,9 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
         fprintf(r.log, "train: %s, %ld parameters, %d x %d x %d tokens per step, steps %ld -> %ld of %d; data: %s; "
                 "run dir %s\n", sp->name, r.m.n_params, A, B, r.m.T, r.st.step, r.stop, sp->train.steps, r.data.desc,
                 r.run_dir);
+    if (!o->quiet && mg_dp_on(&r.dp))
+        fprintf(r.log, "train: data parallel over %d ranks: each runs %d x %d rows per step (%s split)\n", r.dp.world,
+                r.dp.A_loc, r.dp.B_loc, r.dp.micro_split ? "micro-batch" : "row");
     if (r.st.step >= r.stop && !o->quiet)
         fprintf(r.log, "train: nothing to do: the checkpoint is at step %ld, the run stops at %ld\n", r.st.step, r.stop);
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (size_t)(r.m.T + 1));
@@ -422,6 +467,7 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
     double last_val = r.st.val_loss;
     for (long s = r.st.step; s < r.stop && !rc; s++) {
         step_stats ss;
+        mg_dist_alive();
         if ((rc = r.gpu ? train_step_gpu(&r, s, tok, &ss, err) : train_step(&r, s, tok, &ss, err))) break;
         long done = s + 1;
         r.st.step = done;
@@ -430,8 +476,8 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
         int eval = done % sp->train.eval_every == 0 || done == r.stop;
         double val = NAN;
         if (eval) {
-            if (r.gpu) {
-                if ((rc = val_loss_gpu(&r, &val, err))) break;
+            if (r.gpu || mg_dp_on(&r.dp)) {
+                if ((rc = val_loss_dp(&r, &val, err))) break;
             } else {
                 val = mg_train_val_loss(&r.m, &r.data, sp->train.eval_batches, B);
             }
@@ -440,6 +486,8 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
             if (isfinite(val) && !(val >= r.st.best_val)) r.st.best_val = val, r.st.best_step = done;
         }
         double el = now_s() - t0, tps = (double)(done - first) * A * B * r.m.T / (el > 0 ? el : 1e-9);
+        if (r.metrics_on && (done % r.log_every == 0 || done == r.stop) && (rc = mg_dp_sum_metrics(&r.dp, &r.mx, err)))
+            break;   /* rank 0 logs the routing metrics of the whole global batch */
         write_metrics(&r, done, &ss, val, el, tps);
         res->last_loss = ss.loss;
         if (!o->quiet && (tty || eval)) {
@@ -447,25 +495,27 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
             fmt_eta(eta, sizeof eta, el / (double)(done - first) * (double)(r.stop - done));
             if (isfinite(last_val)) snprintf(vp, sizeof vp, "%.2f", exp(last_val));
             char mfu[48] = "";
-            if (r.gpu) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100 * mg_gpu_mfu(sp, tps, 0));
+            if (r.gpu) snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100 * mg_gpu_mfu(sp, tps / r.dp.world, 0));
             fprintf(r.log, "%sstep %ld/%ld | loss %.4f | val ppl %s | %.0f tok/s%s | ETA %s%s", tty ? "\r" : "", done,
                     r.stop, ss.loss, vp, tps, mfu, eta, tty ? "\033[K" : "\n");
             fflush(r.log);
         }
-        if (eval) {
+        if (eval && r.dp.rank == 0) {   /* the replicas hold the same weights: rank 0 saves them */
             r.st.val_loss = val;
             if (r.gpu && (rc = mg_gpu_download(r.gpu, &r.opt, err))) break;
             rc = mg_ckpt_save(r.run_dir, &r.m, &r.opt, &r.st, o->keep > 0 ? o->keep : 3, err);
         }
+        if (mg_dp_on(&r.dp)) mg_dp_fault_hook(r.dp.rank, done);
     }
     if (!o->quiet && tty) fputc('\n', r.log);
     if (!o->quiet && r.gpu && r.st.step > first) {
         double el = now_s() - t0, tps = (double)(r.st.step - first) * A * B * r.m.T / (el > 0 ? el : 1e-9);
         char name[256];
         mg_gpu_name(name, sizeof name);
-        fprintf(r.log, "train: %s: %.0f tok/s, MFU %.1f%% (model FLOPs 6·active + attention per token over a dense "
-                "bf16 peak of %.0f TFLOP/s, the H100 SXM / H200 datasheet), GPU memory in use %.2f GiB\n", name, tps,
-                100 * mg_gpu_mfu(sp, tps, 0), MG_GPU_PEAK_BF16 / 1e12, mg_gpu_mem_used() / (1024.0 * 1024 * 1024));
+        fprintf(r.log, "train: %s x %d: %.0f tok/s, MFU %.1f%% (model FLOPs 6·active + attention per token over a dense "
+                "bf16 peak of %.0f TFLOP/s per GPU, the H100 SXM / H200 datasheet), GPU memory in use %.2f GiB\n", name,
+                r.dp.world, tps, 100 * mg_gpu_mfu(sp, tps / r.dp.world, 0), MG_GPU_PEAK_BF16 / 1e12,
+                mg_gpu_mem_used() / (1024.0 * 1024 * 1024));
     }
     res->steps_done = r.st.step;
     res->last_val = last_val;

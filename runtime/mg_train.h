@@ -42,6 +42,8 @@ typedef struct mg_train_opts {
     int no_metrics;        /* no routing metrics and no TensorBoard file (overhead baseline) */
     FILE *log;             /* progress and notes; NULL = stderr */
     int gpu;               /* 1: train on the GPU (mg_gpu_model), same loop, files and math */
+    struct mg_comm *comm;  /* NULL: one process; else data parallel over its ranks (mg_dp.h): rank 0
+                              writes metrics, checkpoints and the progress line */
 } mg_train_opts;
 
 typedef struct mg_train_result {

@@ -511,17 +511,18 @@ static void test_launch_status(void **state)
     assert_true(r.secs < 10.0);
 }
 
-/* The CLI: `moegen train --procs 3` starts 3 workers that re-execute moegen and check the comm. */
+/* The CLI: `moegen train --procs 3` starts 3 workers that re-execute moegen and check the comm;
+ * ci-cpu's batch of 8 (grad_accum 1) cannot be split over 3 ranks, which every rank says. */
 static void test_cli_procs(void **state)
 {
     (void)state;
     mg_proc p;
     mg_run(&p, "env -u MOEGEN_RANK -u SLURM_PROCID -u OMPI_COMM_WORLD_RANK -u PMI_RANK "
-               "%s train specs/ci-cpu.lua --procs 3 --timeout 10", mg_bin());
+               "%s train specs/ci-cpu.lua --procs 3 --timeout 10 --run-dir /tmp/mg_dist_cli_none", mg_bin());
     assert_int_equal(p.code, MG_EUSER);
     mg_assert_contains(p.out, "[rank 0] dist: rank 0 of 3 (moegen, local rank 0): cpu all-reduce ok\n");
     mg_assert_contains(p.out, "[rank 2] dist: rank 2 of 3 (moegen, local rank 2): cpu all-reduce ok\n");
-    mg_assert_contains(p.out, "moegen: train: the workers checked their communicator; DP/EP training is not wired");
+    mg_assert_contains(p.out, "train.batch = 8, train.grad_accum = 1: cannot be split over 3 ranks");
     mg_run(&p, "%s train specs/ci-cpu.lua --procs 2 --gpus 2", mg_bin());
     assert_int_equal(p.code, MG_EUSER);
     mg_assert_contains(p.out, "--gpus and --procs exclude each other");
@@ -537,8 +538,8 @@ int main(void)
         cmocka_unit_test(test_env_families),    cmocka_unit_test(test_env_errors),
         cmocka_unit_test(test_rendezvous_file), cmocka_unit_test(test_rendezvous_tcp),
         cmocka_unit_test(test_comm_cpu_2),      cmocka_unit_test(test_comm_cpu_3),
-        cmocka_unit_test(test_comm_cpu_timeout), cmocka_unit_test(test_launch_ok),
         cmocka_unit_test(test_comm_cpu_split),
+        cmocka_unit_test(test_comm_cpu_timeout), cmocka_unit_test(test_launch_ok),
         cmocka_unit_test(test_launch_killed),   cmocka_unit_test(test_launch_hung),
         cmocka_unit_test(test_launch_status),   cmocka_unit_test(test_cli_procs),
     };
