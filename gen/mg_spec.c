@@ -15,6 +15,7 @@ const char *const mg_act_names[4] = {"swiglu", "geglu", "gelu", "relu"};
 const char *const mg_router_names[3] = {"softmax_topk", "sigmoid_topk", "switch"};
 const char *const mg_dtype_names[3] = {"bf16", "fp16", "fp32"};
 const char *const mg_sched_names[3] = {"cosine", "linear", "constant"};
+const char *const mg_drop_names[2] = {"position", "probability"};
 
 int mg_dtype_size(mg_dtype t)
 {

@@ -13,12 +13,15 @@ typedef enum { MG_ACT_SWIGLU = 0, MG_ACT_GEGLU = 1, MG_ACT_GELU = 2, MG_ACT_RELU
 typedef enum { MG_ROUTER_SOFTMAX_TOPK = 0, MG_ROUTER_SIGMOID_TOPK = 1, MG_ROUTER_SWITCH = 2 } mg_router;
 typedef enum { MG_DTYPE_BF16 = 0, MG_DTYPE_FP16 = 1, MG_DTYPE_FP32 = 2 } mg_dtype;
 typedef enum { MG_SCHED_COSINE = 0, MG_SCHED_LINEAR = 1, MG_SCHED_CONSTANT = 2 } mg_sched;
+/* Which assignments an over-full expert keeps in capacity mode (mg_ref.h has the rule). */
+typedef enum { MG_DROP_POSITION = 0, MG_DROP_PROBABILITY = 1 } mg_drop_policy;
 
 /* Names as written in specs; indexed by the enums above. */
 extern const char *const mg_act_names[4];
 extern const char *const mg_router_names[3];
 extern const char *const mg_dtype_names[3];
 extern const char *const mg_sched_names[3];
+extern const char *const mg_drop_names[2];
 
 /* Element width in bytes of a dtype. */
 int mg_dtype_size(mg_dtype t);
@@ -43,6 +46,7 @@ typedef struct mg_spec {
         mg_router router;
         int renormalize;         /* bool */
         double capacity_factor;  /* 0 = dropless */
+        mg_drop_policy drop_policy;   /* capacity mode: keep by position (default) or probability */
         double aux_loss, z_loss;
         int every;               /* every n-th layer is MoE; 0 = no MoE layer (dense model) */
         int shared_experts;      /* dense experts of width d_ff added to every token */
@@ -59,6 +63,8 @@ typedef struct mg_spec {
     } train;
 
     struct { int dp, ep, zero; } parallel;
+
+    struct { int every; } log;   /* routing metrics every N optimizer steps (default 1) */
 } mg_spec;
 
 /* Loads and validates a spec file in a sandbox (text chunk, safe base library plus the

@@ -8,7 +8,8 @@
 
 /* Enum fields are written through an int lvalue. */
 _Static_assert(sizeof(mg_act) == sizeof(int) && sizeof(mg_router) == sizeof(int) &&
-               sizeof(mg_dtype) == sizeof(int) && sizeof(mg_sched) == sizeof(int),
+               sizeof(mg_dtype) == sizeof(int) && sizeof(mg_sched) == sizeof(int) &&
+               sizeof(mg_drop_policy) == sizeof(int),
                "spec enums must be int-sized");
 
 #define OFF(f) offsetof(mg_spec, f)
@@ -45,6 +46,7 @@ static const mg_spec_field moe_fields[] = {
     ENUM("router", moe.router, mg_router_names, MG_ROUTER_SOFTMAX_TOPK),
     BOOL("renormalize", moe.renormalize, 1),
     NUM("capacity_factor", moe.capacity_factor, 0),
+    ENUM("drop_policy", moe.drop_policy, mg_drop_names, MG_DROP_POSITION),
     NUM("aux_loss", moe.aux_loss, 0.01),
     NUM("z_loss", moe.z_loss, 0.001),
     INT("every", moe.every, 1),
@@ -80,6 +82,11 @@ static const mg_spec_field parallel_fields[] = {
     END,
 };
 
+static const mg_spec_field log_fields[] = {
+    INT("every", log.every, 1),
+    END,
+};
+
 /* Optional tables default to empty, which gives every field its default. */
 const mg_spec_field mg_spec_schema[] = {
     STR("name", name, MG_SPEC_DEF_NAME, NULL),
@@ -88,5 +95,6 @@ const mg_spec_field mg_spec_schema[] = {
     ENUM("dtype", dtype, mg_dtype_names, MG_DTYPE_BF16),
     TABLE("train", train_fields, MG_SPEC_DEF_PLAIN),
     TABLE("parallel", parallel_fields, MG_SPEC_DEF_PLAIN),
+    TABLE("log", log_fields, MG_SPEC_DEF_PLAIN),
     END,
 };

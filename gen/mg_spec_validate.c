@@ -171,6 +171,7 @@ static int check_moe(check *c)
     if ((rc = check_router(c))) return rc;
     if ((rc = boolean(c, "moe.renormalize", s->moe.renormalize))) return rc;
     if ((rc = num_min(c, "moe.capacity_factor", s->moe.capacity_factor, 0))) return rc;
+    if ((rc = enum_in(c, "moe.drop_policy", (int)s->moe.drop_policy, mg_drop_names, 2))) return rc;
     if ((rc = num_min(c, "moe.aux_loss", s->moe.aux_loss, 0))) return rc;
     if ((rc = num_min(c, "moe.z_loss", s->moe.z_loss, 0))) return rc;
     if (s->moe.every < 0 || s->moe.every > s->model.n_layer)
@@ -232,5 +233,6 @@ int mg_spec_validate(const mg_spec *s, mg_err *err)
     if ((rc = check_moe(&c))) return rc;
     if ((rc = enum_in(&c, "dtype", (int)s->dtype, mg_dtype_names, 3))) return rc;
     if ((rc = check_train(&c))) return rc;
-    return check_parallel(&c);
+    if ((rc = check_parallel(&c))) return rc;
+    return int_min(&c, "log.every", s->log.every, 1);
 }

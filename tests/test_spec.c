@@ -324,7 +324,7 @@ static void test_unknown_field_lists_known(void **state)
     (void)state;
     assert_string_equal(fails(TINY("{ optimizer = 'adamw' }")),
                         "specs/x.lua: optimizer: unknown field (known fields: name, model, moe, "
-                        "dtype, train, parallel)");
+                        "dtype, train, parallel, log)");
     assert_string_equal(fails(TINY("{ parallel = { tp = 2 } }")),
                         "specs/x.lua: parallel.tp: unknown field (did you mean 'dp'?)");
 }
@@ -535,6 +535,43 @@ static void test_capacity_and_losses(void **state)
                         "specs/x.lua: moe.z_loss = -0.5: must be >= 0");
 }
 
+/* moe.drop_policy: an enum with the old behaviour ("position") as its default. */
+static void test_drop_policy(void **state)
+{
+    (void)state;
+    assert_string_equal(fails(TINY("{ moe = { drop_policy = 'prob' } }")),
+                        "specs/x.lua: moe.drop_policy = \"prob\": must be one of position, probability");
+    assert_string_equal(fails(TINY("{ moe = { drop_policy = 1 } }")),
+                        "specs/x.lua: moe.drop_policy = 1: must be one of position, probability");
+    loads(TINY("{}"));
+    assert_int_equal(spec.moe.drop_policy, MG_DROP_POSITION);
+    loads(TINY("{ moe = { capacity_factor = 1.25, drop_policy = 'probability' } }"));
+    assert_int_equal(spec.moe.drop_policy, MG_DROP_PROBABILITY);
+    spec.moe.drop_policy = (mg_drop_policy)2;
+    mg_err_clear(&err);
+    assert_int_equal(mg_spec_validate(&spec, &err), MG_EUSER);
+    assert_string_equal(err.msg, "specs/x.lua: moe.drop_policy = 2: must be one of position, probability");
+}
+
+/* log = { every = N }: optional table, default 1, at least 1, part of the dump. */
+static void test_log_every(void **state)
+{
+    (void)state;
+    loads(TINY("{}"));
+    assert_int_equal(spec.log.every, 1);
+    loads(TINY("{ log = { every = 25 } }"));
+    assert_int_equal(spec.log.every, 25);
+    mg_sb text;
+    mg_sb_init(&text);
+    mg_spec_dump(&spec, &text);
+    mg_assert_contains(text.buf, "  log = {\n    every = 25,\n  },\n");
+    mg_sb_free(&text);
+    assert_string_equal(fails(TINY("{ log = { every = 0 } }")), "specs/x.lua: log.every = 0: must be >= 1");
+    assert_string_equal(fails(TINY("{ log = { every = 2.5 } }")),
+                        "specs/x.lua: log.every = 2.5: must be an integer");
+    assert_string_equal(fails(TINY("{ log = 5 }")), "specs/x.lua: log = 5: must be a table");
+}
+
 static void test_every_range(void **state)
 {
     (void)state;
@@ -695,7 +732,7 @@ static void test_hash_stable(void **state)
     assert_string_equal(a, b);
     /* Pinned: manifests and caches key on it. When the canonical dump changes on purpose
      * (a field added), update this and say so in the commit: every spec hash moves. */
-    assert_string_equal(a, "88b3cc556037a0056b650341f273dba851baeb967ac258f1fdb87834f1f22658");
+    assert_string_equal(a, "23de5a0311b207de1bad115b3ebcaafe48fe5dbf93b6fdf8b4b7048e04f93228");
     /* The path is not part of the spec. */
     snprintf(spec.path, sizeof spec.path, "elsewhere.lua");
     mg_spec_hash(&spec, b);
@@ -739,6 +776,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wt2_moe8_fields),
+        cmocka_unit_test(test_drop_policy),
+        cmocka_unit_test(test_log_every),
         cmocka_unit_test(test_every_shipped_spec_loads),
         cmocka_unit_test(test_tiny_file_matches_builtin_base),
         cmocka_unit_test(test_sweep_computes_values),
