@@ -55,6 +55,8 @@ void mg_ref_check_cfg(const mg_ref_cfg *c, const char *fn)
     if (c->n_shared < 0) mg_ref_die("%s: n_shared = %d: must be >= 0", fn, c->n_shared);
     if (!(c->capacity_factor >= 0))
         mg_ref_die("%s: capacity_factor = %g: must be >= 0", fn, c->capacity_factor);
+    if (c->drop_policy != MG_DROP_POSITION && c->drop_policy != MG_DROP_PROBABILITY)
+        mg_ref_die("%s: drop_policy = %d: unknown policy", fn, c->drop_policy);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -222,12 +224,13 @@ static void ref_scores(const mg_ref_model *m, mg_ref_state *st)
     }
 }
 
-/* Top-k by score (+ bias for sigmoid_topk) in descending order. Only a strictly larger
- * value displaces the current best, so on equal values the lower expert id wins. */
+/* Top-k by score (+ the selection bias, except for switch) in descending order. Only a
+ * strictly larger value displaces the current best, so on equal values the lower expert id
+ * wins. */
 static void ref_select(const mg_ref_model *m, mg_ref_state *st)
 {
     const mg_ref_cfg *c = &m->c;
-    int use_bias = c->router == MG_ROUTER_SIGMOID_TOPK && m->has_bias;
+    int use_bias = c->router != MG_ROUTER_SWITCH && m->has_bias;
     char *taken = mg_ref_calloc((size_t)c->E, 1);
     for (int t = 0; t < c->T; t++) {
         const double *sc = st->score + (long)t * c->E;
@@ -273,19 +276,48 @@ int mg_ref_capacity(const mg_ref_cfg *c)
     return (int)ceil(c->capacity_factor * ((double)c->T * c->k) / c->E);
 }
 
+typedef struct ref_rank { double w; int tk; } ref_rank;
+
+/* Larger weight first; equal weights in assignment order. */
+static int ref_rank_cmp(const void *a_, const void *b_)
+{
+    const ref_rank *a = a_, *b = b_;
+    if (a->w != b->w) return a->w > b->w ? -1 : 1;
+    return (a->tk > b->tk) - (a->tk < b->tk);
+}
+
+/* drop_policy probability: marks slot_of[tk] = -1 for every assignment outside the C
+ * largest weights of its expert (the others 0). */
+static void ref_drop_by_probability(const mg_ref_cfg *c, mg_ref_state *st, int cap)
+{
+    int TK = c->T * c->k;
+    ref_rank *r = mg_ref_calloc((size_t)TK, sizeof *r);
+    for (int e = 0; e < c->E; e++) {
+        int n = 0;
+        for (int tk = 0; tk < TK; tk++)
+            if (st->topk_idx[tk] == e) r[n++] = (ref_rank){st->topk_w[tk], tk};
+        if (n > cap) qsort(r, (size_t)n, sizeof *r, ref_rank_cmp);
+        for (int i = 0; i < n; i++) st->slot_of[r[i].tk] = i < cap ? 0 : -1;
+    }
+    free(r);
+}
+
 /* Stable counting sort of assignments t·k+j by expert. Walking assignments in (t, j)
  * order both keeps the sort stable and makes "first C per expert" mean token order. */
 static void ref_dispatch(const mg_ref_model *m, mg_ref_state *st)
 {
     const mg_ref_cfg *c = &m->c;
     int TK = c->T * c->k, cap = mg_ref_capacity(c);
+    int by_prob = cap != INT_MAX && c->drop_policy == MG_DROP_PROBABILITY;
     memset(st->counts, 0, sizeof(int) * (size_t)c->E);
     memset(st->counts_all, 0, sizeof(int) * (size_t)c->E);
     st->n_dropped = 0;
+    if (by_prob) ref_drop_by_probability(c, st, cap);
     for (int tk = 0; tk < TK; tk++) {
         int e = st->topk_idx[tk];
         st->counts_all[e]++;
-        if (st->counts[e] < cap) st->counts[e]++, st->slot_of[tk] = 0;
+        int keep = by_prob ? st->slot_of[tk] == 0 : st->counts[e] < cap;
+        if (keep) st->counts[e]++, st->slot_of[tk] = 0;
         else st->slot_of[tk] = -1, st->n_dropped++;
     }
     st->offsets[0] = 0;
@@ -321,6 +353,16 @@ static void ref_losses(const mg_ref_model *m, mg_ref_state *st)
     for (int t = 0; t < c->T; t++) z += st->lse[t] * st->lse[t];
     st->aux = c->aux_coef * c->E * aux;
     st->zloss = c->z_coef * z / ref_stat_T(c);
+    st->entropy_sum = st->top1_sum = 0;
+    for (int t = 0; t < c->T; t++) {
+        const double *p = st->probs + (long)t * c->E;
+        double mx = 0;
+        for (int e = 0; e < c->E; e++) {
+            if (p[e] > 0) st->entropy_sum -= p[e] * log(p[e]);
+            if (p[e] > mx) mx = p[e];
+        }
+        st->top1_sum += mx;
+    }
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -633,6 +675,8 @@ static void ref_copy_route(const mg_ref_cfg *c, const mg_ref_state *st, mg_ref_f
     f->n_dropped = st->n_dropped;
     f->aux = st->aux;
     f->zloss = st->zloss;
+    f->entropy_sum = st->entropy_sum;
+    f->top1_sum = st->top1_sum;
 }
 
 void mg_ref_route(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, mg_ref_fwd *f)

@@ -6,22 +6,25 @@
  * Shapes (row-major, all float):
  *   x     [T, d]            input tokens
  *   wg    [E, d]            router weight; logits = x · wgᵀ
- *   bias  [E] or NULL       selection-only bias (sigmoid_topk, DeepSeek-V3); never in the weights
+ *   bias  [E] or NULL       selection-only bias (softmax_topk, sigmoid_topk; DeepSeek-V3's
+ *                           aux-loss-free balancing); never in the weights, no gradient
  *   w_up  [E, F2, d]        F2 = 2·ff for GLU activations (rows [0,ff) gate, [ff,2ff) up), else ff
  *   w_dn  [E, d, ff]
  *   ws_up [S, F2, d], ws_dn [S, d, ff]   shared experts (S = n_shared), applied to every token
  *   y     [T, d]
  *
  * Routing:
- *   softmax_topk: p = softmax(logits); pick the k largest p (ties: lower expert id first);
- *                 w = p[sel]; renormalize → w /= Σw.
+ *   softmax_topk: p = softmax(logits); pick the k largest p + bias (ties: lower expert id
+ *                 first); w = p[sel]; renormalize → w /= Σw.
  *   sigmoid_topk: s = sigmoid(logits); pick the k largest s + bias (ties: lower id);
  *                 w = s[sel]; renormalize → w /= Σw. For the aux loss p = s / Σ_e s.
- *   switch:       softmax, k = 1, w = p[sel] (renormalize is ignored).
+ *   switch:       softmax, k = 1, w = p[sel] (renormalize and bias are ignored).
  *   Slot j of token t is its j-th choice, in descending score order.
  * Dispatch: assignments (t, j) are stably sorted by expert, ties in (t, j) order.
- *   capacity mode (capacity_factor > 0): expert e keeps the first C = ceil(cf·T·k/E)
- *   assignments in that order; the rest are dropped (contribute nothing, counted).
+ *   capacity mode (capacity_factor > 0): expert e keeps C = ceil(cf·T·k/E) of its
+ *   assignments; the rest are dropped (contribute nothing, counted). drop_policy position:
+ *   the first C in that order; probability: the C with the largest weight w[t,j] (ties: the
+ *   earlier t·k+j). Kept slots stay in (t, j) order either way.
  *   counts[e] = kept assignments, offsets = exclusive scan of counts (offsets[E] = kept total).
  *   perm[slot] = t·k + j for kept slot positions 0..offsets[E]-1; slot_of[t·k+j] = slot or -1.
  * Expert e on token row xr: a = xr · w_upᵀ (F2); h = act(a) where
@@ -32,6 +35,8 @@
  *   aux   = aux_coef · E · Σ_e f_e·P_e, f_e = (assignments to e before drops)/(T·k),
  *           P_e = mean_t p[t,e]; f is treated as a constant in the backward pass.
  *   zloss = z_coef · mean_t (logsumexp_e logits[t,e])².
+ * Router statistics (monitoring only, no gradient), over the aux-loss p:
+ *   entropy_sum = Σ_t −Σ_e p ln p,  top1_sum = Σ_t max_e p.
  * Backward: given dy [T,d], computes gradients of  L = Σ y·dy + aux + zloss
  *   with respect to x, wg, w_up, w_dn, ws_up, ws_dn (bias gets none).
  */
@@ -48,6 +53,7 @@ typedef struct mg_ref_cfg {
     int router;           /* mg_router */
     int renormalize;
     double capacity_factor;   /* 0 = dropless */
+    int drop_policy;          /* mg_drop_policy: which assignments capacity keeps */
     double aux_coef, z_coef;
     int n_shared;
     /* Expert parallelism (mg_ep): the aux and z means run over a batch spread across ranks.
@@ -79,6 +85,7 @@ typedef struct mg_ref_fwd {
     float *z;           /* [T*k, d]  expert output per slot, before the routing weight */
     float *y;           /* [T,d] */
     double aux, zloss;
+    double entropy_sum, top1_sum;
 } mg_ref_fwd;
 
 typedef struct mg_ref_grads {

@@ -33,7 +33,7 @@ static void ref_draw_model(mg_rng *r, mg_ref_model *m)
     double sd = 1.0 / sqrt(c->d), sf = 1.0 / sqrt(c->ff);
     ref_fill_normal(r, m->x, (long)c->T * c->d, 1.0);
     ref_fill_normal(r, m->wg, (long)c->E * c->d, sd);
-    m->has_bias = c->router == MG_ROUTER_SIGMOID_TOPK;
+    m->has_bias = c->router != MG_ROUTER_SWITCH;   /* selection only: must get no gradient */
     if (m->has_bias) ref_fill_normal(r, m->bias, c->E, 0.5);   /* large enough to reorder */
     ref_fill_normal(r, m->w_up, (long)c->E * m->F2 * c->d, sd);
     ref_fill_normal(r, m->w_dn, (long)c->E * c->d * c->ff, sf);

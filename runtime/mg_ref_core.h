@@ -33,6 +33,7 @@ typedef struct mg_ref_state {
     double *sa, *sh;    /* shared experts, row t*S+s: [T*S,F2], [T*S,ff] */
     double *y;          /* [T,d] */
     double  aux, zloss;
+    double  entropy_sum, top1_sum;
 } mg_ref_state;
 
 typedef struct mg_ref_dgrads {

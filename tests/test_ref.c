@@ -526,6 +526,139 @@ static void test_forward_hand_computed(void **state)
     }
 }
 
+/* softmax_topk with a selection bias, by hand: wg = I, x = (ln 5, ln 3, ln 2), so
+ * p = (0.5, 0.3, 0.2). Without a bias top-2 is {0, 1}; bias (0, 0, 0.15) ranks by
+ * p + bias = (0.5, 0.3, 0.35) → {0, 2}; bias (0, 0, 0.4) → (0.5, 0.3, 0.6) → {2, 0}. The
+ * weights are the renormalized un-biased p of the chosen experts, and the layer equals the
+ * same routing replayed without a bias (the bias reaches nothing but the choice). switch
+ * ignores the bias. Also the router statistics: entropy −Σ p ln p and top-1 = max p. */
+static void test_softmax_bias_selection_hand(void **state)
+{
+    (void)state;
+    const float x[3] = { (float)log(5.0), (float)log(3.0), (float)log(2.0) };
+    const float wg[9] = { 1, 0, 0, 0, 1, 0, 0, 0, 1 };
+    const float no_bias[3] = { 0, 0, 0 }, b1[3] = { 0, 0, 0.15f }, b2[3] = { 0, 0, 0.4f };
+    const struct { const float *bias; int idx[2]; double w[2]; } cases[] = {
+        { NULL, { 0, 1 }, { 0.5 / 0.8, 0.3 / 0.8 } },
+        { no_bias, { 0, 1 }, { 0.5 / 0.8, 0.3 / 0.8 } },
+        { b1, { 0, 2 }, { 0.5 / 0.7, 0.2 / 0.7 } },
+        { b2, { 2, 0 }, { 0.2 / 0.7, 0.5 / 0.7 } },
+    };
+    mg_ref_cfg c = cfg(1, 3, 4, 3, 2, MG_ACT_SWIGLU, MG_ROUTER_SOFTMAX_TOPK, 0, 0);
+    tmodel m;
+    tm_init(&m, &c, 5, 0);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        mg_ref_weights w = { wg, cases[i].bias, m.w_up, m.w_dn, NULL, NULL };
+        mg_ref_weights w0 = { wg, NULL, m.w_up, m.w_dn, NULL, NULL };
+        mg_ref_fwd f, r;
+        mg_ref_grads g, gr;
+        float dy[3] = { 0.3f, -1.0f, 0.7f };
+        mg_ref_fwd_alloc(&c, &f);
+        mg_ref_fwd_alloc(&c, &r);
+        mg_ref_grads_alloc(&c, &g);
+        mg_ref_grads_alloc(&c, &gr);
+        mg_ref_forward(&c, x, &w, &f);
+        for (int j = 0; j < 2; j++) {
+            assert_int_equal(f.topk_idx[j], cases[i].idx[j]);
+            assert_float_equal(f.topk_w[j], cases[i].w[j], 1e-6);
+        }
+        assert_float_equal(f.probs[2], 0.2, 1e-6);
+        assert_float_equal(f.entropy_sum, -(0.5 * log(0.5) + 0.3 * log(0.3) + 0.2 * log(0.2)), 1e-6);
+        assert_float_equal(f.top1_sum, 0.5, 1e-6);
+        mg_ref_backward(&c, x, &w, &f, dy, &g);
+        mg_ref_forward_routed(&c, x, &w0, f.topk_idx, &r);
+        mg_ref_backward(&c, x, &w0, &r, dy, &gr);
+        assert_memory_equal(f.y, r.y, sizeof f.y[0] * 3);
+        assert_memory_equal(f.topk_w, r.topk_w, sizeof f.topk_w[0] * 2);
+        assert_memory_equal(g.dwg, gr.dwg, sizeof g.dwg[0] * 9);
+        assert_memory_equal(g.dx, gr.dx, sizeof g.dx[0] * 3);
+        mg_ref_grads_free(&g);
+        mg_ref_grads_free(&gr);
+        mg_ref_fwd_free(&f);
+        mg_ref_fwd_free(&r);
+    }
+    mg_ref_cfg cs = cfg(1, 3, 4, 3, 1, MG_ACT_SWIGLU, MG_ROUTER_SWITCH, 0, 0);
+    mg_ref_weights w = { wg, b2, m.w_up, m.w_dn, NULL, NULL };
+    mg_ref_fwd f;
+    mg_ref_fwd_alloc(&cs, &f);
+    mg_ref_route(&cs, x, &w, &f);
+    assert_int_equal(f.topk_idx[0], 0);
+    assert_float_equal(f.topk_w[0], 0.5, 1e-6);
+    mg_ref_fwd_free(&f);
+    tm_free(&m);
+}
+
+/* drop_policy probability, by hand: E = 2, k = 1, no renormalization (w = p), C =
+ * ceil(1.0·4·1/2) = 2. wg = I and x_t = (a_t, 0) with a = (1, 3, 2, 2): every token picks
+ * expert 0 with p = σ(a), so it holds 4 for 2 places. By position tokens 0, 1 stay; by
+ * probability token 1 (σ(3)) and, of the tie σ(2), the earlier token 2. Kept slots are in
+ * token order either way. */
+static void test_drop_probability_hand(void **state)
+{
+    (void)state;
+    const float x[8] = { 1, 0, 3, 0, 2, 0, 2, 0 }, wg[4] = { 1, 0, 0, 1 };
+    const int slot_pos[4] = { 0, 1, -1, -1 }, slot_prob[4] = { -1, 0, 1, -1 };
+    const int perm_pos[2] = { 0, 1 }, perm_prob[2] = { 1, 2 };
+    mg_ref_cfg c = cfg(4, 2, 4, 2, 1, MG_ACT_RELU, MG_ROUTER_SOFTMAX_TOPK, 1.0, 0);
+    c.renormalize = 0;
+    tmodel m;
+    tm_init(&m, &c, 6, 0);
+    for (int policy = 0; policy < 2; policy++) {
+        c.drop_policy = policy ? MG_DROP_PROBABILITY : MG_DROP_POSITION;
+        mg_ref_weights w = { wg, NULL, m.w_up, m.w_dn, NULL, NULL };
+        mg_ref_fwd f;
+        mg_ref_fwd_alloc(&c, &f);
+        mg_ref_forward(&c, x, &w, &f);
+        for (int t = 0; t < 4; t++) assert_int_equal(f.topk_idx[t], 0);
+        assert_memory_equal(f.slot_of, policy ? slot_prob : slot_pos, sizeof slot_pos);
+        assert_memory_equal(f.perm, policy ? perm_prob : perm_pos, sizeof perm_pos);
+        assert_int_equal(f.counts[0], 2);
+        assert_int_equal(f.counts[1], 0);
+        assert_int_equal(f.counts_all[0], 4);
+        assert_int_equal(f.offsets[2], 2);
+        assert_int_equal(f.n_dropped, 2);
+        for (int t = 0; t < 4; t++) {
+            int dropped = (policy ? slot_prob : slot_pos)[t] < 0;
+            for (int i = 0; i < c.d; i++) if (dropped) assert_float_equal(f.y[t * c.d + i], 0, 0);
+        }
+        mg_ref_fwd_free(&f);
+    }
+    tm_free(&m);
+}
+
+/* Capacity by probability keeps, per expert, exactly the C heaviest assignments (random
+ * routing, several experts over-full), and its gradients check like position's do. */
+static void test_drop_probability_random(void **state)
+{
+    (void)state;
+    mg_ref_cfg c = cfg(40, 8, 8, 4, 2, MG_ACT_GELU, MG_ROUTER_SOFTMAX_TOPK, 0.75, 0);
+    c.drop_policy = MG_DROP_PROBABILITY;
+    tmodel m;
+    mg_ref_fwd f;
+    tm_init(&m, &c, 91, 0);
+    mg_ref_fwd_alloc(&c, &f);
+    mg_ref_route(&c, m.x, &m.w, &f);
+    int cap = (int)ceil(0.75 * 40 * 2 / 4), over = 0;
+    for (int e = 0; e < c.E; e++) {
+        over += f.counts_all[e] > cap;
+        assert_int_equal(f.counts[e], f.counts_all[e] < cap ? f.counts_all[e] : cap);
+        float lo = INFINITY, hi = -INFINITY;
+        for (int i = 0; i < c.T * c.k; i++) {
+            if (f.topk_idx[i] != e) continue;
+            if (f.slot_of[i] >= 0) lo = fminf(lo, f.topk_w[i]);
+            else hi = fmaxf(hi, f.topk_w[i]);
+        }
+        assert_true(hi <= lo);
+    }
+    assert_true(over >= 1);
+    for (int s = 1; s < f.offsets[c.E]; s++)   /* kept slots: by expert, then token order */
+        assert_true(f.topk_idx[f.perm[s - 1]] < f.topk_idx[f.perm[s]] || f.perm[s - 1] < f.perm[s]);
+    mg_ref_fwd_free(&f);
+    tm_free(&m);
+    double e = mg_ref_gradcheck(&c, 92, 8);
+    assert_true(e <= GRADCHECK_TOL);
+}
+
 /* mg_ref_route fills exactly what the full forward fills for routing. */
 static void test_route_matches_forward(void **state)
 {
@@ -666,6 +799,9 @@ int main(void)
         cmocka_unit_test(test_route_switch_top1),
         cmocka_unit_test(test_route_sigmoid_bias),
         cmocka_unit_test(test_route_renormalized_sum_to_one),
+        cmocka_unit_test(test_softmax_bias_selection_hand),
+        cmocka_unit_test(test_drop_probability_hand),
+        cmocka_unit_test(test_drop_probability_random),
         cmocka_unit_test(test_route_matches_forward),
         cmocka_unit_test(test_forward_routed_replay),
         cmocka_unit_test(test_dispatch_all_to_one_expert),
