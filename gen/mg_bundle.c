@@ -144,6 +144,8 @@ static void gen_api_header(const bundle *b, mg_sb *sb)
                  s->moe.router, mg_router_names[s->moe.router]);
     mg_sb_printf(sb, "#define MOE_%s_RENORMALIZE %d\n#define MOE_%s_CAPACITY_FACTOR %.17g   /* 0 = dropless */\n", ID,
                  s->moe.renormalize, ID, s->moe.capacity_factor);
+    mg_sb_printf(sb, "#define MOE_%s_DROP_POLICY %d          /* %s (0 position, 1 probability; capacity only) */\n",
+                 ID, s->moe.drop_policy, mg_drop_names[s->moe.drop_policy]);
     mg_sb_printf(sb, "#define MOE_%s_AUX_LOSS %.17g\n#define MOE_%s_Z_LOSS %.17g\n\n", ID, s->moe.aux_loss, ID,
                  s->moe.z_loss);
     mg_sb_printf(sb,
@@ -212,10 +214,11 @@ static int gen_loader(const bundle *b, mg_sb *sb, mg_err *err)
                      "#define MOE_CODE(c) MOE_%s_##c\n", b->id, b->id, b->id, b->ID);
     mg_sb_printf(sb, "#define MOE_HAS_BIAS %d\n#define MOE_SHARED %d\n#define MOE_IMAGE_LIST \"%s\"\n", b->has_bias,
                  b->n_shared, imgs);
-    mg_sb_printf(sb, "/* d, ff, f2, E, k, S, esz, cf, up tile {bm, bn, bk, stages, warps}, down tile */\n"
-                     "#define MOE_DIMS {%d, %d, %d, %d, %d, %d, %d, %.17g, {%d, %d, %d, %d, %d}, {%d, %d, %d, %d, %d}}\n",
+    mg_sb_printf(sb, "/* d, ff, f2, E, k, S, esz, cf, drop_prob, up tile {bm, bn, bk, stages, warps}, down tile */\n"
+                     "#define MOE_DIMS {%d, %d, %d, %d, %d, %d, %d, %.17g, %d, {%d, %d, %d, %d, %d}, {%d, %d, %d, %d, %d}}\n",
                  s->model.d_model, s->moe.d_ff, s->moe.d_ff * (mg_act_is_glu(s->moe.activation) ? 2 : 1),
                  s->moe.experts, s->moe.top_k, s->moe.shared_experts, mg_dtype_size(s->dtype), s->moe.capacity_factor,
+                 s->moe.drop_policy == MG_DROP_PROBABILITY,
                  tu->bm, tu->bn, tu->bk, tu->stages, tu->warps, td->bm, td->bn, td->bk, td->stages, td->warps);
     mg_sb_puts(sb, "#define MOE_FAMILIES {");
     for (int i = 0; i < MG_FAM_MOE_COUNT; i++) mg_sb_printf(sb, "%s\\\n    \"%s\"", i ? "," : "", p->fam[i].name);
@@ -389,7 +392,9 @@ int mg_bundle_write(mg_plan *plan, const mg_bundle_opts *o, const char *dir, mg_
     b->plan = plan;
     mg_c_ident(plan->spec.name, b->id, sizeof b->id, 0);
     mg_c_ident(plan->spec.name, b->ID, sizeof b->ID, 1);
-    b->has_bias = plan->spec.moe.router == MG_ROUTER_SIGMOID_TOPK;
+    /* sigmoid_topk always takes one; softmax_topk when the spec trains one (aux-loss-free balancing) */
+    b->has_bias = plan->spec.moe.router == MG_ROUTER_SIGMOID_TOPK ||
+                  (plan->spec.moe.router == MG_ROUTER_SOFTMAX_TOPK && plan->spec.moe.bias_update_rate > 0);
     b->n_shared = plan->spec.moe.shared_experts;
     int n = mg_bundle_archs(o && o->archs ? o->archs : MG_BUNDLE_DEFAULT_ARCHS, b->target, err);
     if (n < 0) { free(b); return MG_EUSER; }

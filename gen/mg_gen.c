@@ -62,6 +62,8 @@ static void emit_constants(mg_sb *sb, const mg_plan *p, const mg_family *f)
     mg_sb_printf(sb, "static constexpr int MG_RENORM = %d;\n", s->moe.renormalize && s->moe.router != MG_ROUTER_SWITCH);
     mg_sb_printf(sb, "static constexpr int MG_CAPACITY = %d;\n", s->moe.capacity_factor > 0);
     mg_sb_printf(sb, "static constexpr float MG_CAPACITY_FACTOR = %s;\n", float_lit(s->moe.capacity_factor, f1, sizeof f1));
+    mg_sb_printf(sb, "static constexpr int MG_DROP_POLICY = %d; // %s\n", s->moe.drop_policy,
+                 mg_drop_names[s->moe.drop_policy]);
     mg_sb_printf(sb, "static constexpr int MG_DTYPE = %d;      // %s\n", s->dtype, mg_dtype_names[s->dtype]);
     mg_sb_printf(sb, "static constexpr int MG_SHARED = %d;\n", s->moe.shared_experts);
     mg_sb_printf(sb, "static constexpr float MG_AUX_COEF = %s;\n", float_lit(s->moe.aux_loss, f2, sizeof f2));

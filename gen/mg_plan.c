@@ -39,7 +39,8 @@ static void family_name(const mg_spec *s, mg_family *f)
         break;
     case MG_FAM_DISPATCH:
         snprintf(f->name, sizeof f->name, "moe_dispatch_%s_e%d_k%d",
-                 s->moe.capacity_factor > 0 ? "cap" : "dropless", E, k);
+                 s->moe.capacity_factor <= 0 ? "dropless"
+                 : s->moe.drop_policy == MG_DROP_PROBABILITY ? "capprob" : "cap", E, k);
         break;
     case MG_FAM_UP:
         snprintf(f->name, sizeof f->name, "moe_up_%s_%s_e%d_k%d_d%d_f%d%s", act, dt, E, k, d, ff, tile);
@@ -143,7 +144,8 @@ void mg_plan_print(const mg_plan *plan, void *file)
             s->moe.experts, s->moe.top_k, s->moe.d_ff, mg_act_names[s->moe.activation],
             mg_router_names[s->moe.router], s->moe.renormalize ? " (renormalized)" : "",
             s->moe.capacity_factor > 0 ? "capacity" : "dropless", s->moe.shared_experts, d->d_ff_dense);
-    if (s->moe.capacity_factor > 0) fprintf(o, "  capacity_factor %.3g\n", s->moe.capacity_factor);
+    if (s->moe.capacity_factor > 0)
+        fprintf(o, "  capacity_factor %.3g, drops by %s\n", s->moe.capacity_factor, mg_drop_names[s->moe.drop_policy]);
     fprintf(o, "size\n");
     print_big(o, "params total", d->params_total, "");
     print_big(o, "params active per token", d->params_active, "");

@@ -10,7 +10,8 @@
 static const struct { int fam; const char *entry; } mg_launch_defs[MG_K_COUNT] = {
     {MG_LAUNCH_ROUTER, "fwd"}, {MG_LAUNCH_ROUTER, "stats"}, {MG_LAUNCH_ROUTER, "loss"}, {MG_LAUNCH_ROUTER, "bwd"},
     {MG_LAUNCH_ROUTER, "dwg"}, {MG_LAUNCH_ROUTER, "dwgsum"}, {MG_LAUNCH_ROUTER, "dx"},
-    {MG_LAUNCH_DISPATCH, "count"}, {MG_LAUNCH_DISPATCH, "scan"}, {MG_LAUNCH_DISPATCH, "place"},
+    {MG_LAUNCH_DISPATCH, "select"}, {MG_LAUNCH_DISPATCH, "count"}, {MG_LAUNCH_DISPATCH, "scan"},
+    {MG_LAUNCH_DISPATCH, "place"},
     {MG_LAUNCH_UP, "fwd"}, {MG_LAUNCH_UP, "dgrad"}, {MG_LAUNCH_UP, "wgrad"},
     {MG_LAUNCH_DOWN, "fwd"}, {MG_LAUNCH_DOWN, "dgrad"}, {MG_LAUNCH_DOWN, "wgrad"},
     {MG_LAUNCH_COMBINE, "fwd"}, {MG_LAUNCH_COMBINE, "bwd"}, {MG_LAUNCH_COMBINE, "dx"},
@@ -98,6 +99,7 @@ MG_LAUNCH_API size_t mg_launch_carve(const mg_launch_dims *m, int max_T, void *b
     TAKE(probs, Tm * E * 4);
     TAKE(dlogits, Tm * E * 4);
     TAKE(lse, Tm * 4);
+    TAKE(tstat, Tm * 2 * 4);
     TAKE(topk_idx, TK * 4);
     TAKE(topk_w, TK * 4);
     TAKE(dw, TK * 4);
@@ -112,7 +114,8 @@ MG_LAUNCH_API size_t mg_launch_carve(const mg_launch_dims *m, int max_T, void *b
     TAKE(n_dropped, 4);
     TAKE(psum, E * 4);
     TAKE(lse2, 4);
-    TAKE(loss, 8);
+    TAKE(loss, 16);
+    TAKE(thr, E * 8);
     TAKE(a, TK * f2 * es);
     TAKE(h, TK * ff * es);
     TAKE(z, TK * d * 4);
@@ -192,23 +195,26 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
 
     /* router: logits, probabilities, top-k */
     {
-        moe_router_fwd_params rf = {x, w->wg, w->bias, ws->logits, ws->probs, ws->lse, ws->topk_idx, ws->topk_w, T};
+        moe_router_fwd_params rf = {x, w->wg, w->bias, ws->logits, ws->probs, ws->lse, ws->topk_idx, ws->topk_w, T,
+                                    ws->tstat};
         LAUNCH(MG_K_ROUTER_FWD, mg_launch_cdiv(T, MG_ROUTER_WARPS), 1, 1, 32 * MG_ROUTER_WARPS, 0, rf);
     }
-    /* dispatch: count, scan, place */
+    /* dispatch: (select,) count, scan, place */
     {
+        const int cap = mg_launch_capacity(m, T);
         moe_dispatch_params dp = {ws->topk_idx, ws->hist, ws->counts_all, ws->counts, ws->offsets, ws->n_dropped,
                                   ws->tile_off_up, ws->tile_off_dn, ws->perm, ws->slot_of, tu->bm, td->bm,
-                                  mg_launch_capacity(m, T), T};
+                                  cap, T, ws->topk_w, ws->thr};
+        if (cap >= 0 && m->drop_prob) LAUNCH(MG_K_DISPATCH_SELECT, E, 1, 1, 256, 0, dp);
         LAUNCH(MG_K_DISPATCH_COUNT, mg_launch_cdiv(n_chunks, MG_DISPATCH_WARPS), 1, 1, 32 * MG_DISPATCH_WARPS, 0, dp);
         LAUNCH(MG_K_DISPATCH_SCAN, 1, 1, 1, 256, 0, dp);
         LAUNCH(MG_K_DISPATCH_PLACE, mg_launch_cdiv(n_chunks, MG_DISPATCH_WARPS), 1, 1, 32 * MG_DISPATCH_WARPS, 0, dp);
     }
     /* losses */
     {
-        moe_router_stats_params rs = {ws->probs, ws->lse, ws->psum, ws->lse2, T};
+        moe_router_stats_params rs = {ws->probs, ws->lse, ws->psum, ws->lse2, T, ws->tstat, ws->loss};
         moe_router_loss_params rl = {ws->psum, ws->lse2, ws->counts_all, ws->loss, T};
-        LAUNCH(MG_K_ROUTER_STATS, E + 1, 1, 1, 256, 0, rs);
+        LAUNCH(MG_K_ROUTER_STATS, E + 3, 1, 1, 256, 0, rs);
         LAUNCH(MG_K_ROUTER_LOSS, 1, 1, 1, 256, 0, rl);
     }
     /* routed experts */

@@ -34,7 +34,7 @@ enum { MG_LAUNCH_ROUTER, MG_LAUNCH_DISPATCH, MG_LAUNCH_UP, MG_LAUNCH_DOWN, MG_LA
 enum {
     MG_K_ROUTER_FWD, MG_K_ROUTER_STATS, MG_K_ROUTER_LOSS, MG_K_ROUTER_BWD, MG_K_ROUTER_DWG, MG_K_ROUTER_DWGSUM,
     MG_K_ROUTER_DX,
-    MG_K_DISPATCH_COUNT, MG_K_DISPATCH_SCAN, MG_K_DISPATCH_PLACE,
+    MG_K_DISPATCH_SELECT, MG_K_DISPATCH_COUNT, MG_K_DISPATCH_SCAN, MG_K_DISPATCH_PLACE,
     MG_K_UP_FWD, MG_K_UP_DGRAD, MG_K_UP_WGRAD,
     MG_K_DOWN_FWD, MG_K_DOWN_DGRAD, MG_K_DOWN_WGRAD,
     MG_K_COMBINE_FWD, MG_K_COMBINE_BWD, MG_K_COMBINE_DX,
@@ -48,6 +48,7 @@ typedef struct mg_launch_dims {
     int d, ff, f2, E, k, S;   /* f2 = 2*ff for GLU activations, else ff; S = shared experts */
     int esz;                  /* bytes per element of the storage dtype (2 or 4) */
     double cf;                /* capacity factor, 0 = dropless */
+    int drop_prob;            /* capacity mode drops by probability (dispatch/select), else by position */
     mg_launch_tile up, dn;
 } mg_launch_dims;
 
@@ -67,7 +68,8 @@ typedef struct mg_launch {
 typedef struct mg_launch_ws {
     int max_T;
     float *logits, *probs, *lse, *topk_w, *psum, *lse2, *loss, *z, *z_sh, *dw, *dlogits, *dxs, *dxs_sh, *dxr,
-        *dwg_part;
+        *dwg_part, *tstat;
+    unsigned long long *thr;
     int *topk_idx, *hist, *counts_all, *counts, *offsets, *n_dropped, *tile_off_up, *tile_off_dn, *perm, *slot_of;
     void *a, *h, *a_sh, *h_sh, *dz, *da, *da_sh;
 } mg_launch_ws;

@@ -162,6 +162,7 @@ static void plan_dims(const mg_plan *plan, mg_launch_dims *dim)
     dim->S = s->moe.shared_experts;
     dim->esz = mg_dtype_size(s->dtype);
     dim->cf = s->moe.capacity_factor;
+    dim->drop_prob = s->moe.drop_policy == MG_DROP_PROBABILITY;
     dim->up = (mg_launch_tile){tu->bm, tu->bn, tu->bk, tu->stages, tu->warps};
     dim->dn = (mg_launch_tile){td->bm, td->bn, td->bk, td->stages, td->warps};
 }

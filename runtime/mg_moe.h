@@ -6,7 +6,7 @@
  * Layout (row-major, device memory; "dtype" = the spec's storage type, bf16/fp16 as 16-bit
  * words, or fp32):
  *   x, y, dy, dx [T,d] dtype;  wg [E,d], w_up [E,F2,d], w_dn [E,d,ff], ws_up [S,F2,d],
- *   ws_dn [S,d,ff] dtype;  bias [E] fp32 (sigmoid_topk selection only, may be NULL);
+ *   ws_dn [S,d,ff] dtype;  bias [E] fp32 (selection only, softmax_topk/sigmoid_topk; may be NULL);
  *   weight gradients fp32, same shapes. */
 #ifndef MG_MOE_H
 #define MG_MOE_H
@@ -58,7 +58,7 @@ typedef struct mg_moe_state {
     const int *perm;         /* [T*k] (first offsets[E] valid) */
     const int *slot_of;      /* [T*k] */
     const int *n_dropped;    /* [1] */
-    const float *loss;       /* [2] aux, zloss */
+    const float *loss;       /* [4] aux, zloss, Σ_t router entropy −Σ_e p ln p, Σ_t max_e p */
     const float *dlogits;    /* [T,E] after backward */
 } mg_moe_state;
 

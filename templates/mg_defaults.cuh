@@ -15,6 +15,7 @@ static constexpr int MG_ROUTER = 0;     // 0 softmax_topk 1 sigmoid_topk 2 switc
 static constexpr int MG_RENORM = 1;
 static constexpr int MG_CAPACITY = 0;   // 1 = capacity mode (capacity C passed at run time)
 static constexpr float MG_CAPACITY_FACTOR = 0.0f;
+static constexpr int MG_DROP_POLICY = 0;  // capacity mode: 0 position, 1 probability
 static constexpr int MG_DTYPE = 0;      // 0 bf16 1 fp16 2 fp32
 static constexpr int MG_SHARED = 0;     // shared experts
 static constexpr float MG_AUX_COEF = 0.01f;

@@ -61,13 +61,14 @@
 typedef struct moe_router_fwd_params {
     const void *x;        /* [T,d] dtype */
     const void *wg;       /* [E,d] dtype */
-    const float *bias;    /* [E] selection-only bias (sigmoid_topk) or NULL */
+    const float *bias;    /* [E] selection-only bias (softmax_topk, sigmoid_topk) or NULL */
     float *logits;        /* [T,E] */
     float *probs;         /* [T,E] p used by the aux loss */
     float *lse;           /* [T] logsumexp of the logits */
     int *topk_idx;        /* [T,k] */
     float *topk_w;        /* [T,k] */
     int T;
+    float *tstat;         /* [T,2] per token: −Σ_e p ln p, max_e p (router statistics) */
 } moe_router_fwd_params;
 
 typedef struct moe_router_stats_params {
@@ -76,13 +77,15 @@ typedef struct moe_router_stats_params {
     float *psum;          /* [E] sum_t p[t,e] */
     float *lse2;          /* [1] sum_t lse[t]^2 */
     int T;
+    const float *tstat;   /* [T,2] from fwd */
+    float *loss;          /* [4]: writes [2] = sum_t entropy, [3] = sum_t max p ([0..1]: loss) */
 } moe_router_stats_params;
 
 typedef struct moe_router_loss_params {
     const float *psum;       /* [E] */
     const float *lse2;       /* [1] */
     const int *counts_all;   /* [E] assignments before drops (dispatch/scan) */
-    float *loss;             /* [2] aux, zloss */
+    float *loss;             /* [4] writes [0] aux, [1] zloss (stats writes [2], [3]) */
     int T;
 } moe_router_loss_params;
 
@@ -128,6 +131,8 @@ typedef struct moe_dispatch_params {
     int tile_m_up, tile_m_dn;
     int capacity;            /* per-expert capacity C, or -1 for dropless */
     int T;
+    const float *topk_w;     /* [T*k] routing weights: drop policy "probability" ranks by them */
+    unsigned long long *thr; /* [E] select: keep key threshold per expert (drop policy "probability") */
 } moe_dispatch_params;
 
 /* ---------------------------------------------------------------- up: x -> a -> h */

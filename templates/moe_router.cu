@@ -1,7 +1,10 @@
 /* moe_router: routing and its losses and gradients.
- *   fwd:    logits = x·wgᵀ (fp32, one warp per token), softmax or sigmoid, top-k (ties: lower
- *           expert id), weights (+ renormalization); writes logits, the aux-loss probs, lse.
- *   stats:  psum[e] = Σ_t p[t,e], lse2 = Σ_t lse[t]² (fixed-order block reductions)
+ *   fwd:    logits = x·wgᵀ (fp32, one warp per token), softmax or sigmoid, top-k by score +
+ *           selection bias (ties: lower expert id), weights from the un-biased scores
+ *           (+ renormalization); writes logits, the aux-loss probs, lse, and per token the
+ *           entropy −Σ p ln p and max p of the aux-loss probs (monitoring)
+ *   stats:  psum[e] = Σ_t p[t,e], lse2 = Σ_t lse[t]², loss[2] = Σ_t entropy, loss[3] = Σ_t
+ *           max p (fixed-order block reductions)
  *   loss:   aux = aux_coef·E·Σ_e f_e·P_e (f = counts_all/(T·k), P = psum/T),
  *           zloss = z_coef·lse2/T
  *   bwd:    dlogits from dL/dw (routing weights), the aux and the z terms
@@ -11,7 +14,7 @@
  * No float atomics anywhere: every float sum has a fixed order. */
 // moegen:entries fwd stats loss bwd dwg dwgsum dx
 // moegen:grid fwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS threads, no dynamic smem
-// moegen:grid stats: E+1 x 256
+// moegen:grid stats: E+3 x 256
 // moegen:grid loss: 1 x 256
 // moegen:grid bwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS
 // moegen:grid dwg: (ceil(d/128), ceil(E/8), ceil(T/MG_DWG_SPLIT)) x 128
@@ -83,7 +86,8 @@ extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
         for (int i = 0; i < MG_R_NPL; i++) {
             int e = lane + 32 * i;
             pr[i] = e < MG_E ? expf(l[i] - mx) / se : 0.0f;
-            sc[i] = pr[i];
+            /* switch ignores the bias (mg_ref.h); softmax_topk selects by p + bias */
+            sc[i] = pr[i] + ((MG_ROUTER == 0 && p.bias && e < MG_E) ? p.bias[e] : 0.0f);
             wv[i] = pr[i];
         }
     }
@@ -96,6 +100,20 @@ extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
         }
     }
     if (lane == 0) p.lse[t] = lse;
+    {   /* router statistics of this token (stats sums them): entropy and top-1 of p */
+        float h = 0.0f, top = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MG_R_NPL; i++) {
+            if (pr[i] > 0.0f) h -= pr[i] * logf(pr[i]);
+            top = fmaxf(top, pr[i]);
+        }
+        h = mg_warp_sum(h);
+        top = mg_warp_max(top);
+        if (lane == 0) {
+            p.tstat[2LL * t] = h;
+            p.tstat[2LL * t + 1] = top;
+        }
+    }
 
     /* Top-k by repeated warp argmax; the winner's weight travels with it through the
      * butterfly (no dynamically indexed register arrays, so no local memory). */
@@ -136,7 +154,8 @@ extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
     }
 }
 
-/* stats. grid: E + 1 (block e < E: psum[e]; block E: lse2); block: 256. */
+/* stats. grid: E + 3 (block e < E: psum[e]; block E: lse2; E+1: Σ entropy; E+2: Σ top-1);
+ * block: 256. */
 extern "C" __global__ void __launch_bounds__(256)
 /*$stats*/moe_router_stats(const moe_router_stats_params p)
 {
@@ -145,12 +164,17 @@ extern "C" __global__ void __launch_bounds__(256)
     float acc = 0.0f;
     if (b < MG_E) {
         for (int t = threadIdx.x; t < p.T; t += blockDim.x) acc += p.probs[(long long)t * MG_E + b];
-    } else {
+    } else if (b == MG_E) {
         for (int t = threadIdx.x; t < p.T; t += blockDim.x) acc += p.lse[t] * p.lse[t];
+    } else {
+        const int c = b - MG_E - 1;   /* 0: entropy, 1: top-1 */
+        for (int t = threadIdx.x; t < p.T; t += blockDim.x) acc += p.tstat[2LL * t + c];
     }
     acc = mg_block_sum(acc, scratch);
     if (threadIdx.x == 0) {
-        if (b < MG_E) p.psum[b] = acc; else p.lse2[0] = acc;
+        if (b < MG_E) p.psum[b] = acc;
+        else if (b == MG_E) p.lse2[0] = acc;
+        else p.loss[2 + b - MG_E - 1] = acc;
     }
 }
 

@@ -142,8 +142,10 @@ int main(int argc, char **argv)
     CHECK(cudaMemcpy(dwdn, d_dwdn, ndn * 4, cudaMemcpyDeviceToHost));
 
     /* the CPU reference on the same (bf16-rounded) inputs */
-    mg_ref_cfg rc = {T, D, FF, E, K, MOE_TINY_ACTIVATION, MOE_TINY_ROUTER, MOE_TINY_RENORMALIZE,
-                     MOE_TINY_CAPACITY_FACTOR, MOE_TINY_AUX_LOSS, MOE_TINY_Z_LOSS, 0};
+    mg_ref_cfg rc = {.T = T, .d = D, .ff = FF, .E = E, .k = K, .act = MOE_TINY_ACTIVATION,
+                     .router = MOE_TINY_ROUTER, .renormalize = MOE_TINY_RENORMALIZE,
+                     .capacity_factor = MOE_TINY_CAPACITY_FACTOR, .drop_policy = MOE_TINY_DROP_POLICY,
+                     .aux_coef = MOE_TINY_AUX_LOSS, .z_coef = MOE_TINY_Z_LOSS};
     mg_ref_weights rw = {wg, NULL, wup, wdn, NULL, NULL};
     mg_ref_fwd rf;
     mg_ref_grads rg;
