@@ -162,7 +162,8 @@ int mg_cpu_model_create_shard(mg_cpu_model *m, const mg_spec *s, int bmax, int e
         if (l->moe) {
             l->rc = (mg_ref_cfg){.T = (int)N, .d = m->d, .ff = m->ff, .E = m->E, .k = m->k, .act = m->act,
                                  .router = s->moe.router, .renormalize = s->moe.renormalize,
-                                 .capacity_factor = s->moe.capacity_factor, .aux_coef = s->moe.aux_loss,
+                                 .capacity_factor = s->moe.capacity_factor,
+                                 .drop_policy = s->moe.drop_policy, .aux_coef = s->moe.aux_loss,
                                  .z_coef = s->moe.z_loss, .n_shared = m->S};
             mg_ref_fwd_alloc(&l->rc, &l->rf);
             if (ep == 1) mg_ref_grads_alloc(&l->rc, &l->rg);   /* a shard's experts: mg_ep's own buffers */

@@ -4,6 +4,7 @@
 #include "mg_cpu_model.h"
 #include "mg_cpu_ops.h"
 #include "mg_gpu_model.h"
+#include "mg_metrics.h"
 #include "mg_optim.h"
 #include "mg_rng.h"
 #include "mg_safetensors.h"
@@ -202,6 +203,35 @@ static int check_routing(FILE *out, mg_cpu_model *cm, const int32_t *tok, int A,
     return MG_OK;
 }
 
+/* Router entropy and top-1 as the GPU's routing kernels reduce them (mg_gpu_layer_router_sums)
+ * against mg_metrics_probs_sums of the CPU's probabilities, per micro-batch and MoE layer (a
+ * forward-only CPU pass each), as per-token means. After mg_gpu_read_stats. */
+static void check_router_stats(FILE *out, mg_cpu_model *cm, const mg_gpu_model *g, const int32_t *tok, int A, int B,
+                               int W, uint64_t seed, int lp, int *n_fail)
+{
+    double bound = lp ? 1e-4 : 2e-2, worst_h = 0, worst_t1 = 0;
+    long N = (long)B * cm->T;
+    int n = 0;
+    mg_cpu_out tmp;
+    for (int a = 0; a < A; a++) {
+        mg_cpu_ctx c = {.train = 1, .seed = seed, .step = 0, .micro = a, .scale = 1.0 / A};
+        mg_cpu_model_run(cm, tok + (long)a * B * W, B, &c, 0, &tmp);
+        for (int i = 0; i < cm->L; i++) {
+            if (!cm->layers[i].moe) continue;
+            double ch, ct, gh, gt;
+            mg_metrics_probs_sums(cm->layers[i].rf.probs, (int)N, cm->E, &ch, &ct);
+            mg_gpu_layer_router_sums(g, a, i, &gh, &gt);
+            worst_h = fmax(worst_h, fabs(gh - ch) / N), worst_t1 = fmax(worst_t1, fabs(gt - ct) / N);
+            n++;
+        }
+    }
+    if (!n) return;
+    int bad = !(worst_h <= bound && worst_t1 <= bound);
+    fprintf(out, "  router statistics (device-reduced, per-token means): entropy off by %.2e, top-1 by %.2e "
+            "(bound %.0e)  %s\n", worst_h, worst_t1, bound, bad ? "FAIL" : "ok");
+    *n_fail += bad;
+}
+
 /* routing.npy: int32 [A·n_moe_layers, B·T, k] (micro-batch major, then MoE layers in order): the GPU's
  * choices that the dumped CPU gradients replayed. */
 static int write_routing(const char *dir, const mg_cpu_model *m, int *const *groute, int A, long N, mg_err *err)
@@ -305,6 +335,7 @@ int mg_gpu_check_step(const mg_spec *spec, const char *dump_dir, FILE *out, int 
     if (!rc) rc = mg_gpu_download_grads(g, gg, err);
     if (rc) { free(gg); goto done2; }
     int replayed;
+    check_router_stats(out, &cm, g, tok, A, B, W, seed, lp, n_fail);
     check_routing(out, &cm, tok, A, B, W, seed, groute, lp, co, &cs, &cpu_gn, &replayed, n_fail);
     if (dump_dir && replayed) {
         snprintf(path, sizeof path, "%s/grads_cpu.safetensors", dump_dir);

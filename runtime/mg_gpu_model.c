@@ -130,7 +130,7 @@ struct mg_gpu_model {
     cudaEvent_t ev[2];
     int cur;
     int slots, sstride, cstride, n_chunks;
-    float *dstat, *hstat;         /* per slot: CE mean, then (aux, z) per layer */
+    float *dstat, *hstat;         /* per slot: CE mean, (aux, z) per layer, then (Σ entropy, Σ top-1) per layer */
     int *dcnt, *hcnt;             /* per slot: per layer counts_all [E] then n_dropped */
     int *slot_N;
     /* data parallel (mg_dp.h): each bucket is all-reduced on cs once its stage's backward is done */
@@ -201,7 +201,7 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     int A = g->spec.train.grad_accum > 0 ? g->spec.train.grad_accum : 1;
     g->slots = A > g->spec.train.eval_batches ? A : g->spec.train.eval_batches;
     if (g->slots < 1) g->slots = 1;
-    g->sstride = 1 + 2 * g->L, g->cstride = g->L * (g->E + 1);
+    g->sstride = 1 + 4 * g->L, g->cstride = g->L * (g->E + 1);
     long N = (long)bmax * g->T, d = g->d, np = h->n_params;
 
     char arch[32];
@@ -491,6 +491,8 @@ static int layer_fwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double 
         float *sd = g->dstat + (size_t)slot * g->sstride + 1 + 2 * i;
         int *cd = g->dcnt + (size_t)slot * g->cstride + i * (g->E + 1);
         MG_CUDA_TRY(cudaMemcpyAsync(sd, ms.loss, 2 * sizeof(float), cudaMemcpyDeviceToDevice, g->st), err);
+        MG_CUDA_TRY(cudaMemcpyAsync(sd + 2 * g->L, ms.loss + 2, 2 * sizeof(float), cudaMemcpyDeviceToDevice, g->st),
+                    err);   /* router entropy/top-1 sums */
         MG_CUDA_TRY(cudaMemcpyAsync(cd, ms.counts_all, (size_t)g->E * sizeof(int), cudaMemcpyDeviceToDevice, g->st), err);
         MG_CUDA_TRY(cudaMemcpyAsync(cd + g->E, ms.n_dropped, sizeof(int), cudaMemcpyDeviceToDevice, g->st), err);
         if (g->route_out && g->route_out[i])
@@ -635,6 +637,13 @@ void mg_gpu_layer_stats(const mg_gpu_model *g, int slot, int layer, const int **
     *aux = st[1 + 2 * layer];
     *z = st[2 + 2 * layer];
     *dropped = cn[g->E];
+}
+
+void mg_gpu_layer_router_sums(const mg_gpu_model *g, int slot, int layer, double *entropy_sum, double *top1_sum)
+{
+    const float *st = g->hstat + (size_t)slot * g->sstride + 1 + 2 * g->L + 2 * layer;
+    *entropy_sum = st[0];
+    *top1_sum = st[1];
 }
 
 /* ------------------------------------------------------------------------------------ */

@@ -108,6 +108,9 @@ int mg_gpu_read_stats(mg_gpu_model *g, int n, int count_loads, mg_cpu_out *outs,
  * in slot; pointers valid until the next read. */
 void mg_gpu_layer_stats(const mg_gpu_model *g, int slot, int layer, const int **counts_all, double *aux, double *z,
                         long *dropped);
+/* After mg_gpu_read_stats: MoE layer i's router statistics in slot, reduced on the device by
+ * the routing kernels: Σ_t −Σ_e p ln p and Σ_t max_e p (for mg_metrics_batch). */
+void mg_gpu_layer_router_sums(const mg_gpu_model *g, int slot, int layer, double *entropy_sum, double *top1_sum);
 
 /* Grad norm, clip, AdamW at lr for update t = o->step + 1 (o->step is then incremented,
  * host side only); returns the (unclipped) norm. Syncs to read the norm. */

@@ -198,9 +198,9 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
         r->st = (mg_ckpt_state){.seed = (uint64_t)spec->train.seed, .val_loss = NAN, .best_val = NAN, .best_step = -1};
     }
     const mg_spec *s = &r->spec;
-    if (s->moe.bias_update_rate > 0 && s->moe.every > 0 && s->moe.router != MG_ROUTER_SIGMOID_TOPK)
-        return mg_err_set(err, MG_EUSER, "%s: moe.bias_update_rate = %g: the CPU trainer applies the selection bias "
-                          "with router = \"sigmoid_topk\" only (as mg_ref does)", s->path, s->moe.bias_update_rate);
+    if (s->moe.bias_update_rate > 0 && s->moe.every > 0 && s->moe.router == MG_ROUTER_SWITCH)
+        return mg_err_set(err, MG_EUSER, "%s: moe.bias_update_rate = %g: the selection bias needs router = "
+                          "\"softmax_topk\" or \"sigmoid_topk\" (as mg_ref does)", s->path, s->moe.bias_update_rate);
     if ((rc = mg_dp_init(&r->dp, o->comm, NULL, s->train.grad_accum, s->train.batch, err))) return rc;
     if ((rc = mkdir_p(r->run_dir, err)) || (rc = mg_cpu_data_open(s, &r->data, err))) return rc;
     if ((rc = mg_cpu_model_create(&r->m, s, o->gpu ? 1 : s->train.batch, err))) return rc;
@@ -241,7 +241,7 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
         mg_sb_free(&sb);
     }
     if (!r->metrics) return mg_err_set(err, MG_EUSER, "%s/metrics.jsonl: cannot open: %s", r->run_dir, strerror(errno));
-    r->log_every = o->log_every > 0 ? o->log_every : 1;
+    r->log_every = o->log_every > 0 ? o->log_every : s->log.every > 0 ? s->log.every : 1;   /* opts, else spec */
     r->metrics_on = !o->no_metrics;
     if (r->metrics_on) {
         int ids[256], n = 0;
@@ -304,11 +304,12 @@ static int train_step_gpu(run *r, long s, int32_t *tok, step_stats *ss, mg_err *
         (rc = mg_gpu_read_stats(r->gpu, A, 1, o, err)))
         goto out;
     for (int a = 0; a < A; a++) {
-        if (r->metrics_on)   /* router entropy/top-1 are not reduced on the device yet: reported as 0 */
+        if (r->metrics_on)   /* router entropy/top-1: sums reduced on the device by the routing kernels */
             for (int i = 0, li = 0; i < r->m.L; i++) {
                 if (!r->m.layers[i].moe) continue;
                 mg_metrics_batch mb = {.T = B * r->m.T};
                 mg_gpu_layer_stats(r->gpu, a, i, &mb.counts_all, &mb.aux, &mb.z, &mb.dropped);
+                mg_gpu_layer_router_sums(r->gpu, a, i, &mb.entropy_sum, &mb.top1_sum);
                 mg_metrics_add(&r->mx, li++, &mb);
             }
         ss->ce += o[a].ce_sum / (double)o[a].n_tokens / (A * W);

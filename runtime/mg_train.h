@@ -38,7 +38,7 @@ typedef struct mg_train_opts {
                               schedule still spans train.steps, so a later --resume continues it) */
     int keep;              /* checkpoints kept besides the best; 0 = 3 */
     int quiet;             /* no progress line */
-    int log_every;         /* routing metrics every N steps; 0 = 1 */
+    int log_every;         /* routing metrics every N steps; 0 = the spec's log.every */
     int no_metrics;        /* no routing metrics and no TensorBoard file (overhead baseline) */
     FILE *log;             /* progress and notes; NULL = stderr */
     int gpu;               /* 1: train on the GPU (mg_gpu_model), same loop, files and math */

@@ -33,11 +33,16 @@ static int teardown(void **state)
              " seq_len = 8, tie_embeddings = false }, moe = { experts = 4, top_k = 2, d_ff = 16, every = 2,"      \
              " router = 'sigmoid_topk', bias_update_rate = 0.001 }, dtype = 'fp32' }"
 
-static void make_model(mg_cpu_model *m, mg_adamw *o, uint64_t seed)
+/* SPEC with the softmax router: its aux-loss-free bias is saved the same way. */
+#define SPEC_SOFTMAX "return { name = 'cks', model = { vocab = 32, d_model = 16, n_layer = 2, n_head = 2," \
+                     " seq_len = 8 }, moe = { experts = 4, top_k = 2, d_ff = 16, every = 2,"             \
+                     " router = 'softmax_topk', bias_update_rate = 0.001 }, dtype = 'fp32' }"
+
+static void make_model_from(mg_cpu_model *m, mg_adamw *o, uint64_t seed, const char *text)
 {
     mg_spec s;
     mg_err err;
-    if (mg_spec_load_string("ck.lua", SPEC, strlen(SPEC), &s, &err)) {
+    if (mg_spec_load_string("ck.lua", text, strlen(text), &s, &err)) {
         print_error("%s\n", err.msg);
         fail();
     }
@@ -52,6 +57,8 @@ static void make_model(mg_cpu_model *m, mg_adamw *o, uint64_t seed)
         if (m->layers[i].sel_bias)
             for (int e = 0; e < m->E; e++) m->layers[i].sel_bias[e] = 0.01f * (float)e;
 }
+
+static void make_model(mg_cpu_model *m, mg_adamw *o, uint64_t seed) { make_model_from(m, o, seed, SPEC); }
 
 static mg_ckpt_state state_at(long step)
 {
@@ -163,6 +170,41 @@ static void test_ckpt_roundtrip_bitwise(void **state)
     mg_cpu_model_free(&b);
 }
 
+/* The softmax router's selection bias goes through a checkpoint bit for bit, under its HF name. */
+static void test_ckpt_softmax_bias_roundtrip(void **state)
+{
+    (void)state;
+    mg_cpu_model a, b;
+    mg_adamw oa, ob;
+    mg_err err;
+    make_model_from(&a, &oa, 1, SPEC_SOFTMAX);
+    make_model_from(&b, &ob, 2, SPEC_SOFTMAX);
+    assert_non_null(a.layers[1].sel_bias);
+    for (int e = 0; e < 4; e++) a.layers[1].sel_bias[e] = -0.003f * (float)(e + 1);
+    memset(b.layers[1].sel_bias, 0, sizeof(float) * 4);
+    char run[300], ck[400];
+    snprintf(run, sizeof run, "%s/rts", tmp);
+    mkdir(run, 0755);
+    mg_ckpt_state st = state_at(3);
+    assert_int_equal(mg_ckpt_save(run, &a, &oa, &st, 3, &err), 0);
+    assert_int_equal(mg_ckpt_resolve(run, ck, sizeof ck, &err), 0);
+    assert_int_equal(mg_ckpt_load(ck, &b, &ob, &err), 0);
+    assert_memory_equal(a.layers[1].sel_bias, b.layers[1].sel_bias, sizeof(float) * 4);
+    char path[500];
+    snprintf(path, sizeof path, "%s/model.safetensors", ck);
+    mg_st_file f;
+    float row[4];
+    long sh1[1] = {4};
+    assert_int_equal(mg_st_open(path, &f, &err), 0);
+    assert_int_equal(mg_st_get(&f, "model.layers.1.mlp.gate.e_score_correction_bias", 1, sh1, row, &err), 0);
+    assert_memory_equal(row, a.layers[1].sel_bias, sizeof row);
+    mg_st_close(&f);
+    mg_adamw_free(&oa);
+    mg_adamw_free(&ob);
+    mg_cpu_model_free(&a);
+    mg_cpu_model_free(&b);
+}
+
 /* keep = 2 plus the best: after steps 1..6 with the best at 2, ckpt 2, 5, 6 remain. */
 static void test_retention_and_best(void **state)
 {
@@ -250,6 +292,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_safetensors_roundtrip),
         cmocka_unit_test(test_ckpt_roundtrip_bitwise),
+        cmocka_unit_test(test_ckpt_softmax_bias_roundtrip),
         cmocka_unit_test(test_retention_and_best),
         cmocka_unit_test(test_corrupt_checkpoints),
     };

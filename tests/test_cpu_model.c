@@ -274,6 +274,52 @@ static void test_init_and_table(void **state)
 /* Dropout keeps ~(1−p) of the elements scaled by 1/(1−p), and the same stream gives the same
  * mask (so the backward pass reproduces it). RoPE's inverse undoes it, and position 0 is
  * the identity. */
+/* Aux-loss-free balancing with the softmax router: a selection bias that sends every token to
+ * expert 0 is walked back by mg_cpu_model_update_bias (rate·sign(mean load − load)) until the
+ * load spreads over the experts. */
+static void test_softmax_bias_balances(void **state)
+{
+    (void)state;
+    mg_spec s;
+    load_spec(&s, "return { model = { vocab = 64, d_model = 16, n_layer = 1, n_head = 2, seq_len = 16 },"
+                  " moe = { experts = 4, top_k = 1, d_ff = 16, router = 'softmax_topk', bias_update_rate = 0.05 },"
+                  " dtype = 'fp32' }");
+    mg_cpu_model m;
+    mg_err err;
+    const int B = 4;
+    assert_int_equal(mg_cpu_model_create(&m, &s, B, &err), 0);
+    mg_cpu_model_init_weights(&m, 5);
+    mg_cpu_layer *l = &m.layers[0];
+    assert_true(l->moe && l->sel_bias);
+    l->sel_bias[0] = 0.5f;   /* softmax p ≈ 1/4 ± 0.01 at init: the bias decides */
+    int32_t tok[4 * 17];
+    random_tokens(tok, 4 * 17, 64, 9);
+    double cv0 = -1, cv_best = INFINITY;
+    for (int step = 0; step < 8; step++) {
+        mg_cpu_ctx c = {.train = 1, .seed = 1, .step = step, .micro = 0, .scale = 1.0};
+        mg_cpu_out o;
+        mg_cpu_model_run(&m, tok, B, &c, 0, &o);
+        double mean = 0, var = 0;
+        for (int e = 0; e < 4; e++) mean += (double)l->load[e] / 4;
+        for (int e = 0; e < 4; e++) var += ((double)l->load[e] - mean) * ((double)l->load[e] - mean) / 4;
+        double cv = sqrt(var) / mean, b0 = l->sel_bias[0];
+        if (step == 0) {
+            cv0 = cv;
+            assert_int_equal(l->load[0], B * 16);
+        } else {
+            cv_best = fmin(cv_best, cv);
+        }
+        int over = (double)l->load[0] > mean;
+        mg_cpu_model_update_bias(&m, 0.05);
+        if (over) assert_float_equal(l->sel_bias[0], b0 - 0.05, 1e-6);
+        for (int e = 0; e < 4; e++) assert_int_equal(l->load[e], 0);   /* counted afresh each step */
+    }
+    assert_float_equal(cv0, sqrt(3.0), 1e-12);
+    print_message("  load cv %.3f at step 0, best %.3f after\n", cv0, cv_best);
+    assert_true(cv_best < 0.5);
+    mg_cpu_model_free(&m);
+}
+
 static void test_dropout_and_rope(void **state)
 {
     (void)state;
@@ -315,6 +361,7 @@ int main(void)
         cmocka_unit_test(test_grad_accum_matches_big_batch),
         cmocka_unit_test(test_init_and_table),
         cmocka_unit_test(test_dropout_and_rope),
+        cmocka_unit_test(test_softmax_bias_balances),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

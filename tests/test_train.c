@@ -5,6 +5,7 @@
 #include "mg_test.h"
 #include "mg_testproc.h"
 
+#include "mg_safetensors.h"
 #include "mg_spec.h"
 #include "mg_tokfile.h"
 #include "mg_train.h"
@@ -177,6 +178,65 @@ static void test_resume_is_bitwise(void **state)
     assert_int_equal(p.code, 0);
 }
 
+#define SOFTMAX_BIAS_SPEC                                                                                     \
+    "return { name = 'sb', model = { vocab = 256, d_model = 16, n_layer = 1, n_head = 2, seq_len = 16 },"      \
+    " moe = { experts = 4, top_k = 2, d_ff = 16, router = 'softmax_topk', bias_update_rate = 0.01 },"         \
+    " dtype = 'fp32', log = { every = 3 }, train = { data = 'tinyshakespeare', batch = 2, steps = 5,"           \
+    " warmup = 1, eval_every = 5, eval_batches = 1 } }"
+
+/* The CPU trainer takes the aux-loss-free bias with the softmax router (and refuses it with
+ * switch, which has no selection to bias), moves it and checkpoints it; log.every of the spec
+ * sets when routing metrics are written (step 3 and the last, 5). */
+static void test_softmax_bias_and_log_every(void **state)
+{
+    (void)state;
+    if (!have_data()) return;
+    mg_spec s;
+    mg_err err;
+    mg_train_result r;
+    char dir[300], path[400], line[1 << 14];
+    snprintf(dir, sizeof dir, "%s/sw", tmp);
+    load(&s, "sw.lua", "return { name = 'sw', model = { vocab = 256, d_model = 16, n_layer = 1, n_head = 2,"
+                       " seq_len = 16 }, moe = { experts = 4, top_k = 1, d_ff = 16, router = 'switch',"
+                       " bias_update_rate = 0.01 }, dtype = 'fp32' }");
+    mg_train_opts os = {.run_dir = dir, .quiet = 1};
+    assert_int_equal(mg_train(&s, &os, &r, &err), MG_EUSER);
+    assert_string_equal(err.msg, "sw.lua: moe.bias_update_rate = 0.01: the selection bias needs router = "
+                                 "\"softmax_topk\" or \"sigmoid_topk\" (as mg_ref does)");
+
+    snprintf(dir, sizeof dir, "%s/sb", tmp);
+    load(&s, "sb.lua", SOFTMAX_BIAS_SPEC);
+    mg_train_opts o = {.run_dir = dir};
+    train_ok(&s, &o);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    int logged = 0;
+    while (fgets(line, sizeof line, f)) {
+        long st = strtol(line + strlen("{\"step\": "), NULL, 10);
+        int has = strstr(line, "\"moe\": [") != NULL;
+        assert_int_equal(has, st == 3 || st == 5);
+        logged += has;
+    }
+    fclose(f);
+    assert_int_equal(logged, 2);
+    /* 5 updates of ±0.01 each: every entry of the saved bias is a nonzero multiple of 0.01 */
+    snprintf(path, sizeof path, "%s/ckpt-000005/model.safetensors", dir);
+    mg_st_file sf;
+    float bias[4];
+    long sh[1] = {4};
+    assert_int_equal(mg_st_open(path, &sf, &err), 0);
+    assert_int_equal(mg_st_get(&sf, "model.layers.0.mlp.gate.e_score_correction_bias", 1, sh, bias, &err), 0);
+    mg_st_close(&sf);
+    int moved = 0;
+    for (int e = 0; e < 4; e++) {
+        double q = bias[e] / 0.01;
+        assert_true(fabs(q - round(q)) < 1e-3 && fabs(q) <= 5 + 1e-3);
+        moved += bias[e] != 0;
+    }
+    assert_true(moved > 0);
+}
+
 /* The verbs: the GPU path refuses plainly, errors are one line, eval reports loss and ppl. */
 static void test_cli(void **state)
 {
@@ -292,6 +352,7 @@ int main(void)
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_resume_is_bitwise),
         cmocka_unit_test(test_token_files),
+        cmocka_unit_test(test_softmax_bias_and_log_every),
         cmocka_unit_test(test_ci_spec_learns),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
