@@ -277,6 +277,7 @@ int mg_comm_nccl_unique_id(unsigned char id[128], mg_err *err)
 
 mg_comm *mg_comm_nccl_open(const unsigned char id[128], int rank, int world, void *stream, double timeout_s, mg_err *err)
 {
+    setenv("NCCL_NVLS_ENABLE", "0", 0);   /* no NVLink multicast unless the environment asks for it */
     nccl_comm *c = nccl_new(rank, world, (cudaStream_t)stream, timeout_s, err);
     if (!c) return NULL;
     ncclUniqueId u;
