@@ -48,9 +48,9 @@ grep -q grad_accum "$W/wt2-moe8-ga2.lua" && grep -q eval_every "$W/wt2-moe8-ck.l
 # train NAME SPEC STEPS GPUS: one run into $W/NAME, log and metrics to $OUT
 train() {
     local name=$1 spec=$2 steps=$3 gpus=$4 flags=(--device gpu)
-    [ "$gpus" -gt 1 ] && flags=(--gpus "$gpus" --timeout 120)
+    [ "$gpus" -gt 1 ] && flags=(--gpus "$gpus" --timeout 300)
     echo "=== $name: $(basename "$spec") $steps steps on $gpus GPU(s)"
-    timeout 240 "$M" train "$spec" --steps "$steps" --run-dir "$W/$name" --keep 1 "${flags[@]}" > "$OUT/$name.log" 2>&1
+    timeout 300 "$M" train "$spec" --steps "$steps" --run-dir "$W/$name" --keep 1 "${flags[@]}" > "$OUT/$name.log" 2>&1
     local rc=$?
     tail -3 "$OUT/$name.log"
     cp "$W/$name/metrics.jsonl" "$OUT/$name-metrics.jsonl" 2>/dev/null
@@ -110,9 +110,9 @@ grep -h "GPU memory in use" "$OUT"/l-*.log | tee -a "$SUM"
 # ---------------------------------------------------------------- (c) a rank dies
 say "== (c) kill rank 1 of 2 after the first checkpoint"
 K=$W/k
-"$M" train "$W/wt2-moe8-ck.lua" --gpus 2 --timeout 120 --run-dir "$K" > "$OUT/c-kill.log" 2>&1 &
+"$M" train "$W/wt2-moe8-ck.lua" --gpus 2 --timeout 300 --run-dir "$K" > "$OUT/c-kill.log" 2>&1 &
 LP=$!
-for _ in $(seq 600); do [ -d "$K/ckpt-000010" ] && break; kill -0 $LP 2>/dev/null || break; sleep 0.2; done
+for _ in $(seq 1200); do [ -d "$K/ckpt-000010" ] && break; kill -0 $LP 2>/dev/null || break; sleep 0.2; done
 VICTIM=""
 for p in $(pgrep -P $LP); do tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -qx MOEGEN_RANK=1 && VICTIM=$p; done
 if [ ! -d "$K/ckpt-000010" ] || [ -z "$VICTIM" ]; then

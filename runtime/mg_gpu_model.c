@@ -2,6 +2,7 @@
 #include "mg_gpu_model.h"
 #include "mg_blas.h"
 #include "mg_cuda.h"
+#include "mg_dist.h"   /* mg_dist_alive: a long cold JIT compile is not a hung worker */
 #include "mg_dp.h"
 #include "mg_hash.h"   /* dropout streams: the same counters as mg_cpu_ops.h */
 #include "mg_jit.h"
@@ -228,6 +229,7 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     if (!(rc = mg_plan_make(&ls, NULL, plan, err))) rc = mg_lm_create(plan, &lo, &g->lm, err);
     g->ly = calloc((size_t)g->L, sizeof *g->ly);
     for (int i = 0; i < g->L && !rc; i++) {
+        mg_dist_alive();
         const mg_cpu_layer *l = &h->layers[i];
         mg_gpu_layer_spec(&g->spec, !l->moe, &ls);
         if (l->moe && o && o->loss_scale > 0)   /* data parallel: 1/(A_loc·world) instead of 1/grad_accum */
