@@ -216,6 +216,59 @@ static int compile_pending(tune_job *j, const char *arch, int jobs, mg_err *err)
     return rc;
 }
 
+/* compile_pending in a child process. NVRTC 13 calls cuInit while it compiles, and a process
+ * whose driver is initialized cannot hand CUDA to the children it forks afterwards (the timing
+ * workers then fail with "initialization error"). So the parent never runs NVRTC: a child
+ * compiles (into the kernel cache, which the workers read) and sends the candidates' new
+ * statuses back. */
+static int compile_pending_isolated(tune_job *j, const char *arch, int jobs, mg_err *err)
+{
+    int fds[2];
+    if (pipe(fds)) return mg_err_set(err, MG_EINTERNAL, "tune: pipe: %s", strerror(errno));
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return mg_err_set(err, MG_EINTERNAL, "tune: fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        mg_err e;
+        mg_err_clear(&e);
+        int rc = compile_pending(j, arch, jobs, &e);
+        int ok = write(fds[1], &rc, sizeof rc) == (ssize_t)sizeof rc &&
+                 write(fds[1], &e, sizeof e) == (ssize_t)sizeof e;
+        for (size_t off = 0, n = sizeof *j->c * (size_t)j->n; ok && off < n;) {
+            ssize_t w = write(fds[1], (const char *)j->c + off, n - off);
+            if (w <= 0) ok = 0; else off += (size_t)w;
+        }
+        _exit(ok ? 0 : 1);
+    }
+    close(fds[1]);
+    int rc = MG_OK;
+    mg_err e;
+    size_t want[3] = {sizeof rc, sizeof e, sizeof *j->c * (size_t)j->n}, got = 0;
+    void *dst[3] = {&rc, &e, j->c};
+    int complete = 1;
+    for (int part = 0; part < 3 && complete; part++, got = 0)
+        while (got < want[part]) {
+            ssize_t r = read(fds[0], (char *)dst[part] + got, want[part] - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) { complete = 0; break; }
+            got += (size_t)r;
+        }
+    close(fds[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    if (!complete)
+        return mg_err_set(err, MG_EINTERNAL, "tune: the compile process died (%s)",
+                          WIFSIGNALED(st) ? strsignal(WTERMSIG(st)) : "no result");
+    if (rc) return mg_err_set(err, e.code, "%s", e.msg);
+    return MG_OK;
+}
+
 /* ------------------------------------------------------------------ one spec */
 typedef struct tune_run {
     const mg_tune_opts *o;
@@ -295,7 +348,7 @@ static int tune_spec(tune_run *R, const mg_spec *spec, const char **spec_names, 
         snprintf(label, sizeof label, "%s T=%d", mg_family_names[j->fam], j->T);
         double t0 = mg_tune_now();
         mg_tune_rank(j->c, j->n, -1);   /* the default first: duplicates of it are the others */
-        if (compile_pending(j, R->arch, o->jobs, err)) return err->code;
+        if (compile_pending_isolated(j, R->arch, o->jobs, err)) return err->code;
         int keep = (int)((job_deadline - mg_tune_now() - 10.0) / per);   /* ~10 s: worker start, data, reference */
         if (keep < 3) keep = 3;
         int n_dup = 0, n_cut = 0;
