@@ -285,9 +285,8 @@ static void layer_fwd(mg_cpu_model *m, int li, int B, const mg_cpu_ctx *c, mg_cp
         out->aux += l->rf.aux;
         out->zloss += l->rf.zloss;
         out->dropped += l->rf.n_dropped;
-        const int *cnt = m->ep_rt ? mg_ep_group_counts(m->ep_rt, li) : l->rf.counts_all;   /* the group's loads */
-        if (c->train)
-            for (int e = 0; e < m->E; e++) l->load[e] += cnt[e];
+        if (c->train)   /* this rank's loads (expert parallel too): mg_dp_sum_loads adds up the ranks' */
+            for (int e = 0; e < m->E; e++) l->load[e] += l->rf.counts_all[e];
     } else {
         mg_mm_fwd(l->n2, P + l->f_up, l->fa, N, m->d, m->F2d);
         mg_act_fwd(m->act, l->fa, l->fh, N, m->ffd);

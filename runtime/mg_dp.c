@@ -13,7 +13,10 @@ int mg_dp_init(mg_dp *dp, mg_comm *all, mg_comm *replicas, int A, int B, mg_err 
     dp->comm[MG_DP_GROUP_ALL] = all;
     dp->comm[MG_DP_GROUP_REPLICAS] = replicas ? replicas : all;
     dp->rank = r, dp->world = W, dp->A = A, dp->B = B;
-    if (A % W == 0) {
+    /* expert parallel (the replicas are a subgroup): rows, so that an EP group's ranks run each
+     * micro-batch together (mg_ep.h) */
+    int ep = replicas && replicas->world < W;
+    if (A % W == 0 && !ep) {
         dp->micro_split = 1;
         dp->A_loc = A / W, dp->B_loc = B, dp->a0 = r * (A / W), dp->b0 = 0;
     } else if (B % W == 0) {

@@ -7,7 +7,8 @@
  *   A % W == 0  micro split: rank r runs the whole micro-batches a ∈ [r·A/W, (r+1)·A/W), each
  *               exactly as one process does (same rows, dropout counters, per-micro-batch aux/z
  *               losses and capacity); only the order of the gradient sums differs.
- *   else        row split (B % W == 0): rank r runs rows [r·B/W, (r+1)·B/W) of every micro-batch.
+ *   else        row split (B % W == 0): rank r runs rows [r·B/W, (r+1)·B/W) of every micro-batch;
+ *               always with expert parallelism (replicas smaller than the world, mg_ep.h).
  *               CE, z loss and dense layers are the same math; the MoE aux loss and capacity
  *               count per rank's rows (as in other DP trainers), and the dropout counter is
  *               micro = a·W + r (the masks are not one process's).

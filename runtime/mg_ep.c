@@ -1,6 +1,7 @@
 /* mg_ep: expert parallelism on the CPU trainer (see mg_ep.h for the layout and the exchange). */
 #include "mg_ep.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 int mg_par_make(const mg_spec *s, int rank, int world, mg_par *p, mg_err *err)
 {
     int dp = s->parallel.dp, ep = s->parallel.ep;
+    if (world == 1) dp = ep = 1;                   /* one process trains the whole model */
     if (ep == 1 && dp * ep != world) dp = world;   /* plain data parallelism over whatever was launched */
     if (dp * ep != world)
         return mg_err_set(err, MG_EUSER, "%s: parallel = { dp = %d, ep = %d }: needs dp·ep = %d ranks, the job has %d "
@@ -19,9 +21,9 @@ int mg_par_make(const mg_spec *s, int rank, int world, mg_par *p, mg_err *err)
     if (s->moe.experts % ep)
         return mg_err_set(err, MG_EUSER, "%s: parallel.ep = %d: must divide moe.experts = %d", s->path, ep,
                           s->moe.experts);
-    if (s->train.batch % world)
+    if (ep > 1 && s->train.batch % world)
         return mg_err_set(err, MG_EUSER, "%s: train.batch = %d: must be a multiple of the %d ranks (each trains on "
-                          "batch/ranks rows)", s->path, s->train.batch, world);
+                          "batch/ranks rows with expert parallelism)", s->path, s->train.batch, world);
     if (ep > 1 && s->moe.shared_experts > 0)
         return mg_err_set(err, MG_EUSER, "%s: moe.shared_experts = %d with parallel.ep = %d: not supported yet "
                           "(expert parallelism shards routed experts only)", s->path, s->moe.shared_experts, ep);
@@ -335,4 +337,32 @@ int mg_ep_gather_full(const mg_cpu_model *sh, const mg_adamw *o, mg_comm *c, mg_
     }
     free(tmp);
     return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* trainer glue                                                                         */
+
+int mg_ep_comms(const mg_par *p, mg_comm *world, mg_comm **ep_comm, mg_comm **replicas, mg_err *err)
+{
+    *ep_comm = *replicas = NULL;
+    if (p->ep == 1) return MG_OK;
+    int rc = mg_comm_split(world, p->ep_rank, p->dp_rank, replicas, err);   /* the dp replicas of my experts */
+    if (!rc && p->dp == 1) *ep_comm = world;
+    else if (!rc) rc = mg_comm_split(world, p->dp_rank, p->ep_rank, ep_comm, err);
+    return rc;
+}
+
+int mg_ep_grad_norm(const mg_cpu_model *m, mg_comm *ep_comm, double *norm, mg_err *err)
+{
+    double sq[2] = {0, 0};   /* replicated tensors, this rank's experts */
+    for (int j = 0; j < m->n_tensors; j++) {
+        const mg_cpu_tensor *t = &m->tensors[j];
+        const float *g = m->grads + t->off;
+        double acc = 0;
+        for (long i = 0; i < t->n; i++) acc += (double)g[i] * g[i];
+        sq[t->expert] += acc;
+    }
+    if (ep_comm && mg_comm_all_reduce(ep_comm, &sq[1], &sq[1], 1, MG_COMM_F64, err)) return MG_EUSER;
+    *norm = sqrt(sq[0] + sq[1]);
+    return MG_OK;
 }

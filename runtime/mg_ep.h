@@ -50,7 +50,8 @@ typedef struct mg_par {
 
 /* The layout of rank `rank` of `world` for spec s: parallel.dp·parallel.ep when that is world;
  * with parallel.ep = 1 any world is data parallel (dp = world). Errors (one line, naming the
- * spec field): ep·dp ≠ world, batch not divisible by world, shared experts with ep > 1. */
+ * spec field): ep·dp ≠ world; with ep > 1 a batch not divisible by world or shared experts.
+ * One process (world 1) always trains the whole model (dp = ep = 1), whatever the spec says. */
 int mg_par_make(const mg_spec *s, int rank, int world, mg_par *p, mg_err *err);
 
 typedef struct mg_ep mg_ep;
@@ -77,6 +78,15 @@ void mg_ep_forward(mg_ep *x, int layer, const mg_ref_cfg *rc, const float *xin, 
  * added into g_router [E,d], the local experts' into g_up [E/P,F2,d] and g_dn [E/P,d,ff]. */
 void mg_ep_backward(mg_ep *x, int layer, const mg_ref_cfg *rc, const float *xin, const mg_ref_weights *w,
                     const mg_ref_fwd *rf, const float *dy, float *dx, float *g_router, float *g_up, float *g_dn);
+
+/* The communicators of layout p out of the world's (collective; ep = 1: both NULL): ep_comm the
+ * EP group (the world itself when dp = 1), replicas the ranks holding the same experts (one rank
+ * when dp = 1: its expert gradients need no sum). Close what is not the world. */
+int mg_ep_comms(const mg_par *p, mg_comm *world, mg_comm **ep_comm, mg_comm **replicas, mg_err *err);
+
+/* ‖grad‖₂ of the whole model from a shard: replicated tensors once, the experts summed over the
+ * EP group (collective on ep_comm; after the gradient reduction). */
+int mg_ep_grad_norm(const mg_cpu_model *m, mg_comm *ep_comm, double *norm, mg_err *err);
 
 /* Checkpoints stay the one-file format of a one-rank run. Collective over the EP group:
  * rank 0 of the group gets, in full (created with mg_cpu_model_create, any bmax), every

@@ -3,6 +3,7 @@
 #include "mg_ckpt.h"
 #include "mg_dist.h"      /* mg_dist_alive: the launcher's heartbeat */
 #include "mg_dp.h"
+#include "mg_ep.h"
 #include "mg_gpu_model.h"
 #include "mg_metrics.h"
 #include "mg_optim.h"
@@ -161,6 +162,8 @@ typedef struct run {
     double metrics_s;    /* time spent in mx and tb */
     mg_gpu_model *gpu;   /* NULL: the CPU model trains; else r->m is its host copy (bmax 1) */
     mg_dp dp;            /* this rank's share of each step (one process: the whole step) */
+    mg_par par;          /* dp × ep layout (mg_ep.h) */
+    mg_comm *ep_comm, *replicas;   /* expert parallel: the EP group, the ranks holding my experts */
 } run;
 
 /* The spec and starting point: a fresh model from spec, or the checkpoint's state. */
@@ -172,14 +175,17 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
         mg_spec cs;
         if ((rc = mg_ckpt_resolve(o->resume, ckpt, sizeof ckpt, err)) || (rc = mg_ckpt_read_state(ckpt, &r->st, &cs, err)))
             return rc;
-        if (spec) {
+        if (spec) {   /* the same spec; its parallel layout may differ (the checkpoint reshards on load) */
             char h[65];
-            mg_spec_hash(spec, h);
+            mg_spec same = *spec;
+            same.parallel = cs.parallel;
+            mg_spec_hash(&same, h);
             if (strcmp(h, r->st.spec_hash))
                 return mg_err_set(err, MG_EUSER, "%s: spec differs from the one %s was trained with (hash %.12s vs %.12s); "
                                   "resume without a spec or with the same one", spec->path, ckpt, h, r->st.spec_hash);
         }
         r->spec = cs;
+        if (spec) r->spec.parallel = spec->parallel;
         if (o->run_dir) snprintf(r->run_dir, sizeof r->run_dir, "%s", o->run_dir);
         else {
             snprintf(r->run_dir, sizeof r->run_dir, "%s", ckpt);
@@ -201,9 +207,17 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
     if (s->moe.bias_update_rate > 0 && s->moe.every > 0 && s->moe.router == MG_ROUTER_SWITCH)
         return mg_err_set(err, MG_EUSER, "%s: moe.bias_update_rate = %g: the selection bias needs router = "
                           "\"softmax_topk\" or \"sigmoid_topk\" (as mg_ref does)", s->path, s->moe.bias_update_rate);
-    if ((rc = mg_dp_init(&r->dp, o->comm, NULL, s->train.grad_accum, s->train.batch, err))) return rc;
+    if ((rc = mg_par_make(s, o->comm ? o->comm->rank : 0, o->comm ? o->comm->world : 1, &r->par, err))) return rc;
+    if (r->par.ep > 1 && o->gpu)
+        return mg_err_set(err, MG_EUSER, "%s: parallel.ep = %d: the GPU trainer has no expert parallelism yet (issue 6; "
+                          "runtime/DISTRIBUTED.md); --procs %d trains it on the CPU", s->path, r->par.ep, r->par.world);
+    if ((rc = mg_ep_comms(&r->par, o->comm, &r->ep_comm, &r->replicas, err)) ||
+        (rc = mg_dp_init(&r->dp, o->comm, r->replicas, s->train.grad_accum, s->train.batch, err)))
+        return rc;
     if ((rc = mkdir_p(r->run_dir, err)) || (rc = mg_cpu_data_open(s, &r->data, err))) return rc;
-    if ((rc = mg_cpu_model_create(&r->m, s, o->gpu ? 1 : s->train.batch, err))) return rc;
+    if ((rc = mg_cpu_model_create_shard(&r->m, s, o->gpu ? 1 : r->dp.B_loc, r->par.ep, r->par.ep_rank, err)) ||
+        (rc = mg_ep_attach(&r->m, r->ep_comm, err)))
+        return rc;
     if ((rc = mg_dp_buckets(&r->dp, &r->m, err))) return rc;
     if (o->gpu) {
         mg_gpu_opts go = {.loss_scale = mg_dp_on(&r->dp) ? r->dp.scale : 0};
@@ -265,6 +279,25 @@ static void run_free(run *r)
     mg_cpu_data_free(&r->data);
     mg_ckpt_state_free(&r->st);
     mg_dp_free(&r->dp);
+    if (r->ep_comm && r->ep_comm != r->dp.comm[MG_DP_GROUP_ALL]) mg_comm_close(r->ep_comm);
+    mg_comm_close(r->replicas);
+}
+
+/* Expert parallel: every group gathers its experts to its rank 0; world rank 0 writes the
+ * one-file checkpoint of the whole model (mg_ep_gather_full). */
+static int save_ep(run *r, int keep, mg_err *err)
+{
+    mg_cpu_model full;
+    mg_adamw fo;
+    int root = r->par.ep_rank == 0, rc = 0;
+    memset(&full, 0, sizeof full);
+    memset(&fo, 0, sizeof fo);
+    if (root && !(rc = mg_cpu_model_create(&full, &r->spec, 1, err))) mg_adamw_init(&fo, full.n_params);
+    if (!rc) rc = mg_ep_gather_full(&r->m, &r->opt, r->ep_comm, root ? &full : NULL, root ? &fo : NULL, err);
+    if (!rc && r->par.rank == 0) rc = mg_ckpt_save(r->run_dir, &full, &fo, &r->st, keep, err);
+    mg_cpu_model_free(&full);
+    mg_adamw_free(&fo);
+    return rc;
 }
 
 typedef struct step_stats {
@@ -346,6 +379,7 @@ static int val_loss_dp(run *r, double *loss, mg_err *err)
         n_loc++;
     }
     if (!rc && r->gpu && n_loc) rc = mg_gpu_read_stats(r->gpu, n_loc, 0, o, err);
+    if (!rc) rc = mg_ep_error(r->m.ep_rt, err);
     double v[2] = {0, 0};
     for (int j = 0; j < n_loc && !rc; j++) v[0] += o[j].ce_sum, v[1] += (double)o[j].n_tokens;
     if (!rc) rc = mg_dp_sum(&r->dp, v, 2, err);
@@ -373,6 +407,7 @@ static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
         mg_cpu_out o;
         if (mg_cpu_data_train_batch(&r->data, k, tok, err)) return err->code;
         mg_cpu_model_run(m, tok + (long)row0 * (m->T + 1), B, &c, 1, &o);
+        if ((rc = mg_ep_error(m->ep_rt, err))) return rc;
         ce += o.ce_sum / (double)o.n_tokens / (A * W);
         n += o.n_tokens;
         ss->aux += o.aux;
@@ -396,7 +431,11 @@ static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
         (rc = mg_dp_sum_loads(&r->dp, m, err)))
         return rc;
     ss->loss = ss->ce + ss->aux + ss->z;
-    ss->gnorm = mg_grad_norm(m->grads, m->n_params);
+    if (m->ep_rt) {
+        if ((rc = mg_ep_grad_norm(m, r->ep_comm, &ss->gnorm, err))) return rc;
+    } else {
+        ss->gnorm = mg_grad_norm(m->grads, m->n_params);
+    }
     ss->lr = mg_lr_at(sp, s);
     mg_adamw_step(&r->opt, m->params, m->grads, m->tensors, m->n_tensors, ss->lr, sp->train.beta1, sp->train.beta2,
                   1e-8, sp->train.weight_decay, mg_clip_scale(ss->gnorm, sp->train.grad_clip));
@@ -501,7 +540,10 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
                     r.stop, ss.loss, vp, tps, mfu, eta, tty ? "\033[K" : "\n");
             fflush(r.log);
         }
-        if (eval && r.dp.rank == 0) {   /* the replicas hold the same weights: rank 0 saves them */
+        if (eval && r.m.ep_rt) {
+            r.st.val_loss = val;
+            rc = save_ep(&r, o->keep > 0 ? o->keep : 3, err);
+        } else if (eval && r.dp.rank == 0) {   /* the replicas hold the same weights: rank 0 saves them */
             r.st.val_loss = val;
             if (r.gpu && (rc = mg_gpu_download(r.gpu, &r.opt, err))) break;
             rc = mg_ckpt_save(r.run_dir, &r.m, &r.opt, &r.st, o->keep > 0 ? o->keep : 3, err);

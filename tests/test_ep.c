@@ -2,7 +2,8 @@
  * table and init, and two forked ranks (CPU comm, ep = 2) training specs/ci-cpu.lua for 5 steps
  * against one process on the same global batch: per-step loss, the first step's routing counts
  * (exact) and the final weights; then checkpoints written by the pair load into one process
- * bit for bit, and a one-process checkpoint loads into the shards bit for bit. */
+ * bit for bit, and a one-process checkpoint loads into the shards bit for bit; and the trainer:
+ * `moegen train --procs 2` with ep = 2, resumed across ep = 2 -> 1 and 1 -> 2, against one process. */
 #include "mg_test.h"
 #include "mg_testproc.h"
 #include "mg_ckpt.h"
@@ -12,6 +13,7 @@
 #include "mg_rng.h"
 #include "mg_spec.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -296,12 +298,94 @@ static void test_layout(void **state)
     assert_int_equal(p.dp, 4);
 }
 
+/* ---------------------------------------------------------------- the trainer (moegen train --procs 2) */
+
+/* losses[step-1] and the first step's routing loads (JSON text) of RUN/metrics.jsonl */
+static int read_metrics(const char *run, double *loss, int n, char *load1, size_t cap)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", run);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char *line = NULL;
+    size_t lc = 0;
+    int got = 0;
+    while (getline(&line, &lc, f) > 0) {
+        json_t *j = json_loads(line, 0, NULL);
+        long st = (long)json_integer_value(json_object_get(j, "step"));
+        if (st >= 1 && st <= n) loss[st - 1] = json_real_value(json_object_get(j, "loss")), got++;
+        if (st == 1 && load1) {
+            char *t = json_dumps(json_object_get(json_array_get(json_object_get(j, "moe"), 0), "load"), JSON_COMPACT);
+            snprintf(load1, cap, "%s", t ? t : "?");
+            free(t);
+        }
+        json_decref(j);
+    }
+    free(line);
+    fclose(f);
+    return got;
+}
+
+#define CLI_STEPS 7
+static const char cli_spec[] =
+    "return { name = 'ep-cli', model = { vocab = 256, d_model = 32, n_layer = 2, n_head = 2, n_kv_head = 2,"
+    " seq_len = 32, tie_embeddings = true, d_ff_dense = 64 }, moe = { experts = 4, top_k = 2, d_ff = 32,"
+    " every = 2, aux_loss = 0.01, z_loss = 0.001 }, dtype = 'fp32', train = { data = '%s/corpus.txt',"
+    " batch = 4, lr = 1e-2, warmup = 2, steps = %d, eval_every = 100, eval_batches = 2, seed = 3 },"
+    " parallel = { dp = 1, ep = %d } }\n";
+
+/* One process 7 steps = 2 ranks ep=2 5 steps resumed on one process = one process 5 steps resumed
+ * on 2 ranks: per-step loss within LOSS_RTOL, step-1 loads of the MoE layer equal. */
+static void test_cli_ep(void **state)
+{
+    (void)state;
+    char t[512], p[700];
+    assert_int_equal(mg_test_tmpdir(t, sizeof t, "epcli"), 0);
+    snprintf(p, sizeof p, "%s/corpus.txt", t);
+    FILE *f = fopen(p, "w");
+    for (int i = 0; i < 400; i++) fprintf(f, "%d: the quick brown fox %s over the lazy dog.\n", i, i % 3 ? "jumps" : "leaps");
+    fclose(f);
+    for (int ep = 1; ep <= 2; ep++) {
+        snprintf(p, sizeof p, "%s/ep%d.lua", t, ep);
+        f = fopen(p, "w");
+        fprintf(f, cli_spec, t, CLI_STEPS, ep);
+        fclose(f);
+    }
+    mg_proc r;
+    const char *M = mg_bin();
+    mg_run(&r, "%s train %s/ep1.lua --run-dir %s/A -q", M, t, t);
+    if (r.code) fail_msg("%s", r.out);
+    mg_run(&r, "%s train %s/ep2.lua --procs 2 --timeout 30 --run-dir %s/B --steps 5 -q && "
+           "%s train --resume %s/B %s/ep1.lua -q", M, t, t, M, t, t);
+    if (r.code) fail_msg("%s", r.out);
+    mg_run(&r, "%s train %s/ep1.lua --run-dir %s/C --steps 5 -q && "
+           "%s train --resume %s/C %s/ep2.lua --procs 2 --timeout 30 -q", M, t, t, M, t, t);
+    if (r.code) fail_msg("%s", r.out);
+    double la[CLI_STEPS], lb[CLI_STEPS], lc[CLI_STEPS];
+    char ka[512] = "", kb[512] = "";
+    snprintf(p, sizeof p, "%s/A", t);
+    assert_int_equal(read_metrics(p, la, CLI_STEPS, ka, sizeof ka), CLI_STEPS);
+    snprintf(p, sizeof p, "%s/B", t);
+    assert_int_equal(read_metrics(p, lb, CLI_STEPS, kb, sizeof kb), CLI_STEPS);
+    snprintf(p, sizeof p, "%s/C", t);
+    assert_int_equal(read_metrics(p, lc, CLI_STEPS, NULL, 0), CLI_STEPS);
+    int bad = 0;
+    for (int i = 0; i < CLI_STEPS; i++)
+        if (!(fabs(lb[i] - la[i]) <= LOSS_RTOL * la[i]) || !(fabs(lc[i] - la[i]) <= LOSS_RTOL * la[i]))
+            print_error("step %d: one process %.10f, ep2 then one %.10f, one then ep2 %.10f\n", i + 1, la[i], lb[i],
+                        lc[i]), bad++;
+    if (strcmp(ka, kb)) print_error("step 1 loads: one process %s, ep=2 %s\n", ka, kb), bad++;
+    assert_int_equal(bad, 0);
+    mg_test_rmtree(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_shard_table),
         cmocka_unit_test(test_ep_matches_one_rank),
+        cmocka_unit_test(test_cli_ep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
