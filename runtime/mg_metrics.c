@@ -58,6 +58,18 @@ void mg_metrics_probs_sums(const float *probs, int T, int E, double *entropy_sum
     *entropy_sum = h, *top1_sum = t1;
 }
 
+void mg_metrics_coact(const int *topk_idx, int T, int E, int k, long *coact)
+{
+    for (int t = 0; t < T; t++) {
+        const int *s = topk_idx + (size_t)t * k;
+        for (int i = 0; i < k; i++) {
+            if (s[i] < 0 || s[i] >= E) continue;
+            for (int j = 0; j < k; j++)
+                if (s[j] >= 0 && s[j] < E && (i == j || s[i] != s[j])) coact[(size_t)s[i] * E + s[j]]++;
+        }
+    }
+}
+
 void mg_metrics_add(mg_metrics *m, int li, const mg_metrics_batch *b)
 {
     if (li < 0 || li >= m->n) return;
@@ -70,15 +82,12 @@ void mg_metrics_add(mg_metrics *m, int li, const mg_metrics_batch *b)
     if (b->counts_all)
         for (int e = 0; e < E; e++) l->load[e] += b->counts_all[e];
     if (b->topk_idx) {
-        for (int t = 0; t < b->T; t++) {
-            const int *s = b->topk_idx + (size_t)t * k;
-            for (int i = 0; i < k; i++) {
-                if (s[i] < 0 || s[i] >= E) continue;
-                if (!b->counts_all) l->load[s[i]]++;
-                for (int j = 0; j < k; j++)
-                    if (s[j] >= 0 && s[j] < E && (i == j || s[i] != s[j])) l->coact[(size_t)s[i] * E + s[j]]++;
-            }
-        }
+        if (!b->counts_all)
+            for (long tk = 0; tk < (long)b->T * k; tk++)
+                if (b->topk_idx[tk] >= 0 && b->topk_idx[tk] < E) l->load[b->topk_idx[tk]]++;
+        mg_metrics_coact(b->topk_idx, b->T, E, k, l->coact);
+    } else if (b->coact) {
+        for (size_t i = 0; i < (size_t)E * E; i++) l->coact[i] += b->coact[i];
     }
     if (b->probs) {
         double h, t1;

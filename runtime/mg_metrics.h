@@ -40,7 +40,10 @@ struct mg_tb;
 typedef struct mg_metrics_batch {
     int T;                    /* tokens routed */
     const int *counts_all;    /* [E] assignments before drops; NULL: counted from topk_idx */
-    const int *topk_idx;      /* [T, k] chosen experts; NULL: no co-activation this batch */
+    const int *topk_idx;      /* [T, k] chosen experts; NULL: co-activation from coact, if any */
+    const int *coact;         /* [E, E] co-activation counts of the batch already reduced (the GPU
+                                 trainer's, counted on the device like mg_metrics_coact); used when
+                                 topk_idx is NULL; NULL too: no co-activation this batch */
     const float *probs;       /* [T, E] router probabilities; NULL: use the two sums below */
     double entropy_sum;       /* Σ_t −Σ_e p ln p   (when probs is NULL, e.g. reduced on device) */
     double top1_sum;          /* Σ_t max_e p       (same) */
@@ -80,6 +83,13 @@ void mg_metrics_summarize(const mg_metrics *m, int li, mg_metrics_summary *s);
 
 /* Σ_t −Σ_e p ln p and Σ_t max_e p over probs [T, E] (what a device reduction would return). */
 void mg_metrics_probs_sums(const float *probs, int T, int E, double *entropy_sum, double *top1_sum);
+
+/* coact[e·E + f] += tokens of topk_idx [T, k] that chose both e and f (e ≠ f), coact[e·E + e] +=
+ * tokens that chose e: for each token, each pair (i, j) of its k choices with i = j or
+ * s_i ≠ s_j; choices outside [0, E) are skipped. Capacity drops do not matter (topk_idx is the
+ * routing before drops), so the diagonal is counts_all. The GPU's mg_gpu_coact kernel counts
+ * the same pairs. */
+void mg_metrics_coact(const int *topk_idx, int T, int E, int k, long *coact);
 
 /* Appends `, "moe": [{"layer", "tokens", "load", "cv", "max_mean", "dropped_frac", "entropy",
  * "top1", "aux", "z", "dead", "coact"}, ...]` (17 significant digits) to an open JSON object.

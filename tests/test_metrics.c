@@ -106,6 +106,64 @@ static void test_metrics_math(void **state)
     mg_metrics_free(&m);
 }
 
+/* Co-activation (mg_metrics_coact, which the GPU's mg_gpu_coact kernel mirrors): the diagonal is
+ * the load, the matrix is symmetric, a row sums to k·load for distinct choices; repeated and
+ * out-of-range choices; counts handed over reduced (.coact, the GPU trainer) add up like topk. */
+static void test_metrics_coact(void **state)
+{
+    (void)state;
+    enum { T = 1000, E = 16, K = 4 };
+    static int idx[T * K];
+    unsigned x = 12345;
+    for (int t = 0; t < T; t++)   /* K distinct experts per token, skewed toward low ids */
+        for (int i = 0; i < K; i++) {
+            int e, dup;
+            do {
+                x = x * 1103515245u + 12345u;
+                e = (int)((x >> 16) % E) & (int)((x >> 8) % E);
+                dup = 0;
+                for (int j = 0; j < i; j++) dup |= idx[t * K + j] == e;
+            } while (dup);
+            idx[t * K + i] = e;
+        }
+    long co[E * E] = {0}, load[E] = {0};
+    mg_metrics_coact(idx, T, E, K, co);
+    for (int tk = 0; tk < T * K; tk++) load[idx[tk]]++;
+    for (int e = 0; e < E; e++) {
+        long row = 0;
+        for (int f = 0; f < E; f++) row += co[e * E + f], assert_int_equal(co[e * E + f], co[f * E + e]);
+        assert_int_equal(co[e * E + e], load[e]);
+        assert_int_equal(row, K * load[e]);
+    }
+
+    /* a repeated choice counts on the diagonal once per slot, never off it; -1 and E are skipped */
+    static const int odd[] = {2, 2, -1, 3, 1, 4};
+    long c4[16] = {0};
+    mg_metrics_coact(odd, 3, 4, 2, c4);
+    long want[16] = {0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1};
+    for (int i = 0; i < 16; i++) assert_int_equal(c4[i], want[i]);
+
+    /* the GPU trainer's path: counts_all + reduced coact; the same window as from topk_idx */
+    mg_metrics a, b;
+    assert_int_equal(mg_metrics_init(&a, 1, NULL, E, K), 0);
+    assert_int_equal(mg_metrics_init(&b, 1, NULL, E, K), 0);
+    int ico[E * E], cnt[E];
+    for (int i = 0; i < E * E; i++) ico[i] = (int)co[i];
+    for (int e = 0; e < E; e++) cnt[e] = (int)load[e];
+    for (int step = 0; step < 2; step++) {
+        mg_metrics_add(&a, 0, &(mg_metrics_batch){.T = T, .topk_idx = idx});
+        mg_metrics_add(&b, 0, &(mg_metrics_batch){.T = T, .counts_all = cnt, .coact = ico});
+    }
+    mg_metrics_add(&a, 0, &(mg_metrics_batch){.T = T, .topk_idx = idx, .coact = ico});   /* topk wins: once */
+    mg_metrics_add(&b, 0, &(mg_metrics_batch){.T = T, .topk_idx = idx});
+    for (int i = 0; i < E * E; i++) assert_int_equal(a.l[0].coact[i], 3 * co[i]), assert_int_equal(b.l[0].coact[i], 3 * co[i]);
+    for (int e = 0; e < E; e++) assert_int_equal(a.l[0].load[e], b.l[0].load[e]);
+    mg_metrics_add(&b, 0, &(mg_metrics_batch){.T = T, .counts_all = cnt});   /* neither: no co-activation */
+    assert_int_equal(b.l[0].coact[0], 3 * co[0]);
+    mg_metrics_free(&a);
+    mg_metrics_free(&b);
+}
+
 /* ---- CRC-32C, framing, PNG ------------------------------------------------------------ */
 
 static void test_crc32c(void **state)
@@ -265,6 +323,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_metrics_math),
+        cmocka_unit_test(test_metrics_coact),
         cmocka_unit_test(test_crc32c),
         cmocka_unit_test(test_tb_roundtrip),
         cmocka_unit_test(test_train_metrics),
