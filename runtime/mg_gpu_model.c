@@ -4,6 +4,7 @@
 #include "mg_cuda.h"
 #include "mg_dist.h"   /* mg_dist_alive: a long cold JIT compile is not a hung worker */
 #include "mg_dp.h"
+#include "mg_gpu_ep.h"
 #include "mg_hash.h"   /* dropout streams: the same counters as mg_cpu_ops.h */
 #include "mg_jit.h"
 #include "mg_lm.h"
@@ -69,12 +70,12 @@ int mg_gpu_check_layout(const mg_cpu_model *m, mg_err *err)
             misplaced(err, m, l->wv, l->wk + kw * d, "v_proj after k_proj", i))
             return MG_EINTERNAL;
         if (l->moe) {
-            long up = l->router + (long)m->E * d, dn = up + (long)m->E * m->F2 * d;
+            long up = l->router + (long)m->E * d, dn = up + (long)m->E_loc * m->F2 * d;   /* a shard: its experts */
             if (misplaced(err, m, l->w_up, up, "experts' gate/up after the router", i) ||
                 misplaced(err, m, l->w_dn, dn, "experts' down after gate/up", i))
                 return MG_EINTERNAL;
             if (m->S) {
-                long sup = dn + (long)m->E * d * m->ff, sdn = sup + (long)m->S * m->F2 * d;
+                long sup = dn + (long)m->E_loc * d * m->ff, sdn = sup + (long)m->S * m->F2 * d;
                 if (misplaced(err, m, l->ws_up, sup, "shared experts' gate/up after the experts", i) ||
                     misplaced(err, m, l->ws_dn, sdn, "shared experts' down", i))
                     return MG_EINTERNAL;
@@ -89,15 +90,40 @@ int mg_gpu_check_layout(const mg_cpu_model *m, mg_err *err)
 /* ------------------------------------------------------------------------------------ */
 /* the model on the device                                                               */
 
-/* y += x (fp32): the one kernel the LM families lack (gradient accumulation over micro-batches).
- * Compiled by NVRTC through the cache like every other kernel. */
-static const char add_src[] =
+/* The kernels the LM and MoE families lack, compiled by NVRTC through the cache like every
+ * other kernel:
+ *   mg_gpu_add_f32  y += x (fp32): gradient accumulation over micro-batches
+ *   mg_gpu_coact    coact [E,E] += the expert co-activation of topk [N,k], the pairs
+ *                   mg_metrics_coact counts (i = j, or two different valid experts), with integer
+ *                   atomics (deterministic); a thread per token, k² atomics each */
+static const char glue_src[] =
     "extern \"C\" __global__ void mg_gpu_add_f32(float *y, const float *x, long long n)\n"
     "{\n"
     "    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n"
     "         i += (long long)gridDim.x * blockDim.x)\n"
     "        y[i] += x[i];\n"
+    "}\n"
+    "\n"
+    "extern \"C\" __global__ void mg_gpu_coact(int *coact, const int *topk, int N, int E, int k)\n"
+    "{\n"
+    "    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < N; t += gridDim.x * blockDim.x) {\n"
+    "        const int *s = topk + (long long)t * k;\n"
+    "        for (int i = 0; i < k; i++) {\n"
+    "            int e = s[i];\n"
+    "            if (e < 0 || e >= E) continue;\n"
+    "            for (int j = 0; j < k; j++) {\n"
+    "                int f = s[j];\n"
+    "                if (f >= 0 && f < E && (i == j || e != f)) atomicAdd(coact + (long long)e * E + f, 1);\n"
+    "            }\n"
+    "        }\n"
+    "    }\n"
     "}\n";
+
+const char *mg_gpu_glue_source(size_t *len)
+{
+    *len = sizeof glue_src - 1;
+    return glue_src;
+}
 
 #define GRAD_CHUNK (1LL << 24)   /* elements per sumsq launch (its own LM_SUMSQ_BLOCKS partials) */
 
@@ -116,8 +142,8 @@ struct mg_gpu_model {
     mg_lm *lm;
     mg_blas *blas;
     cudaStream_t st;
-    cudaLibrary_t add_lib;
-    cudaKernel_t add_k;
+    cudaLibrary_t glue_lib;
+    cudaKernel_t add_k, coact_k;
     float *P, *G, *M, *Vm, *Gs;
     void *Wc;
     void *wg0;                    /* zero router of the dense layers: [1, d] dtype */
@@ -134,6 +160,11 @@ struct mg_gpu_model {
     float *dstat, *hstat;         /* per slot: CE mean, (aux, z) per layer, then (Σ entropy, Σ top-1) per layer */
     int *dcnt, *hcnt;             /* per slot: per layer counts_all [E] then n_dropped */
     int *slot_N;
+    mg_gpu_ep *ep;                /* expert parallel (h is a shard): the MoE layers exchange tokens */
+    /* expert co-activation (mg_gpu_count_coact): per slot < co_slots, per MoE layer [E, E] */
+    int *dco, *hco, *moe_ord;     /* moe_ord [L]: the MoE layer's index among the MoE layers, or -1 */
+    int co_slots, n_moe, co_on;
+    unsigned char *co_done;       /* [slots]: bit 0: the slot's last run counted co-activation; bit 1: read */
     /* data parallel (mg_dp.h): each bucket is all-reduced on cs once its stage's backward is done */
     const mg_dp *dp;
     cudaStream_t cs;
@@ -164,6 +195,17 @@ static int add_f32(mg_gpu_model *g, float *y, const float *x, long long n, mg_er
     return MG_OK;
 }
 
+/* coact [E,E] += the co-activation of topk [N,k] (mg_gpu_coact). */
+static int coact_count(mg_gpu_model *g, int *coact, const int *topk, int N, mg_err *err)
+{
+    int E = g->E, k = g->h->k, blocks = (N + 255) / 256;
+    if (blocks > 1024) blocks = 1024;
+    dim3 grid = {(unsigned)blocks, 1, 1}, blk = {256, 1, 1};
+    void *args[5] = {&coact, &topk, &N, &E, &k};
+    MG_CUDA_TRY(cudaLaunchKernel((const void *)g->coact_k, grid, blk, args, 0, g->st), err);
+    return MG_OK;
+}
+
 static int dmalloc(void **p, size_t bytes, mg_err *err)
 {
     MG_CUDA_TRY(cudaMalloc(p, bytes ? bytes : 16), err);
@@ -171,17 +213,18 @@ static int dmalloc(void **p, size_t bytes, mg_err *err)
 }
 #define DALLOC(ptr, bytes) do { if ((rc = dmalloc((void **)&(ptr), (size_t)(bytes), err))) goto fail; } while (0)
 
-static int build_add_kernel(mg_gpu_model *g, const char *arch, mg_err *err)
+static int build_glue(mg_gpu_model *g, const char *arch, mg_err *err)
 {
     mg_jit_opts jo = {.arch = arch};
     mg_jit_result res;
     memset(&res, 0, sizeof res);
-    int rc = mg_jit_compile("mg_gpu_add_f32", add_src, sizeof add_src - 1, &jo, &res, err);
+    int rc = mg_jit_compile("mg_gpu_glue", glue_src, sizeof glue_src - 1, &jo, &res, err);
     if (rc) return rc;
-    cudaError_t e = cudaLibraryLoadData(&g->add_lib, res.cubin.data, NULL, NULL, 0, NULL, NULL, 0);
+    cudaError_t e = cudaLibraryLoadData(&g->glue_lib, res.cubin.data, NULL, NULL, 0, NULL, NULL, 0);
     mg_jit_result_free(&res);
-    if (e != cudaSuccess) return mg_err_set(err, MG_EINTERNAL, "cudaLibraryLoadData(mg_gpu_add_f32): %s", cudaGetErrorString(e));
-    MG_CUDA_TRY(cudaLibraryGetKernel(&g->add_k, g->add_lib, "mg_gpu_add_f32"), err);
+    if (e != cudaSuccess) return mg_err_set(err, MG_EINTERNAL, "cudaLibraryLoadData(mg_gpu_glue): %s", cudaGetErrorString(e));
+    MG_CUDA_TRY(cudaLibraryGetKernel(&g->add_k, g->glue_lib, "mg_gpu_add_f32"), err);
+    MG_CUDA_TRY(cudaLibraryGetKernel(&g->coact_k, g->glue_lib, "mg_gpu_coact"), err);
     return MG_OK;
 }
 
@@ -218,7 +261,7 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     }
     for (int i = 0; i < 2; i++) MG_CUDA_TRY(cudaEventCreateWithFlags(&g->ev[i], cudaEventDisableTiming), err);
     if ((rc = mg_blas_create(&g->blas, 0, err))) goto fail;
-    if ((rc = build_add_kernel(g, arch, err))) goto fail;
+    if ((rc = build_glue(g, arch, err))) goto fail;
 
     /* kernels: the LM families from the spec; the FFN per layer kind */
     mg_plan *plan = malloc(sizeof *plan);
@@ -240,7 +283,7 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
             break;
         if (l->moe) {
             g->ly[i].span = l->router;
-            g->ly[i].span_n = (long)h->E * d + (long)h->E * (h->F2 + h->ff) * d + (long)h->S * (h->F2 + h->ff) * d;
+            g->ly[i].span_n = (long)h->E * d + (long)h->E_loc * (h->F2 + h->ff) * d + (long)h->S * (h->F2 + h->ff) * d;
         } else {
             g->ly[i].span = l->f_up;
             g->ly[i].span_n = (long)(h->F2d + h->ffd) * d;
@@ -308,6 +351,15 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     for (int i = 0; i < 2; i++)
         MG_CUDA_TRY(cudaHostAlloc((void **)&g->stage[i], (size_t)bmax * (g->T + 1) * 4, 0), err);
     g->slot_N = calloc((size_t)g->slots, sizeof(int));
+    /* co-activation: training micro-batches only (slots < grad_accum), E² ints per MoE layer */
+    g->moe_ord = malloc(sizeof(int) * (size_t)g->L);
+    g->co_done = calloc((size_t)g->slots, 1);
+    if (!g->slot_N || !g->moe_ord || !g->co_done) { rc = mg_err_set(err, MG_EINTERNAL, "out of memory"); goto fail; }
+    for (int i = 0; i < g->L; i++) g->moe_ord[i] = h->layers[i].moe ? g->n_moe++ : -1;
+    g->co_slots = A < g->slots ? A : g->slots;
+    size_t co_bytes = (size_t)g->co_slots * g->n_moe * g->E * g->E * 4;
+    DALLOC(g->dco, co_bytes);
+    MG_CUDA_TRY(cudaHostAlloc((void **)&g->hco, co_bytes ? co_bytes : 16, 0), err);
     if ((rc = mg_lm_rope_table(g->lm, g->st, g->cos_t, g->sin_t, g->T, err))) goto fail;
     MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
     *out = g;
@@ -338,6 +390,10 @@ void mg_gpu_destroy(mg_gpu_model *g)
     cudaFree(g->part); cudaFree(g->dnorm); cudaFree(g->ids); cudaFree(g->tgt); cudaFree(g->dstat); cudaFree(g->dcnt);
     if (g->hstat) cudaFreeHost(g->hstat);
     if (g->hcnt) cudaFreeHost(g->hcnt);
+    cudaFree(g->dco);
+    if (g->hco) cudaFreeHost(g->hco);
+    free(g->moe_ord);
+    free(g->co_done);
     for (int i = 0; i < 2; i++) {
         if (g->stage[i]) cudaFreeHost(g->stage[i]);
         if (g->ev[i]) cudaEventDestroy(g->ev[i]);
@@ -350,7 +406,8 @@ void mg_gpu_destroy(mg_gpu_model *g)
     if (g->cs) cudaStreamSynchronize(g->cs), cudaStreamDestroy(g->cs);
     mg_lm_destroy(g->lm);
     mg_blas_destroy(g->blas);
-    if (g->add_lib) cudaLibraryUnload(g->add_lib);
+    mg_gpu_ep_destroy(g->ep);
+    if (g->glue_lib) cudaLibraryUnload(g->glue_lib);
     if (g->st) cudaStreamDestroy(g->st);
     free(g);
 }
@@ -425,6 +482,11 @@ int mg_gpu_dp_attach(mg_gpu_model *g, const mg_dp *dp, mg_err *err)
     return MG_OK;
 }
 
+int mg_gpu_ep_attach(mg_gpu_model *g, mg_comm *ep_comm, mg_err *err)
+{
+    return g->h->ep > 1 ? mg_gpu_ep_create(&g->ep, ep_comm, g->h, g->bmax, err) : MG_OK;
+}
+
 void mg_gpu_dp_arm(mg_gpu_model *g) { g->dp_armed = g->dp != NULL; }
 
 /* The backward of `stage` is enqueued: its buckets' all-reduce goes on cs behind an event, so it
@@ -486,7 +548,9 @@ static int layer_fwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double 
         (rc = mg_lm_norm_fwd(g->lm, g->st, y->x_mid, NULL, NULL, WC(g, l->ln2), y->n2, y->r2, N, err)))
         return rc;
     mg_moe_weights w = ffn_weights(g, i);
-    if ((rc = mg_moe_forward(y->ffn, g->st, &w, y->n2, g->tmp, N, err))) return rc;
+    if ((rc = g->ep && l->moe ? mg_gpu_ep_forward(g->ep, i, y->ffn, g->st, &w, y->n2, g->tmp, N, err)
+                              : mg_moe_forward(y->ffn, g->st, &w, y->n2, g->tmp, N, err)))
+        return rc;
     if (l->moe) {
         mg_moe_state ms;
         mg_moe_get_state(y->ffn, &ms);
@@ -497,6 +561,10 @@ static int layer_fwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double 
                     err);   /* router entropy/top-1 sums */
         MG_CUDA_TRY(cudaMemcpyAsync(cd, ms.counts_all, (size_t)g->E * sizeof(int), cudaMemcpyDeviceToDevice, g->st), err);
         MG_CUDA_TRY(cudaMemcpyAsync(cd + g->E, ms.n_dropped, sizeof(int), cudaMemcpyDeviceToDevice, g->st), err);
+        if (g->co_done[slot] & 1) {
+            int *co = g->dco + ((size_t)slot * g->n_moe + g->moe_ord[i]) * g->E * g->E;
+            if ((rc = coact_count(g, co, ms.topk_idx, N, err))) return rc;
+        }
         if (g->route_out && g->route_out[i])
             MG_CUDA_TRY(cudaMemcpyAsync(g->route_out[i], ms.topk_idx, (size_t)N * g->h->k * sizeof(int),
                                         cudaMemcpyDeviceToHost, g->st), err);
@@ -532,7 +600,8 @@ static int layer_bwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double 
     mg_moe_weights w = ffn_weights(g, i);
     mg_moe_grads gr = ffn_grads(g, i, acc ? g->Gs : g->G + y->span);
     if ((rc = mg_lm_dropout(g->lm, g->st, 1, g->dx, NULL, g->dtmp, Nd, p, sf, err)) ||
-        (rc = mg_moe_backward(y->ffn, g->st, &w, y->n2, g->dtmp, g->dn, &gr, N, err)))
+        (rc = g->ep && l->moe ? mg_gpu_ep_backward(g->ep, i, y->ffn, g->st, &w, y->n2, g->dtmp, g->dn, &gr, N, err)
+                              : mg_moe_backward(y->ffn, g->st, &w, y->n2, g->dtmp, g->dn, &gr, N, err)))
         return rc;
     if (acc && (rc = add_f32(g, g->G + y->span, g->Gs, y->span_n, err))) return rc;
     if ((rc = norm_bwd(g, acc, g->dn, y->x_mid, l->ln2, y->r2, g->dx, g->dx, N, err))) return rc;
@@ -579,6 +648,9 @@ int mg_gpu_run(mg_gpu_model *g, const int32_t *tokens, int B, const mg_cpu_ctx *
     float *stat = g->dstat + (size_t)slot * g->sstride;
     MG_CUDA_TRY(cudaMemsetAsync(stat, 0, (size_t)g->sstride * 4, g->st), err);
     MG_CUDA_TRY(cudaMemsetAsync(g->dcnt + (size_t)slot * g->cstride, 0, (size_t)g->cstride * 4, g->st), err);
+    size_t co_n = (size_t)g->n_moe * g->E * g->E;
+    g->co_done[slot] = g->co_on && slot < g->co_slots && co_n;
+    if (g->co_done[slot] & 1) MG_CUDA_TRY(cudaMemsetAsync(g->dco + slot * co_n, 0, co_n * 4, g->st), err);
     if ((rc = mg_lm_embed_fwd(g->lm, g->st, g->ids, WC(g, h->emb), g->X[0], N, err))) return rc;
     for (int i = 0; i < g->L; i++)
         if ((rc = layer_fwd(g, i, B, c, p, slot, err))) return rc;
@@ -610,6 +682,14 @@ int mg_gpu_read_stats(mg_gpu_model *g, int n, int count_loads, mg_cpu_out *outs,
     if (n < 1 || n > g->slots) return mg_err_set(err, MG_EINTERNAL, "mg_gpu_read_stats: n = %d", n);
     MG_CUDA_TRY(cudaMemcpyAsync(g->hstat, g->dstat, (size_t)n * g->sstride * 4, cudaMemcpyDeviceToHost, g->st), err);
     MG_CUDA_TRY(cudaMemcpyAsync(g->hcnt, g->dcnt, (size_t)n * g->cstride * 4, cudaMemcpyDeviceToHost, g->st), err);
+    int nco = 0;   /* co-activation: up to the last slot that counted it (log steps only) */
+    for (int s = 0; s < n && s < g->co_slots; s++)
+        if (g->co_done[s] & 1) nco = s + 1;
+    for (int s = 0; s < g->slots; s++)   /* bit 1: this read copied the slot's counts */
+        g->co_done[s] = (unsigned char)((g->co_done[s] & 1) * (s < nco ? 3 : 1));
+    if (nco)
+        MG_CUDA_TRY(cudaMemcpyAsync(g->hco, g->dco, (size_t)nco * g->n_moe * g->E * g->E * 4, cudaMemcpyDeviceToHost,
+                                    g->st), err);
     MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
     for (int s = 0; s < n; s++) {
         mg_cpu_out *o = &outs[s];
@@ -641,6 +721,14 @@ void mg_gpu_layer_stats(const mg_gpu_model *g, int slot, int layer, const int **
     *dropped = cn[g->E];
 }
 
+const int *mg_gpu_layer_coact(const mg_gpu_model *g, int slot, int layer)
+{
+    if (slot < 0 || slot >= g->co_slots || !(g->co_done[slot] & 2) || g->moe_ord[layer] < 0) return NULL;
+    return g->hco + ((size_t)slot * g->n_moe + g->moe_ord[layer]) * g->E * g->E;
+}
+
+void mg_gpu_count_coact(mg_gpu_model *g, int on) { g->co_on = on; }
+
 void mg_gpu_layer_router_sums(const mg_gpu_model *g, int slot, int layer, double *entropy_sum, double *top1_sum)
 {
     const float *st = g->hstat + (size_t)slot * g->sstride + 1 + 2 * g->L + 2 * layer;
@@ -668,6 +756,7 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
     if ((rc = mg_lm_gnorm(g->lm, g->st, g->part, g->n_chunks * LM_SUMSQ_BLOCKS, (float)sp->train.grad_clip, g->dnorm,
                           err)))
         return rc;
+    if (g->ep && (rc = mg_gpu_ep_fix_norm(g->ep, g->lm, g->st, g->G, g->dnorm, sp->train.grad_clip, err))) return rc;
     int t = (int)o->step + 1;
     mg_lm_adamw_hp hp = {(float)lr, (float)sp->train.beta1, (float)sp->train.beta2, 1e-8f, (float)sp->train.weight_decay};
     /* one launch per run of adjacent tensors with the same decay flag */

@@ -112,6 +112,20 @@ void mg_gpu_layer_stats(const mg_gpu_model *g, int slot, int layer, const int **
  * the routing kernels: Σ_t −Σ_e p ln p and Σ_t max_e p (for mg_metrics_batch). */
 void mg_gpu_layer_router_sums(const mg_gpu_model *g, int slot, int layer, double *entropy_sum, double *top1_sum);
 
+/* Expert co-activation, counted on the device from each MoE layer's top-k choices (no pass over
+ * the hidden states): with on != 0, the next mg_gpu_run calls with slot < grad_accum also count
+ * mg_metrics_coact's pairs of each MoE layer into [E, E] ints of their slot (kernel mg_gpu_coact,
+ * integer atomics: deterministic); 0 stops. The trainer turns it on for log steps only. */
+void mg_gpu_count_coact(mg_gpu_model *g, int on);
+/* After mg_gpu_read_stats: MoE layer i's co-activation counts [E, E] in slot (for
+ * mg_metrics_batch.coact), or NULL when that slot's run did not count them or i is dense;
+ * valid until the next read. */
+const int *mg_gpu_layer_coact(const mg_gpu_model *g, int slot, int layer);
+
+/* The NVRTC source of the model's own small kernels (mg_gpu_add_f32, mg_gpu_coact), compiled at
+ * mg_gpu_create; CPU-side, so test_gpu_layout compiles it without a device. */
+const char *mg_gpu_glue_source(size_t *len);
+
 /* Grad norm, clip, AdamW at lr for update t = o->step + 1 (o->step is then incremented,
  * host side only); returns the (unclipped) norm. Syncs to read the norm. */
 int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_err *err);

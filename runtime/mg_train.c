@@ -322,6 +322,8 @@ static int train_step_gpu(run *r, long s, int32_t *tok, step_stats *ss, mg_err *
     int A = r->dp.A_loc, B = r->dp.B_loc, W = r->dp.world, rc;   /* this rank's micro-batches (mg_dp.h) */
     mg_cpu_out outs[64], *o = A <= 64 ? outs : malloc(sizeof *o * (size_t)A);
     memset(ss, 0, sizeof *ss);
+    /* expert co-activation: counted on the device on log steps only (write_metrics' test) */
+    mg_gpu_count_coact(r->gpu, r->metrics_on && ((s + 1) % r->log_every == 0 || s + 1 == r->stop));
     for (int a = 0; a < A; a++) {
         unsigned long long k;
         int row0, micro;
@@ -332,15 +334,16 @@ static int train_step_gpu(run *r, long s, int32_t *tok, step_stats *ss, mg_err *
             (rc = mg_gpu_run(r->gpu, tok + (long)row0 * (r->m.T + 1), B, &c, 1, a, err)))
             goto out;
     }
+    mg_gpu_count_coact(r->gpu, 0);
     ss->lr = mg_lr_at(sp, s);
     if ((rc = mg_gpu_opt_step(r->gpu, &r->opt, ss->lr, &ss->gnorm, err)) ||
         (rc = mg_gpu_read_stats(r->gpu, A, 1, o, err)))
         goto out;
     for (int a = 0; a < A; a++) {
-        if (r->metrics_on)   /* router entropy/top-1: sums reduced on the device by the routing kernels */
+        if (r->metrics_on)   /* router entropy/top-1 sums and co-activation (log steps): reduced on the device */
             for (int i = 0, li = 0; i < r->m.L; i++) {
                 if (!r->m.layers[i].moe) continue;
-                mg_metrics_batch mb = {.T = B * r->m.T};
+                mg_metrics_batch mb = {.T = B * r->m.T, .coact = mg_gpu_layer_coact(r->gpu, a, i)};
                 mg_gpu_layer_stats(r->gpu, a, i, &mb.counts_all, &mb.aux, &mb.z, &mb.dropped);
                 mg_gpu_layer_router_sums(r->gpu, a, i, &mb.entropy_sum, &mb.top1_sum);
                 mg_metrics_add(&r->mx, li++, &mb);

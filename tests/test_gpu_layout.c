@@ -1,10 +1,11 @@
 /* test_gpu_layout: the CPU-checkable parts of the GPU trainer: the fused views mg_gpu_model
  * takes of the flat parameter buffer (QKV, expert groups, dense FFN) agree with the CPU
- * model's tensor table for every shipped spec, the per-layer kernel specs validate, and the
- * MFU arithmetic. */
+ * model's tensor table for every shipped spec, the per-layer kernel specs validate, the
+ * MFU arithmetic, and NVRTC compiles the model's own small kernels. */
 #include "mg_test.h"
 #include "mg_cpu_model.h"
 #include "mg_gpu_model.h"
+#include "mg_jit.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -101,12 +102,46 @@ static void test_mfu(void **state)
     assert_true(MG_GPU_PEAK_BF16 == 989.0e12);
 }
 
+/* The model's own kernels (mg_gpu_glue_source: mg_gpu_add_f32, mg_gpu_coact), compiled at
+ * mg_gpu_create on the GPU host: NVRTC builds them here for both shipped archs, with integer
+ * atomics in the co-activation count (the PTX for compute_80). */
+static void test_glue_nvrtc(void **state)
+{
+    (void)state;
+    size_t len;
+    const char *src = mg_gpu_glue_source(&len);
+    assert_true(len == strlen(src));
+    const char *archs[] = {"sm_80", "sm_90a", "compute_80"};
+    for (int a = 0; a < 3; a++) {
+        mg_jit_opts o = {.arch = archs[a], .no_cache = 1};
+        mg_jit_result r;
+        mg_err e;
+        memset(&r, 0, sizeof r);
+        mg_err_clear(&e);
+        int rc = mg_jit_compile("mg_gpu_glue", src, len, &o, &r, &e);
+        if (rc) print_error("%s: %s\n", archs[a], e.msg);
+        assert_int_equal(rc, MG_OK);
+        assert_true(r.cubin.size > 0);
+        for (int k = 0; k < 2; k++) {
+            const char *name = k ? "mg_gpu_coact" : "mg_gpu_add_f32";
+            assert_non_null(memmem(r.cubin.data, r.cubin.size, name, strlen(name)));
+        }
+        if (a == 2) {
+            const char *ptx = (const char *)r.cubin.data;
+            assert_true(strstr(ptx, "red.global.add.u32") || strstr(ptx, "red.global.add.s32") ||
+                        strstr(ptx, "atom.global.add.u32") || strstr(ptx, "atom.global.add.s32"));
+        }
+        mg_jit_result_free(&r);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layout_all_specs),
         cmocka_unit_test(test_layout_detects_moves),
         cmocka_unit_test(test_mfu),
+        cmocka_unit_test(test_glue_nvrtc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
