@@ -232,6 +232,40 @@ static void check_router_stats(FILE *out, mg_cpu_model *cm, const mg_gpu_model *
     *n_fail += bad;
 }
 
+/* Expert co-activation as the GPU counts it (mg_gpu_layer_coact, from its own top-k) against
+ * mg_metrics_coact of the CPU's routing, per micro-batch and MoE layer (a forward-only CPU pass
+ * each; with the GPU's routing replayed when check_routing found near-ties, so the two see the
+ * same choices): integer counts, exact. After mg_gpu_read_stats. */
+static void check_coact(FILE *out, mg_cpu_model *cm, const mg_gpu_model *g, const int32_t *tok, int A, int B, int W,
+                        uint64_t seed, int *const *route, int *n_fail)
+{
+    long N = (long)B * cm->T, differ = 0, entries = 0, missing = 0;
+    long *want = malloc(sizeof(long) * (size_t)cm->E * cm->E);
+    mg_cpu_out tmp;
+    for (int a = 0; a < A; a++) {
+        mg_cpu_ctx c = {.train = 1, .seed = seed, .step = 0, .micro = a, .scale = 1.0 / A};
+        for (int i = 0; i < cm->L; i++) cm->layers[i].force_idx = route ? route[a * cm->L + i] : NULL;
+        mg_cpu_model_run(cm, tok + (long)a * B * W, B, &c, 0, &tmp);
+        for (int i = 0; i < cm->L; i++) {
+            if (!cm->layers[i].moe) continue;
+            const int *got = mg_gpu_layer_coact(g, a, i);
+            memset(want, 0, sizeof(long) * (size_t)cm->E * cm->E);
+            mg_metrics_coact(cm->layers[i].rf.topk_idx, (int)N, cm->E, cm->k, want);
+            for (long e = 0; e < (long)cm->E * cm->E; e++) differ += !got || got[e] != want[e];
+            entries += (long)cm->E * cm->E;
+            missing += !got;
+        }
+    }
+    for (int i = 0; i < cm->L; i++) cm->layers[i].force_idx = NULL;
+    free(want);
+    if (!entries) return;
+    int bad = differ > 0;
+    fprintf(out, "  co-activation (device-counted, %s routing): %ld of %ld counts differ%s  %s\n",
+            route ? "the GPU's replayed" : "the same", differ, entries, missing ? " (not counted on the GPU)" : "",
+            bad ? "FAIL" : "ok");
+    *n_fail += bad;
+}
+
 /* routing.npy: int32 [A·n_moe_layers, B·T, k] (micro-batch major, then MoE layers in order): the GPU's
  * choices that the dumped CPU gradients replayed. */
 static int write_routing(const char *dir, const mg_cpu_model *m, int *const *groute, int A, long N, mg_err *err)
@@ -324,6 +358,7 @@ int mg_gpu_check_step(const mg_spec *spec, const char *dump_dir, FILE *out, int 
     mg_cpu_model_init_weights(&hm, seed);
     mg_gpu_opts gopt = {0};
     if ((rc = mg_gpu_create(&g, &hm, B, &gopt, err)) || (rc = mg_gpu_upload(g, &go_opt, err))) goto done2;
+    mg_gpu_count_coact(g, 1);   /* as on a training log step */
     for (int a = 0; a < A && !rc; a++) {
         mg_cpu_ctx c = {.train = 1, .seed = seed, .step = 0, .micro = a, .scale = 1.0 / A};
         mg_gpu_capture_routing(g, groute + (size_t)a * cm.L);
@@ -337,6 +372,7 @@ int mg_gpu_check_step(const mg_spec *spec, const char *dump_dir, FILE *out, int 
     int replayed;
     check_router_stats(out, &cm, g, tok, A, B, W, seed, lp, n_fail);
     check_routing(out, &cm, tok, A, B, W, seed, groute, lp, co, &cs, &cpu_gn, &replayed, n_fail);
+    check_coact(out, &cm, g, tok, A, B, W, seed, replayed ? groute : NULL, n_fail);
     if (dump_dir && replayed) {
         snprintf(path, sizeof path, "%s/grads_cpu.safetensors", dump_dir);
         if ((rc = write_buf(path, &cm, cm.grads, err)) || (rc = write_routing(dump_dir, &cm, groute, A, N, err))) {
