@@ -14,7 +14,7 @@
 #include <string.h>
 
 static const char *const train_help =
-    "usage: moegen train SPEC [--device cpu|gpu] [--steps N] [--run-dir DIR] [--keep N] [-q]\n"
+    "usage: moegen train SPEC [--device cpu|gpu] [--steps N] [--run-dir DIR] [--keep N] [--no-save] [-q]\n"
     "       moegen train --resume DIR [SPEC] [--steps N] [--run-dir DIR]\n"
     "       moegen train SPEC --check-step [--dump DIR]\n"
     "       moegen train SPEC --gpus N | --procs N [--timeout S] [--rendezvous file:PATH|tcp:HOST:PORT]\n"
@@ -22,7 +22,8 @@ static const char *const train_help =
     "  metrics.jsonl (one JSON object per step), spec.lua, ckpt-NNNNNN/ (model.safetensors,\n"
     "  optimizer.safetensors, state.json; the last --keep, default 3, plus the best) and best ->.\n"
     "  Validation loss every train.eval_every steps and at the end. --steps N stops after N steps\n"
-    "  in all (the LR schedule still spans train.steps); --resume continues a run bitwise.\n"
+    "  in all (the LR schedule still spans train.steps); --resume continues a run bitwise. --no-save\n"
+    "  writes no checkpoints (timing runs of models too big to save quickly).\n"
     "  --device: gpu (the default when a CUDA device is present: generated kernels, bf16 compute on\n"
     "  fp32 master weights; prints tokens/s, MFU and GPU memory) or cpu (the default without one: the\n"
     "  fp32 oracle). Both follow runtime/TRAINING.md and write the same files; either resumes the other.\n"
@@ -81,6 +82,7 @@ int mg_cmd_train(int argc, char **argv)
             return 0;
         }
         if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) o.quiet = 1;
+        else if (!strcmp(a, "--no-save")) o.no_save = 1;
         else if (!strcmp(a, "--check-step")) check = 1;
         else if (!strcmp(a, "--gpus") || !strcmp(a, "--procs") || !strcmp(a, "--timeout")) {
             if (!next) return fail("train", "%s needs a value", a);

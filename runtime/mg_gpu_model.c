@@ -4,6 +4,7 @@
 #include "mg_cuda.h"
 #include "mg_dist.h"   /* mg_dist_alive: a long cold JIT compile is not a hung worker */
 #include "mg_dp.h"
+#include "mg_gpu_ep.h"
 #include "mg_hash.h"   /* dropout streams: the same counters as mg_cpu_ops.h */
 #include "mg_jit.h"
 #include "mg_lm.h"
@@ -69,12 +70,12 @@ int mg_gpu_check_layout(const mg_cpu_model *m, mg_err *err)
             misplaced(err, m, l->wv, l->wk + kw * d, "v_proj after k_proj", i))
             return MG_EINTERNAL;
         if (l->moe) {
-            long up = l->router + (long)m->E * d, dn = up + (long)m->E * m->F2 * d;
+            long up = l->router + (long)m->E * d, dn = up + (long)m->E_loc * m->F2 * d;   /* a shard: its experts */
             if (misplaced(err, m, l->w_up, up, "experts' gate/up after the router", i) ||
                 misplaced(err, m, l->w_dn, dn, "experts' down after gate/up", i))
                 return MG_EINTERNAL;
             if (m->S) {
-                long sup = dn + (long)m->E * d * m->ff, sdn = sup + (long)m->S * m->F2 * d;
+                long sup = dn + (long)m->E_loc * d * m->ff, sdn = sup + (long)m->S * m->F2 * d;
                 if (misplaced(err, m, l->ws_up, sup, "shared experts' gate/up after the experts", i) ||
                     misplaced(err, m, l->ws_dn, sdn, "shared experts' down", i))
                     return MG_EINTERNAL;
@@ -159,6 +160,7 @@ struct mg_gpu_model {
     float *dstat, *hstat;         /* per slot: CE mean, (aux, z) per layer, then (Σ entropy, Σ top-1) per layer */
     int *dcnt, *hcnt;             /* per slot: per layer counts_all [E] then n_dropped */
     int *slot_N;
+    mg_gpu_ep *ep;                /* expert parallel (h is a shard): the MoE layers exchange tokens */
     /* expert co-activation (mg_gpu_count_coact): per slot < co_slots, per MoE layer [E, E] */
     int *dco, *hco, *moe_ord;     /* moe_ord [L]: the MoE layer's index among the MoE layers, or -1 */
     int co_slots, n_moe, co_on;
@@ -281,7 +283,7 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
             break;
         if (l->moe) {
             g->ly[i].span = l->router;
-            g->ly[i].span_n = (long)h->E * d + (long)h->E * (h->F2 + h->ff) * d + (long)h->S * (h->F2 + h->ff) * d;
+            g->ly[i].span_n = (long)h->E * d + (long)h->E_loc * (h->F2 + h->ff) * d + (long)h->S * (h->F2 + h->ff) * d;
         } else {
             g->ly[i].span = l->f_up;
             g->ly[i].span_n = (long)(h->F2d + h->ffd) * d;
@@ -404,6 +406,7 @@ void mg_gpu_destroy(mg_gpu_model *g)
     if (g->cs) cudaStreamSynchronize(g->cs), cudaStreamDestroy(g->cs);
     mg_lm_destroy(g->lm);
     mg_blas_destroy(g->blas);
+    mg_gpu_ep_destroy(g->ep);
     if (g->glue_lib) cudaLibraryUnload(g->glue_lib);
     if (g->st) cudaStreamDestroy(g->st);
     free(g);
@@ -479,6 +482,11 @@ int mg_gpu_dp_attach(mg_gpu_model *g, const mg_dp *dp, mg_err *err)
     return MG_OK;
 }
 
+int mg_gpu_ep_attach(mg_gpu_model *g, mg_comm *ep_comm, mg_err *err)
+{
+    return g->h->ep > 1 ? mg_gpu_ep_create(&g->ep, ep_comm, g->h, g->bmax, err) : MG_OK;
+}
+
 void mg_gpu_dp_arm(mg_gpu_model *g) { g->dp_armed = g->dp != NULL; }
 
 /* The backward of `stage` is enqueued: its buckets' all-reduce goes on cs behind an event, so it
@@ -540,7 +548,9 @@ static int layer_fwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double 
         (rc = mg_lm_norm_fwd(g->lm, g->st, y->x_mid, NULL, NULL, WC(g, l->ln2), y->n2, y->r2, N, err)))
         return rc;
     mg_moe_weights w = ffn_weights(g, i);
-    if ((rc = mg_moe_forward(y->ffn, g->st, &w, y->n2, g->tmp, N, err))) return rc;
+    if ((rc = g->ep && l->moe ? mg_gpu_ep_forward(g->ep, i, y->ffn, g->st, &w, y->n2, g->tmp, N, err)
+                              : mg_moe_forward(y->ffn, g->st, &w, y->n2, g->tmp, N, err)))
+        return rc;
     if (l->moe) {
         mg_moe_state ms;
         mg_moe_get_state(y->ffn, &ms);
@@ -590,7 +600,8 @@ static int layer_bwd(mg_gpu_model *g, int i, int B, const mg_cpu_ctx *c, double 
     mg_moe_weights w = ffn_weights(g, i);
     mg_moe_grads gr = ffn_grads(g, i, acc ? g->Gs : g->G + y->span);
     if ((rc = mg_lm_dropout(g->lm, g->st, 1, g->dx, NULL, g->dtmp, Nd, p, sf, err)) ||
-        (rc = mg_moe_backward(y->ffn, g->st, &w, y->n2, g->dtmp, g->dn, &gr, N, err)))
+        (rc = g->ep && l->moe ? mg_gpu_ep_backward(g->ep, i, y->ffn, g->st, &w, y->n2, g->dtmp, g->dn, &gr, N, err)
+                              : mg_moe_backward(y->ffn, g->st, &w, y->n2, g->dtmp, g->dn, &gr, N, err)))
         return rc;
     if (acc && (rc = add_f32(g, g->G + y->span, g->Gs, y->span_n, err))) return rc;
     if ((rc = norm_bwd(g, acc, g->dn, y->x_mid, l->ln2, y->r2, g->dx, g->dx, N, err))) return rc;
@@ -745,6 +756,7 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
     if ((rc = mg_lm_gnorm(g->lm, g->st, g->part, g->n_chunks * LM_SUMSQ_BLOCKS, (float)sp->train.grad_clip, g->dnorm,
                           err)))
         return rc;
+    if (g->ep && (rc = mg_gpu_ep_fix_norm(g->ep, g->lm, g->st, g->G, g->dnorm, sp->train.grad_clip, err))) return rc;
     int t = (int)o->step + 1;
     mg_lm_adamw_hp hp = {(float)lr, (float)sp->train.beta1, (float)sp->train.beta2, 1e-8f, (float)sp->train.weight_decay};
     /* one launch per run of adjacent tensors with the same decay flag */

@@ -136,6 +136,11 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
  * Arm before the last local micro-batch of a step. No-op when dp is off. */
 typedef struct mg_dp mg_dp;
 int mg_gpu_dp_attach(mg_gpu_model *g, const mg_dp *dp, mg_err *err);
+/* Expert parallel (the host model is a shard, h->ep > 1): the MoE layers exchange their tokens with
+ * the group over ep_comm (NCCL, this device) and the grad norm adds the group's experts
+ * (runtime/mg_gpu_ep.h). No-op for an unsharded model. */
+typedef struct mg_comm mg_comm;
+int mg_gpu_ep_attach(mg_gpu_model *g, mg_comm *ep_comm, mg_err *err);
 void mg_gpu_dp_arm(mg_gpu_model *g);
 /* After mg_cpu_model_update_bias on the host: the selection biases → device. */
 int mg_gpu_upload_bias(mg_gpu_model *g, mg_err *err);

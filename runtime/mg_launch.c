@@ -183,13 +183,18 @@ static const void *mg_launch_cptr(const void *p, size_t elems, int esz)
 }
 static void *mg_launch_mptr(void *p, size_t elems, int esz) { return p ? (char *)p + elems * (size_t)esz : NULL; }
 
-MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
-                                    const mg_launch_weights *w, const void *x, void *y, int T, char *msg, size_t n)
+/* The phases of forward and backward, public so that expert parallelism (runtime/mg_gpu_model.c)
+ * can run the routing and the combine on the source rank and the experts' MLPs on the owner, with
+ * the token exchange in between. forward = route, routed experts, shared experts, combine;
+ * backward = route_bwd, routed experts, shared experts, router_dx: the same launches in the same
+ * order as one call. */
+MG_LAUNCH_API int mg_launch_route(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                  const mg_launch_weights *w, const void *x, int T, char *msg, size_t n)
 {
     const mg_launch_dims *m = &L->dim;
-    int s, rc = mg_launch_check_T(ws, T, msg, n);
+    int rc = mg_launch_check_T(ws, T, msg, n);
     if (rc) return rc;
-    const int E = m->E, k = m->k, d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
+    const int E = m->E, k = m->k;
     const int TK = T * k, n_chunks = mg_launch_cdiv(TK, MG_DISPATCH_CHUNK);
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
 
@@ -217,6 +222,42 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
         LAUNCH(MG_K_ROUTER_STATS, E + 3, 1, 1, 256, 0, rs);
         LAUNCH(MG_K_ROUTER_LOSS, 1, 1, 1, 256, 0, rl);
     }
+    return MG_LAUNCH_OK;
+}
+
+/* One expert's MLP on R rows taken in order (no routing: the shared experts' launches):
+ * a [R,f2], h [R,ff] dtype, z [R,d] fp32. */
+MG_LAUNCH_API int mg_launch_expert_fwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
+                                       const void *x, void *a, void *h, float *z, int R, char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    const mg_launch_tile *tu = &m->up, *td = &m->dn;
+    moe_up_fwd_params su = {x, w_up, a, h, NULL, NULL, NULL, 1, R};
+    moe_down_fwd_params sd = {h, w_dn, z, NULL, NULL, 1, R};
+    GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(R, tu->bm), mg_launch_cdiv(m->f2, tu->bn), su);
+    GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(R, td->bm), mg_launch_cdiv(m->d, td->bn), sd);
+    return MG_LAUNCH_OK;
+}
+
+/* y = Σ_j w·z over the kept slots (+ the shared experts' z). */
+MG_LAUNCH_API int mg_launch_combine(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream, void *y, int T,
+                                    char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    moe_combine_fwd_params cf = {ws->z, ws->slot_of, ws->topk_w, m->S ? ws->z_sh : NULL, m->S, y, T};
+    LAUNCH(MG_K_COMBINE_FWD, T, 1, 1, 256, 0, cf);
+    return MG_LAUNCH_OK;
+}
+
+MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                    const mg_launch_weights *w, const void *x, void *y, int T, char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    int s, rc = mg_launch_route(L, ws, stream, w, x, T, msg, n);
+    if (rc) return rc;
+    const int E = m->E, k = m->k, d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
+    const int TK = T * k;
+    const mg_launch_tile *tu = &m->up, *td = &m->dn;
     /* routed experts */
     {
         moe_up_fwd_params uf = {x, w->w_up, ws->a, ws->h, ws->offsets, ws->tile_off_up, ws->perm, E, T};
@@ -225,20 +266,63 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
         GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(d, td->bn), df);
     }
     /* shared experts: identity routing, one launch pair each */
-    for (s = 0; s < m->S; s++) {
-        moe_up_fwd_params su = {x, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
-                                mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
-                                mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), NULL, NULL, NULL, 1, T};
-        moe_down_fwd_params sd = {mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es),
-                                  mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), ws->z_sh + (size_t)s * T * d,
-                                  NULL, NULL, 1, T};
-        GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(T, tu->bm), mg_launch_cdiv(f2, tu->bn), su);
-        GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(T, td->bm), mg_launch_cdiv(d, td->bn), sd);
-    }
-    {
-        moe_combine_fwd_params cf = {ws->z, ws->slot_of, ws->topk_w, m->S ? ws->z_sh : NULL, m->S, y, T};
-        LAUNCH(MG_K_COMBINE_FWD, T, 1, 1, 256, 0, cf);
-    }
+    for (s = 0; s < m->S; s++)
+        if ((rc = mg_launch_expert_fwd(L, stream, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
+                                       mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), x,
+                                       mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
+                                       mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), ws->z_sh + (size_t)s * T * d,
+                                       T, msg, n)))
+            return rc;
+    return mg_launch_combine(L, ws, stream, y, T, msg, n);
+}
+
+/* Combine backward (dz [T·k,d] dtype per slot, dL/dw per assignment) and router backward (dlogits). */
+MG_LAUNCH_API int mg_launch_route_bwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream, const void *dy,
+                                      int T, char *msg, size_t n)
+{
+    int rc = mg_launch_check_T(ws, T, msg, n);
+    if (rc) return rc;
+    moe_combine_bwd_params cb = {dy, ws->z, ws->slot_of, ws->topk_w, ws->dz, ws->dw, T};
+    moe_router_bwd_params rb = {ws->logits, ws->topk_idx, ws->topk_w, ws->dw, ws->counts_all, ws->dlogits, T};
+    LAUNCH(MG_K_COMBINE_BWD, T, 1, 1, 256, 0, cb);
+    LAUNCH(MG_K_ROUTER_BWD, mg_launch_cdiv(T, MG_ROUTER_WARPS), 1, 1, 32 * MG_ROUTER_WARPS, 0, rb);
+    return MG_LAUNCH_OK;
+}
+
+/* One expert's backward on R rows in order, given dz [R,d] dtype: da [R,f2] dtype (scratch),
+ * dx [R,d] fp32, weight gradients g_up [f2,d] and g_dn [d,ff] fp32 written. */
+MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
+                                       const void *x, const void *a, const void *h, const void *dz, void *da,
+                                       float *dx, float *g_up, float *g_dn, int R, char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    const mg_launch_tile *tu = &m->up, *td = &m->dn;
+    const int d = m->d, ff = m->ff, f2 = m->f2;
+    moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R};
+    moe_down_wgrad_params sdw = {dz, h, g_dn, NULL, 1, R};
+    moe_up_dgrad_params sud = {da, w_up, dx, NULL, NULL, 1, R};
+    moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R};
+    GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(R, td->bm), mg_launch_cdiv(ff, td->bn), sdd);
+    GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, sdw);
+    GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(R, tu->bm), mg_launch_cdiv(d, tu->bn), sud);
+    GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), 1, suw);
+    return MG_LAUNCH_OK;
+}
+
+/* Router weight gradient dwg, the router's dx, and dx = Σ over the kept slots of dxs + that. */
+MG_LAUNCH_API int mg_launch_router_dx(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                      const mg_launch_weights *w, const void *x, void *dx, float *dwg, int T,
+                                      char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    const int E = m->E, d = m->d, n_split = mg_launch_cdiv(T, MG_DWG_SPLIT);
+    moe_router_dwg_params rg = {ws->dlogits, x, ws->dwg_part, dwg, T};
+    moe_router_dx_params rx = {ws->dlogits, w->wg, ws->dxr, T};
+    LAUNCH(MG_K_ROUTER_DWG, mg_launch_cdiv(d, 128), mg_launch_cdiv(E, 8), n_split, 128, 0, rg);
+    if (n_split > 1) LAUNCH(MG_K_ROUTER_DWGSUM, mg_launch_cdiv((long long)E * d, 256), 1, 1, 256, 0, rg);
+    LAUNCH(MG_K_ROUTER_DX, mg_launch_cdiv(T, MG_RDX_TOKENS), 1, 1, 256, 0, rx);
+    moe_combine_dx_params cx = {ws->dxs, ws->slot_of, ws->dxr, m->S ? ws->dxs_sh : NULL, m->S, dx, T};
+    LAUNCH(MG_K_COMBINE_DX, T, 1, 1, 256, 0, cx);
     return MG_LAUNCH_OK;
 }
 
@@ -250,20 +334,13 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
     int s, rc = mg_launch_check_T(ws, T, msg, n);
     if (rc) return rc;
     const int E = m->E, k = m->k, d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
-    const int TK = T * k, n_split = mg_launch_cdiv(T, MG_DWG_SPLIT);
+    const int TK = T * k;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
     if (m->S && (!g->dws_up || !g->dws_dn || !w->ws_up || !w->ws_dn)) {
         if (msg && n) snprintf(msg, n, "backward: %d shared experts need ws_up/ws_dn and dws_up/dws_dn", m->S);
         return MG_LAUNCH_EUSER;
     }
-
-    /* combine backward: dz per slot, dL/dw per assignment; router backward: dlogits */
-    {
-        moe_combine_bwd_params cb = {dy, ws->z, ws->slot_of, ws->topk_w, ws->dz, ws->dw, T};
-        moe_router_bwd_params rb = {ws->logits, ws->topk_idx, ws->topk_w, ws->dw, ws->counts_all, ws->dlogits, T};
-        LAUNCH(MG_K_COMBINE_BWD, T, 1, 1, 256, 0, cb);
-        LAUNCH(MG_K_ROUTER_BWD, mg_launch_cdiv(T, MG_ROUTER_WARPS), 1, 1, 32 * MG_ROUTER_WARPS, 0, rb);
-    }
+    if ((rc = mg_launch_route_bwd(L, ws, stream, dy, T, msg, n))) return rc;
     /* routed experts */
     {
         moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T};
@@ -276,32 +353,15 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
         GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), E, uw);
     }
     /* shared experts: dz = dy (weight 1), identity rows */
-    for (s = 0; s < m->S; s++) {
-        moe_down_dgrad_params sdd = {dy, mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
-                                     mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), ws->da_sh, NULL, NULL, 1, T};
-        moe_down_wgrad_params sdw = {dy, mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es),
-                                     g->dws_dn + (size_t)s * d * ff, NULL, 1, T};
-        moe_up_dgrad_params sud = {ws->da_sh, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
-                                   ws->dxs_sh + (size_t)s * T * d, NULL, NULL, 1, T};
-        moe_up_wgrad_params suw = {ws->da_sh, x, g->dws_up + (size_t)s * f2 * d, NULL, NULL, 1, T};
-        GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(T, td->bm), mg_launch_cdiv(ff, td->bn), sdd);
-        GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, sdw);
-        GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(T, tu->bm), mg_launch_cdiv(d, tu->bn), sud);
-        GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), 1, suw);
-    }
-    /* router weight and input gradients */
-    {
-        moe_router_dwg_params rg = {ws->dlogits, x, ws->dwg_part, g->dwg, T};
-        moe_router_dx_params rx = {ws->dlogits, w->wg, ws->dxr, T};
-        LAUNCH(MG_K_ROUTER_DWG, mg_launch_cdiv(d, 128), mg_launch_cdiv(E, 8), n_split, 128, 0, rg);
-        if (n_split > 1) LAUNCH(MG_K_ROUTER_DWGSUM, mg_launch_cdiv((long long)E * d, 256), 1, 1, 256, 0, rg);
-        LAUNCH(MG_K_ROUTER_DX, mg_launch_cdiv(T, MG_RDX_TOKENS), 1, 1, 256, 0, rx);
-    }
-    {
-        moe_combine_dx_params cx = {ws->dxs, ws->slot_of, ws->dxr, m->S ? ws->dxs_sh : NULL, m->S, dx, T};
-        LAUNCH(MG_K_COMBINE_DX, T, 1, 1, 256, 0, cx);
-    }
-    return MG_LAUNCH_OK;
+    for (s = 0; s < m->S; s++)
+        if ((rc = mg_launch_expert_bwd(L, stream, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
+                                       mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), x,
+                                       mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
+                                       mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), dy, ws->da_sh,
+                                       ws->dxs_sh + (size_t)s * T * d, g->dws_up + (size_t)s * f2 * d,
+                                       g->dws_dn + (size_t)s * d * ff, T, msg, n)))
+            return rc;
+    return mg_launch_router_dx(L, ws, stream, w, x, dx, g->dwg, T, msg, n);
 }
 #undef GEMM
 #undef LAUNCH

@@ -99,6 +99,25 @@ MG_LAUNCH_API int mg_launch_capacity(const mg_launch_dims *dim, int T);
 /* y = layer(x) for T tokens (1 <= T <= ws->max_T); keeps in ws what backward needs. */
 MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                     const mg_launch_weights *w, const void *x, void *y, int T, char *msg, size_t n);
+/* The phases of mg_launch_forward / mg_launch_backward (the same launches in the same order), for
+ * expert parallelism: route (router, dispatch, losses) and combine on the tokens' rank, one expert's
+ * MLP on R rows in order (the shared experts' launches) on the expert's owner; route_bwd (combine
+ * and router backward: ws->dz per slot, dlogits), expert_bwd, router_dx (dwg, and dx from ws->dxs
+ * of the kept slots plus the router's part). R >= 1. */
+MG_LAUNCH_API int mg_launch_route(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                  const mg_launch_weights *w, const void *x, int T, char *msg, size_t n);
+MG_LAUNCH_API int mg_launch_expert_fwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
+                                       const void *x, void *a, void *h, float *z, int R, char *msg, size_t n);
+MG_LAUNCH_API int mg_launch_combine(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream, void *y, int T,
+                                    char *msg, size_t n);
+MG_LAUNCH_API int mg_launch_route_bwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream, const void *dy,
+                                      int T, char *msg, size_t n);
+MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
+                                       const void *x, const void *a, const void *h, const void *dz, void *da,
+                                       float *dx, float *g_up, float *g_dn, int R, char *msg, size_t n);
+MG_LAUNCH_API int mg_launch_router_dx(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                      const mg_launch_weights *w, const void *x, void *dx, float *dwg, int T,
+                                      char *msg, size_t n);
 /* Gradients of L = Σ y·dy + aux + zloss; must follow a forward on the same ws, x, w and T. */
 MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                      const mg_launch_weights *w, const void *x, const void *dy, void *dx,

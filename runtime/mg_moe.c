@@ -250,3 +250,51 @@ int mg_moe_backward(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, con
     int rc = mg_launch_backward(&m->L, &m->w, stream, &lw, x, dy, dx, &lg, T, msg, sizeof msg);
     return rc ? mg_err_set(err, rc, "%s", msg) : MG_OK;
 }
+
+/* ------------------------------------------------------------------ expert-parallel phases */
+#define MG_MOE_RET(call) do { char msg_[512]; int rc_ = (call); \
+        return rc_ ? mg_err_set(err, rc_, "%s", msg_) : MG_OK; } while (0)
+
+int mg_moe_route(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, int T, mg_err *err)
+{
+    mg_launch_weights lw = launch_weights(w);
+    MG_MOE_RET(mg_launch_route(&m->L, &m->w, stream, &lw, x, T, msg_, sizeof msg_));
+}
+
+int mg_moe_combine(mg_moe *m, cudaStream_t stream, void *y, int T, mg_err *err)
+{
+    MG_MOE_RET(mg_launch_combine(&m->L, &m->w, stream, y, T, msg_, sizeof msg_));
+}
+
+int mg_moe_route_bwd(mg_moe *m, cudaStream_t stream, const void *dy, int T, mg_err *err)
+{
+    MG_MOE_RET(mg_launch_route_bwd(&m->L, &m->w, stream, dy, T, msg_, sizeof msg_));
+}
+
+int mg_moe_router_dx(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, void *dx, float *dwg,
+                     int T, mg_err *err)
+{
+    mg_launch_weights lw = launch_weights(w);
+    MG_MOE_RET(mg_launch_router_dx(&m->L, &m->w, stream, &lw, x, dx, dwg, T, msg_, sizeof msg_));
+}
+
+int mg_moe_expert_fwd(mg_moe *m, cudaStream_t stream, const void *w_up, const void *w_dn, const void *x, void *a,
+                      void *h, float *z, int R, mg_err *err)
+{
+    MG_MOE_RET(mg_launch_expert_fwd(&m->L, stream, w_up, w_dn, x, a, h, z, R, msg_, sizeof msg_));
+}
+
+int mg_moe_expert_bwd(mg_moe *m, cudaStream_t stream, const void *w_up, const void *w_dn, const void *x, const void *a,
+                      const void *h, const void *dz, void *da, float *dx, float *g_up, float *g_dn, int R,
+                      mg_err *err)
+{
+    MG_MOE_RET(mg_launch_expert_bwd(&m->L, stream, w_up, w_dn, x, a, h, dz, da, dx, g_up, g_dn, R, msg_,
+                                    sizeof msg_));
+}
+
+void mg_moe_ep_bufs(const mg_moe *m, float **z, void **dz, float **dxs)
+{
+    *z = m->w.z;
+    *dz = m->w.dz;
+    *dxs = m->w.dxs;
+}

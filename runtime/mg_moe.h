@@ -75,6 +75,27 @@ int mg_moe_forward(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, cons
 int mg_moe_backward(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x,
                     const void *dy, void *dx, const mg_moe_grads *g, int T, mg_err *err);
 
+/* Expert parallelism (runtime/mg_gpu_model.c): forward = route, [exchange: the kept rows go to
+ * their experts' owners, each runs mg_moe_expert_fwd per local expert, the outputs come back into
+ * mg_moe_ep_bufs' z in slot order], combine; backward = route_bwd (dz of every kept slot, router
+ * backward), [dz rows to the owners, mg_moe_expert_bwd, dx rows back into dxs in slot order],
+ * router_dx (dwg, dx). The expert calls run expert e's MLP on R >= 1 rows taken in order (as the
+ * shared experts run): w_up [F2,d] / w_dn [d,ff] of one expert, x [R,d], a [R,F2], h [R,ff], dz
+ * [R,d], da [R,F2] dtype; z, dx [R,d] fp32; g_up, g_dn written (fp32). */
+int mg_moe_route(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, int T, mg_err *err);
+int mg_moe_combine(mg_moe *m, cudaStream_t stream, void *y, int T, mg_err *err);
+int mg_moe_route_bwd(mg_moe *m, cudaStream_t stream, const void *dy, int T, mg_err *err);
+int mg_moe_router_dx(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, void *dx, float *dwg,
+                     int T, mg_err *err);
+int mg_moe_expert_fwd(mg_moe *m, cudaStream_t stream, const void *w_up, const void *w_dn, const void *x, void *a,
+                      void *h, float *z, int R, mg_err *err);
+int mg_moe_expert_bwd(mg_moe *m, cudaStream_t stream, const void *w_up, const void *w_dn, const void *x, const void *a,
+                      const void *h, const void *dz, void *da, float *dx, float *g_up, float *g_dn, int R,
+                      mg_err *err);
+/* The workspace's slot-order buffers: z [T·k,d] fp32 (combine reads it), dz [T·k,d] dtype
+ * (route_bwd writes it), dxs [T·k,d] fp32 (router_dx reads it). */
+void mg_moe_ep_bufs(const mg_moe *m, float **z, void **dz, float **dxs);
+
 void mg_moe_get_state(const mg_moe *m, mg_moe_state *s);
 size_t mg_moe_workspace_bytes(const mg_moe *m);
 /* Fills the whole workspace with 0xFF bytes (NaN for floats) so tests catch reads of

@@ -208,20 +208,18 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
         return mg_err_set(err, MG_EUSER, "%s: moe.bias_update_rate = %g: the selection bias needs router = "
                           "\"softmax_topk\" or \"sigmoid_topk\" (as mg_ref does)", s->path, s->moe.bias_update_rate);
     if ((rc = mg_par_make(s, o->comm ? o->comm->rank : 0, o->comm ? o->comm->world : 1, &r->par, err))) return rc;
-    if (r->par.ep > 1 && o->gpu)
-        return mg_err_set(err, MG_EUSER, "%s: parallel.ep = %d: the GPU trainer has no expert parallelism yet (issue 6; "
-                          "runtime/DISTRIBUTED.md); --procs %d trains it on the CPU", s->path, r->par.ep, r->par.world);
     if ((rc = mg_ep_comms(&r->par, o->comm, &r->ep_comm, &r->replicas, err)) ||
         (rc = mg_dp_init(&r->dp, o->comm, r->replicas, s->train.grad_accum, s->train.batch, err)))
         return rc;
     if ((rc = mkdir_p(r->run_dir, err)) || (rc = mg_cpu_data_open(s, &r->data, err))) return rc;
     if ((rc = mg_cpu_model_create_shard(&r->m, s, o->gpu ? 1 : r->dp.B_loc, r->par.ep, r->par.ep_rank, err)) ||
-        (rc = mg_ep_attach(&r->m, r->ep_comm, err)))
+        (rc = o->gpu ? MG_OK : mg_ep_attach(&r->m, r->ep_comm, err)))   /* the GPU model has its own (mg_gpu_ep) */
         return rc;
     if ((rc = mg_dp_buckets(&r->dp, &r->m, err))) return rc;
     if (o->gpu) {
         mg_gpu_opts go = {.loss_scale = mg_dp_on(&r->dp) ? r->dp.scale : 0};
-        if ((rc = mg_gpu_create(&r->gpu, &r->m, r->dp.B_loc, &go, err)) || (rc = mg_gpu_dp_attach(r->gpu, &r->dp, err)))
+        if ((rc = mg_gpu_create(&r->gpu, &r->m, r->dp.B_loc, &go, err)) || (rc = mg_gpu_dp_attach(r->gpu, &r->dp, err)) ||
+            (rc = mg_gpu_ep_attach(r->gpu, r->ep_comm, err)))
             return rc;
     }
     mg_adamw_init(&r->opt, r->m.n_params);
@@ -292,7 +290,8 @@ static int save_ep(run *r, int keep, mg_err *err)
     int root = r->par.ep_rank == 0, rc = 0;
     memset(&full, 0, sizeof full);
     memset(&fo, 0, sizeof fo);
-    if (root && !(rc = mg_cpu_model_create(&full, &r->spec, 1, err))) mg_adamw_init(&fo, full.n_params);
+    if (r->gpu) rc = mg_gpu_download(r->gpu, &r->opt, err);
+    if (!rc && root && !(rc = mg_cpu_model_create(&full, &r->spec, 1, err))) mg_adamw_init(&fo, full.n_params);
     if (!rc) rc = mg_ep_gather_full(&r->m, &r->opt, r->ep_comm, root ? &full : NULL, root ? &fo : NULL, err);
     if (!rc && r->par.rank == 0) rc = mg_ckpt_save(r->run_dir, &full, &fo, &r->st, keep, err);
     mg_cpu_model_free(&full);
@@ -543,7 +542,9 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
                     r.stop, ss.loss, vp, tps, mfu, eta, tty ? "\033[K" : "\n");
             fflush(r.log);
         }
-        if (eval && r.m.ep_rt) {
+        if (eval && o->no_save) {
+            r.st.val_loss = val;
+        } else if (eval && r.par.ep > 1) {
             r.st.val_loss = val;
             rc = save_ep(&r, o->keep > 0 ? o->keep : 3, err);
         } else if (eval && r.dp.rank == 0) {   /* the replicas hold the same weights: rank 0 saves them */

@@ -42,6 +42,7 @@ typedef struct mg_train_opts {
     int no_metrics;        /* no routing metrics and no TensorBoard file (overhead baseline) */
     FILE *log;             /* progress and notes; NULL = stderr */
     int gpu;               /* 1: train on the GPU (mg_gpu_model), same loop, files and math */
+    int no_save;           /* 1: no checkpoints (benchmarks of models too big to save quickly) */
     struct mg_comm *comm;  /* NULL: one process; else data parallel over its ranks (mg_dp.h): rank 0
                               writes metrics, checkpoints and the progress line */
 } mg_train_opts;

@@ -9,6 +9,7 @@
 #include "mg_ckpt.h"
 #include "mg_comm.h"
 #include "mg_ep.h"
+#include "mg_gpu_model.h"   /* mg_gpu_check_layout: the fused views of a shard */
 #include "mg_optim.h"
 #include "mg_rng.h"
 #include "mg_spec.h"
@@ -271,6 +272,7 @@ static void test_shard_table(void **state)
         assert_memory_equal(sh.params + t->off, full.params + u->off, sizeof(float) * (size_t)t->n);
         if (t->expert) assert_non_null(strstr(t->name, ".experts.2.") ? t->name : strstr(t->name, ".experts.3."));
     }
+    assert_int_equal(mg_gpu_check_layout(&sh, &err), 0);   /* the GPU trainer's fused views hold on a shard */
     mg_cpu_model_free(&sh);
     mg_cpu_model_free(&full);
 }
