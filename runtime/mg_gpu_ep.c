@@ -13,12 +13,13 @@
 
 /* dst row i = src row idx[i] / div (16-byte words; row_bytes a multiple of 16). */
 static const char gather_src[] =
-    "extern \"C\" __global__ void mg_gpu_gather_rows(int4 *dst, const int4 *src, const int *idx, int div, int n,\n"
+    "struct alignas(16) mg_w16 { unsigned x, y, z, w; };\n"
+    "extern \"C\" __global__ void mg_gpu_gather_rows(mg_w16 *dst, const mg_w16 *src, const int *idx, int div, int n,\n"
     "                                              int row_words)\n"
     "{\n"
     "    for (int i = blockIdx.x; i < n; i += gridDim.x) {\n"
-    "        const int4 *s = src + (long long)(idx[i] / div) * row_words;\n"
-    "        int4 *o = dst + (long long)i * row_words;\n"
+    "        const mg_w16 *s = src + (long long)(idx[i] / div) * row_words;\n"
+    "        mg_w16 *o = dst + (long long)i * row_words;\n"
     "        for (int c = threadIdx.x; c < row_words; c += blockDim.x) o[c] = s[c];\n"
     "    }\n"
     "}\n";
