@@ -32,7 +32,7 @@ TEST_BIN  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 BENCH_SRC := $(sort $(wildcard bench/mg_bench_*.c))
 BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
-.PHONY: all help deps run test test-asan test-gpu golden bench install clean
+.PHONY: all help deps run train test test-asan test-gpu golden bench install clean
 all: $(BUILD)/moegen $(BUILD)/libmoegen.a $(BUILD)/libmoegen.so
 
 help:
@@ -103,8 +103,17 @@ bench: all $(BENCH_BIN)
 run: deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/moegen $(SPEC)
-	@if $(BUILD)/moegen devices >/dev/null 2>&1; then $(BUILD)/moegen selftest $(SPEC); \
-	 else echo "run: no CUDA device here: generated and compiled; selftest skipped"; fi
+	@if $(BUILD)/moegen devices >/dev/null 2>&1; then $(BUILD)/moegen selftest $(SPEC) && $(MAKE) --no-print-directory train; \
+	 else echo "run: no CUDA device here: generated and compiled; selftest and training skipped"; fi
+
+# Trains $(SPEC) on the GPU: WikiText-2 (from $$MOEGEN_DATA_DIR, else ../shared/data) tokenized
+# into runs/data/wikitext-2 once, then `moegen train` from there (train.data = "wikitext-2"
+# resolves to that directory first); metrics, checkpoints and the best model in runs/$(SPEC_NAME).
+SPEC_NAME = $(basename $(notdir $(SPEC)))
+train: all
+	@mkdir -p runs/data
+	@[ -f runs/data/wikitext-2/valid.tok ] || $(BUILD)/moegen data --corpus wikitext-2 --tokenizer word -o runs/data/wikitext-2
+	cd runs/data && ../../$(BUILD)/moegen train ../../$(SPEC) --run-dir ../$(SPEC_NAME)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/moegen $(DESTDIR)$(PREFIX)/lib/pkgconfig
