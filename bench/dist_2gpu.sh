@@ -18,7 +18,11 @@
 #   (c) faults: 2 GPUs train, rank 1 is killed (SIGKILL) after the first checkpoint; the job must
 #       end non-zero within 15 s naming rank 1, and the checkpoint must resume on 1 GPU.
 # Logs, metrics and a summary (summary.txt) go to $OUT.
+# usage: bench/dist_2gpu.sh [SECTION...]   sections: a (wt2-moe8 curves + throughput), large
+# (dp-large throughput), c (kill a rank); default all, in that order.
 set -u
+SECTIONS=" ${*:-a large c} "
+has() { [[ "$SECTIONS" == *" $1 "* ]]; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$REPO/bench/results/raw/dist-2gpu-$(date +%Y%m%d-%H%M)}
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} MOEGEN_DATA_DIR=$REPO/data/shared NCCL_NVLS_ENABLE=0
@@ -95,19 +99,25 @@ print(f'throughput $1 {$t1:.0f} tok/s, $2 {$t2:.0f} tok/s: ratio {r:.3f}' + (f' 
 }
 
 # ---------------------------------------------------------------- (a) + (b) wt2-moe8
+if has a; then
 say "== (a) loss curves, (b) throughput: wt2-moe8"
 train a-1gpu "$W/wt2-moe8-ga2.lua" 50 1 && train a-2gpu "$W/wt2-moe8-ga2.lua" 50 2 &&
     { compare a-1gpu a-2gpu 1e-5 2e-2; ratio a-1gpu a-2gpu 0; }
 train r-1gpu "$REPO/specs/wt2-moe8.lua" 30 1 && train r-2gpu "$REPO/specs/wt2-moe8.lua" 30 2 &&
     { compare r-1gpu r-2gpu 0 0; ratio r-1gpu r-2gpu 0; }
 
+fi
+
 # ---------------------------------------------------------------- (b) dp-large
+if has large; then
 say "== (b) throughput: dp-large"
 train l-1gpu "$REPO/specs/dp-large.lua" 20 1 && train l-2gpu "$REPO/specs/dp-large.lua" 20 2 &&
     { ratio l-1gpu l-2gpu 1.85; compare l-1gpu l-2gpu 1e-5 2e-2; }
 grep -h "GPU memory in use" "$OUT"/l-*.log | tee -a "$SUM"
+fi
 
 # ---------------------------------------------------------------- (c) a rank dies
+if has c; then
 say "== (c) kill rank 1 of 2 after the first checkpoint"
 K=$W/k
 "$M" train "$W/wt2-moe8-ck.lua" --gpus 2 --timeout 300 --run-dir "$K" > "$OUT/c-kill.log" 2>&1 &
@@ -138,6 +148,7 @@ else
     else
         say "FAIL: (c) resuming $(basename "$LAST") on 1 GPU (see $OUT/c-resume.log)"; tail -3 "$OUT/c-resume.log"
     fi
+fi
 fi
 rm -rf "$W"
 echo; echo "== summary ($SUM)"; cat "$SUM"
