@@ -13,22 +13,25 @@ for l in /usr/lib/x86_64-linux-gnu/lib*.so /lib/x86_64-linux-gnu/lib*.so; do
     [ -L "$l" ] && [ ! -e "$l" ] && for t in "$l".[0-9]*; do [ -e "$t" ] && ln -sf "$(basename "$t")" "$l" && break; done
 done
 ROOT=${OUT:-bench/results/raw/device-$(date +%Y%m%d-%H%M)}
-LOGS=$ROOT/logs; mkdir -p "$LOGS"
+# logs live outside $OUT and are packed after every part: a call cut off by its time limit still
+# returns what finished (only $OUT comes back, at most 8 files)
+LOGS=$(mktemp -d /tmp/devlogs.XXXX); mkdir -p "$ROOT"
+pack() { tar czf "$ROOT/logs.tgz.tmp" -C "$LOGS" . && mv "$ROOT/logs.tgz.tmp" "$ROOT/logs.tgz"; }
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 S=$ROOT/summary.txt
 echo "device.sh $(date -u +%FT%TZ) $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)" > "$S"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader >> "$S"
 t0=$(date +%s)
-make -j"$(nproc)" all bench > "$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log" | tee -a "$S"; tar czf "$ROOT/logs.tgz" -C "$LOGS" .; exit 1; }
+make -j"$(nproc)" all bench > "$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log" | tee -a "$S"; pack; exit 1; }
 echo "build $(( $(date +%s) - t0 ))s" >> "$S"
 IFS=$'\n' read -r -d '' -a parts < <(printf '%s' "$1" | sed 's/ *;; */\n/g'; printf '\0')
 i=0
 for p in "${parts[@]}"; do
     i=$((i + 1)); d=$LOGS/p$i; mkdir -p "$d"
     run_part() { local s=$(date +%s); OUT=$2 bash -c "$1" > "$2/console.log" 2>&1; local rc=$?
-                 echo "part $3 rc=$rc $(( $(date +%s) - s ))s: $1" >> "$S"; }
+                 echo "part $3 rc=$rc $(( $(date +%s) - s ))s: $1" >> "$S"; [ "${PARALLEL:-0}" = 1 ] || pack; }
     if [ "${PARALLEL:-0}" = 1 ]; then run_part "$p" "$d" $i & else run_part "$p" "$d" $i; fi
 done
 wait
-tar czf "$ROOT/logs.tgz" -C "$LOGS" . && rm -rf "$LOGS"
+pack && rm -rf "$LOGS"
 cat "$S"
