@@ -332,9 +332,20 @@ static int read_metrics(const char *run, double *loss, int n, char *load1, size_
 static const char cli_spec[] =
     "return { name = 'ep-cli', model = { vocab = 256, d_model = 32, n_layer = 2, n_head = 2, n_kv_head = 2,"
     " seq_len = 32, tie_embeddings = true, d_ff_dense = 64 }, moe = { experts = 4, top_k = 2, d_ff = 32,"
-    " every = 2, aux_loss = 0.01, z_loss = 0.001 }, dtype = 'fp32', train = { data = '%s/corpus.txt',"
+    " every = 2, aux_loss = %s, z_loss = %s }, dtype = 'fp32', train = { data = '%s/corpus.txt',"
     " batch = 4, lr = 1e-2, warmup = 2, steps = %d, eval_every = 100, eval_batches = 2, seed = 3 },"
-    " parallel = { dp = 1, ep = %d } }\n";
+    " parallel = { dp = %d, ep = %d } }\n";
+
+/* DIR/NAME.lua: the test model over DIR/corpus.txt with this layout, with or without aux/z losses. */
+static void write_spec(const char *dir, const char *name, int dp, int ep, int aux)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s.lua", dir, name);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fprintf(f, cli_spec, aux ? "0.01" : "0", aux ? "0.001" : "0", dir, CLI_STEPS, dp, ep);
+    fclose(f);
+}
 
 /* One process 7 steps = 2 ranks ep=2 5 steps resumed on one process = one process 5 steps resumed
  * on 2 ranks: per-step loss within LOSS_RTOL, step-1 loads of the MoE layer equal. */
@@ -347,12 +358,8 @@ static void test_cli_ep(void **state)
     FILE *f = fopen(p, "w");
     for (int i = 0; i < 400; i++) fprintf(f, "%d: the quick brown fox %s over the lazy dog.\n", i, i % 3 ? "jumps" : "leaps");
     fclose(f);
-    for (int ep = 1; ep <= 2; ep++) {
-        snprintf(p, sizeof p, "%s/ep%d.lua", t, ep);
-        f = fopen(p, "w");
-        fprintf(f, cli_spec, t, CLI_STEPS, ep);
-        fclose(f);
-    }
+    write_spec(t, "ep1", 1, 1, 1);
+    write_spec(t, "ep2", 1, 2, 1);
     mg_proc r;
     const char *M = mg_bin();
     mg_run(&r, "%s train %s/ep1.lua --run-dir %s/A -q", M, t, t);
@@ -377,6 +384,22 @@ static void test_cli_ep(void **state)
             print_error("step %d: one process %.10f, ep2 then one %.10f, one then ep2 %.10f\n", i + 1, la[i], lb[i],
                         lc[i]), bad++;
     if (strcmp(ka, kb)) print_error("step 1 loads: one process %s, ep=2 %s\n", ka, kb), bad++;
+    assert_int_equal(bad, 0);
+
+    /* dp = 2 × ep = 2 on 4 ranks: each expert's gradient summed over its 2 replicas. Without aux/z
+     * losses (whose statistics count per EP group, i.e. per half batch here) = one process. */
+    write_spec(t, "noaux", 1, 1, 0);
+    write_spec(t, "dp2ep2", 2, 2, 0);
+    mg_run(&r, "%s train %s/noaux.lua --run-dir %s/N1 -q && %s train %s/dp2ep2.lua --procs 4 --timeout 30 --run-dir %s/N4 -q",
+           M, t, t, M, t, t);
+    if (r.code) fail_msg("%s", r.out);
+    snprintf(p, sizeof p, "%s/N1", t);
+    assert_int_equal(read_metrics(p, la, CLI_STEPS, NULL, 0), CLI_STEPS);
+    snprintf(p, sizeof p, "%s/N4", t);
+    assert_int_equal(read_metrics(p, lb, CLI_STEPS, NULL, 0), CLI_STEPS);
+    for (int i = 0; i < CLI_STEPS; i++)
+        if (!(fabs(lb[i] - la[i]) <= LOSS_RTOL * la[i]))
+            print_error("no aux, step %d: one process %.10f, dp 2 x ep 2 %.10f\n", i + 1, la[i], lb[i]), bad++;
     assert_int_equal(bad, 0);
     mg_test_rmtree(t);
 }
