@@ -29,7 +29,9 @@ i=0
 for p in "${parts[@]}"; do
     i=$((i + 1)); d=$LOGS/p$i; mkdir -p "$d"
     run_part() { local s=$(date +%s); OUT=$2 bash -c "$1" > "$2/console.log" 2>&1; local rc=$?
-                 echo "part $3 rc=$rc $(( $(date +%s) - s ))s: $1" >> "$S"; [ "${PARALLEL:-0}" = 1 ] || pack; }
+                 echo "part $3 rc=$rc $(( $(date +%s) - s ))s: $1" >> "$S"
+                 # a part cut off by its own timeout can leave its moegen processes on the GPUs
+                 [ "${PARALLEL:-0}" = 1 ] || { pkill -9 -f 'build/moegen|build/bench/mg_' 2>/dev/null; sleep 1; pack; }; }
     if [ "${PARALLEL:-0}" = 1 ]; then run_part "$p" "$d" $i & else run_part "$p" "$d" $i; fi
 done
 wait
