@@ -31,7 +31,7 @@ for p in "${parts[@]}"; do
     run_part() { local s=$(date +%s); OUT=$2 bash -c "$1" > "$2/console.log" 2>&1; local rc=$?
                  echo "part $3 rc=$rc $(( $(date +%s) - s ))s: $1" >> "$S"
                  # a part cut off by its own timeout can leave its moegen processes on the GPUs
-                 [ "${PARALLEL:-0}" = 1 ] || { pkill -9 -f 'build/moegen|build/bench/mg_' 2>/dev/null; sleep 1; pack; }; }
+                 [ "${PARALLEL:-0}" = 1 ] || { pkill -9 -x moegen 2>/dev/null; pkill -9 -f '^build/bench/mg_' 2>/dev/null; sleep 1; pack; }; }
     if [ "${PARALLEL:-0}" = 1 ]; then run_part "$p" "$d" $i & else run_part "$p" "$d" $i; fi
 done
 wait
