@@ -19,7 +19,9 @@
 #       end non-zero within 15 s naming rank 1, and the checkpoint must resume on 1 GPU.
 # Logs, metrics and a summary (summary.txt) go to $OUT.
 # usage: bench/dist_2gpu.sh [SECTION...]   sections: a (wt2-moe8 curves + throughput), large
-# (dp-large throughput), c (kill a rank); default all, in that order.
+# (dp-large throughput), drift (after large: dp-large on 2 GPUs again with MOEGEN_DP_SYNC=1, no
+# overlap; its curve must equal the overlapped run's bitwise, else the reduction races the
+# backward), c (kill a rank); default a large c, in that order.
 set -u
 SECTIONS=" ${*:-a large c} "
 has() { [[ "$SECTIONS" == *" $1 "* ]]; }
@@ -114,6 +116,13 @@ say "== (b) throughput: dp-large"
 train l-1gpu "$REPO/specs/dp-large.lua" 20 1 && train l-2gpu "$REPO/specs/dp-large.lua" 20 2 &&
     { ratio l-1gpu l-2gpu 1.85; compare l-1gpu l-2gpu 1e-5 2e-2; }
 grep -h "GPU memory in use" "$OUT"/l-*.log | tee -a "$SUM"
+fi
+
+# ---------------------------------------------------------------- drift: overlap vs none
+if has drift; then
+say "== drift: dp-large on 2 GPUs, overlapped vs MOEGEN_DP_SYNC=1"
+[ -f "$OUT/l-2gpu-metrics.jsonl" ] || train l-2gpu "$REPO/specs/dp-large.lua" 20 2
+MOEGEN_DP_SYNC=1 train l-2gpu-sync "$REPO/specs/dp-large.lua" 20 2 && compare l-2gpu l-2gpu-sync 0 1e-12
 fi
 
 # ---------------------------------------------------------------- (c) a rank dies

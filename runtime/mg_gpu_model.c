@@ -169,6 +169,7 @@ struct mg_gpu_model {
     const mg_dp *dp;
     cudaStream_t cs;
     cudaEvent_t *bev, cev;        /* per bucket: its gradients are final; on cs: every bucket reduced */
+    int dp_sync;                  /* MOEGEN_DP_SYNC: reduce each bucket with the device idle (diagnostic) */
     int dp_armed, dp_pending;
     int *const *route_out;        /* [L] host buffers for each MoE layer's top-k choices (check only) */
 };
@@ -479,6 +480,10 @@ int mg_gpu_dp_attach(mg_gpu_model *g, const mg_dp *dp, mg_err *err)
     for (int i = 0; i < dp->n_buckets; i++)
         MG_CUDA_TRY(cudaEventCreateWithFlags(&g->bev[i], cudaEventDisableTiming), err);
     MG_CUDA_TRY(cudaEventCreateWithFlags(&g->cev, cudaEventDisableTiming), err);
+    /* MOEGEN_DP_SYNC=1: no overlap, each bucket reduced with the device idle before and after;
+     * a diagnostic that tells a reduction racing the backward from numerical drift */
+    const char *sy = getenv("MOEGEN_DP_SYNC");
+    g->dp_sync = sy && *sy && strcmp(sy, "0");
     return MG_OK;
 }
 
@@ -498,11 +503,13 @@ static int dp_stage_done(mg_gpu_model *g, int stage, mg_err *err)
     for (int i = 0; i < dp->n_buckets; i++) {
         const mg_dp_bucket *b = &dp->b[i];
         if (b->stage != stage) continue;
+        if (g->dp_sync) MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
         MG_CUDA_TRY(cudaEventRecord(g->bev[i], g->st), err);
         MG_CUDA_TRY(cudaStreamWaitEvent(g->cs, g->bev[i], 0), err);
         int rc = mg_comm_all_reduce_async(dp->comm[b->group], g->G + b->off, g->G + b->off, (size_t)b->n, MG_COMM_F32,
                                           g->cs, err);
         if (rc) return rc;
+        if (g->dp_sync) MG_CUDA_TRY(cudaStreamSynchronize(g->cs), err);
         g->dp_pending = 1;
     }
     return MG_OK;
