@@ -8,6 +8,7 @@
 #                  run(command="bench/train_wt2.sh train wt2-moe8", carry=["data"])     # ~5 min
 #                  run(command="bench/train_wt2.sh train wt2-dense", carry=["data"])    # ~5 min
 #                  run(command="bench/train_wt2.sh peer wt2-moe8", carry=["data"])      # PyTorch peer
+#                  run(command="bench/train_wt2.sh bars", carry=["data"])    # the three above in one call
 #
 #   check   build; --check-step on tiny (bf16), ci-cpu (fp32) and tiny-drop (dropout, 2 micro-
 #           batches) with dumps, the PyTorch recomputation of the dumps (bench/torch_lm_step.py, if
@@ -20,7 +21,7 @@
 # Logs and metrics.jsonl go to $OUT (the run call's output folder) or bench/results/raw/.
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${OUT:-$REPO/bench/results/raw/train-wt2-$(date +%Y%m%d-%H%M)}
+export OUT=${OUT:-$REPO/bench/results/raw/train-wt2-$(date +%Y%m%d-%H%M)}
 SECONDS_RUN=${SECONDS_RUN:-200}
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} MOEGEN_DATA_DIR=$REPO/data/shared
 mkdir -p "$OUT"
@@ -100,6 +101,25 @@ c["grad_accum"] = int(num("grad_accum", 1)); c["renormalize"] = 1; c["name"] = s
 json.dump(c, open(sys.argv[2], "w"))
 PY
     python3 "$REPO/bench/peer_torch_train.py" --config "$OUT/$spec-config.json" --steps 30 > "$OUT/peer-$spec.log" 2>&1; tail -3 "$OUT/peer-$spec.log"
+    ;;
+bars)
+    # issue 5's bars in one call: the PyTorch peer, then wt2-moe8 and wt2-dense for SECONDS each
+    # (about 8 minutes with the default 200 s)
+    "$0" peer wt2-moe8 && "$0" train wt2-moe8 && "$0" train wt2-dense
+    python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def run(name):
+    L = [json.loads(l) for l in open(os.path.join(out, f"{name}-metrics.jsonl"))]
+    s = L[5:-1] if len(L) > 8 else L[1:-1]
+    tps = sum(x["tokens"] for x in s) / (s[-1]["elapsed_s"] - L[L.index(s[0]) - 1]["elapsed_s"])
+    return tps, min(x["val_ppl"] for x in L if "val_ppl" in x)
+peer = json.loads([l for l in open(os.path.join(out, "peer-wt2-moe8.log")) if l.startswith("{")][-1])
+(tm, pm), (td, pd) = run("wt2-moe8"), run("wt2-dense")
+print(f"peer ({peer['peer']}): {peer['tok_per_s']:.0f} tok/s; moegen MoE {tm:.0f} tok/s ({tm / peer['tok_per_s']:.2f}x, bar 2), "
+      f"dense twin {td:.0f} ({tm / td:.3f}x, bar 0.85); best val ppl MoE {pm:.1f} (bar 140), dense {pd:.1f}, "
+      f"ratio {pm / pd:.3f} (bar 1.10)")
+PY
     ;;
 *)
     sed -n '2,24p' "$0"; exit 1 ;;
