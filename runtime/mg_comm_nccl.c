@@ -7,6 +7,7 @@
 #include "mg_cuda.h"
 
 #include <nccl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,7 +199,12 @@ static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_co
 static void nccl_close(mg_comm *b)
 {
     nccl_comm *c = (nccl_comm *)b;
-    if (!c->aborted) ncclCommFinalize(c->nc), ncclCommDestroy(c->nc);
+    /* The communicator is non-blocking: ncclCommFinalize may return ncclInProgress, and NCCL's
+     * rule is that after ncclInProgress no other call (ncclCommDestroy included) may be made on
+     * the communicator until ncclCommGetAsyncError says ncclSuccess; destroying it at once was a
+     * misuse. An error or the timeout aborts instead (nccl_wait_on sets aborted). */
+    if (!c->aborted) nccl_wait_on(c, c->stream, 0, ncclCommFinalize(c->nc), "ncclCommFinalize", NULL);
+    if (!c->aborted) ncclCommDestroy(c->nc);
     cudaFree(c->d_counts);
     cudaFree(c->scratch);
     free(c);
@@ -266,8 +272,32 @@ static int nccl_split(mg_comm *b, int color, int key, mg_comm **out, mg_err *err
     return 0;
 }
 
+/* NVLink multicast (NVLS) is off unless the environment asks for it (runtime/DISTRIBUTED.md).
+ * This used to be a setenv() at every mg_comm_nccl_open, which is unsafe and can be useless:
+ *  - setenv is not thread-safe: adding a variable makes glibc reallocate the environ array while
+ *    other threads may be inside getenv (NCCL's init and proxy threads read NCCL_* variables, and a
+ *    process with one thread per rank opens communicators concurrently): a use-after-free;
+ *  - NCCL reads each NCCL_* variable once per process, at the first communicator that needs it,
+ *    so setting it after the process made any other NCCL communicator changes nothing.
+ * So it is done once, at the first NCCL call of this module (a process that opens its communicator
+ * through us has no NCCL threads yet), and only when unset (setenv(.., 0) of a variable that
+ * exists writes nothing, but we do not even take that path). A program that makes its own NCCL
+ * communicators first must put NCCL_NVLS_ENABLE=0 in its environment itself, at start-up
+ * (bench/mg_bench_a2a.c does). */
+static void nvls_default_once(void)
+{
+    if (!getenv("NCCL_NVLS_ENABLE")) setenv("NCCL_NVLS_ENABLE", "0", 0);
+}
+
+static void nvls_default(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, nvls_default_once);
+}
+
 int mg_comm_nccl_unique_id(unsigned char id[128], mg_err *err)
 {
+    nvls_default();
     ncclUniqueId u;
     ncclResult_t r = ncclGetUniqueId(&u);
     if (r != ncclSuccess) return mg_err_set(err, MG_EINTERNAL, "comm nccl: ncclGetUniqueId: %s", ncclGetErrorString(r));
@@ -277,7 +307,7 @@ int mg_comm_nccl_unique_id(unsigned char id[128], mg_err *err)
 
 mg_comm *mg_comm_nccl_open(const unsigned char id[128], int rank, int world, void *stream, double timeout_s, mg_err *err)
 {
-    setenv("NCCL_NVLS_ENABLE", "0", 0);   /* no NVLink multicast unless the environment asks for it */
+    nvls_default();
     nccl_comm *c = nccl_new(rank, world, (cudaStream_t)stream, timeout_s, err);
     if (!c) return NULL;
     ncclUniqueId u;
