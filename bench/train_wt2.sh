@@ -9,6 +9,7 @@
 #                  run(command="bench/train_wt2.sh train wt2-dense", carry=["data"])    # ~5 min
 #                  run(command="bench/train_wt2.sh peer wt2-moe8", carry=["data"])      # PyTorch peer
 #                  run(command="bench/train_wt2.sh bars", carry=["data"])    # the three above in one call
+#                  run(command="bench/train_wt2.sh overhead", carry=["data"])  # metrics logging cost, GPU
 #
 #   check   build; --check-step on tiny (bf16), ci-cpu (fp32) and tiny-drop (dropout, 2 micro-
 #           batches) with dumps, the PyTorch recomputation of the dumps (bench/torch_lm_step.py, if
@@ -101,6 +102,15 @@ c["grad_accum"] = int(num("grad_accum", 1)); c["renormalize"] = 1; c["name"] = s
 json.dump(c, open(sys.argv[2], "w"))
 PY
     python3 "$REPO/bench/peer_torch_train.py" --config "$OUT/$spec-config.json" --steps 30 > "$OUT/peer-$spec.log" 2>&1; tail -3 "$OUT/peer-$spec.log"
+    ;;
+overhead)
+    # issue 8's logging-overhead bar on the GPU trainer: wt2-moe8 with routing metrics + TensorBoard
+    # every step vs none, alternated 3 times, 300 steps each (about 2 minutes on an H100)
+    build
+    (cd "$REPO" && make -j"$(nproc)" bench > /tmp/build-bench.log 2>&1) || { tail -20 /tmp/build-bench.log; exit 1; }
+    W=$(mktemp -d /tmp/wt2.XXXX) && cd "$W" || exit 1
+    "$M" data --corpus wikitext-2 --tokenizer word -o wikitext-2 > "$OUT/data.log" 2>&1 || { cat "$OUT/data.log"; exit 1; }
+    "$REPO/build/bench/mg_bench_metrics" "$REPO/specs/wt2-moe8.lua" 300 3 gpu 2>&1 | tee "$OUT/overhead-gpu.log"
     ;;
 bars)
     # issue 5's bars in one call: the PyTorch peer, then wt2-moe8 and wt2-dense for SECONDS each
