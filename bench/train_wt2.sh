@@ -13,8 +13,8 @@
 #
 #   check   build; --check-step on tiny (bf16), ci-cpu (fp32) and tiny-drop (dropout, 2 micro-
 #           batches) with dumps, the PyTorch recomputation of the dumps (bench/torch_lm_step.py, if
-#           torch is installed), and the 50-step smoke of wt2-moe8 (falling loss; `check nosmoke`
-#           skips it)
+#           torch is installed), and the 50-step smoke of wt2-moe8 run twice (falling loss, and
+#           bitwise equal losses/grad norms: determinism; `check nosmoke` skips it)
 #   train   `moegen data --corpus wikitext-2 --tokenizer word` into a work dir whose
 #           wikitext-2/ then holds train.tok + valid.tok (what train.data = "wikitext-2"
 #           resolves to first), then `moegen train` for SECONDS (default 200) of wall time
@@ -58,11 +58,17 @@ check)
         "$M" data --corpus wikitext-2 --tokenizer word -o wikitext-2 > "$OUT/data.log" 2>&1 &&
         timeout 300 "$M" train "$REPO/specs/wt2-moe8.lua" --steps 50 --run-dir "$W/run" 2>&1 | tee "$OUT/smoke.log"
     cp "$W/run/metrics.jsonl" "$OUT/smoke-metrics.jsonl" 2>/dev/null
-    python3 - "$OUT/smoke-metrics.jsonl" <<'PY'
+    # the same 50 steps again: same spec, seed and data on the same card must repeat bitwise
+    timeout 300 "$M" train "$REPO/specs/wt2-moe8.lua" --steps 50 --run-dir "$W/run2" > "$OUT/smoke2.log" 2>&1
+    cp "$W/run2/metrics.jsonl" "$OUT/smoke2-metrics.jsonl" 2>/dev/null
+    python3 - "$OUT/smoke-metrics.jsonl" "$OUT/smoke2-metrics.jsonl" <<'PY'
 import json, sys
 L = [json.loads(l) for l in open(sys.argv[1])]
 a, b = sum(x["loss"] for x in L[:5]) / 5, sum(x["loss"] for x in L[-5:]) / 5
 print(f"smoke: loss first 5 steps {a:.3f} -> last 5 {b:.3f}: {'falls' if b < a - 0.5 else 'DOES NOT FALL'}")
+R = [json.loads(l) for l in open(sys.argv[2])]
+same = len(L) == len(R) and all(x["loss"] == y["loss"] and x["grad_norm"] == y["grad_norm"] for x, y in zip(L, R))
+print(f"determinism: two 50-step runs, losses and grad norms {'bitwise equal' if same else 'DIFFER'}")
 PY
     ;;
 train)
