@@ -1,5 +1,6 @@
 /* mg_gpu_ep: expert parallelism in the GPU trainer (see mg_gpu_ep.h). Not yet run on a GPU. */
 #include "mg_gpu_ep.h"
+#include "mg_dist.h"
 #include "mg_cuda.h"
 #include "mg_jit.h"
 #include "mg_optim.h"   /* mg_clip_scale */
@@ -46,6 +47,7 @@ struct mg_gpu_ep {
     int n_part;
     cudaLibrary_t lib;
     cudaKernel_t gather;
+    double a2a_s;        /* host time in the exchanges (count exchange + rows), since create */
 };
 
 static int dalloc(void **p, size_t bytes, mg_err *err)
@@ -117,6 +119,8 @@ int mg_gpu_ep_create(mg_gpu_ep **out, mg_comm *c, const mg_cpu_model *h, int bma
     return MG_OK;
 }
 
+double mg_gpu_ep_a2a_seconds(const mg_gpu_ep *x) { return x ? x->a2a_s : 0; }
+
 void mg_gpu_ep_destroy(mg_gpu_ep *x)
 {
     if (!x) return;
@@ -149,7 +153,9 @@ static int exchange(mg_gpu_ep *x, cudaStream_t st, const void *send, const size_
     size_t sc[EP_MAX], rc[EP_MAX];
     for (int p = 0; p < x->P; p++) sc[p] = rows[p] * rb;
     MG_CUDA_TRY(cudaStreamSynchronize(st), err);
+    double t0 = mg_dist_now();   /* the compute stream is idle: this is the exchange alone */
     int r = mg_comm_all_to_all_v(x->c, send, sc, recv, rc, (size_t)x->Rmax * rb, MG_COMM_BYTE, err);
+    x->a2a_s += mg_dist_now() - t0;
     for (int p = 0; !r && p < x->P; p++)
         if (rc[p] != want[p] * rb)
             r = mg_err_set(err, MG_EINTERNAL, "ep: rank %d got %zu bytes from rank %d, the counts said %zu", x->q, rc[p],

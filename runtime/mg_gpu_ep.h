@@ -39,6 +39,9 @@ typedef struct mg_gpu_ep mg_gpu_ep;
  * the exchange buffers (per MoE layer: the received rows and the local experts' activations). */
 int mg_gpu_ep_create(mg_gpu_ep **out, mg_comm *ep_comm, const mg_cpu_model *h, int bmax, mg_err *err);
 void mg_gpu_ep_destroy(mg_gpu_ep *x);
+/* Host seconds spent in the token exchanges since create (the compute stream is synced before
+ * each, so this is the all-to-all's own time: the "all-to-all share" of a step). 0 for NULL. */
+double mg_gpu_ep_a2a_seconds(const mg_gpu_ep *x);
 
 /* The MoE layer `layer` of the shard: w with the full router and the local experts, x [N,d],
  * y [N,d] dtype; ffn is the layer's mg_moe (built for all E experts). */
