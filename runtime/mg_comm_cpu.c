@@ -2,8 +2,10 @@
  * over one shared-memory segment. Each rank copies into its slot, a barrier, each rank reads every
  * slot and sums in rank order (((r0 + r1) + r2) ...): the same bits on every rank and every run.
  * A split communicator (mg_comm_split) is a view of the same segment: its members' slots and a
- * barrier of its own from a table in the header. Slots and the count table can be shared by the
- * views because a collective ends with a barrier after the last read of every slot it used. */
+ * barrier of its own from a table in the header. Slots, the count table and the verdicts can be
+ * shared by the views because a collective ends with a barrier after the last read of every
+ * shared location it used, on every path (a failed all-to-all too): a rank then runs on into
+ * another group only when this group's peers are done with its locations. */
 #include "mg_comm.h"
 
 #include <sched.h>
@@ -208,10 +210,16 @@ static int cpu_all_to_all_v(mg_comm *b, const void *send, const size_t *send_cou
 #undef COUNT
     c->status[seg_rank(c, me)] = total <= recv_cap;
     if (barrier(c, err)) return MG_EUSER;
-    for (int j = 0; j < W; j++)
-        if (!c->status[seg_rank(c, j)])
-            return mg_err_set(err, MG_EUSER, "comm: all-to-all-v: rank %d receives more than its capacity%s", j,
-                              j == me ? "" : " (reported by that rank)");
+    int over = -1;
+    for (int j = 0; j < W && over < 0; j++)
+        if (!c->status[seg_rank(c, j)]) over = j;
+    /* Every member writes its verdict in each of its groups: leaving now, a member could write
+     * its next one (another group's exchange) before a slow peer here has read this one. The
+     * first round's barrier covers that read; without rounds this one does. */
+    if ((over >= 0 || rounds == 0) && barrier(c, err)) return MG_EUSER;
+    if (over >= 0)
+        return mg_err_set(err, MG_EUSER, "comm: all-to-all-v: rank %d receives more than its capacity%s", over,
+                          over == me ? "" : " (reported by that rank)");
     /* 2. the data, in rounds of at most `chunk` elements per (source, destination) pair */
     size_t soff[W], roff[W];
     size_t s = 0, r = 0;

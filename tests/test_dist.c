@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -345,6 +346,59 @@ static void test_comm_cpu_split(void **state)
     assert_int_equal(wait_all(pids, 4), 0);
 }
 
+/* The all-to-all-v verdicts, like the slots, are shared by every view of a rank: an exchange
+ * must not return before its peers have read them, or the rank's next exchange in another group
+ * overwrites its verdict under a slow peer (once in CI). Three ranks on one CPU, so the last to
+ * leave a barrier runs on while the others wait for the CPU: rank 0 alternates an exchange with
+ * rank 1 that fails (rank 0 over its capacity) and an empty one (no rounds) with rank 2; rank 1
+ * must see every failure and rank 2 none. */
+static int verdict_child(int fd, int r, int cpu)
+{
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    sched_setaffinity(0, sizeof one, &one);   /* best effort: the race only gets rarer without it */
+    mg_err err;
+    mg_comm *w = mg_comm_cpu_open(fd, r, 3, 2.0, &err), *a = NULL, *b = NULL;
+    if (!w) return fprintf(stderr, "%s\n", err.msg), 99;
+    if (mg_comm_split(w, r < 2 ? 0 : -1, 0, &a, &err) || mg_comm_split(w, r != 1 ? 0 : -1, 0, &b, &err))
+        return fprintf(stderr, "rank %d: %s\n", r, err.msg), 98;
+    int bad = 0;
+    size_t one_each[2] = {1, 1}, none[2] = {0, 0}, rc[2];
+    float send[2] = {1, 2}, recv[2];
+    for (int k = 0; k < 1000 && !bad; k++) {
+        if (r == 1) sched_yield();   /* rank 1 comes last to the exchange, so rank 0 leaves it last */
+        size_t cap = a && a->rank == 0 ? 1 : 2;
+        if (a && mg_comm_all_to_all_v(a, send, one_each, recv, rc, cap, MG_COMM_F32, &err) != MG_EUSER)
+            bad = fprintf(stderr, "rank %d, exchange %d: a failing all-to-all passed\n", r, k);
+        if (b && mg_comm_all_to_all_v(b, send, none, recv, rc, 0, MG_COMM_F32, &err))
+            bad = fprintf(stderr, "rank %d, exchange %d: an empty all-to-all failed: %s\n", r, k, err.msg);
+    }
+    if (bad) mg_comm_abort(w);   /* the peers fail at once instead of timing out */
+    mg_comm_close(a);
+    mg_comm_close(b);
+    mg_comm_close(w);
+    return bad ? 1 : 0;
+}
+
+static void test_comm_cpu_split_verdicts(void **state)
+{
+    (void)state;
+    cpu_set_t mine;
+    int cpu = 0;
+    if (sched_getaffinity(0, sizeof mine, &mine) == 0)
+        while (cpu < CPU_SETSIZE - 1 && !CPU_ISSET(cpu, &mine)) cpu++;
+    int fd = memfd_create("test-comm", 0);
+    assert_true(fd >= 0);
+    mg_err err;
+    assert_int_equal(mg_comm_cpu_shm_init(fd, 3, 48, &err), 0);
+    pid_t pids[3];
+    for (int r = 0; r < 3; r++)
+        if ((pids[r] = fork()) == 0) _exit(verdict_child(fd, r, cpu));
+    close(fd);
+    assert_int_equal(wait_all(pids, 3), 0);
+}
+
 static void test_comm_cpu_timeout(void **state)
 {
     (void)state;
@@ -538,7 +592,7 @@ int main(void)
         cmocka_unit_test(test_env_families),    cmocka_unit_test(test_env_errors),
         cmocka_unit_test(test_rendezvous_file), cmocka_unit_test(test_rendezvous_tcp),
         cmocka_unit_test(test_comm_cpu_2),      cmocka_unit_test(test_comm_cpu_3),
-        cmocka_unit_test(test_comm_cpu_split),
+        cmocka_unit_test(test_comm_cpu_split),  cmocka_unit_test(test_comm_cpu_split_verdicts),
         cmocka_unit_test(test_comm_cpu_timeout), cmocka_unit_test(test_launch_ok),
         cmocka_unit_test(test_launch_killed),   cmocka_unit_test(test_launch_hung),
         cmocka_unit_test(test_launch_status),   cmocka_unit_test(test_cli_procs),
