@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,6 +40,20 @@ static inline void mg_test_rmtree(const char *dir)
 {
     mg_proc p;
     mg_run(&p, "rm -rf '%s'", dir);
+}
+
+/* 1 when tiny-shakespeare is where the trainer looks for it ($MOEGEN_DATA_DIR, else ../shared/data,
+ * else /work/shared/data); else prints the suite's skip line and returns 0. */
+static inline int mg_test_have_data(void)
+{
+    const char *env = getenv("MOEGEN_DATA_DIR");
+    char p[1100];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/tinyshakespeare/input.txt", env && *env ? env : "../shared/data");
+    if (!stat(p, &sb)) return 1;
+    if (!env && !stat("/work/shared/data/tinyshakespeare/input.txt", &sb)) return 1;
+    printf("skipped: no tinyshakespeare/input.txt (set MOEGEN_DATA_DIR)\n");
+    return 0;
 }
 
 /* The moegen binary under test ($MOEGEN, default build/moegen). */

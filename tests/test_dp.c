@@ -30,18 +30,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static int have_data(void)
-{
-    const char *env = getenv("MOEGEN_DATA_DIR");
-    char p[1100];
-    struct stat sb;
-    snprintf(p, sizeof p, "%s/tinyshakespeare/input.txt", env && *env ? env : "../shared/data");
-    if (!stat(p, &sb)) return 1;
-    if (!env && !stat("/work/shared/data/tinyshakespeare/input.txt", &sb)) return 1;
-    print_message("skipped: no tinyshakespeare/input.txt (set MOEGEN_DATA_DIR)\n");
-    return 0;
-}
-
 /* Micro-batch split (grad_accum 2 over 2 ranks): dropout, capacity drops, the aux-loss-free bias
  * (global loads) and the aux loss are all per micro-batch, so everything matches one process. */
 #define MICRO_SPEC                                                                                            \
@@ -174,7 +162,7 @@ static void test_dp_split(void **state)
 static void test_dp_micro_split_and_resume(void **state)
 {
     (void)state;
-    if (!have_data()) return;
+    if (!mg_test_have_data()) return;
     char spec[300], args[900], one[300], two[300], a[300], b[300];
     write_spec(spec, sizeof spec, "dpm", MICRO_SPEC);
     snprintf(one, sizeof one, "%s/m1", tmp);
@@ -207,7 +195,7 @@ static void test_dp_micro_split_and_resume(void **state)
 static void test_dp_row_split(void **state)
 {
     (void)state;
-    if (!have_data()) return;
+    if (!mg_test_have_data()) return;
     char spec[300], args[900], one[300], two[300];
     write_spec(spec, sizeof spec, "dpr", ROW_SPEC);
     snprintf(one, sizeof one, "%s/r1", tmp);
@@ -234,7 +222,7 @@ static double now_s(void)
 static void test_dp_rank_dies(void **state)
 {
     (void)state;
-    if (!have_data()) return;
+    if (!mg_test_have_data()) return;
     char spec[300], run[300];
     write_spec(spec, sizeof spec, "dpk", KILL_SPEC);
     snprintf(run, sizeof run, "%s/k", tmp);

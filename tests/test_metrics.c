@@ -252,21 +252,10 @@ static void test_tb_roundtrip(void **state)
     " dtype = 'fp32', train = { data = 'tinyshakespeare', batch = 4, steps = 6, warmup = 2, eval_every = 3,"  \
     " eval_batches = 2 } }"
 
-static int have_data(void)
-{
-    const char *env = getenv("MOEGEN_DATA_DIR");
-    char p[1100];
-    struct stat sb;
-    snprintf(p, sizeof p, "%s/tinyshakespeare/input.txt", env && *env ? env : "../shared/data");
-    if (!stat(p, &sb)) return 1;
-    print_message("skipped: no tinyshakespeare/input.txt (set MOEGEN_DATA_DIR)\n");
-    return 0;
-}
-
 static void test_train_metrics(void **state)
 {
     (void)state;
-    if (!have_data()) return;
+    if (!mg_test_have_data()) return;
     mg_spec s;
     mg_err err;
     assert_int_equal(mg_spec_load_string("tiny.lua", TINY_SPEC, strlen(TINY_SPEC), &s, &err), 0);

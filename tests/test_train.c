@@ -34,19 +34,6 @@ static int teardown(void **state)
 
 static int quick(void) { return getenv("MG_TEST_QUICK") && strcmp(getenv("MG_TEST_QUICK"), "0"); }
 
-/* 1 when tiny-shakespeare is where the trainer looks for it. */
-static int have_data(void)
-{
-    const char *env = getenv("MOEGEN_DATA_DIR");
-    char p[1100];
-    struct stat sb;
-    snprintf(p, sizeof p, "%s/tinyshakespeare/input.txt", env && *env ? env : "../shared/data");
-    if (!stat(p, &sb)) return 1;
-    if (!env && !stat("/work/shared/data/tinyshakespeare/input.txt", &sb)) return 1;
-    print_message("skipped: no tinyshakespeare/input.txt (set MOEGEN_DATA_DIR)\n");
-    return 0;
-}
-
 static void load(mg_spec *s, const char *path, const char *text)
 {
     mg_err err;
@@ -71,7 +58,7 @@ static double now_s(void)
 static void test_ci_spec_learns(void **state)
 {
     (void)state;
-    if (!have_data()) return;
+    if (!mg_test_have_data()) return;
     mg_spec s;
     load(&s, "specs/ci-cpu.lua", NULL);
     char dir[300];
@@ -146,7 +133,7 @@ static void train_ok(const mg_spec *s, mg_train_opts *o)
 static void test_resume_is_bitwise(void **state)
 {
     (void)state;
-    if (!have_data()) return;
+    if (!mg_test_have_data()) return;
     mg_spec s;
     load(&s, "rs.lua", RESUME_SPEC);
     char a[300], b[300], c[300], ck[400];
@@ -190,7 +177,7 @@ static void test_resume_is_bitwise(void **state)
 static void test_softmax_bias_and_log_every(void **state)
 {
     (void)state;
-    if (!have_data()) return;
+    if (!mg_test_have_data()) return;
     mg_spec s;
     mg_err err;
     mg_train_result r;
@@ -275,7 +262,7 @@ static void test_cli(void **state)
     mg_run(&p, "%s eval %s/nothing", mg_bin(), tmp);
     assert_int_equal(p.code, 1);
     mg_assert_contains(p.out, "no such checkpoint or run directory");
-    if (!have_data()) return;
+    if (!mg_test_have_data()) return;
 
     char spec[300];
     snprintf(spec, sizeof spec, "%s/rs.lua", tmp);
