@@ -31,6 +31,7 @@
 /* ---- includes ---------------------------------------------------------------------------- */
 #include "mg_comm.h"   /* mg_comm_nccl_unique_id, mg_comm_nccl_open, mg_comm_all_to_all_v */
 #include "mg_cuda.h"   /* mg_cuda_device_count */
+#include "mg_bench_timer.h"   /* mg_bench_median */
 
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -150,18 +151,6 @@ static void die(const char *fmt, ...)
                                    ncclGetLastError(NULL));                                            \
     } while (0)
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static void hex_decode(const char *hex, unsigned char out[128], const char *what)
 {
     if (!hex || strlen(hex) != 256) die("%s: want 256 hex digits", what);
@@ -234,7 +223,7 @@ static int worker(const opts *o)
     cuda_check(cudaMemset(s, me + 1, maxb));
     cuda_check(cudaMemset(d_one, 0, sizeof *d_one));
     cuda_check(cudaDeviceSynchronize());   /* cudaMemset runs on the legacy stream; st does not wait for it */
-    double *t = malloc(sizeof(double) * (size_t)o->iters);
+    float *t = malloc(sizeof(float) * (size_t)o->iters);   /* ms */
     unsigned char *host = malloc(maxb);
     if (!t || !host) die("out of host memory (%zu bytes)", maxb);
 
@@ -252,9 +241,9 @@ static int worker(const opts *o)
                 if (kind == 0) nccl_a2a(nc, st, s, r, chunk, G);
                 else if (mg_comm_all_to_all_v(c, s, counts, r, got, chunk / 4 * (size_t)G, MG_COMM_F32, &err))
                     die("mg_comm_all_to_all_v, %.1f MiB: %s", o->sizes_mib[i], err.msg);
-                if (it >= 0) t[it] = (now_s() - t0) * 1e3;
+                if (it >= 0) t[it] = (float)((now_s() - t0) * 1e3);
             }
-            ms[kind] = median(t, o->iters);
+            ms[kind] = mg_bench_median(t, o->iters);
             check_blocks(r, chunk, G, host, st, kinds[kind], o->sizes_mib[i]);
             for (int p = 0; kind == 1 && p < G; p++)
                 if (got[p] != chunk / 4)
