@@ -29,8 +29,9 @@ for v in aux auxfree both neither; do
 done
 wait
 for v in aux auxfree both neither; do cp "$W/$v/metrics.jsonl" "$OUT/$v-metrics.jsonl" 2>/dev/null; done
-python3 - "$OUT" <<'PY'
-import json, os, statistics, sys
+PYTHONPATH=$REPO/bench python3 - "$OUT" <<'PY'
+import json, os, sys
+from runstats import load_cv
 out = sys.argv[1]
 print(f"{'variant':9} {'steps':>6} {'best val ppl':>12} {'at step':>7}  load CV per layer, mean over the last 10% of steps (max)")
 for v in ["aux", "auxfree", "both", "neither"]:
@@ -39,9 +40,7 @@ for v in ["aux", "auxfree", "both", "neither"]:
         print(f"{v:9} no metrics"); continue
     L = [json.loads(l) for l in open(p)]
     val = [(x["val_ppl"], x["step"]) for x in L if "val_ppl" in x]
-    moe = [x for x in L if "moe" in x]
-    last = moe[int(len(moe) * 0.9):]
-    cv = [statistics.mean(x["moe"][i]["cv"] for x in last) for i in range(len(moe[0]["moe"]))] if last else []
+    cv = load_cv(L)
     b = min(val) if val else (float("nan"), 0)
     print(f"{v:9} {L[-1]['step']:6d} {b[0]:12.2f} {b[1]:7d}  " + " ".join(f"{c:.3f}" for c in cv) + (f"  (max {max(cv):.3f})" if cv else ""))
 PY

@@ -82,14 +82,7 @@ PY
 }
 
 # tokps NAME: steady tokens/s of a run (steps 6 .. N-1)
-tokps() {
-    python3 - "$OUT/$1-metrics.jsonl" <<'PY'
-import json, sys
-m = [json.loads(l) for l in open(sys.argv[1])]
-s = m[5:-1] if len(m) > 8 else m[1:-1]
-print(f"{sum(x['tokens'] for x in s) / (s[-1]['elapsed_s'] - m[m.index(s[0]) - 1]['elapsed_s']):.0f}")
-PY
-}
+tokps() { python3 "$REPO/bench/runstats.py" tokps "$OUT/$1-metrics.jsonl"; }
 
 ratio() {   # ratio NAME1 NAME2 BAR
     local t1 t2

@@ -48,7 +48,7 @@ run() { # run NAME GPUS STEPS [extra args]: train, copy log and metrics
     [ $rc -eq 0 ] || say "FAIL: $name on $g GPU(s): rc $rc ($OUT/$name-$g.log)"
     rm -rf "$W/r-$name-$g"
 }
-py() { python3 - "$OUT" "$@" | tee -a "$SUM"; }
+py() { PYTHONPATH=$REPO/bench python3 - "$OUT" "$@" | tee -a "$SUM"; }   # runstats.py importable
 
 if has dp; then
     say "== dp: tokens/s on 1, 2, $N GPUs (global batch fixed, grad_accum = $N)"
@@ -56,12 +56,11 @@ if has dp; then
     derive large-ga dp-large "s/batch = 32, grad_accum = 2,/batch = $((64 / N)), grad_accum = $N,/"
     for s in wt2-ga:40 large-ga:20; do for g in 1 2 "$N"; do run "${s%%:*}" "$g" "${s##*:}"; done; done
     py "$N" <<'PY'
-import json, os, sys
+import os, sys
+from runstats import load, tokps
 out, N = sys.argv[1], int(sys.argv[2])
 def tps(name, g):
-    L = [json.loads(l) for l in open(os.path.join(out, f"{name}-{g}-metrics.jsonl"))]
-    s = L[5:-1]
-    return sum(x["tokens"] for x in s) / (s[-1]["elapsed_s"] - L[4]["elapsed_s"])
+    return tokps(load(os.path.join(out, f"{name}-{g}-metrics.jsonl")))
 for name in ["wt2-ga", "large-ga"]:
     try:
         t = {g: tps(name, g) for g in sorted({1, 2, N})}
@@ -79,14 +78,14 @@ if has ep; then
         "s/parallel = { dp = 1, ep = 1 }/parallel = { dp = 1, ep = $N }/"
     run ep32 "$N" 300; run ep64 "$N" 300
     py <<'PY'
-import json, os, statistics, sys
+import os, sys
+from runstats import load, load_cv
 out = sys.argv[1]
 for name in ["ep32", "ep64"]:
     p = [f for f in os.listdir(out) if f.startswith(name + "-") and f.endswith("-metrics.jsonl")]
     if not p: print(f"{name}: no metrics"); continue
-    L = [json.loads(l) for l in open(os.path.join(out, p[0]))]
-    last = [x for x in L if "moe" in x][int(len(L) * 0.9):]
-    cv = [statistics.mean(x["moe"][i]["cv"] for x in last) for i in range(len(last[0]["moe"]))] if last else []
+    L = load(os.path.join(out, p[0]))
+    cv = load_cv(L)
     s = L[5:-1]
     share = sum(x.get("a2a_s", 0) for x in s) / (s[-1]["elapsed_s"] - L[4]["elapsed_s"])
     print(f"{name}: {L[-1]['step']} steps, load CV last 10% per layer " + " ".join(f"{c:.3f}" for c in cv) +

@@ -122,14 +122,13 @@ bars)
     # issue 5's bars in one call: the PyTorch peer, then wt2-moe8 and wt2-dense for SECONDS each
     # (about 8 minutes with the default 200 s)
     "$0" peer wt2-moe8 && "$0" train wt2-moe8 && "$0" train wt2-dense
-    python3 - "$OUT" <<'PY'
+    PYTHONPATH=$REPO/bench python3 - "$OUT" <<'PY'
 import json, os, sys
+from runstats import load, tokps
 out = sys.argv[1]
 def run(name):
-    L = [json.loads(l) for l in open(os.path.join(out, f"{name}-metrics.jsonl"))]
-    s = L[5:-1] if len(L) > 8 else L[1:-1]
-    tps = sum(x["tokens"] for x in s) / (s[-1]["elapsed_s"] - L[L.index(s[0]) - 1]["elapsed_s"])
-    return tps, min(x["val_ppl"] for x in L if "val_ppl" in x)
+    L = load(os.path.join(out, f"{name}-metrics.jsonl"))
+    return tokps(L), min(x["val_ppl"] for x in L if "val_ppl" in x)
 peer = json.loads([l for l in open(os.path.join(out, "peer-wt2-moe8.log")) if l.startswith("{")][-1])
 (tm, pm), (td, pd) = run("wt2-moe8"), run("wt2-dense")
 print(f"peer ({peer['peer']}): {peer['tok_per_s']:.0f} tok/s; moegen MoE {tm:.0f} tok/s ({tm / peer['tok_per_s']:.2f}x, bar 2), "
