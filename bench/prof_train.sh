@@ -23,7 +23,7 @@ cp "$W/plain/metrics.jsonl" "$OUT/plain-metrics.jsonl" 2>/dev/null
     --log-file "$OUT/ncu.csv" "$M" train "$REPO/specs/$spec.lua" --steps "$steps" --no-save --run-dir "$W/run" \
     > "$OUT/train.log" 2>&1
 echo "ncu rc=$?"
-python3 "$REPO/bench/ncu_sum.py" "$OUT/ncu.csv" --block | tee "$OUT/prof.txt"
+python3 "$REPO/bench/ncu_sum.py" "$OUT/ncu.csv" --between lm_util_bf16_gnorm | tee "$OUT/prof.txt"
 python3 - "$OUT/plain-metrics.jsonl" <<'PY' | tee -a "$OUT/prof.txt"
 import json, sys
 L = [json.loads(l) for l in open(sys.argv[1])]

@@ -95,7 +95,11 @@ int mg_gpu_check_layout(const mg_cpu_model *m, mg_err *err)
  *   mg_gpu_add_f32  y += x (fp32): gradient accumulation over micro-batches
  *   mg_gpu_coact    coact [E,E] += the expert co-activation of topk [N,k], the pairs
  *                   mg_metrics_coact counts (i = j, or two different valid experts), with integer
- *                   atomics (deterministic); a thread per token, k² atomics each */
+ *                   atomics (deterministic in any order). A thread per token adds its k² pairs to a
+ *                   per-block copy in shared memory when [E,E] fits (smem != 0), and each block
+ *                   then adds its non-zero cells to coact: with E = 8 every token would otherwise
+ *                   hit the same 64 global counters (41 µs a layer on an H100 at N = 16384, ~1% of
+ *                   a wt2-moe8 step) */
 static const char glue_src[] =
     "extern \"C\" __global__ void mg_gpu_add_f32(float *y, const float *x, long long n)\n"
     "{\n"
@@ -104,8 +108,14 @@ static const char glue_src[] =
     "        y[i] += x[i];\n"
     "}\n"
     "\n"
-    "extern \"C\" __global__ void mg_gpu_coact(int *coact, const int *topk, int N, int E, int k)\n"
+    "extern \"C\" __global__ void mg_gpu_coact(int *coact, const int *topk, int N, int E, int k, int smem)\n"
     "{\n"
+    "    extern __shared__ int sh[];\n"
+    "    int *dst = smem ? sh : coact;\n"
+    "    if (smem) {\n"
+    "        for (int i = threadIdx.x; i < E * E; i += blockDim.x) sh[i] = 0;\n"
+    "        __syncthreads();\n"
+    "    }\n"
     "    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < N; t += gridDim.x * blockDim.x) {\n"
     "        const int *s = topk + (long long)t * k;\n"
     "        for (int i = 0; i < k; i++) {\n"
@@ -113,9 +123,14 @@ static const char glue_src[] =
     "            if (e < 0 || e >= E) continue;\n"
     "            for (int j = 0; j < k; j++) {\n"
     "                int f = s[j];\n"
-    "                if (f >= 0 && f < E && (i == j || e != f)) atomicAdd(coact + (long long)e * E + f, 1);\n"
+    "                if (f >= 0 && f < E && (i == j || e != f)) atomicAdd(dst + (long long)e * E + f, 1);\n"
     "            }\n"
     "        }\n"
+    "    }\n"
+    "    if (smem) {\n"
+    "        __syncthreads();\n"
+    "        for (int i = threadIdx.x; i < E * E; i += blockDim.x)\n"
+    "            if (sh[i]) atomicAdd(coact + i, sh[i]);\n"
     "    }\n"
     "}\n";
 
@@ -199,11 +214,16 @@ static int add_f32(mg_gpu_model *g, float *y, const float *x, long long n, mg_er
 /* coact [E,E] += the co-activation of topk [N,k] (mg_gpu_coact). */
 static int coact_count(mg_gpu_model *g, int *coact, const int *topk, int N, mg_err *err)
 {
-    int E = g->E, k = g->h->k, blocks = (N + 255) / 256;
-    if (blocks > 1024) blocks = 1024;
+    /* a block per 1024 tokens at most 132·2 blocks: few enough that the blocks' final adds
+     * (E² each) stay small next to the N·k² shared-memory adds, enough to fill the GPU */
+    int E = g->E, k = g->h->k, blocks = (N + 1023) / 1024;
+    if (blocks > 264) blocks = 264;
+    if (blocks < 1) blocks = 1;
+    size_t sbytes = (size_t)E * E * sizeof(int);
+    int smem = sbytes <= 48 * 1024;   /* the default dynamic shared-memory limit; no opt-in needed */
     dim3 grid = {(unsigned)blocks, 1, 1}, blk = {256, 1, 1};
-    void *args[5] = {&coact, &topk, &N, &E, &k};
-    MG_CUDA_TRY(cudaLaunchKernel((const void *)g->coact_k, grid, blk, args, 0, g->st), err);
+    void *args[6] = {&coact, &topk, &N, &E, &k, &smem};
+    MG_CUDA_TRY(cudaLaunchKernel((const void *)g->coact_k, grid, blk, args, smem ? sbytes : 0, g->st), err);
     return MG_OK;
 }
 
