@@ -21,7 +21,9 @@
 # usage: bench/dist_2gpu.sh [SECTION...]   sections: a (wt2-moe8 curves + throughput), large
 # (dp-large throughput), drift (after large: dp-large on 2 GPUs again with MOEGEN_DP_SYNC=1, no
 # overlap; its curve must equal the overlapped run's bitwise, else the reduction races the
-# backward), c (kill a rank); default a large c, in that order.
+# backward), weak (wt2-moe8 with the per-GPU batch fixed: batch 64 on 1 GPU vs batch 128 on 2, 64
+# rows each: weak scaling, the usual DP measure, printed next to (b)'s fixed global batch), c (kill
+# a rank); default a large c, in that order.
 set -u
 SECTIONS=" ${*:-a large c} "
 has() { [[ "$SECTIONS" == *" $1 "* ]]; }
@@ -101,6 +103,16 @@ train a-1gpu "$W/wt2-moe8-ga2.lua" 50 1 && train a-2gpu "$W/wt2-moe8-ga2.lua" 50
 train r-1gpu "$REPO/specs/wt2-moe8.lua" 30 1 && train r-2gpu "$REPO/specs/wt2-moe8.lua" 30 2 &&
     { compare r-1gpu r-2gpu 0 0; ratio r-1gpu r-2gpu 0; }
 
+fi
+
+# ---------------------------------------------------------------- weak scaling: wt2-moe8
+if has weak; then
+say "== weak scaling: wt2-moe8, 64 rows per GPU (batch 64 on 1 GPU, 128 on 2)"
+sed -e 's/name = "wt2-moe8"/name = "wt2-moe8-b128"/' -e 's/batch = 64,/batch = 128,/' \
+    "$REPO/specs/wt2-moe8.lua" > "$W/wt2-moe8-b128.lua"
+grep -q "batch = 128" "$W/wt2-moe8-b128.lua" || { say "FAIL: could not derive wt2-moe8-b128"; exit 1; }
+[ -f "$OUT/r-1gpu-metrics.jsonl" ] || train r-1gpu "$REPO/specs/wt2-moe8.lua" 30 1
+train w-2gpu "$W/wt2-moe8-b128.lua" 30 2 && ratio r-1gpu w-2gpu 1.85
 fi
 
 # ---------------------------------------------------------------- (b) dp-large

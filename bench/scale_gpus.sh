@@ -7,7 +7,8 @@
 #   run(command="bench/scale_gpus.sh 4 curve", carry=["data"], kind="nvidia-h100-x4") # ~2 min
 # dp     tokens/s of wt2-moe8 and dp-large on 1, 2, N GPUs, each with the same global batch split into
 #        N micro-batches (grad_accum = N, the micro-batch split); efficiency = tps_N / (N · tps_1)
-#        (target ≥ 0.90 at 8 GPUs)
+#        (target ≥ 0.90 at 8 GPUs); and weak scaling of wt2-moe8 (64 rows per GPU: batch 64·N on N
+#        GPUs against batch 64 on 1)
 # ep     32- and 64-expert variants of wt2-moe8 at ep = N, 300 steps: per-layer load CV over the last
 #        10% of steps (target < 0.20) and the all-to-all share of step time (metrics a2a_s)
 # curve  wt2-moe8 (dropout 0) 50 steps at ep = N against 1 GPU: step-1 routing counts identical,
@@ -54,7 +55,10 @@ if has dp; then
     say "== dp: tokens/s on 1, 2, $N GPUs (global batch fixed, grad_accum = $N)"
     derive wt2-ga wt2-moe8 "s/batch = 64,/batch = $((64 / N)), grad_accum = $N,/"
     derive large-ga dp-large "s/batch = 32, grad_accum = 2,/batch = $((64 / N)), grad_accum = $N,/"
+    derive wt2-w wt2-moe8 "s/batch = 64,/batch = $((64 * N)),/"
+    derive wt2-1 wt2-moe8 "s/seed = 1 }/seed = 1 }/"
     for s in wt2-ga:40 large-ga:20; do for g in 1 2 "$N"; do run "${s%%:*}" "$g" "${s##*:}"; done; done
+    run wt2-1 1 30; run wt2-w "$N" 30
     py "$N" <<'PY'
 import os, sys
 from runstats import load, tokps
@@ -67,6 +71,11 @@ for name in ["wt2-ga", "large-ga"]:
     except (OSError, IndexError, KeyError) as e:
         print(f"{name}: no throughput ({e})"); continue
     print(f"{name}: " + ", ".join(f"{g} GPU {v:.0f} tok/s (eff {v / (g * t[1]):.3f})" for g, v in t.items()))
+try:
+    t1, tN = tps("wt2-1", 1), tps("wt2-w", N)
+    print(f"wt2-moe8 weak scaling (64 rows per GPU): 1 GPU {t1:.0f} tok/s, {N} GPUs {tN:.0f} tok/s (eff {tN / (N * t1):.3f})")
+except (OSError, IndexError, KeyError) as e:
+    print(f"wt2-moe8 weak scaling: no throughput ({e})")
 PY
 fi
 
