@@ -21,7 +21,10 @@
 # usage: bench/dist_2gpu.sh [SECTION...]   sections: a (wt2-moe8 curves + throughput), large
 # (dp-large throughput), drift (after large: dp-large on 2 GPUs again with MOEGEN_DP_SYNC=1, no
 # overlap; its curve must equal the overlapped run's bitwise, else the reduction races the
-# backward), weak (wt2-moe8 with the per-GPU batch fixed: batch 64 on 1 GPU vs batch 128 on 2, 64
+# backward), control (after large: dp-large on 1 GPU as 4 micro-batches of 16 instead of 2 of 32,
+# the same global batch summed in another order; its distance from the 1-GPU curve is the
+# sensitivity of this model's early training to fp32 summation order, the yardstick for the 2-GPU
+# run's deviation), weak (wt2-moe8 with the per-GPU batch fixed: batch 64 on 1 GPU vs batch 128 on 2, 64
 # rows each: weak scaling, the usual DP measure, printed next to (b)'s fixed global batch), c (kill
 # a rank); default a large c, in that order.
 set -u
@@ -128,6 +131,16 @@ if has drift; then
 say "== drift: dp-large on 2 GPUs, overlapped vs MOEGEN_DP_SYNC=1"
 [ -f "$OUT/l-2gpu-metrics.jsonl" ] || train l-2gpu "$REPO/specs/dp-large.lua" 20 2
 MOEGEN_DP_SYNC=1 train l-2gpu-sync "$REPO/specs/dp-large.lua" 20 2 && compare l-2gpu l-2gpu-sync 0 1e-12
+fi
+
+# ---------------------------------------------------------------- control: summation order on 1 GPU
+if has control; then
+say "== control: dp-large on 1 GPU, 4 x 16 micro-batches against 2 x 32"
+sed -e 's/name = "dp-large"/name = "dp-large-ga4"/' -e 's/batch = 32, grad_accum = 2,/batch = 16, grad_accum = 4,/' \
+    "$REPO/specs/dp-large.lua" > "$W/dp-large-ga4.lua"
+grep -q "grad_accum = 4" "$W/dp-large-ga4.lua" || { say "FAIL: could not derive dp-large-ga4"; exit 1; }
+[ -f "$OUT/l-1gpu-metrics.jsonl" ] || train l-1gpu "$REPO/specs/dp-large.lua" 20 1
+train l-1gpu-ga4 "$W/dp-large-ga4.lua" 20 1 && compare l-1gpu l-1gpu-ga4 0 0
 fi
 
 # ---------------------------------------------------------------- (c) a rank dies

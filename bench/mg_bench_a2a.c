@@ -14,6 +14,8 @@
  * is timed on the host from enqueue to completion, the way the trainer sees it:
  *   nccl  ncclGroupStart; ncclSend + ncclRecv per peer; ncclGroupEnd; cudaStreamSynchronize
  *   mg    mg_comm_all_to_all_v (count exchange, then the same grouped send/recv, then the wait)
+ *   mgk   mg_comm_all_to_all_vk: the receive counts known, no count exchange: what the EP layer
+ *         calls for its dispatch and return (its per-layer count all-gather tells every rank)
  * after a warm-up; the median of --iters, and per size the slowest rank's median. Bandwidth =
  * bytes that leave the GPU / time (bytes·(G−1)/G), the same formula for both; ratio = mg / nccl.
  * After each kind and size every rank checks that block p of its receive buffer holds rank p's
@@ -21,7 +23,8 @@
  *
  * Usage: mg_bench_a2a [--gpus G] [--iters N] [--sizes MiB,...] [--judge MiB] [--timeout S]
  *        (default 2, 50, 1,4,16,64, 8, 100 s for the whole run)
- * Prints one line per size and `a2a: worst ratio R at S MiB over sizes >= J MiB (need >= 0.70): PASS|FAIL`;
+ * Prints one line per size and `a2a: worst ratio R at S MiB over sizes >= J MiB (need >= 0.70): PASS|FAIL`
+ * for the EP's exchange (mgk / nccl), with the generic call's ratio (mg / nccl) beside it;
  * exit 0 PASS, 3 FAIL, 1 on an error (a rank failed: its messages start with "rank r:").
  * Sizes below --judge are shown, not judged: ours pays a fixed count exchange (an all-gather, a
  * device-to-host copy) per call that a 1 MiB transfer cannot hide; the EP exchanges of wt2-moe8 at
@@ -227,20 +230,24 @@ static int worker(const opts *o)
     unsigned char *host = malloc(maxb);
     if (!t || !host) die("out of host memory (%zu bytes)", maxb);
 
-    static const char *const kinds[2] = {"nccl", "mg"};
+    static const char *const kinds[3] = {"nccl", "mg", "mgk"};
     for (int i = 0; i < o->n_sizes; i++) {
         size_t chunk = (size_t)(o->sizes_mib[i] * 1048576) / (size_t)G / 4 * 4;   /* whole floats per peer */
         size_t counts[MAX_GPUS], got[MAX_GPUS];
         for (int p = 0; p < G; p++) counts[p] = chunk / 4;
-        double ms[2];
-        for (int kind = 0; kind < 2; kind++) {
+        double ms[3];
+        size_t want[MAX_GPUS];
+        for (int p = 0; p < G; p++) want[p] = chunk / 4;
+        for (int kind = 0; kind < 3; kind++) {
             cuda_check(cudaMemsetAsync(r, 0, chunk * (size_t)G, st));   /* so the check sees this kind's data */
             for (int it = -WARMUP; it < o->iters; it++) {
                 barrier(nc, st, d_one);
                 double t0 = now_s();
                 if (kind == 0) nccl_a2a(nc, st, s, r, chunk, G);
-                else if (mg_comm_all_to_all_v(c, s, counts, r, got, chunk / 4 * (size_t)G, MG_COMM_F32, &err))
+                else if (kind == 1 && mg_comm_all_to_all_v(c, s, counts, r, got, chunk / 4 * (size_t)G, MG_COMM_F32, &err))
                     die("mg_comm_all_to_all_v, %.1f MiB: %s", o->sizes_mib[i], err.msg);
+                else if (kind == 2 && mg_comm_all_to_all_vk(c, s, counts, r, want, MG_COMM_F32, &err))
+                    die("mg_comm_all_to_all_vk, %.1f MiB: %s", o->sizes_mib[i], err.msg);
                 if (it >= 0) t[it] = (float)((now_s() - t0) * 1e3);
             }
             ms[kind] = mg_bench_median(t, o->iters);
@@ -251,7 +258,7 @@ static int worker(const opts *o)
                         chunk / 4);
         }
         /* one line per size: index, then the nccl and mg medians in ms (%a: exact) */
-        if (dprintf(o->fd, "R %d %a %a\n", i, ms[0], ms[1]) < 0) die("cannot report to the parent: %s", strerror(errno));
+        if (dprintf(o->fd, "R %d %a %a %a\n", i, ms[0], ms[1], ms[2]) < 0) die("cannot report to the parent: %s", strerror(errno));
     }
     if (dprintf(o->fd, "done\n") < 0) die("cannot report to the parent: %s", strerror(errno));
     close(o->fd);
@@ -435,17 +442,18 @@ static int parent(const opts *o, char **argv0)
     if (failed) return fprintf(stderr, "mg_bench_a2a: %s\n", why), 1;
 
     /* the results: per size, the slowest rank's median */
-    double ms[2][MAX_SIZES] = {{0}};
+    double ms[3][MAX_SIZES] = {{0}};
     for (int r = 0; r < o->G; r++) {
         int seen = 0, done = 0;
         ch[r].buf[ch[r].len] = 0;
         for (char *save = NULL, *l = strtok_r(ch[r].buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
             int i;
-            double tn, tm;
+            double tn, tm, tk;
             if (!strcmp(l, "done")) done = 1;
-            else if (sscanf(l, "R %d %la %la", &i, &tn, &tm) == 3 && i == seen && i < o->n_sizes) {
+            else if (sscanf(l, "R %d %la %la %la", &i, &tn, &tm, &tk) == 4 && i == seen && i < o->n_sizes) {
                 if (tn > ms[0][i]) ms[0][i] = tn;
                 if (tm > ms[1][i]) ms[1][i] = tm;
+                if (tk > ms[2][i]) ms[2][i] = tk;
                 seen++;
             }
         }
@@ -456,13 +464,17 @@ static int parent(const opts *o, char **argv0)
 
     printf("all-to-all over %d GPUs, %d timed iterations (median of the slowest rank), host-timed to completion\n",
            o->G, o->iters);
-    printf("%10s %12s %12s %12s %12s %8s\n", "MiB/rank", "nccl ms", "nccl GB/s", "mg ms", "mg GB/s", "ratio");
+    printf("(mg: with the count exchange; mgk: counts known, the EP layer's dispatch and return)\n");
+    printf("%10s %10s %10s %10s %10s %8s %10s %10s %8s\n", "MiB/rank", "nccl ms", "nccl GB/s", "mg ms", "mg GB/s",
+           "mg/nccl", "mgk ms", "mgk GB/s", "mgk/nccl");
     double worst = 1e9, worst_at = 0;
     for (int i = 0; i < o->n_sizes; i++) {
-        double tn = ms[0][i], tm = ms[1][i];
-        double out = o->sizes_mib[i] * 1048576 * (o->G - 1) / o->G, bn = out / tn / 1e6, bm = out / tm / 1e6;
-        printf("%10.1f %12.4f %12.1f %12.4f %12.1f %8.3f\n", o->sizes_mib[i], tn, bn, tm, bm, bm / bn);
-        if (o->sizes_mib[i] >= o->judge && bm / bn < worst) worst = bm / bn, worst_at = o->sizes_mib[i];
+        double tn = ms[0][i], tm = ms[1][i], tk = ms[2][i];
+        double out = o->sizes_mib[i] * 1048576 * (o->G - 1) / o->G;
+        double bn = out / tn / 1e6, bm = out / tm / 1e6, bk = out / tk / 1e6;
+        printf("%10.1f %10.4f %10.1f %10.4f %10.1f %8.3f %10.4f %10.1f %8.3f\n", o->sizes_mib[i], tn, bn, tm, bm, bm / bn,
+               tk, bk, bk / bn);
+        if (o->sizes_mib[i] >= o->judge && bk / bn < worst) worst = bk / bn, worst_at = o->sizes_mib[i];
     }
     printf("a2a: worst ratio %.3f at %.1f MiB over sizes >= %.0f MiB (need >= 0.70): %s\n", worst, worst_at, o->judge,
            worst >= 0.70 ? "PASS" : "FAIL");

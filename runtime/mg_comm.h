@@ -6,6 +6,7 @@
 #define MG_COMM_H
 
 #include <stddef.h>
+#include <stdlib.h>
 #include "mg_err.h"
 
 typedef enum { MG_COMM_F32, MG_COMM_F64, MG_COMM_BYTE } mg_comm_dtype;   /* sums: F32, F64 only */
@@ -26,6 +27,9 @@ typedef struct mg_comm_ops {
     int (*all_reduce_async)(mg_comm *, const void *in, void *out, size_t n, mg_comm_dtype, void *stream, mg_err *);
     int (*wait)(mg_comm *, void *stream, mg_err *);
     int (*split)(mg_comm *, int color, int key, mg_comm **out, mg_err *);
+    /* NULL in the CPU backend: mg_comm_all_to_all_vk falls back to all_to_all_v + a check */
+    int (*all_to_all_vk)(mg_comm *, const void *send, const size_t *send_counts, void *recv,
+                         const size_t *recv_counts, mg_comm_dtype, mg_err *);
 } mg_comm_ops;
 
 struct mg_comm {
@@ -50,6 +54,27 @@ static inline int mg_comm_all_gather(mg_comm *c, const void *in, void *out, size
 static inline int mg_comm_all_to_all_v(mg_comm *c, const void *send, const size_t *send_counts, void *recv,
                                        size_t *recv_counts, size_t recv_cap, mg_comm_dtype t, mg_err *err)
 { return c->ops->all_to_all_v(c, send, send_counts, recv, recv_counts, recv_cap, t, err); }
+/* The same exchange when every rank already knows what it receives (recv_counts, host, in: what
+ * rank r sends here): no count exchange. The EP layer knows them from its per-expert count
+ * all-gather, which serves the dispatch and the return; the count round trip (an all-gather and a
+ * device-to-host copy) would otherwise cost more than a 16 MiB transfer over NVLink. Counts that
+ * disagree with the senders' are a caller bug: the CPU fallback reports it, NCCL may hang until
+ * the timeout. */
+static inline int mg_comm_all_to_all_vk(mg_comm *c, const void *send, const size_t *send_counts, void *recv,
+                                        const size_t *recv_counts, mg_comm_dtype t, mg_err *err)
+{
+    if (c->ops->all_to_all_vk) return c->ops->all_to_all_vk(c, send, send_counts, recv, recv_counts, t, err);
+    size_t *got = malloc((size_t)c->world * sizeof *got), cap = 0;
+    if (!got) return mg_err_set(err, MG_EINTERNAL, "comm: out of memory");
+    for (int r = 0; r < c->world; r++) cap += recv_counts[r];
+    int rc = c->ops->all_to_all_v(c, send, send_counts, recv, got, cap, t, err);
+    for (int r = 0; !rc && r < c->world; r++)
+        if (got[r] != recv_counts[r])
+            rc = mg_err_set(err, MG_EINTERNAL, "comm: all-to-all-v: rank %d sent %zu elements to rank %d, which expected %zu",
+                            r, got[r], c->rank, recv_counts[r]);
+    free(got);
+    return rc;
+}
 /* Enqueues the all-reduce on `stream` (a cudaStream_t, device buffers) and returns without waiting
  * (NCCL); mg_comm_wait(c, stream) waits for it. Backends without streams run it now, blocking. */
 static inline int mg_comm_all_reduce_async(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t,

@@ -22,6 +22,7 @@ typedef struct nccl_comm {
     ncclComm_t nc;
     cudaStream_t stream;
     size_t *d_counts;   /* world*world counts for all-to-all-v */
+    size_t *h_counts;   /* the same, pinned: the exchange's copies are async, one wait for all */
     void *scratch;      /* device staging of host buffers (blocking calls), scratch_bytes */
     size_t scratch_bytes;
     int aborted;
@@ -161,31 +162,13 @@ static int nccl_stream_wait(mg_comm *b, void *stream, mg_err *err)
     return nccl_wait_on(c, (cudaStream_t)stream, 1, ncclSuccess, "waiting for the stream", err);
 }
 
-static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_counts, void *recv, size_t *recv_counts,
-                             size_t recv_cap, mg_comm_dtype t, mg_err *err)
+/* One grouped round of sends and receives, then the wait. */
+static int nccl_send_recv(nccl_comm *c, const void *send, const size_t *send_counts, void *recv,
+                          const size_t *recv_counts, size_t es, mg_err *err)
 {
-    nccl_comm *c = (nccl_comm *)b;
-    int W = b->world, me = b->rank;
-    size_t es = mg_comm_dtype_size(t), *all = malloc((size_t)W * W * sizeof *all);
-    if (!all) return mg_err_set(err, MG_EINTERNAL, "comm nccl: out of memory");
-    /* 1. the counts: all-gather every rank's row, then take our column */
-    MG_CUDA_TRY(cudaMemcpyAsync(c->d_counts + (size_t)me * W, send_counts, (size_t)W * sizeof(size_t),
-                                cudaMemcpyHostToDevice, c->stream), err);
-    int rc = nccl_wait(c, ncclAllGather(c->d_counts + (size_t)me * W, c->d_counts, (size_t)W * sizeof(size_t),
-                                        ncclUint8, c->nc, c->stream), "all-to-all-v counts", err);
-    if (!rc && cudaMemcpy(all, c->d_counts, (size_t)W * W * sizeof *all, cudaMemcpyDeviceToHost) != cudaSuccess)
-        rc = mg_err_set(err, MG_EINTERNAL, "comm nccl: cannot read back the all-to-all-v counts");
-    size_t total = 0;
-    for (int j = 0; !rc && j < W; j++) total += recv_counts[j] = all[(size_t)j * W + me];
-    if (!rc && total > recv_cap)
-        rc = mg_err_set(err, MG_EUSER, "comm: all-to-all-v: rank %d receives %zu elements, capacity %zu", me, total,
-                        recv_cap);
-    free(all);
-    if (rc) return rc;   /* note: unlike the CPU backend the other ranks are not told; they time out */
-    /* 2. the data: one grouped round of sends and receives */
     size_t so = 0, ro = 0;
     ncclResult_t r = ncclGroupStart();
-    for (int j = 0; j < W && (r == ncclSuccess || r == ncclInProgress); j++) {
+    for (int j = 0; j < c->base.world && (r == ncclSuccess || r == ncclInProgress); j++) {
         if (send_counts[j]) r = ncclSend((const char *)send + so * es, send_counts[j] * es, ncclUint8, j, c->nc, c->stream);
         if (recv_counts[j] && (r == ncclSuccess || r == ncclInProgress))
             r = ncclRecv((char *)recv + ro * es, recv_counts[j] * es, ncclUint8, j, c->nc, c->stream);
@@ -194,6 +177,40 @@ static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_co
     }
     ncclResult_t g = ncclGroupEnd();
     return nccl_wait(c, r == ncclSuccess || r == ncclInProgress ? g : r, "all-to-all-v", err);
+}
+
+static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_counts, void *recv, size_t *recv_counts,
+                             size_t recv_cap, mg_comm_dtype t, mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    int W = b->world, me = b->rank;
+    size_t es = mg_comm_dtype_size(t), *all = c->h_counts;
+    /* 1. the counts: all-gather every rank's row, then take our column. Pinned host rows, both
+     *    copies and the all-gather on the comm's stream, one wait: a count round trip costs
+     *    about as much as a 16 MiB transfer over NVLink, so it is kept to one sync */
+    memcpy(all + (size_t)me * W, send_counts, (size_t)W * sizeof *all);
+    MG_CUDA_TRY(cudaMemcpyAsync(c->d_counts + (size_t)me * W, all + (size_t)me * W, (size_t)W * sizeof(size_t),
+                                cudaMemcpyHostToDevice, c->stream), err);
+    ncclResult_t g = ncclAllGather(c->d_counts + (size_t)me * W, c->d_counts, (size_t)W * sizeof(size_t), ncclUint8,
+                                   c->nc, c->stream);
+    if ((g == ncclSuccess || g == ncclInProgress) &&
+        cudaMemcpyAsync(all, c->d_counts, (size_t)W * W * sizeof *all, cudaMemcpyDeviceToHost, c->stream) != cudaSuccess)
+        return mg_err_set(err, MG_EINTERNAL, "comm nccl: cannot read back the all-to-all-v counts");
+    int rc = nccl_wait(c, g, "all-to-all-v counts", err);
+    size_t total = 0;
+    for (int j = 0; !rc && j < W; j++) total += recv_counts[j] = all[(size_t)j * W + me];
+    if (!rc && total > recv_cap)
+        rc = mg_err_set(err, MG_EUSER, "comm: all-to-all-v: rank %d receives %zu elements, capacity %zu", me, total,
+                        recv_cap);
+    if (rc) return rc;   /* note: unlike the CPU backend the other ranks are not told; they time out */
+    /* 2. the data */
+    return nccl_send_recv(c, send, send_counts, recv, recv_counts, es, err);
+}
+
+static int nccl_all_to_all_vk(mg_comm *b, const void *send, const size_t *send_counts, void *recv,
+                              const size_t *recv_counts, mg_comm_dtype t, mg_err *err)
+{
+    return nccl_send_recv((nccl_comm *)b, send, send_counts, recv, recv_counts, mg_comm_dtype_size(t), err);
 }
 
 static void nccl_close(mg_comm *b)
@@ -206,6 +223,7 @@ static void nccl_close(mg_comm *b)
     if (!c->aborted) nccl_wait_on(c, c->stream, 0, ncclCommFinalize(c->nc), "ncclCommFinalize", NULL);
     if (!c->aborted) ncclCommDestroy(c->nc);
     cudaFree(c->d_counts);
+    cudaFreeHost(c->h_counts);
     cudaFree(c->scratch);
     free(c);
 }
@@ -216,7 +234,7 @@ static const mg_comm_ops nccl_ops = {.all_reduce = nccl_all_reduce, .reduce_scat
                                      .all_gather = nccl_all_gather, .all_to_all_v = nccl_all_to_all_v,
                                      .abort = nccl_abort, .close = nccl_close,
                                      .all_reduce_async = nccl_all_reduce_async, .wait = nccl_stream_wait,
-                                     .split = nccl_split};
+                                     .split = nccl_split, .all_to_all_vk = nccl_all_to_all_vk};
 
 static nccl_comm *nccl_new(int rank, int world, cudaStream_t stream, double timeout_s, mg_err *err)
 {
@@ -227,9 +245,11 @@ static nccl_comm *nccl_new(int rank, int world, cudaStream_t stream, double time
     }
     c->base = (mg_comm){&nccl_ops, rank, world, timeout_s > 0 ? timeout_s : 300.0};
     c->stream = stream;
-    if (cudaMalloc((void **)&c->d_counts, (size_t)world * world * sizeof(size_t)) != cudaSuccess) {
+    size_t cb = (size_t)world * world * sizeof(size_t);
+    if (cudaMalloc((void **)&c->d_counts, cb) != cudaSuccess || cudaHostAlloc((void **)&c->h_counts, cb, 0) != cudaSuccess) {
+        cudaFree(c->d_counts);
         free(c);
-        mg_err_set(err, MG_EINTERNAL, "comm nccl: cudaMalloc of the counts failed");
+        mg_err_set(err, MG_EINTERNAL, "comm nccl: cannot allocate the all-to-all counts (%zu bytes)", cb);
         return NULL;
     }
     return c;
@@ -316,6 +336,7 @@ mg_comm *mg_comm_nccl_open(const unsigned char id[128], int rank, int world, voi
     cfg.blocking = 0;
     if (nccl_wait(c, ncclCommInitRankConfig(&c->nc, world, u, rank, &cfg), "ncclCommInitRank", err)) {
         cudaFree(c->d_counts);
+        cudaFreeHost(c->h_counts);
         free(c);
         return NULL;
     }

@@ -266,9 +266,20 @@ static int comm_checks(mg_comm *c)
         bad += rc[i] != a2a_count(i, me);
         for (size_t k = 0; k < rc[i]; k++) bad += recv[ro++] != (float)(i * 10000 + me * 100 + (int)k);
     }
+    /* the known-counts exchange (mg_comm_all_to_all_vk; the CPU backend's fallback checks them) */
+    for (int j = 0; j < W; j++) rc[j] = a2a_count(j, me);
+    memset(recv, 0, sizeof recv);
+    if (mg_comm_all_to_all_vk(c, send, sc, recv, rc, MG_COMM_F32, &err)) return fprintf(stderr, "%s\n", err.msg), 100;
+    ro = 0;
+    for (int i = 0; i < W; i++)
+        for (size_t k = 0; k < rc[i]; k++) bad += recv[ro++] != (float)(i * 10000 + me * 100 + (int)k);
+    /* ... and a wrong expectation is named (rank 0 expects one element more from rank 1) */
+    if (me == 0) rc[1]++;
+    int r = mg_comm_all_to_all_vk(c, send, sc, recv, rc, MG_COMM_F32, &err);
+    bad += me == 0 ? r != MG_EINTERNAL || !strstr(err.msg, "rank 1 sent") : r != 0;
     /* a rank over its capacity: every rank fails, naming it */
     size_t cap = me == W - 1 ? 1 : 3 * 24;
-    int r = mg_comm_all_to_all_v(c, send, sc, recv, rc, cap, MG_COMM_F32, &err);
+    r = mg_comm_all_to_all_v(c, send, sc, recv, rc, cap, MG_COMM_F32, &err);
     char want_msg[96];
     snprintf(want_msg, sizeof want_msg, "rank %d receives more than its capacity", W - 1);
     bad += r != MG_EUSER || !strstr(err.msg, want_msg);
