@@ -2,7 +2,8 @@
 # device: the wrapper of one call on the device machine (see /work/.library/device). It unpacks
 # the carried Debian packages, builds once, runs the named parts (each a shell command line,
 # separated by ';;'), in parallel when PARALLEL=1, and packs every log under $OUT into
-# $OUT/logs.tgz, since a call returns at most 8 files. $OUT/summary.txt stays unpacked.
+# $OUT/logs.tgz, since a call returns at most 8 files. $OUT/summary.txt and parts.txt (every part's
+# own summary.txt) stay unpacked.
 #   bash bench/device.sh 'bench/train_wt2.sh check ;; bash bench/acceptance.sh'
 set -u
 cd "$(dirname "$0")/.."
@@ -16,7 +17,13 @@ ROOT=${OUT:-bench/results/raw/device-$(date +%Y%m%d-%H%M)}
 # logs live outside $OUT and are packed after every part: a call cut off by its time limit still
 # returns what finished (only $OUT comes back, at most 8 files)
 LOGS=$(mktemp -d /tmp/devlogs.XXXX); mkdir -p "$ROOT"
-pack() { tar czf "$ROOT/logs.tgz.tmp" -C "$LOGS" . && mv "$ROOT/logs.tgz.tmp" "$ROOT/logs.tgz"; }
+# A file back from $OUT may hold 16 MiB: files over 3 MiB (per-step metrics of many experts) stay
+# out of the archive, named in big.txt, and each part's own summary.txt is also copied to parts.txt.
+pack() {
+    (cd "$LOGS" && find . -type f -size -3M | sort > /tmp/devpack.list && find . -type f -size +3M -printf '%s %p\n' > "$ROOT/big.txt")
+    tar czf "$ROOT/logs.tgz.tmp" -C "$LOGS" -T /tmp/devpack.list && mv "$ROOT/logs.tgz.tmp" "$ROOT/logs.tgz"
+    for f in "$LOGS"/p*/summary.txt; do [ -f "$f" ] && { echo "== ${f#$LOGS/}"; cat "$f"; }; done > "$ROOT/parts.txt"
+}
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 S=$ROOT/summary.txt
 echo "device.sh $(date -u +%FT%TZ) $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)" > "$S"

@@ -185,18 +185,19 @@ static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_co
     nccl_comm *c = (nccl_comm *)b;
     int W = b->world, me = b->rank;
     size_t es = mg_comm_dtype_size(t), *all = c->h_counts;
-    /* 1. the counts: all-gather every rank's row, then take our column. Pinned host rows, both
-     *    copies and the all-gather on the comm's stream, one wait: a count round trip costs
-     *    about as much as a 16 MiB transfer over NVLink, so it is kept to one sync */
+    /* 1. the counts: all-gather every rank's row, then take our column, through pinned host rows.
+     *    The read-back is enqueued only once NCCL has enqueued the all-gather: a non-blocking
+     *    communicator may answer ncclInProgress before the collective is on the stream, and a
+     *    copy queued then would read the old counts (that hung the exchange) */
     memcpy(all + (size_t)me * W, send_counts, (size_t)W * sizeof *all);
     MG_CUDA_TRY(cudaMemcpyAsync(c->d_counts + (size_t)me * W, all + (size_t)me * W, (size_t)W * sizeof(size_t),
                                 cudaMemcpyHostToDevice, c->stream), err);
-    ncclResult_t g = ncclAllGather(c->d_counts + (size_t)me * W, c->d_counts, (size_t)W * sizeof(size_t), ncclUint8,
-                                   c->nc, c->stream);
-    if ((g == ncclSuccess || g == ncclInProgress) &&
-        cudaMemcpyAsync(all, c->d_counts, (size_t)W * W * sizeof *all, cudaMemcpyDeviceToHost, c->stream) != cudaSuccess)
-        return mg_err_set(err, MG_EINTERNAL, "comm nccl: cannot read back the all-to-all-v counts");
-    int rc = nccl_wait(c, g, "all-to-all-v counts", err);
+    int rc = nccl_wait_on(c, c->stream, 0, ncclAllGather(c->d_counts + (size_t)me * W, c->d_counts,
+                                                         (size_t)W * sizeof(size_t), ncclUint8, c->nc, c->stream),
+                          "all-to-all-v counts", err);
+    if (rc) return rc;
+    MG_CUDA_TRY(cudaMemcpyAsync(all, c->d_counts, (size_t)W * W * sizeof *all, cudaMemcpyDeviceToHost, c->stream), err);
+    rc = nccl_wait(c, ncclSuccess, "all-to-all-v counts", err);
     size_t total = 0;
     for (int j = 0; !rc && j < W; j++) total += recv_counts[j] = all[(size_t)j * W + me];
     if (!rc && total > recv_cap)
