@@ -16,6 +16,10 @@
  *   mg    mg_comm_all_to_all_v (count exchange, then the same grouped send/recv, then the wait)
  *   mgk   mg_comm_all_to_all_vk: the receive counts known, no count exchange: what the EP layer
  *         calls for its dispatch and return (its per-layer count all-gather tells every rank)
+ *   nb    the nccl kind on a non-blocking communicator (ncclCommSplit of the plain one with
+ *         config.blocking = 0, as mg_comm_nccl makes its own): poll ncclCommGetAsyncError until
+ *         the group is enqueued, then cudaStreamSynchronize. Diagnostic: nccl vs nb is the cost
+ *         of the communicator mode, nb vs mgk the cost of mg_comm's wait loop
  * after a warm-up; the median of --iters, and per size the slowest rank's median. Bandwidth =
  * bytes that leave the GPU / time (bytes·(G−1)/G), the same formula for both; ratio = mg / nccl.
  * After each kind and size every rank checks that block p of its receive buffer holds rank p's
@@ -175,6 +179,21 @@ static void nccl_a2a(ncclComm_t nc, cudaStream_t st, const char *s, char *r, siz
     cuda_check(cudaStreamSynchronize(st));
 }
 
+/* The same on a non-blocking communicator: the group may still be enqueueing on return. */
+static void nb_a2a(ncclComm_t nc, cudaStream_t st, const char *s, char *r, size_t chunk, int G)
+{
+    ncclResult_t g = ncclGroupStart();
+    for (int p = 0; p < G && (g == ncclSuccess || g == ncclInProgress); p++) {
+        g = ncclSend(s + (size_t)p * chunk, chunk, ncclUint8, p, nc, st);
+        if (g == ncclSuccess || g == ncclInProgress) g = ncclRecv(r + (size_t)p * chunk, chunk, ncclUint8, p, nc, st);
+    }
+    ncclResult_t e = ncclGroupEnd();
+    if (g != ncclSuccess && g != ncclInProgress) nccl_check(g);
+    while (e == ncclInProgress) ncclCommGetAsyncError(nc, &e);
+    nccl_check(e);
+    cuda_check(cudaStreamSynchronize(st));
+}
+
 /* Every rank leaves together: a 1-element all-reduce on the plain communicator, then a sync. */
 static void barrier(ncclComm_t nc, cudaStream_t st, float *d_one)
 {
@@ -210,6 +229,14 @@ static int worker(const opts *o)
     cuda_check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     ncclComm_t nc;
     nccl_check(ncclCommInitRank(&nc, G, id_nccl, me));
+    ncclComm_t nb = NULL;
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    ncclResult_t sr = ncclCommSplit(nc, 0, me, &nb, &cfg);
+    if ((sr == ncclSuccess || sr == ncclInProgress) && nb)
+        do ncclCommGetAsyncError(nb, &sr); while (sr == ncclInProgress);
+    nccl_check(sr);
+    if (!nb) die("ncclCommSplit gave no communicator");
     mg_err err;
     mg_err_clear(&err);
     mg_comm *c = mg_comm_nccl_open(id_mg, me, G, st, o->timeout_s, &err);
@@ -230,20 +257,21 @@ static int worker(const opts *o)
     unsigned char *host = malloc(maxb);
     if (!t || !host) die("out of host memory (%zu bytes)", maxb);
 
-    static const char *const kinds[3] = {"nccl", "mg", "mgk"};
+    static const char *const kinds[4] = {"nccl", "mg", "mgk", "nb"};
     for (int i = 0; i < o->n_sizes; i++) {
         size_t chunk = (size_t)(o->sizes_mib[i] * 1048576) / (size_t)G / 4 * 4;   /* whole floats per peer */
         size_t counts[MAX_GPUS], got[MAX_GPUS];
         for (int p = 0; p < G; p++) counts[p] = chunk / 4;
-        double ms[3];
+        double ms[4];
         size_t want[MAX_GPUS];
         for (int p = 0; p < G; p++) want[p] = chunk / 4;
-        for (int kind = 0; kind < 3; kind++) {
+        for (int kind = 0; kind < 4; kind++) {
             cuda_check(cudaMemsetAsync(r, 0, chunk * (size_t)G, st));   /* so the check sees this kind's data */
             for (int it = -WARMUP; it < o->iters; it++) {
                 barrier(nc, st, d_one);
                 double t0 = now_s();
                 if (kind == 0) nccl_a2a(nc, st, s, r, chunk, G);
+                else if (kind == 3) nb_a2a(nb, st, s, r, chunk, G);
                 else if (kind == 1 && mg_comm_all_to_all_v(c, s, counts, r, got, chunk / 4 * (size_t)G, MG_COMM_F32, &err))
                     die("mg_comm_all_to_all_v, %.1f MiB: %s", o->sizes_mib[i], err.msg);
                 else if (kind == 2 && mg_comm_all_to_all_vk(c, s, counts, r, want, MG_COMM_F32, &err))
@@ -258,13 +286,16 @@ static int worker(const opts *o)
                         chunk / 4);
         }
         /* one line per size: index, then the nccl and mg medians in ms (%a: exact) */
-        if (dprintf(o->fd, "R %d %a %a %a\n", i, ms[0], ms[1], ms[2]) < 0) die("cannot report to the parent: %s", strerror(errno));
+        if (dprintf(o->fd, "R %d %a %a %a %a\n", i, ms[0], ms[1], ms[2], ms[3]) < 0) die("cannot report to the parent: %s", strerror(errno));
     }
     if (dprintf(o->fd, "done\n") < 0) die("cannot report to the parent: %s", strerror(errno));
     close(o->fd);
     free(t);
     free(host);
     mg_comm_close(c);
+    ncclResult_t fr = ncclCommFinalize(nb);   /* non-blocking: finished before it may be destroyed */
+    while (fr == ncclInProgress) ncclCommGetAsyncError(nb, &fr);
+    ncclCommDestroy(nb);
     nccl_check(ncclCommDestroy(nc));
     cudaFree(s);
     cudaFree(r);
@@ -442,15 +473,16 @@ static int parent(const opts *o, char **argv0)
     if (failed) return fprintf(stderr, "mg_bench_a2a: %s\n", why), 1;
 
     /* the results: per size, the slowest rank's median */
-    double ms[3][MAX_SIZES] = {{0}};
+    double ms[4][MAX_SIZES] = {{0}};
     for (int r = 0; r < o->G; r++) {
         int seen = 0, done = 0;
         ch[r].buf[ch[r].len] = 0;
         for (char *save = NULL, *l = strtok_r(ch[r].buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
             int i;
-            double tn, tm, tk;
+            double tn, tm, tk, tb;
             if (!strcmp(l, "done")) done = 1;
-            else if (sscanf(l, "R %d %la %la %la", &i, &tn, &tm, &tk) == 4 && i == seen && i < o->n_sizes) {
+            else if (sscanf(l, "R %d %la %la %la %la", &i, &tn, &tm, &tk, &tb) == 5 && i == seen && i < o->n_sizes) {
+                if (tb > ms[3][i]) ms[3][i] = tb;
                 if (tn > ms[0][i]) ms[0][i] = tn;
                 if (tm > ms[1][i]) ms[1][i] = tm;
                 if (tk > ms[2][i]) ms[2][i] = tk;
@@ -465,15 +497,15 @@ static int parent(const opts *o, char **argv0)
     printf("all-to-all over %d GPUs, %d timed iterations (median of the slowest rank), host-timed to completion\n",
            o->G, o->iters);
     printf("(mg: with the count exchange; mgk: counts known, the EP layer's dispatch and return)\n");
-    printf("%10s %10s %10s %10s %10s %8s %10s %10s %8s\n", "MiB/rank", "nccl ms", "nccl GB/s", "mg ms", "mg GB/s",
-           "mg/nccl", "mgk ms", "mgk GB/s", "mgk/nccl");
+    printf("%10s %10s %10s %10s %10s %8s %10s %10s %8s %10s\n", "MiB/rank", "nccl ms", "nccl GB/s", "mg ms", "mg GB/s",
+           "mg/nccl", "mgk ms", "mgk GB/s", "mgk/nccl", "nb ms");
     double worst = 1e9, worst_at = 0;
     for (int i = 0; i < o->n_sizes; i++) {
         double tn = ms[0][i], tm = ms[1][i], tk = ms[2][i];
         double out = o->sizes_mib[i] * 1048576 * (o->G - 1) / o->G;
         double bn = out / tn / 1e6, bm = out / tm / 1e6, bk = out / tk / 1e6;
-        printf("%10.1f %10.4f %10.1f %10.4f %10.1f %8.3f %10.4f %10.1f %8.3f\n", o->sizes_mib[i], tn, bn, tm, bm, bm / bn,
-               tk, bk, bk / bn);
+        printf("%10.1f %10.4f %10.1f %10.4f %10.1f %8.3f %10.4f %10.1f %8.3f %10.4f\n", o->sizes_mib[i], tn, bn, tm, bm,
+               bm / bn, tk, bk, bk / bn, ms[3][i]);
         if (o->sizes_mib[i] >= o->judge && bk / bn < worst) worst = bk / bn, worst_at = o->sizes_mib[i];
     }
     printf("a2a: worst ratio %.3f at %.1f MiB over sizes >= %.0f MiB (need >= 0.70): %s\n", worst, worst_at, o->judge,
