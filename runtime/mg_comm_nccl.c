@@ -26,6 +26,10 @@ typedef struct nccl_comm {
     void *scratch;      /* device staging of host buffers (blocking calls), scratch_bytes */
     size_t scratch_bytes;
     int aborted;
+    /* MOEGEN_NCCL_A2A=blocking: the all-to-all's sends and receives go through a blocking split of
+     * nc, made at the first exchange (nd; nd_state 0 not tried, 1 made, -1 not wanted) */
+    ncclComm_t nd;
+    int nd_state;
 } nccl_comm;
 
 static ncclDataType_t nccl_type(mg_comm_dtype t)
@@ -36,6 +40,7 @@ static ncclDataType_t nccl_type(mg_comm_dtype t)
 static void nccl_abort(mg_comm *b)
 {
     nccl_comm *c = (nccl_comm *)b;
+    if (!c->aborted && c->nd) ncclCommAbort(c->nd);
     if (!c->aborted) ncclCommAbort(c->nc);
     c->aborted = 1;
 }
@@ -162,21 +167,61 @@ static int nccl_stream_wait(mg_comm *b, void *stream, mg_err *err)
     return nccl_wait_on(c, (cudaStream_t)stream, 1, ncclSuccess, "waiting for the stream", err);
 }
 
-/* One grouped round of sends and receives, then the wait. */
+static int nccl_wait_on(nccl_comm *c, cudaStream_t stream, int stream_too, ncclResult_t r, const char *what, mg_err *err);
+
+/* The blocking data communicator, made at the first exchange when MOEGEN_NCCL_A2A=blocking (an
+ * experiment: a non-blocking communicator's grouped send/recv measured 65-100 µs slower than a
+ * blocking one's on 2 H200s, bench/results/2026-11-26-s3). Every rank of c is in the exchange, so
+ * the split is collective as it must be. Its connections to every peer are made here, while all
+ * ranks are alive: a blocking call that set up a connection to a dead peer could not time out. */
+static int data_comm(nccl_comm *c, mg_err *err)
+{
+    if (c->nd_state) return 0;
+    const char *v = getenv("MOEGEN_NCCL_A2A");
+    c->nd_state = -1;
+    if (!v || strcmp(v, "blocking")) return 0;
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 1;
+    int rc = nccl_wait_on(c, c->stream, 0, ncclCommSplit(c->nc, 0, c->base.rank, &c->nd, &cfg), "ncclCommSplit (a2a)", err);
+    if (rc) return rc;
+    ncclResult_t a = ncclInProgress;
+    while (c->nd && a == ncclInProgress) ncclCommGetAsyncError(c->nd, &a);
+    if (!c->nd || a != ncclSuccess)
+        return mg_err_set(err, MG_EINTERNAL, "comm nccl: rank %d: the blocking all-to-all communicator: %s", c->base.rank,
+                          c->nd ? ncclGetErrorString(a) : "none made");
+    c->nd_state = 1;
+    if (c->base.world < 2) return 0;
+    size_t *d = c->d_counts;   /* warm-up: one count to and from every peer (W + j < W² for W >= 2) */
+    ncclResult_t r = ncclGroupStart();
+    for (int j = 0; j < c->base.world && r == ncclSuccess; j++) {
+        r = ncclSend(d + c->base.rank, sizeof *d, ncclUint8, j, c->nd, c->stream);
+        if (r == ncclSuccess) r = ncclRecv(d + (size_t)c->base.world + j, sizeof *d, ncclUint8, j, c->nd, c->stream);
+    }
+    ncclResult_t g = ncclGroupEnd();
+    return nccl_wait_on(c, c->stream, 1, r == ncclSuccess ? g : r, "all-to-all warm-up", err);
+}
+
+/* One grouped round of sends and receives, then the wait (polling the data communicator's
+ * errors as well when it is the blocking one). */
 static int nccl_send_recv(nccl_comm *c, const void *send, const size_t *send_counts, void *recv,
                           const size_t *recv_counts, size_t es, mg_err *err)
 {
+    int rc = data_comm(c, err);
+    if (rc) return rc;
+    ncclComm_t nc = c->nd_state == 1 ? c->nd : c->nc;
     size_t so = 0, ro = 0;
     ncclResult_t r = ncclGroupStart();
     for (int j = 0; j < c->base.world && (r == ncclSuccess || r == ncclInProgress); j++) {
-        if (send_counts[j]) r = ncclSend((const char *)send + so * es, send_counts[j] * es, ncclUint8, j, c->nc, c->stream);
+        if (send_counts[j]) r = ncclSend((const char *)send + so * es, send_counts[j] * es, ncclUint8, j, nc, c->stream);
         if (recv_counts[j] && (r == ncclSuccess || r == ncclInProgress))
-            r = ncclRecv((char *)recv + ro * es, recv_counts[j] * es, ncclUint8, j, c->nc, c->stream);
+            r = ncclRecv((char *)recv + ro * es, recv_counts[j] * es, ncclUint8, j, nc, c->stream);
         so += send_counts[j];
         ro += recv_counts[j];
     }
     ncclResult_t g = ncclGroupEnd();
-    return nccl_wait(c, r == ncclSuccess || r == ncclInProgress ? g : r, "all-to-all-v", err);
+    if (r != ncclSuccess && r != ncclInProgress) g = r;
+    if (nc == c->nd && g == ncclSuccess) ncclCommGetAsyncError(c->nd, &g);   /* the stream wait below watches nc */
+    return nccl_wait(c, g, "all-to-all-v", err);
 }
 
 static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_counts, void *recv, size_t *recv_counts,
@@ -221,6 +266,7 @@ static void nccl_close(mg_comm *b)
      * rule is that after ncclInProgress no other call (ncclCommDestroy included) may be made on
      * the communicator until ncclCommGetAsyncError says ncclSuccess; destroying it at once was a
      * misuse. An error or the timeout aborts instead (nccl_wait_on sets aborted). */
+    if (!c->aborted && c->nd && ncclCommFinalize(c->nd) == ncclSuccess) ncclCommDestroy(c->nd);
     if (!c->aborted) nccl_wait_on(c, c->stream, 0, ncclCommFinalize(c->nc), "ncclCommFinalize", NULL);
     if (!c->aborted) ncclCommDestroy(c->nc);
     cudaFree(c->d_counts);
