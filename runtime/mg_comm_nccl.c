@@ -26,8 +26,8 @@ typedef struct nccl_comm {
     void *scratch;      /* device staging of host buffers (blocking calls), scratch_bytes */
     size_t scratch_bytes;
     int aborted;
-    /* MOEGEN_NCCL_A2A=blocking: the all-to-all's sends and receives go through a blocking split of
-     * nc, made at the first exchange (nd; nd_state 0 not tried, 1 made, -1 not wanted) */
+    /* the all-to-all's sends and receives go through a blocking split of nc, made at the first
+     * exchange (nd; nd_state 0 not tried, 1 made, -1 not wanted: MOEGEN_NCCL_A2A=nonblocking) */
     ncclComm_t nd;
     int nd_state;
 } nccl_comm;
@@ -169,17 +169,19 @@ static int nccl_stream_wait(mg_comm *b, void *stream, mg_err *err)
 
 static int nccl_wait_on(nccl_comm *c, cudaStream_t stream, int stream_too, ncclResult_t r, const char *what, mg_err *err);
 
-/* The blocking data communicator, made at the first exchange when MOEGEN_NCCL_A2A=blocking (an
- * experiment: a non-blocking communicator's grouped send/recv measured 65-100 µs slower than a
- * blocking one's on 2 H200s, bench/results/2026-11-26-s3). Every rank of c is in the exchange, so
- * the split is collective as it must be. Its connections to every peer are made here, while all
- * ranks are alive: a blocking call that set up a connection to a dead peer could not time out. */
+/* The all-to-all's data communicator: a blocking split of nc, made at the first exchange (every
+ * rank of c is in the exchange, so the split is collective as it must be). On 2 H100s the same
+ * grouped send/recv reached 0.44-0.61 of a blocking communicator's bandwidth on the non-blocking
+ * nc, and 0.99-1.02 on this split (bench/results/2026-11-26-s3); MOEGEN_NCCL_A2A=nonblocking keeps
+ * nc. The wait still polls and times out (nccl_wait). Its connections to every peer are made
+ * here, while all ranks are alive: a blocking call that set up a connection to a dead peer could
+ * not time out. */
 static int data_comm(nccl_comm *c, mg_err *err)
 {
     if (c->nd_state) return 0;
     const char *v = getenv("MOEGEN_NCCL_A2A");
     c->nd_state = -1;
-    if (!v || strcmp(v, "blocking")) return 0;
+    if (v && !strcmp(v, "nonblocking")) return 0;
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 1;
     int rc = nccl_wait_on(c, c->stream, 0, ncclCommSplit(c->nc, 0, c->base.rank, &c->nd, &cfg), "ncclCommSplit (a2a)", err);
