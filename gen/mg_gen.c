@@ -93,6 +93,26 @@ static int emit_part(mg_sb *sb, const char *name, mg_err *err)
     return MG_OK;
 }
 
+/* Headers only some templates use, named without ".cuh" on their "// moegen:parts a b" line,
+ * inlined after the common parts (so they may use mg_common.cuh); the other families' sources
+ * do not change. */
+static int emit_own_parts(mg_sb *sb, const char *tname, const char *text, size_t len, mg_err *err)
+{
+    char parts[4][32];
+    int n = mg_tmpl_directive(tname, text, len, "parts", parts, 4, err);
+    if (n < 0) return err->code;
+    for (int i = 0; i < n; i++) {
+        char file[48];   /* words are < 32 chars */
+        snprintf(file, sizeof file, "%.31s.cuh", parts[i]);
+        if (!mg_tmpl_get(file, NULL))
+            return mg_err_set(err, MG_EUSER, "templates/%s: moegen:parts names '%s', but templates/%s does not exist",
+                              tname, parts[i], file);
+        int rc = emit_part(sb, file, err);
+        if (rc) return rc;
+    }
+    return MG_OK;
+}
+
 static int gen_family(const mg_plan *p, const mg_family *f, mg_source *src, mg_err *err)
 {
     mg_sb sb;
@@ -110,6 +130,7 @@ static int gen_family(const mg_plan *p, const mg_family *f, mg_source *src, mg_e
     const char *tname = mg_family_templates[f->id];
     size_t len;
     const char *text = mg_tmpl_get(tname, &len);
+    if (!rc) rc = emit_own_parts(&sb, tname, text, len, err);
     char syms[MG_MAX_ENTRIES][192];
     mg_tmpl_var vars[MG_MAX_ENTRIES];
     for (int e = 0; e < f->n_entries; e++) {

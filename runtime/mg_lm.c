@@ -14,7 +14,7 @@
 static const struct { int fam; const char *entry; } lm_defs[MG_LM_K_COUNT] = {
     {MG_FAM_ATTN, "fwd"}, {MG_FAM_ATTN, "bwd_pre"}, {MG_FAM_ATTN, "bwd_dkdv"}, {MG_FAM_ATTN, "bwd_dq"},
     {MG_FAM_ROPE, "table"}, {MG_FAM_ROPE, "fwd"}, {MG_FAM_ROPE, "bwd"},
-    {MG_FAM_NORM, "fwd"}, {MG_FAM_NORM, "bwd"}, {MG_FAM_NORM, "dw"}, {MG_FAM_NORM, "dwsum"},
+    {MG_FAM_NORM, "fwd"}, {MG_FAM_NORM, "bwd"}, {MG_FAM_NORM, "dwsum"},
     {MG_FAM_EMBED, "fwd"}, {MG_FAM_EMBED, "sort"}, {MG_FAM_EMBED, "bwd"},
     {MG_FAM_XENT, "fwd"}, {MG_FAM_XENT, "loss"},
     {MG_FAM_DROPOUT, "fwd"}, {MG_FAM_DROPOUT, "bwd"},
@@ -175,8 +175,8 @@ int mg_lm_rope(const mg_lm *L, cudaStream_t st, int backward, void *qkv, const f
                int B, int S, mg_err *err)
 {
     lm_rope_params p = {qkv, cos_t, sin_t, B * S, S};
-    LAUNCH(backward ? MG_LM_ROPE_BWD : MG_LM_ROPE_FWD, (long long)B * S,
-           cdiv((L->dim.H + L->dim.KV) * (L->dim.hd / 2), LM_ROPE_THREADS), 1, LM_ROPE_THREADS, p);
+    const long long n = (long long)B * S * (L->dim.H + L->dim.KV) * (L->dim.hd / 2 / LM_ROPE_RV(L->dim.hd, L->dim.esz));
+    LAUNCH(backward ? MG_LM_ROPE_BWD : MG_LM_ROPE_FWD, cdiv(n, LM_ROPE_THREADS), 1, 1, LM_ROPE_THREADS, p);
     return MG_OK;
 }
 
@@ -184,7 +184,8 @@ int mg_lm_norm_fwd(const mg_lm *L, cudaStream_t st, const void *x, const void *r
                    float *rstd, int N, mg_err *err)
 {
     lm_norm_fwd_params p = {x, res, h, w, y, rstd, N};
-    LAUNCH(MG_LM_NORM_FWD, N, 1, 1, LM_NORM_THREADS, p);
+    const int D = L->dim.D, es = L->dim.esz;
+    LAUNCH(MG_LM_NORM_FWD, cdiv(N, LM_NORM_RPC(D, es)), 1, 1, LM_NORM_CTA(D, es), p);
     return MG_OK;
 }
 
@@ -192,9 +193,8 @@ int mg_lm_norm_bwd(const mg_lm *L, cudaStream_t st, const void *dy, const void *
                    const void *dres, void *dx, float *dw_part_ws, float *dw, int N, mg_err *err)
 {
     lm_norm_bwd_params p = {dy, h, w, rstd, dres, dx, dw_part_ws, dw, N};
-    LAUNCH(MG_LM_NORM_BWD, N, 1, 1, LM_NORM_THREADS, p);
-    LAUNCH(MG_LM_NORM_DW, cdiv(L->dim.D, 256), cdiv(N, LM_NORM_DW_ROWS), 1, 256, p);
-    LAUNCH(MG_LM_NORM_DWSUM, cdiv(L->dim.D, 256), 1, 1, 256, p);
+    LAUNCH(MG_LM_NORM_BWD, cdiv(N, LM_NORM_DW_ROWS), 1, 1, LM_NORM_CTA(L->dim.D, L->dim.esz), p);   /* + dw partials */
+    LAUNCH(MG_LM_NORM_DWSUM, cdiv(L->dim.D, 32), 1, 1, 256, p);
     return MG_OK;
 }
 
@@ -229,7 +229,8 @@ int mg_lm_dropout(const mg_lm *L, cudaStream_t st, int backward, const void *x, 
 {
     if (!(p >= 0 && p < 1)) return mg_err_set(err, MG_EUSER, "mg_lm_dropout: p = %g: must be in [0, 1)", p);
     lm_dropout_params prm = {x, backward ? NULL : res, out, stream, mg_hash_drop_threshold(p), mg_hash_drop_scale(p), n};
-    LAUNCH(backward ? MG_LM_DROP_BWD : MG_LM_DROP_FWD, cdiv(n, LM_DROP_THREADS), 1, 1, LM_DROP_THREADS, prm);
+    const long long nvec = cdiv(n, 16 / L->dim.esz);   /* a thread per 16-byte vector (lm_dropout.cu) */
+    LAUNCH(backward ? MG_LM_DROP_BWD : MG_LM_DROP_FWD, cdiv(nvec, LM_DROP_THREADS), 1, 1, LM_DROP_THREADS, prm);
     return MG_OK;
 }
 

@@ -465,10 +465,12 @@ done:
 }
 
 /* ------------------------------------------------------------------ dropout */
-static int t_dropout(lt *t, long n, double p, mg_err *err)
+/* off: the tensors start off elements into their buffers (off % 8 != 0: the kernel's
+ * element-by-element path for pointers that are not 16-byte aligned). */
+static int t_dropout(lt *t, long n, double p, int off, mg_err *err)
 {
     char cs[48];
-    snprintf(cs, sizeof cs, "dropout n=%ld p=%.2g", n, p);
+    snprintf(cs, sizeof cs, "dropout n=%ld p=%.2g%s", n, p, off ? " unaligned" : "");
     dset ds = {{0}, 0};
     int rc = MG_OK;
     const unsigned long long stream = mg_hash_drop_stream(1234, 77, 1, 5);
@@ -479,8 +481,10 @@ static int t_dropout(lt *t, long n, double p, mg_err *err)
     int *keep = malloc(sizeof(int) * (size_t)n), *kg = malloc(sizeof(int) * (size_t)n);
     void *raw[2][2] = {{0}};
     float *f[2] = {0};
-    void *d_x = dalloc(&ds, n * t->esz, err), *d_res = dalloc(&ds, n * t->esz, err), *d_o = dalloc(&ds, n * t->esz, err);
-    if (!d_x || !d_res || !d_o) { rc = err->code; goto done; }
+    char *b_x = dalloc(&ds, (n + off) * t->esz, err), *b_res = dalloc(&ds, (n + off) * t->esz, err),
+         *b_o = dalloc(&ds, (n + off) * t->esz, err);
+    if (!b_x || !b_res || !b_o) { rc = err->code; goto done; }
+    void *d_x = b_x + off * t->esz, *d_res = b_res + off * t->esz, *d_o = b_o + off * t->esz;
     TRY(up(t, d_x, x, n, 0, err));
     TRY(up(t, d_res, res, n, 0, err));
     for (int rep = 0; rep < 2; rep++) {
@@ -565,10 +569,11 @@ static int t_util(lt *t, long n, mg_err *err)
     float *x = hrand(t, n, 1.0), *x2 = hrand(t, n2, 2.0), sdev = 0.25f;
     void *raw[2][3] = {{0}};
     float *f[3] = {0};
-    float *d_x = dalloc(&ds, n * 4, err), *d_x2 = dalloc(&ds, n2 * 4, err), *d_part = dalloc(&ds, 2 * LM_SUMSQ_BLOCKS * 4, err);
-    float *d_out = dalloc(&ds, 8, err), *d_s = dalloc(&ds, 4, err);
+    /* x2 starts one float into its buffer: sumsq's path for x not 16-byte aligned */
+    float *d_x = dalloc(&ds, n * 4, err), *b_x2 = dalloc(&ds, (n2 + 1) * 4, err), *d_part = dalloc(&ds, 2 * LM_SUMSQ_BLOCKS * 4, err);
+    float *d_out = dalloc(&ds, 8, err), *d_s = dalloc(&ds, 4, err), *d_x2 = b_x2 ? b_x2 + 1 : NULL;
     void *d_y = dalloc(&ds, n * t->esz, err);
-    if (!d_x || !d_x2 || !d_part || !d_out || !d_s || !d_y) { rc = err->code; goto done; }
+    if (!d_x || !b_x2 || !d_part || !d_out || !d_s || !d_y) { rc = err->code; goto done; }
     TRY(up(t, d_x2, x2, n2, 1, err));
     TRY(up(t, d_s, &sdev, 1, 1, err));
     double nrm = sqrt(pow(mg_lm_ref_norm2(x, n), 2) + pow(mg_lm_ref_norm2(x2, n2), 2));
@@ -655,8 +660,9 @@ static int run_variant(const char *name, const mg_spec *sp, unsigned fams, const
     if (!rc && (fams & F_XENT)) rc = t_xent(&t, 67, 0, err);
     if (!rc && (fams & F_XENT)) rc = t_xent(&t, 5, 3, err);
     double p = sp->train.dropout > 0 ? sp->train.dropout : 0.1;
-    if (!rc && (fams & F_DROP)) rc = t_dropout(&t, 1, p, err);
-    if (!rc && (fams & F_DROP)) rc = t_dropout(&t, 100003, p, err);
+    if (!rc && (fams & F_DROP)) rc = t_dropout(&t, 1, p, 0, err);
+    if (!rc && (fams & F_DROP)) rc = t_dropout(&t, 100003, p, 0, err);
+    if (!rc && (fams & F_DROP)) rc = t_dropout(&t, 1003, p, 1, err);
     if (!rc && (fams & F_ADAMW)) rc = t_adamw(&t, 100003, 1, err);
     if (!rc && (fams & F_ADAMW)) rc = t_adamw(&t, 1, 0, err);
     if (!rc && (fams & F_UTIL)) rc = t_util(&t, 1, err);
@@ -695,6 +701,18 @@ int mg_lm_selftest(const mg_spec *spec, const char *arch, unsigned long long see
         v.model.n_head = hv[i].h;
         v.model.n_kv_head = hv[i].kv;
         rc = run_variant(hv[i].name, &v, F_ATTN | F_ROPE, arch, &sd, n_pass, n_fail, err);
+    }
+    /* RMSNorm row layouts (lm_params.h LM_NORM_TPR, at 16 bits): d 16 one warp with 2 lanes
+     * busy; 2048 a row over 4 warps, 2 rows per CTA; 8192 a row per CTA of 512 (no cross-row
+     * dw sum) */
+    const int nd[] = {16, 2048, 8192};
+    for (int i = 0; i < 3 && !rc; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "norm-d%d", nd[i]);
+        v = *spec;
+        v.model.d_model = nd[i];
+        v.model.n_head = v.model.n_kv_head = nd[i] / (nd[i] >= 128 ? 128 : 8);
+        rc = run_variant(name, &v, F_NORM, arch, &sd, n_pass, n_fail, err);
     }
     if (!rc) {
         v = *spec;

@@ -1197,6 +1197,10 @@ typedef struct lm_attn_bwd_params {
 
 /* ---------------------------------------------------------------- RoPE */
 #define LM_ROPE_THREADS 256
+/* Elements a fwd/bwd thread rotates per half head: the widest access of 16, 8, 4 bytes
+ * dividing hd/2 (hd = 72 at 16 bits: hd/2 = 36, 8-byte accesses of 4 elements), else 1. */
+#define LM_ROPE_RV(hd, esz) ((hd) / 2 % (16 / (esz)) == 0 ? 16 / (esz) : (hd) / 2 % (8 / (esz)) == 0 ? 8 / (esz) \
+                           : (hd) / 2 % (4 / (esz)) == 0 ? 4 / (esz) : 1)
 /* cos/sin tables [S, hd/2]: angle = s·theta^(−2i/hd), computed in fp64, rounded to float. */
 typedef struct lm_rope_table_params {
     float *cos_t, *sin_t; /* [S, hd/2] */
@@ -1211,8 +1215,18 @@ typedef struct lm_rope_params {
 } lm_rope_params;
 
 /* ---------------------------------------------------------------- RMSNorm */
-#define LM_NORM_THREADS 256
-#define LM_NORM_DW_ROWS 256   /* rows per dw partial */
+#define LM_NORM_THREADS 256   /* CTA size, unless one row needs more threads */
+#define LM_NORM_DW_ROWS 64    /* rows per bwd CTA = rows per dw partial */
+/* A row is LM_NORM_NV 16-byte vectors, held in registers by LM_NORM_TPR threads (at most 2
+ * vectors each, so that bwd's dw accumulators fit: one warp, a shuffle-only reduction, up to
+ * d = 512 at 16 bits). A CTA of LM_NORM_CTA threads takes LM_NORM_RPC rows per step. Host
+ * launchers and kernels share these. */
+#define LM_NORM_NV(d, esz) ((d) * (esz) / 16)
+#define LM_NORM_TPR(d, esz) (LM_NORM_NV(d, esz) <= 64 ? 32 : LM_NORM_NV(d, esz) <= 128 ? 64 \
+                           : LM_NORM_NV(d, esz) <= 256 ? 128 : LM_NORM_NV(d, esz) <= 512 ? 256 \
+                           : LM_NORM_NV(d, esz) <= 1024 ? 512 : 1024)
+#define LM_NORM_CTA(d, esz) (LM_NORM_TPR(d, esz) < LM_NORM_THREADS ? LM_NORM_THREADS : LM_NORM_TPR(d, esz))
+#define LM_NORM_RPC(d, esz) (LM_NORM_CTA(d, esz) / LM_NORM_TPR(d, esz))
 /* h = x (+ res);  y = h·rsqrt(mean(h²) + eps)·w */
 typedef struct lm_norm_fwd_params {
     const void *x;        /* [N, D] dtype */
@@ -1223,8 +1237,8 @@ typedef struct lm_norm_fwd_params {
     float *rstd;          /* [N] */
     int N;
 } lm_norm_fwd_params;
-/* bwd: dx = dres + ∂L/∂h;  dw: partial Σ_rows dy·h·rstd per LM_NORM_DW_ROWS rows;  dwsum:
- * dw = Σ partials in order. */
+/* bwd: dx = dres + ∂L/∂h, and the partial Σ_rows dy·h·rstd of its LM_NORM_DW_ROWS rows;
+ * dwsum: dw = Σ partials in order. */
 typedef struct lm_norm_bwd_params {
     const void *dy;       /* [N, D] dtype */
     const void *h;        /* [N, D] dtype: the norm's input */
@@ -1383,14 +1397,79 @@ MG_HASH_FN unsigned mg_hash_drop_threshold(double p)
 MG_HASH_FN float mg_hash_drop_scale(double p) { return (float)(1.0 / (1.0 - p)); }
 
 #endif
+#line 1 "templates/mg_vec.cuh"
+/* mg_vec: 16-byte vector access for the memory-bound kernels (RMSNorm, dropout, RoPE,
+ * combine, grad-norm). One 16-byte load or store per thread and step is what lets these
+ * kernels reach HBM bandwidth; 2-byte scalar accesses leave them at a third of it.
+ *
+ * A template that uses it names it on its "moegen:parts mg_vec" line: the generator
+ * inlines it after mg_common.cuh (whose mg_t, mg_to_f32 and mg_from_f32 it needs). Callers
+ * pass 16-byte aligned addresses (lm_params.h: buffers are; d_model is a multiple of 16). */
+#ifndef MG_VEC_CUH
+#define MG_VEC_CUH
+
+/* 16 bytes as four words; alignas lets the compiler emit one LDG.E.128 / STG.E.128. */
+struct alignas(16) mg_v16 { unsigned u[4]; };
+/* Storage-type elements per 16-byte vector: 8 for bf16/fp16, 4 for fp32. */
+static constexpr int MG_VEC = 16 / (int)sizeof(mg_t);
+
+MG_DEV mg_v16 mg_v16_ld(const void *p) { return *(const mg_v16 *)p; }
+MG_DEV void mg_v16_st(void *p, const mg_v16 &v) { *(mg_v16 *)p = v; }
+MG_DEV mg_v16 mg_v16_zero() { return mg_v16{{0u, 0u, 0u, 0u}}; }
+MG_DEV bool mg_aligned16(const void *p) { return ((unsigned long long)p & 15ull) == 0; }
+
+/* Element e of a vector of mg_t as fp32. (Templates so that the branch of the other
+ * storage width is discarded, not compiled.) */
+template <class T = mg_t> MG_DEV float mg_v16_get(const mg_v16 &v, int e)
+{
+    if constexpr (sizeof(T) == 4) return __uint_as_float(v.u[e]);
+    else {
+        const unsigned w = v.u[e >> 1];
+        T x;
+        x.u = (unsigned short)(e & 1 ? w >> 16 : w & 0xffffu);
+        return mg_to_f32(x);
+    }
+}
+
+/* All MG_VEC elements as fp32. */
+MG_DEV void mg_v16_unpack(const mg_v16 &v, float (&f)[MG_VEC])
+{
+#pragma unroll
+    for (int e = 0; e < MG_VEC; e++) f[e] = mg_v16_get(v, e);
+}
+
+/* MG_VEC fp32 values rounded to mg_t (mg_from_f32: round to nearest even). */
+template <class T = mg_t> MG_DEV mg_v16 mg_v16_pack(const float (&f)[MG_VEC])
+{
+    mg_v16 r;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) r.u[e] = __float_as_uint(f[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            r.u[e] = (unsigned)mg_from_f32<T>(f[2 * e]).u | (unsigned)mg_from_f32<T>(f[2 * e + 1]).u << 16;
+    }
+    return r;
+}
+
+/* Four fp32 values (fp32 workspaces such as the combine's z, the gradient buffer). */
+MG_DEV void mg_v16_f32(const mg_v16 &v, float (&f)[4])
+{
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = __uint_as_float(v.u[e]);
+}
+
+#endif
 #line 1 "templates/lm_util.cu"
 /* lm_util: small fp32 utilities of the trainer.
  *   cast:  y = dtype(x)
- *   sumsq: part[b] = Σ x² over the elements block b visits (grid-stride, fixed grid of
- *          LM_SUMSQ_BLOCKS blocks: the same n gives the same partials, bitwise)
+ *   sumsq: part[b] = Σ x² over the elements block b visits (grid-stride over 16-byte vectors,
+ *          fixed grid of LM_SUMSQ_BLOCKS blocks: the same n gives the same partials, bitwise)
  *   gnorm: norm = sqrt(Σ part) in a fixed order; clip = min(1, max_norm/(norm + 1e-6))
  *   scale: x = x·s·(*sdev) */
 // moegen:entries cast sumsq gnorm scale
+// moegen:parts mg_vec
 // moegen:grid cast: ceil(n/256) x 256
 // moegen:grid sumsq: LM_SUMSQ_BLOCKS x 256
 // moegen:grid gnorm: 1 x 256
@@ -1400,6 +1479,7 @@ MG_HASH_FN float mg_hash_drop_scale(double p) { return (float)(1.0 / (1.0 - p));
 #include "moe_params.h"
 #include "mg_common.cuh"
 #include "lm_params.h"
+#include "mg_vec.cuh"
 #endif
 
 /* cast. grid: ceil(n / LM_UTIL_THREADS); block LM_UTIL_THREADS. */
@@ -1410,17 +1490,43 @@ lm_util_bf16_cast(const lm_cast_params p)
     if (i < p.n) ((mg_t *)p.y)[i] = mg_from_f32<mg_t>(p.x[i]);
 }
 
-/* sumsq. grid: LM_SUMSQ_BLOCKS; block LM_UTIL_THREADS. */
+/* sumsq. grid: LM_SUMSQ_BLOCKS; block LM_UTIL_THREADS. 16-byte loads, four in flight per
+ * thread (the partial is a fixed function of n and the alignment of x, hence bitwise
+ * repeatable): thread t sums vectors t, t + G, t + 2G, ... (G threads in all) into four
+ * accumulators in turn, added in order at the end; the n % 4 tail goes to thread 0. */
 extern "C" __global__ void __launch_bounds__(LM_UTIL_THREADS)
 lm_util_bf16_sumsq(const lm_sumsq_params p)
 {
     __shared__ float scratch[32];
-    float acc = 0.0f;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride)
-        acc = fmaf(p.x[i], p.x[i], acc);
-    acc = mg_block_sum(acc, scratch);
-    if (threadIdx.x == 0) p.part[blockIdx.x] = acc;
+    const long long G = (long long)gridDim.x * blockDim.x, t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool vec = mg_aligned16(p.x);
+    const long long nv = vec ? p.n / 4 : 0;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    long long v = t;
+    for (; v + 3 * G < nv; v += 4 * G) {   /* four independent loads before the first use */
+        mg_v16 q[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) q[u] = mg_v16_ld(p.x + 4 * (v + u * G));
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            float f[4];
+            mg_v16_f32(q[u], f);
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[u] = fmaf(f[e], f[e], acc[u]);
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < 3; u++) {          /* at most three vectors left */
+        if (v + u * G >= nv) break;
+        float f[4];
+        mg_v16_f32(mg_v16_ld(p.x + 4 * (v + u * G)), f);
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[u] = fmaf(f[e], f[e], acc[u]);
+    }
+    for (long long i = 4 * nv + t; i < p.n; i += G) acc[0] = fmaf(p.x[i], p.x[i], acc[0]);   /* tail, or all if unaligned */
+    float s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    s = mg_block_sum(s, scratch);
+    if (threadIdx.x == 0) p.part[blockIdx.x] = s;
 }
 
 /* gnorm. grid: 1; block LM_UTIL_THREADS. */

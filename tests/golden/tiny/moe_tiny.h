@@ -289,6 +289,10 @@ typedef struct lm_attn_bwd_params {
 
 /* ---------------------------------------------------------------- RoPE */
 #define LM_ROPE_THREADS 256
+/* Elements a fwd/bwd thread rotates per half head: the widest access of 16, 8, 4 bytes
+ * dividing hd/2 (hd = 72 at 16 bits: hd/2 = 36, 8-byte accesses of 4 elements), else 1. */
+#define LM_ROPE_RV(hd, esz) ((hd) / 2 % (16 / (esz)) == 0 ? 16 / (esz) : (hd) / 2 % (8 / (esz)) == 0 ? 8 / (esz) \
+                           : (hd) / 2 % (4 / (esz)) == 0 ? 4 / (esz) : 1)
 /* cos/sin tables [S, hd/2]: angle = s·theta^(−2i/hd), computed in fp64, rounded to float. */
 typedef struct lm_rope_table_params {
     float *cos_t, *sin_t; /* [S, hd/2] */
@@ -303,8 +307,18 @@ typedef struct lm_rope_params {
 } lm_rope_params;
 
 /* ---------------------------------------------------------------- RMSNorm */
-#define LM_NORM_THREADS 256
-#define LM_NORM_DW_ROWS 256   /* rows per dw partial */
+#define LM_NORM_THREADS 256   /* CTA size, unless one row needs more threads */
+#define LM_NORM_DW_ROWS 64    /* rows per bwd CTA = rows per dw partial */
+/* A row is LM_NORM_NV 16-byte vectors, held in registers by LM_NORM_TPR threads (at most 2
+ * vectors each, so that bwd's dw accumulators fit: one warp, a shuffle-only reduction, up to
+ * d = 512 at 16 bits). A CTA of LM_NORM_CTA threads takes LM_NORM_RPC rows per step. Host
+ * launchers and kernels share these. */
+#define LM_NORM_NV(d, esz) ((d) * (esz) / 16)
+#define LM_NORM_TPR(d, esz) (LM_NORM_NV(d, esz) <= 64 ? 32 : LM_NORM_NV(d, esz) <= 128 ? 64 \
+                           : LM_NORM_NV(d, esz) <= 256 ? 128 : LM_NORM_NV(d, esz) <= 512 ? 256 \
+                           : LM_NORM_NV(d, esz) <= 1024 ? 512 : 1024)
+#define LM_NORM_CTA(d, esz) (LM_NORM_TPR(d, esz) < LM_NORM_THREADS ? LM_NORM_THREADS : LM_NORM_TPR(d, esz))
+#define LM_NORM_RPC(d, esz) (LM_NORM_CTA(d, esz) / LM_NORM_TPR(d, esz))
 /* h = x (+ res);  y = h·rsqrt(mean(h²) + eps)·w */
 typedef struct lm_norm_fwd_params {
     const void *x;        /* [N, D] dtype */
@@ -315,8 +329,8 @@ typedef struct lm_norm_fwd_params {
     float *rstd;          /* [N] */
     int N;
 } lm_norm_fwd_params;
-/* bwd: dx = dres + ∂L/∂h;  dw: partial Σ_rows dy·h·rstd per LM_NORM_DW_ROWS rows;  dwsum:
- * dw = Σ partials in order. */
+/* bwd: dx = dres + ∂L/∂h, and the partial Σ_rows dy·h·rstd of its LM_NORM_DW_ROWS rows;
+ * dwsum: dw = Σ partials in order. */
 typedef struct lm_norm_bwd_params {
     const void *dy;       /* [N, D] dtype */
     const void *h;        /* [N, D] dtype: the norm's input */
@@ -468,17 +482,15 @@ typedef struct lm_scale_params {
 #define MOE_TINY_ATTN_BWD_DQ "lm_attn_bf16_h4_kv4_d16_causal_q64k64_bwd_dq"
 /* ceil(S*hd/2 / 256) x 256 */
 #define MOE_TINY_ROPE_TABLE "lm_rope_bf16_h4_kv4_d16_table"
-/* (B*S, ceil((H+KV)*hd/2 / 256)) x 256 */
+/* ceil(B*S*(H+KV)*(hd/2)/LM_ROPE_RV / 256) x 256 */
 #define MOE_TINY_ROPE_FWD "lm_rope_bf16_h4_kv4_d16_fwd"
-/* (B*S, ceil((H+KV)*hd/2 / 256)) x 256 */
+/* ceil(B*S*(H+KV)*(hd/2)/LM_ROPE_RV / 256) x 256 */
 #define MOE_TINY_ROPE_BWD "lm_rope_bf16_h4_kv4_d16_bwd"
-/* N x 256 */
+/* ceil(N/LM_NORM_RPC) x LM_NORM_CTA */
 #define MOE_TINY_NORM_FWD "lm_rmsnorm_bf16_d64_fwd"
-/* N x 256 */
+/* ceil(N/LM_NORM_DW_ROWS) x LM_NORM_CTA */
 #define MOE_TINY_NORM_BWD "lm_rmsnorm_bf16_d64_bwd"
-/* (ceil(D/256), ceil(N/256)) x 256 */
-#define MOE_TINY_NORM_DW "lm_rmsnorm_bf16_d64_dw"
-/* ceil(D/256) x 256 */
+/* ceil(D/32) x 256 */
 #define MOE_TINY_NORM_DWSUM "lm_rmsnorm_bf16_d64_dwsum"
 /* N x 128 */
 #define MOE_TINY_EMBED_FWD "lm_embed_bf16_v512_d64_fwd"
@@ -490,9 +502,9 @@ typedef struct lm_scale_params {
 #define MOE_TINY_XENT_FWD "lm_xent_bf16_v512_fwd"
 /* 1 x 512 */
 #define MOE_TINY_XENT_LOSS "lm_xent_bf16_v512_loss"
-/* ceil(n/256) x 256 */
+/* ceil(ceil(n/MG_VEC)/256) x 256 */
 #define MOE_TINY_DROPOUT_FWD "lm_dropout_bf16_fwd"
-/* ceil(n/256) x 256 */
+/* ceil(ceil(n/MG_VEC)/256) x 256 */
 #define MOE_TINY_DROPOUT_BWD "lm_dropout_bf16_bwd"
 /* ceil(n/256) x 256 */
 #define MOE_TINY_ADAMW_STEP "lm_adamw_bf16_step"

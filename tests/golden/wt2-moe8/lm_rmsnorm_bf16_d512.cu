@@ -1197,6 +1197,10 @@ typedef struct lm_attn_bwd_params {
 
 /* ---------------------------------------------------------------- RoPE */
 #define LM_ROPE_THREADS 256
+/* Elements a fwd/bwd thread rotates per half head: the widest access of 16, 8, 4 bytes
+ * dividing hd/2 (hd = 72 at 16 bits: hd/2 = 36, 8-byte accesses of 4 elements), else 1. */
+#define LM_ROPE_RV(hd, esz) ((hd) / 2 % (16 / (esz)) == 0 ? 16 / (esz) : (hd) / 2 % (8 / (esz)) == 0 ? 8 / (esz) \
+                           : (hd) / 2 % (4 / (esz)) == 0 ? 4 / (esz) : 1)
 /* cos/sin tables [S, hd/2]: angle = s·theta^(−2i/hd), computed in fp64, rounded to float. */
 typedef struct lm_rope_table_params {
     float *cos_t, *sin_t; /* [S, hd/2] */
@@ -1211,8 +1215,18 @@ typedef struct lm_rope_params {
 } lm_rope_params;
 
 /* ---------------------------------------------------------------- RMSNorm */
-#define LM_NORM_THREADS 256
-#define LM_NORM_DW_ROWS 256   /* rows per dw partial */
+#define LM_NORM_THREADS 256   /* CTA size, unless one row needs more threads */
+#define LM_NORM_DW_ROWS 64    /* rows per bwd CTA = rows per dw partial */
+/* A row is LM_NORM_NV 16-byte vectors, held in registers by LM_NORM_TPR threads (at most 2
+ * vectors each, so that bwd's dw accumulators fit: one warp, a shuffle-only reduction, up to
+ * d = 512 at 16 bits). A CTA of LM_NORM_CTA threads takes LM_NORM_RPC rows per step. Host
+ * launchers and kernels share these. */
+#define LM_NORM_NV(d, esz) ((d) * (esz) / 16)
+#define LM_NORM_TPR(d, esz) (LM_NORM_NV(d, esz) <= 64 ? 32 : LM_NORM_NV(d, esz) <= 128 ? 64 \
+                           : LM_NORM_NV(d, esz) <= 256 ? 128 : LM_NORM_NV(d, esz) <= 512 ? 256 \
+                           : LM_NORM_NV(d, esz) <= 1024 ? 512 : 1024)
+#define LM_NORM_CTA(d, esz) (LM_NORM_TPR(d, esz) < LM_NORM_THREADS ? LM_NORM_THREADS : LM_NORM_TPR(d, esz))
+#define LM_NORM_RPC(d, esz) (LM_NORM_CTA(d, esz) / LM_NORM_TPR(d, esz))
 /* h = x (+ res);  y = h·rsqrt(mean(h²) + eps)·w */
 typedef struct lm_norm_fwd_params {
     const void *x;        /* [N, D] dtype */
@@ -1223,8 +1237,8 @@ typedef struct lm_norm_fwd_params {
     float *rstd;          /* [N] */
     int N;
 } lm_norm_fwd_params;
-/* bwd: dx = dres + ∂L/∂h;  dw: partial Σ_rows dy·h·rstd per LM_NORM_DW_ROWS rows;  dwsum:
- * dw = Σ partials in order. */
+/* bwd: dx = dres + ∂L/∂h, and the partial Σ_rows dy·h·rstd of its LM_NORM_DW_ROWS rows;
+ * dwsum: dw = Σ partials in order. */
 typedef struct lm_norm_bwd_params {
     const void *dy;       /* [N, D] dtype */
     const void *h;        /* [N, D] dtype: the norm's input */
@@ -1383,101 +1397,292 @@ MG_HASH_FN unsigned mg_hash_drop_threshold(double p)
 MG_HASH_FN float mg_hash_drop_scale(double p) { return (float)(1.0 / (1.0 - p)); }
 
 #endif
+#line 1 "templates/mg_vec.cuh"
+/* mg_vec: 16-byte vector access for the memory-bound kernels (RMSNorm, dropout, RoPE,
+ * combine, grad-norm). One 16-byte load or store per thread and step is what lets these
+ * kernels reach HBM bandwidth; 2-byte scalar accesses leave them at a third of it.
+ *
+ * A template that uses it names it on its "moegen:parts mg_vec" line: the generator
+ * inlines it after mg_common.cuh (whose mg_t, mg_to_f32 and mg_from_f32 it needs). Callers
+ * pass 16-byte aligned addresses (lm_params.h: buffers are; d_model is a multiple of 16). */
+#ifndef MG_VEC_CUH
+#define MG_VEC_CUH
+
+/* 16 bytes as four words; alignas lets the compiler emit one LDG.E.128 / STG.E.128. */
+struct alignas(16) mg_v16 { unsigned u[4]; };
+/* Storage-type elements per 16-byte vector: 8 for bf16/fp16, 4 for fp32. */
+static constexpr int MG_VEC = 16 / (int)sizeof(mg_t);
+
+MG_DEV mg_v16 mg_v16_ld(const void *p) { return *(const mg_v16 *)p; }
+MG_DEV void mg_v16_st(void *p, const mg_v16 &v) { *(mg_v16 *)p = v; }
+MG_DEV mg_v16 mg_v16_zero() { return mg_v16{{0u, 0u, 0u, 0u}}; }
+MG_DEV bool mg_aligned16(const void *p) { return ((unsigned long long)p & 15ull) == 0; }
+
+/* Element e of a vector of mg_t as fp32. (Templates so that the branch of the other
+ * storage width is discarded, not compiled.) */
+template <class T = mg_t> MG_DEV float mg_v16_get(const mg_v16 &v, int e)
+{
+    if constexpr (sizeof(T) == 4) return __uint_as_float(v.u[e]);
+    else {
+        const unsigned w = v.u[e >> 1];
+        T x;
+        x.u = (unsigned short)(e & 1 ? w >> 16 : w & 0xffffu);
+        return mg_to_f32(x);
+    }
+}
+
+/* All MG_VEC elements as fp32. */
+MG_DEV void mg_v16_unpack(const mg_v16 &v, float (&f)[MG_VEC])
+{
+#pragma unroll
+    for (int e = 0; e < MG_VEC; e++) f[e] = mg_v16_get(v, e);
+}
+
+/* MG_VEC fp32 values rounded to mg_t (mg_from_f32: round to nearest even). */
+template <class T = mg_t> MG_DEV mg_v16 mg_v16_pack(const float (&f)[MG_VEC])
+{
+    mg_v16 r;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) r.u[e] = __float_as_uint(f[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            r.u[e] = (unsigned)mg_from_f32<T>(f[2 * e]).u | (unsigned)mg_from_f32<T>(f[2 * e + 1]).u << 16;
+    }
+    return r;
+}
+
+/* Four fp32 values (fp32 workspaces such as the combine's z, the gradient buffer). */
+MG_DEV void mg_v16_f32(const mg_v16 &v, float (&f)[4])
+{
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = __uint_as_float(v.u[e]);
+}
+
+#endif
 #line 1 "templates/lm_norm.cu"
 /* lm_norm: RMSNorm with the residual add fused in front (pre-norm transformer).
  *   fwd:   h = x + res (rounded to the storage type; skipped without res), rstd = 1/sqrt(mean(h²) + eps),
  *          y = h·rstd·w
- *   bwd:   dx = dres + rstd·(dy∘w − h·rstd²·mean(dy∘w∘h))
- *   dw:    dw_part[k, c] = Σ_{rows r of split k} dy[r,c]·h[r,c]·rstd[r]   (rows in order)
- *   dwsum: dw[c] = Σ_k dw_part[k, c]                                     (splits in order)
- * One block per row for fwd/bwd (fixed-order block sums); all bitwise deterministic. */
-// moegen:entries fwd bwd dw dwsum
-// moegen:grid fwd: N x 256
-// moegen:grid bwd: N x 256
-// moegen:grid dw: (ceil(D/256), ceil(N/256)) x 256
-// moegen:grid dwsum: ceil(D/256) x 256
+ *   bwd:   dx = dres + rstd·(dy∘w − h·rstd²·mean(dy∘w∘h)), and
+ *          dw_part[k, c] = Σ_{rows r of CTA k} dy[r,c]·h[r,c]·rstd[r]   (fixed order)
+ *   dwsum: dw[c] = Σ_k dw_part[k, c]                                    (splits in order)
+ * Memory-bound: LM_NORM_TPR threads per row (one warp up to d = 512 at 16 bits) hold the row in
+ * registers as 16-byte vectors, so every byte is read once and the row reduction needs no
+ * shared memory; bwd computes the weight gradient from the dy and h it already holds. All
+ * sums run in a fixed order: bitwise deterministic. */
+// moegen:entries fwd bwd dwsum
+// moegen:parts mg_vec
+// moegen:grid fwd: ceil(N/LM_NORM_RPC) x LM_NORM_CTA
+// moegen:grid bwd: ceil(N/LM_NORM_DW_ROWS) x LM_NORM_CTA
+// moegen:grid dwsum: ceil(D/32) x 256
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
 #include "mg_common.cuh"
 #include "lm_params.h"
+#include "mg_vec.cuh"
 #endif
 
-/* fwd. grid: N; block LM_NORM_THREADS. */
-extern "C" __global__ void __launch_bounds__(LM_NORM_THREADS)
+static constexpr int NORM_NV = MG_D / MG_VEC;   /* d_model is a multiple of 16: no tail */
+static constexpr int NORM_TPR = LM_NORM_TPR(MG_D, (int)sizeof(mg_t));
+static constexpr int NORM_CTA = LM_NORM_CTA(MG_D, (int)sizeof(mg_t));
+static constexpr int NORM_RPC = LM_NORM_RPC(MG_D, (int)sizeof(mg_t));
+static constexpr int NORM_VPT = (NORM_NV + NORM_TPR - 1) / NORM_TPR;   /* vectors per thread */
+static_assert(MG_D % MG_VEC == 0, "d_model must be a multiple of the 16-byte vector");
+static_assert(LM_NORM_DW_ROWS % NORM_RPC == 0, "a bwd CTA covers whole steps of rows");
+
+/* Sum over the NORM_TPR threads of this thread's row, in a fixed order; all of them get it.
+ * Every thread of the CTA must call it (it synchronizes when a row spans several warps). */
+MG_DEV float lm_norm_row_sum(float v, float *scratch)
+{
+    v = mg_warp_sum(v);
+    if constexpr (NORM_TPR == 32) {
+        return v;
+    } else {
+        constexpr int WPR = NORM_TPR / 32;
+        const int warp = threadIdx.x >> 5, first = warp / WPR * WPR;
+        __syncthreads();                   /* scratch may still be read by a previous call */
+        if ((threadIdx.x & 31) == 0) scratch[warp] = v;
+        __syncthreads();
+        float s = 0.0f;
+        for (int i = 0; i < WPR; i++) s += scratch[first + i];
+        return s;
+    }
+}
+
+/* fwd. grid: ceil(N / NORM_RPC); block NORM_CTA. */
+extern "C" __global__ void __launch_bounds__(NORM_CTA)
 lm_rmsnorm_bf16_d512_fwd(const lm_norm_fwd_params p)
 {
     __shared__ float scratch[32];
-    const long long base = (long long)blockIdx.x * MG_D;
-    const mg_t *x = (const mg_t *)p.x + base, *res = p.res ? (const mg_t *)p.res + base : nullptr;
-    mg_t *h = p.h ? (mg_t *)p.h + base : nullptr, *y = (mg_t *)p.y + base;
-    const mg_t *w = (const mg_t *)p.w;
-    float ss = 0.0f;
-    for (int c = threadIdx.x; c < MG_D; c += blockDim.x) {
-        float v = mg_to_f32(x[c]);
-        if (res) {
-            mg_t hv = mg_from_f32<mg_t>(v + mg_to_f32(res[c]));
-            v = mg_to_f32(hv);
-            if (h) h[c] = hv;   /* each element is read and written by the same thread */
+    const int g = threadIdx.x % NORM_TPR, row = blockIdx.x * NORM_RPC + threadIdx.x / NORM_TPR;
+    const bool on = row < p.N;
+    const long long base = (long long)row * MG_D;
+    mg_v16 hv[NORM_VPT];
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; j++) {
+        const int v = g + j * NORM_TPR;
+        hv[j] = mg_v16_zero();
+        if (!on || v >= NORM_NV) continue;
+        const long long o = base + (long long)v * MG_VEC;
+        hv[j] = mg_v16_ld((const mg_t *)p.x + o);
+        if (p.res) {   /* h = x + res rounded to the storage type: the norm sees what is stored */
+            float a[MG_VEC], b[MG_VEC];
+            mg_v16_unpack(hv[j], a);
+            mg_v16_unpack(mg_v16_ld((const mg_t *)p.res + o), b);
+#pragma unroll
+            for (int e = 0; e < MG_VEC; e++) a[e] += b[e];
+            hv[j] = mg_v16_pack(a);
+            if (p.h) mg_v16_st((mg_t *)p.h + o, hv[j]);   /* same thread read it: h may alias x or res */
         }
-        ss = fmaf(v, v, ss);
     }
-    ss = mg_block_sum(ss, scratch);
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; j++) {
+        float f[MG_VEC];
+        mg_v16_unpack(hv[j], f);
+#pragma unroll
+        for (int e = 0; e < MG_VEC; e++) ss = fmaf(f[e], f[e], ss);
+    }
+    ss = lm_norm_row_sum(ss, scratch);
     const float rs = 1.0f / sqrtf(ss / (float)MG_D + MG_NORM_EPS);
-    if (threadIdx.x == 0) p.rstd[blockIdx.x] = rs;
-    const mg_t *hv = res ? (h ? (const mg_t *)h : nullptr) : x;
-    for (int c = threadIdx.x; c < MG_D; c += blockDim.x) {
-        float v = hv ? mg_to_f32(hv[c]) : mg_to_f32(mg_from_f32<mg_t>(mg_to_f32(x[c]) + mg_to_f32(res[c])));
-        y[c] = mg_from_f32<mg_t>(v * rs * mg_to_f32(w[c]));
+    if (on && g == 0) p.rstd[row] = rs;
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; j++) {
+        const int v = g + j * NORM_TPR;
+        if (!on || v >= NORM_NV) continue;
+        float f[MG_VEC], w[MG_VEC];
+        mg_v16_unpack(hv[j], f);
+        mg_v16_unpack(mg_v16_ld((const mg_t *)p.w + v * MG_VEC), w);
+#pragma unroll
+        for (int e = 0; e < MG_VEC; e++) f[e] = f[e] * rs * w[e];
+        mg_v16_st((mg_t *)p.y + base + (long long)v * MG_VEC, mg_v16_pack(f));
     }
 }
 
-/* bwd. grid: N; block LM_NORM_THREADS. */
-extern "C" __global__ void __launch_bounds__(LM_NORM_THREADS)
+/* Writes this CTA's weight-gradient partial (NORM_VPT x MG_VEC columns per thread, one row
+ * group each) as dw_part[blockIdx.x]: the groups' sums added in group order. */
+template <int RPC = NORM_RPC>   /* a template: the shared array exists only where RPC > 1 */
+MG_DEV void lm_norm_dw_store(const lm_norm_bwd_params &p, const float (&dw)[NORM_VPT][MG_VEC], int g, int grp)
+{
+    float *part = p.dw_part + (long long)blockIdx.x * MG_D;
+    if constexpr (RPC == 1) {
+#pragma unroll
+        for (int j = 0; j < NORM_VPT; j++) {
+            const int v = g + j * NORM_TPR;
+            if (v >= NORM_NV) continue;
+#pragma unroll
+            for (int q = 0; q < MG_VEC / 4; q++)
+                mg_v16_st(part + v * MG_VEC + 4 * q,
+                          mg_v16{{__float_as_uint(dw[j][4 * q]), __float_as_uint(dw[j][4 * q + 1]),
+                                  __float_as_uint(dw[j][4 * q + 2]), __float_as_uint(dw[j][4 * q + 3])}});
+        }
+    } else {
+        __shared__ float red[RPC * MG_D];   /* <= 16 KB: RPC·NORM_NV <= 512 where RPC > 1 */
+#pragma unroll
+        for (int j = 0; j < NORM_VPT; j++) {
+            const int v = g + j * NORM_TPR;
+            if (v >= NORM_NV) continue;
+#pragma unroll
+            for (int e = 0; e < MG_VEC; e++) red[grp * MG_D + v * MG_VEC + e] = dw[j][e];
+        }
+        __syncthreads();
+        for (int c = threadIdx.x; c < MG_D; c += NORM_CTA) {
+            float s = red[c];
+#pragma unroll
+            for (int q = 1; q < RPC; q++) s += red[q * MG_D + c];
+            part[c] = s;
+        }
+    }
+}
+
+/* bwd. grid: ceil(N / LM_NORM_DW_ROWS); block NORM_CTA: NORM_RPC rows per step. */
+extern "C" __global__ void __launch_bounds__(NORM_CTA)
 lm_rmsnorm_bf16_d512_bwd(const lm_norm_bwd_params p)
 {
     __shared__ float scratch[32];
-    const long long base = (long long)blockIdx.x * MG_D;
-    const mg_t *dy = (const mg_t *)p.dy + base, *h = (const mg_t *)p.h + base, *w = (const mg_t *)p.w;
-    const mg_t *dres = p.dres ? (const mg_t *)p.dres + base : nullptr;
-    mg_t *dx = (mg_t *)p.dx + base;
-    const float rs = p.rstd[blockIdx.x];
-    float acc = 0.0f;
-    for (int c = threadIdx.x; c < MG_D; c += blockDim.x)
-        acc = fmaf(mg_to_f32(dy[c]) * mg_to_f32(w[c]), mg_to_f32(h[c]), acc);
-    acc = mg_block_sum(acc, scratch);
-    const float k = acc * rs * rs / (float)MG_D;
-    for (int c = threadIdx.x; c < MG_D; c += blockDim.x) {
-        float g = rs * (mg_to_f32(dy[c]) * mg_to_f32(w[c]) - mg_to_f32(h[c]) * k);
-        if (dres) g += mg_to_f32(dres[c]);
-        dx[c] = mg_from_f32<mg_t>(g);
+    const int g = threadIdx.x % NORM_TPR, grp = threadIdx.x / NORM_TPR;
+    const int r0 = blockIdx.x * LM_NORM_DW_ROWS;
+    mg_v16 wv[NORM_VPT];
+    float dw[NORM_VPT][MG_VEC];
+#pragma unroll
+    for (int j = 0; j < NORM_VPT; j++) {
+        const int v = g + j * NORM_TPR;
+        wv[j] = v < NORM_NV ? mg_v16_ld((const mg_t *)p.w + v * MG_VEC) : mg_v16_zero();
+#pragma unroll
+        for (int e = 0; e < MG_VEC; e++) dw[j][e] = 0.0f;
     }
+    for (int r = r0; r < r0 + LM_NORM_DW_ROWS && r < p.N; r += NORM_RPC) {   /* CTA-uniform bounds */
+        const int row = r + grp;
+        const bool on = row < p.N;
+        const long long base = (long long)row * MG_D;
+        mg_v16 dyv[NORM_VPT], hv[NORM_VPT], drv[NORM_VPT];
+#pragma unroll
+        for (int j = 0; j < NORM_VPT; j++) {
+            const int v = g + j * NORM_TPR;
+            const bool ok = on && v < NORM_NV;
+            const long long o = base + (long long)v * MG_VEC;
+            dyv[j] = ok ? mg_v16_ld((const mg_t *)p.dy + o) : mg_v16_zero();
+            hv[j] = ok ? mg_v16_ld((const mg_t *)p.h + o) : mg_v16_zero();
+            drv[j] = ok && p.dres ? mg_v16_ld((const mg_t *)p.dres + o) : mg_v16_zero();
+        }
+        const float rs = on ? p.rstd[row] : 0.0f;
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NORM_VPT; j++) {
+            float dy[MG_VEC], h[MG_VEC], w[MG_VEC];
+            mg_v16_unpack(dyv[j], dy); mg_v16_unpack(hv[j], h); mg_v16_unpack(wv[j], w);
+#pragma unroll
+            for (int e = 0; e < MG_VEC; e++) acc = fmaf(dy[e] * w[e], h[e], acc);
+        }
+        acc = lm_norm_row_sum(acc, scratch);
+        const float k = acc * rs * rs / (float)MG_D;
+#pragma unroll
+        for (int j = 0; j < NORM_VPT; j++) {
+            const int v = g + j * NORM_TPR;
+            if (!on || v >= NORM_NV) continue;
+            float dy[MG_VEC], h[MG_VEC], w[MG_VEC], dx[MG_VEC];
+            mg_v16_unpack(dyv[j], dy); mg_v16_unpack(hv[j], h); mg_v16_unpack(wv[j], w); mg_v16_unpack(drv[j], dx);
+#pragma unroll
+            for (int e = 0; e < MG_VEC; e++) {
+                const float gr = rs * (dy[e] * w[e] - h[e] * k);
+                dx[e] = p.dres ? gr + dx[e] : gr;
+                dw[j][e] = fmaf(dy[e] * h[e], rs, dw[j][e]);
+            }
+            /* dx may alias dres: this thread read that vector above */
+            mg_v16_st((mg_t *)p.dx + base + (long long)v * MG_VEC, mg_v16_pack(dx));
+        }
+    }
+    lm_norm_dw_store(p, dw, g, grp);
 }
 
-/* dw. grid: (ceil(D/256), ceil(N/LM_NORM_DW_ROWS)); block 256: thread = column. */
-extern "C" __global__ void __launch_bounds__(256)
-lm_rmsnorm_bf16_d512_dw(const lm_norm_bwd_params p)
-{
-    const int c = blockIdx.x * 256 + threadIdx.x;
-    if (c >= MG_D) return;
-    const int r0 = blockIdx.y * LM_NORM_DW_ROWS, r1 = min(r0 + LM_NORM_DW_ROWS, p.N);
-    const mg_t *dy = (const mg_t *)p.dy, *h = (const mg_t *)p.h;
-    float acc = 0.0f;
-    for (int r = r0; r < r1; r++) {
-        long long i = (long long)r * MG_D + c;
-        acc = fmaf(mg_to_f32(dy[i]) * mg_to_f32(h[i]), p.rstd[r], acc);
-    }
-    p.dw_part[(long long)blockIdx.y * MG_D + c] = acc;
-}
-
-/* dwsum. grid: ceil(D/256); block 256. */
+/* dwsum. grid: ceil(D/32); block 256: 8 threads of 4 columns x 32 split lanes, each lane
+ * summing splits k ≡ lane (mod 32) in order, then the lanes in order. */
 extern "C" __global__ void __launch_bounds__(256)
 lm_rmsnorm_bf16_d512_dwsum(const lm_norm_bwd_params p)
 {
-    const int c = blockIdx.x * 256 + threadIdx.x;
-    if (c >= MG_D) return;
+    __shared__ float red[32][33];
+    const int cv = threadIdx.x % 8, kl = threadIdx.x / 8, c0 = blockIdx.x * 32 + cv * 4;
     const int n_split = (p.N + LM_NORM_DW_ROWS - 1) / LM_NORM_DW_ROWS;
-    float acc = 0.0f;
-    for (int k = 0; k < n_split; k++) acc += p.dw_part[(long long)k * MG_D + c];
-    p.dw[c] = acc;
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (c0 < MG_D) {   /* d % 16 == 0: the 4 columns are in or out together */
+#pragma unroll 4
+        for (int k = kl; k < n_split; k += 32) {
+            float f[4];
+            mg_v16_f32(mg_v16_ld(p.dw_part + (long long)k * MG_D + c0), f);
+#pragma unroll
+            for (int e = 0; e < 4; e++) a[e] += f[e];
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < 4; e++) red[kl][cv * 4 + e] = a[e];
+    __syncthreads();
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    if (threadIdx.x < 32 && c < MG_D) {
+        float s = 0.0f;
+        for (int i = 0; i < 32; i++) s += red[i][threadIdx.x];
+        p.dw[c] = s;
+    }
 }

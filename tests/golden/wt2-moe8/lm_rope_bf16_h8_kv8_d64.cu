@@ -1197,6 +1197,10 @@ typedef struct lm_attn_bwd_params {
 
 /* ---------------------------------------------------------------- RoPE */
 #define LM_ROPE_THREADS 256
+/* Elements a fwd/bwd thread rotates per half head: the widest access of 16, 8, 4 bytes
+ * dividing hd/2 (hd = 72 at 16 bits: hd/2 = 36, 8-byte accesses of 4 elements), else 1. */
+#define LM_ROPE_RV(hd, esz) ((hd) / 2 % (16 / (esz)) == 0 ? 16 / (esz) : (hd) / 2 % (8 / (esz)) == 0 ? 8 / (esz) \
+                           : (hd) / 2 % (4 / (esz)) == 0 ? 4 / (esz) : 1)
 /* cos/sin tables [S, hd/2]: angle = s·theta^(−2i/hd), computed in fp64, rounded to float. */
 typedef struct lm_rope_table_params {
     float *cos_t, *sin_t; /* [S, hd/2] */
@@ -1211,8 +1215,18 @@ typedef struct lm_rope_params {
 } lm_rope_params;
 
 /* ---------------------------------------------------------------- RMSNorm */
-#define LM_NORM_THREADS 256
-#define LM_NORM_DW_ROWS 256   /* rows per dw partial */
+#define LM_NORM_THREADS 256   /* CTA size, unless one row needs more threads */
+#define LM_NORM_DW_ROWS 64    /* rows per bwd CTA = rows per dw partial */
+/* A row is LM_NORM_NV 16-byte vectors, held in registers by LM_NORM_TPR threads (at most 2
+ * vectors each, so that bwd's dw accumulators fit: one warp, a shuffle-only reduction, up to
+ * d = 512 at 16 bits). A CTA of LM_NORM_CTA threads takes LM_NORM_RPC rows per step. Host
+ * launchers and kernels share these. */
+#define LM_NORM_NV(d, esz) ((d) * (esz) / 16)
+#define LM_NORM_TPR(d, esz) (LM_NORM_NV(d, esz) <= 64 ? 32 : LM_NORM_NV(d, esz) <= 128 ? 64 \
+                           : LM_NORM_NV(d, esz) <= 256 ? 128 : LM_NORM_NV(d, esz) <= 512 ? 256 \
+                           : LM_NORM_NV(d, esz) <= 1024 ? 512 : 1024)
+#define LM_NORM_CTA(d, esz) (LM_NORM_TPR(d, esz) < LM_NORM_THREADS ? LM_NORM_THREADS : LM_NORM_TPR(d, esz))
+#define LM_NORM_RPC(d, esz) (LM_NORM_CTA(d, esz) / LM_NORM_TPR(d, esz))
 /* h = x (+ res);  y = h·rsqrt(mean(h²) + eps)·w */
 typedef struct lm_norm_fwd_params {
     const void *x;        /* [N, D] dtype */
@@ -1223,8 +1237,8 @@ typedef struct lm_norm_fwd_params {
     float *rstd;          /* [N] */
     int N;
 } lm_norm_fwd_params;
-/* bwd: dx = dres + ∂L/∂h;  dw: partial Σ_rows dy·h·rstd per LM_NORM_DW_ROWS rows;  dwsum:
- * dw = Σ partials in order. */
+/* bwd: dx = dres + ∂L/∂h, and the partial Σ_rows dy·h·rstd of its LM_NORM_DW_ROWS rows;
+ * dwsum: dw = Σ partials in order. */
 typedef struct lm_norm_bwd_params {
     const void *dy;       /* [N, D] dtype */
     const void *h;        /* [N, D] dtype: the norm's input */
@@ -1392,8 +1406,8 @@ MG_HASH_FN float mg_hash_drop_scale(double p) { return (float)(1.0 / (1.0 - p));
  * Position of row r = r % S. Layouts: templates/lm_params.h. */
 // moegen:entries table fwd bwd
 // moegen:grid table: ceil(S*hd/2 / 256) x 256
-// moegen:grid fwd: (B*S, ceil((H+KV)*hd/2 / 256)) x 256
-// moegen:grid bwd: (B*S, ceil((H+KV)*hd/2 / 256)) x 256
+// moegen:grid fwd: ceil(B*S*(H+KV)*(hd/2)/LM_ROPE_RV / 256) x 256
+// moegen:grid bwd: ceil(B*S*(H+KV)*(hd/2)/LM_ROPE_RV / 256) x 256
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
@@ -1416,22 +1430,43 @@ lm_rope_bf16_h8_kv8_d64_table(const lm_rope_table_params p)
     p.sin_t[k] = (float)sin(ang);
 }
 
+/* ROPE_RV elements per access along a half head (lm_params.h: LM_ROPE_RV); rows and heads
+ * start 16-byte aligned (hd is a multiple of 8), and so do the table rows. */
+static constexpr int ROPE_HALF = MG_HEAD_DIM / 2;
+static constexpr int ROPE_RV = LM_ROPE_RV(MG_HEAD_DIM, (int)sizeof(mg_t));
+static constexpr int ROPE_CH = ROPE_HALF / ROPE_RV;   /* accesses per half head */
+static constexpr int ROPE_NH = MG_N_HEAD + MG_N_KV_HEAD;
+static_assert(ROPE_HALF % ROPE_RV == 0, "ROPE_RV divides hd/2");
+
+/* N consecutive T, loaded and stored with the widest aligned accesses (<= 16 bytes each). */
+template <class T, int N> struct alignas(N * sizeof(T) < 16 ? N * sizeof(T) : 16) lm_rope_arr { T e[N]; };
+
 template <bool INV> MG_DEV void lm_rope_apply(const lm_rope_params &p)
 {
-    constexpr int HALF = MG_HEAD_DIM / 2, NH = MG_N_HEAD + MG_N_KV_HEAD;
     constexpr int W = (MG_N_HEAD + 2 * MG_N_KV_HEAD) * MG_HEAD_DIM;
-    const int k = blockIdx.y * blockDim.x + threadIdx.x, r = blockIdx.x;
-    if (k >= NH * HALF || r >= p.rows) return;
-    const int head = k / HALF, i = k % HALF, s = r % p.S;
-    const float c = p.cos_t[(long long)s * HALF + i], sn = INV ? -p.sin_t[(long long)s * HALF + i]
-                                                                : p.sin_t[(long long)s * HALF + i];
-    mg_t *x = (mg_t *)p.qkv + (long long)r * W + head * MG_HEAD_DIM;
-    const float a = mg_to_f32(x[i]), b = mg_to_f32(x[i + HALF]);
-    x[i] = mg_from_f32<mg_t>(a * c - b * sn);
-    x[i + HALF] = mg_from_f32<mg_t>(b * c + a * sn);
+    typedef lm_rope_arr<mg_t, ROPE_RV> vec;
+    typedef lm_rope_arr<float, ROPE_RV> fvec;
+    const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (long long)p.rows * ROPE_NH * ROPE_CH) return;
+    const int r = (int)(k / (ROPE_NH * ROPE_CH)), rem = (int)(k % (ROPE_NH * ROPE_CH));
+    const int head = rem / ROPE_CH, i = rem % ROPE_CH * ROPE_RV, s = r % p.S;
+    const long long t = (long long)s * ROPE_HALF + i;
+    const fvec ct = *(const fvec *)(p.cos_t + t), st = *(const fvec *)(p.sin_t + t);
+    mg_t *x = (mg_t *)p.qkv + (long long)r * W + head * MG_HEAD_DIM + i;
+    vec a = *(const vec *)x, b = *(const vec *)(x + ROPE_HALF);
+#pragma unroll
+    for (int e = 0; e < ROPE_RV; e++) {
+        const float c = ct.e[e], sn = INV ? -st.e[e] : st.e[e];
+        const float av = mg_to_f32(a.e[e]), bv = mg_to_f32(b.e[e]);
+        a.e[e] = mg_from_f32<mg_t>(av * c - bv * sn);
+        b.e[e] = mg_from_f32<mg_t>(bv * c + av * sn);
+    }
+    *(vec *)x = a;
+    *(vec *)(x + ROPE_HALF) = b;
 }
 
-/* fwd. grid: (B·S, ceil((H+KV)·hd/2 / LM_ROPE_THREADS)); block LM_ROPE_THREADS. */
+/* fwd. grid: ceil(B·S·(H+KV)·ROPE_CH / LM_ROPE_THREADS); block LM_ROPE_THREADS: a thread per
+ * ROPE_RV pairs of one q or k head of one row. */
 extern "C" __global__ void __launch_bounds__(LM_ROPE_THREADS)
 lm_rope_bf16_h8_kv8_d64_fwd(const lm_rope_params p)
 {
