@@ -154,6 +154,7 @@ struct mg_gpu_model {
     mg_cpu_model *h;
     mg_spec spec;
     int bmax, T, d, V, ldV, L, qw, W3, E, esz, dtype, tied;
+    int Vp;                       /* vocabulary padded to a multiple of 64: the LM head GEMMs' dim (= ldV) */
     mg_lm *lm;
     mg_blas *blas;
     cudaStream_t st;
@@ -161,6 +162,7 @@ struct mg_gpu_model {
     cudaKernel_t add_k, coact_k;
     float *P, *G, *M, *Vm, *Gs;
     void *Wc;
+    void *Hc;                     /* the LM head's compute copy [Vp, d], rows [V, Vp) zero (see head_c) */
     void *wg0;                    /* zero router of the dense layers: [1, d] dtype */
     float *dwg0;                  /* its (exactly zero) gradient */
     gpu_layer *ly;
@@ -189,7 +191,25 @@ struct mg_gpu_model {
     int *const *route_out;        /* [L] host buffers for each MoE layer's top-k choices (check only) */
 };
 
-static void *WC(const mg_gpu_model *g, long off) { return (char *)g->Wc + off * (long)g->esz; }
+/* The LM head's compute copy lives in its own buffer Hc of Vp >= V rows, the rows past V zero,
+ * so that the logits GEMM (N = Vp) and the dX GEMM (K = Vp) have dims cuBLASLt's Hopper kernels
+ * take (V = 33278 made it fall back to sm80 kernels at ~half the speed), while P, G, the
+ * checkpoints and the head's weight gradient (V rows) keep the CPU model's layout. AdamW
+ * writes the head's compute copy straight into Hc (the head's slot in Wc is unused), so there
+ * is no copy per step; with tied embeddings the embedding gather reads Hc too. The padded
+ * logits columns are exactly 0 (zero rows) and xent writes them a zero gradient. */
+static int head_c(const mg_gpu_model *g, long off)
+{
+    const long h0 = g->h->lm_head;
+    return off >= h0 && off < h0 + (long)g->V * g->d;
+}
+
+/* The compute copy (storage type) of the parameter at flat offset off. */
+static void *WC(const mg_gpu_model *g, long off)
+{
+    if (head_c(g, off)) return (char *)g->Hc + (off - g->h->lm_head) * (long)g->esz;
+    return (char *)g->Wc + off * (long)g->esz;
+}
 
 static int gemm(mg_gpu_model *g, int ta, int tb, int m, int n, int k, const void *A, int lda, const void *B,
                 int ldb, float beta, void *C, int ldc, int out_f32, mg_err *err)
@@ -259,7 +279,7 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     mg_gpu_model *g = calloc(1, sizeof *g);
     if (!g) return mg_err_set(err, MG_EINTERNAL, "mg_gpu_create: out of memory");
     g->h = h, g->spec = h->spec, g->bmax = bmax, g->T = h->T, g->d = h->d, g->V = h->V, g->L = h->L, g->E = h->E;
-    g->ldV = (h->V + 7) / 8 * 8;
+    g->Vp = g->ldV = (h->V + 63) / 64 * 64;
     g->qw = h->H * h->hd, g->W3 = (h->H + 2 * h->Hkv) * h->hd;
     g->dtype = g->spec.dtype, g->esz = mg_dtype_size(g->spec.dtype);
     g->tied = g->spec.model.tie_embeddings;
@@ -320,6 +340,8 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     DALLOC(g->Vm, np * 4);
     if (g->dtype == MG_DTYPE_FP32) g->Wc = g->P;
     else DALLOC(g->Wc, np * g->esz);
+    DALLOC(g->Hc, (size_t)g->Vp * d * g->esz);
+    MG_CUDA_TRY(cudaMemset(g->Hc, 0, (size_t)g->Vp * d * g->esz), err);   /* the padding rows stay 0 */
     long gs = d;
     for (int i = 0; i < g->L; i++) if (g->ly[i].span_n > gs) gs = g->ly[i].span_n;
     DALLOC(g->Gs, gs * 4);
@@ -404,6 +426,7 @@ void mg_gpu_destroy(mg_gpu_model *g)
     free(g->X);
     free(g->ly);
     if (g->Wc != g->P) cudaFree(g->Wc);
+    cudaFree(g->Hc);
     cudaFree(g->P); cudaFree(g->G); cudaFree(g->M); cudaFree(g->Vm); cudaFree(g->Gs); cudaFree(g->wg0);
     cudaFree(g->dwg0); cudaFree(g->tmp); cudaFree(g->dx); cudaFree(g->dtmp); cudaFree(g->dn); cudaFree(g->nf);
     cudaFree(g->datt); cudaFree(g->dqkv); cudaFree(g->logits); cudaFree(g->rf); cudaFree(g->loss_row);
@@ -459,10 +482,9 @@ int mg_gpu_upload(mg_gpu_model *g, const mg_adamw *o, mg_err *err)
         MG_CUDA_TRY(cudaMemset(g->M, 0, nb), err);
         MG_CUDA_TRY(cudaMemset(g->Vm, 0, nb), err);
     }
-    if (g->Wc != g->P) {
-        int rc = mg_lm_cast(g->lm, g->st, g->P, g->Wc, g->h->n_params, err);
-        if (rc) return rc;
-    }
+    int rc;
+    if (g->Wc != g->P && (rc = mg_lm_cast(g->lm, g->st, g->P, g->Wc, g->h->n_params, err))) return rc;
+    if ((rc = mg_lm_cast(g->lm, g->st, g->P + g->h->lm_head, g->Hc, (long long)g->V * g->d, err))) return rc;
     return mg_gpu_upload_bias(g, err);
 }
 
@@ -685,14 +707,14 @@ int mg_gpu_run(mg_gpu_model *g, const int32_t *tokens, int B, const mg_cpu_ctx *
         if ((rc = layer_fwd(g, i, B, c, p, slot, err))) return rc;
     float gscale = grad ? (float)(c->scale / N) : 0.f;
     if ((rc = mg_lm_norm_fwd(g->lm, g->st, g->X[g->L], NULL, NULL, WC(g, h->lnf), g->nf, g->rf, N, err)) ||
-        (rc = gemm(g, 0, 1, N, g->V, d, g->nf, d, WC(g, head), d, 0.f, g->logits, g->ldV, 0, err)) ||
+        (rc = gemm(g, 0, 1, N, g->Vp, d, g->nf, d, g->Hc, d, 0.f, g->logits, g->ldV, 0, err)) ||
         (rc = mg_lm_xent(g->lm, g->st, g->logits, g->ldV, g->tgt, g->loss_row, stat, gscale, N, err)))
         return rc;
     if (!grad) return MG_OK;
 
     /* backward */
     int acc = slot > 0;
-    if ((rc = gemm(g, 0, 0, N, d, g->V, g->logits, g->ldV, WC(g, head), d, 0.f, g->dn, d, 0, err)) ||
+    if ((rc = gemm(g, 0, 0, N, d, g->Vp, g->logits, g->ldV, g->Hc, d, 0.f, g->dn, d, 0, err)) ||
         (rc = gemm(g, 1, 0, g->V, d, N, g->logits, g->ldV, g->nf, d, acc ? 1.f : 0.f, g->G + head, d, 1, err)) ||
         (rc = norm_bwd(g, acc, g->dn, g->X[g->L], h->lnf, g->rf, NULL, g->dx, N, err)) ||
         (rc = dp_stage_done(g, MG_DP_STAGE_HEAD(g->L), err)))
@@ -788,15 +810,18 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
     if (g->ep && (rc = mg_gpu_ep_fix_norm(g->ep, g->lm, g->st, g->G, g->dnorm, sp->train.grad_clip, err))) return rc;
     int t = (int)o->step + 1;
     mg_lm_adamw_hp hp = {(float)lr, (float)sp->train.beta1, (float)sp->train.beta2, 1e-8f, (float)sp->train.weight_decay};
-    /* one launch per run of adjacent tensors with the same decay flag */
+    /* one launch per run of adjacent tensors with the same decay flag; the LM head is a run of
+     * its own, its compute copy being Hc (head_c) */
     for (int j = 0; j < h->n_tensors;) {
         int k = j;
         while (k + 1 < h->n_tensors && h->tensors[k + 1].decay == h->tensors[j].decay &&
-               h->tensors[k + 1].off == h->tensors[k].off + h->tensors[k].n)
+               h->tensors[k + 1].off == h->tensors[k].off + h->tensors[k].n && h->tensors[k].off != h->lm_head &&
+               h->tensors[k + 1].off != h->lm_head)
             k++;
         long off = h->tensors[j].off, n = h->tensors[k].off + h->tensors[k].n - off;
-        if ((rc = mg_lm_adamw(g->lm, g->st, g->P + off, g->G + off, g->M + off, g->Vm + off,
-                              g->Wc == g->P ? NULL : WC(g, off), g->dnorm + 1, n, &hp, t, h->tensors[j].decay, err)))
+        void *wc = off == h->lm_head ? g->Hc : g->Wc == g->P ? NULL : WC(g, off);
+        if ((rc = mg_lm_adamw(g->lm, g->st, g->P + off, g->G + off, g->M + off, g->Vm + off, wc, g->dnorm + 1, n,
+                              &hp, t, h->tensors[j].decay, err)))
             return rc;
         j = k + 1;
     }
