@@ -377,7 +377,7 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     DALLOC(g->loss_row, N * 4);
     DALLOC(g->dsum, mg_lm_ws_attn_dsum(g->lm, bmax, g->T) * 4);
     DALLOC(g->dw_part, mg_lm_ws_norm_dw(g->lm, (int)N) * 4);
-    DALLOC(g->sort_ws, mg_lm_ws_embed_sort((int)N) * 4);
+    DALLOC(g->sort_ws, mg_lm_ws_embed_sort(g->lm, (int)N) * 4);
     DALLOC(g->cos_t, (size_t)g->T * (h->hd / 2) * 4);
     DALLOC(g->sin_t, (size_t)g->T * (h->hd / 2) * 4);
     g->n_chunks = (int)((np + GRAD_CHUNK - 1) / GRAD_CHUNK);

@@ -15,7 +15,7 @@ static const struct { int fam; const char *entry; } lm_defs[MG_LM_K_COUNT] = {
     {MG_FAM_ATTN, "fwd"}, {MG_FAM_ATTN, "bwd_pre"}, {MG_FAM_ATTN, "bwd_dkdv"}, {MG_FAM_ATTN, "bwd_dq"},
     {MG_FAM_ROPE, "table"}, {MG_FAM_ROPE, "fwd"}, {MG_FAM_ROPE, "bwd"},
     {MG_FAM_NORM, "fwd"}, {MG_FAM_NORM, "bwd"}, {MG_FAM_NORM, "dwsum"},
-    {MG_FAM_EMBED, "fwd"}, {MG_FAM_EMBED, "sort"}, {MG_FAM_EMBED, "bwd"},
+    {MG_FAM_EMBED, "fwd"}, {MG_FAM_EMBED, "sort"}, {MG_FAM_EMBED, "part"}, {MG_FAM_EMBED, "bwd"},
     {MG_FAM_XENT, "fwd"}, {MG_FAM_XENT, "loss"},
     {MG_FAM_DROPOUT, "fwd"}, {MG_FAM_DROPOUT, "bwd"},
     {MG_FAM_ADAMW, "step"},
@@ -120,7 +120,9 @@ void mg_lm_destroy(mg_lm *L)
 
 long long mg_lm_ws_attn_dsum(const mg_lm *L, int B, int S) { return (long long)B * L->dim.H * S; }
 long long mg_lm_ws_norm_dw(const mg_lm *L, int N) { return cdiv(N, LM_NORM_DW_ROWS) * L->dim.D; }
-long long mg_lm_ws_embed_sort(int N) { return 2LL * N; }
+/* the sorted ids and positions, rounded up to 16 bytes, then the fp32 run partials */
+static long long embed_part_off(int N) { return cdiv(2LL * N, 4) * 4; }
+long long mg_lm_ws_embed_sort(const mg_lm *L, int N) { return embed_part_off(N) + (long long)N * L->dim.D; }
 
 /* ------------------------------------------------------------------ launch */
 static int lm_launch(const mg_lm *L, int k, long long gx, long long gy, long long gz, int block, cudaStream_t st,
@@ -200,7 +202,7 @@ int mg_lm_norm_bwd(const mg_lm *L, cudaStream_t st, const void *dy, const void *
 
 int mg_lm_embed_fwd(const mg_lm *L, cudaStream_t st, const int *ids, const void *wte, void *out, int N, mg_err *err)
 {
-    lm_embed_params p = {ids, wte, out, NULL, NULL, NULL, 0, N};
+    lm_embed_params p = {ids, wte, out, NULL, NULL, NULL, NULL, 0, N};
     LAUNCH(MG_LM_EMBED_FWD, N, 1, 1, 128, p);
     return MG_OK;
 }
@@ -208,8 +210,9 @@ int mg_lm_embed_fwd(const mg_lm *L, cudaStream_t st, const int *ids, const void 
 int mg_lm_embed_bwd(const mg_lm *L, cudaStream_t st, const int *ids, const void *dout, int *sort_ws, float *dwte,
                     int accumulate, int N, mg_err *err)
 {
-    lm_embed_params p = {ids, NULL, NULL, dout, sort_ws, dwte, accumulate, N};
+    lm_embed_params p = {ids, NULL, NULL, dout, sort_ws, (float *)(sort_ws + embed_part_off(N)), dwte, accumulate, N};
     LAUNCH(MG_LM_EMBED_SORT, cdiv(N, LM_EMB_CHUNK), 1, 1, LM_EMB_CHUNK, p);
+    LAUNCH(MG_LM_EMBED_PART, cdiv(N, LM_EMB_WARPS), 1, 1, 32 * LM_EMB_WARPS, p);
     LAUNCH(MG_LM_EMBED_BWD, cdiv(L->dim.V, LM_EMB_WARPS), 1, 1, 32 * LM_EMB_WARPS, p);
     return MG_OK;
 }

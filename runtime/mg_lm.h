@@ -27,7 +27,7 @@ enum {
     MG_LM_ATTN_FWD, MG_LM_ATTN_PRE, MG_LM_ATTN_DKDV, MG_LM_ATTN_DQ,
     MG_LM_ROPE_TABLE, MG_LM_ROPE_FWD, MG_LM_ROPE_BWD,
     MG_LM_NORM_FWD, MG_LM_NORM_BWD, MG_LM_NORM_DWSUM,
-    MG_LM_EMBED_FWD, MG_LM_EMBED_SORT, MG_LM_EMBED_BWD,
+    MG_LM_EMBED_FWD, MG_LM_EMBED_SORT, MG_LM_EMBED_PART, MG_LM_EMBED_BWD,
     MG_LM_XENT_FWD, MG_LM_XENT_LOSS,
     MG_LM_DROP_FWD, MG_LM_DROP_BWD,
     MG_LM_ADAMW_STEP,
@@ -60,7 +60,8 @@ void mg_lm_destroy(mg_lm *L);
 /* ---- workspace sizes (elements) */
 long long mg_lm_ws_attn_dsum(const mg_lm *L, int B, int S);   /* floats: B·H·S */
 long long mg_lm_ws_norm_dw(const mg_lm *L, int N);            /* floats: ceil(N/LM_NORM_DW_ROWS)·D */
-long long mg_lm_ws_embed_sort(int N);                         /* ints: 2·N */
+long long mg_lm_ws_embed_sort(const mg_lm *L, int N);         /* 4-byte words: 2·N ints (rounded up to 4),
+                                                                 then N·D floats */
 
 /* ---- attention: fwd writes o, lse; bwd writes every element of dqkv (uses dsum_ws) */
 int mg_lm_attn_fwd(const mg_lm *L, cudaStream_t st, const void *qkv, void *o, float *lse, int B, int S, mg_err *err);

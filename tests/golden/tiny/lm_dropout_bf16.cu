@@ -1253,23 +1253,28 @@ typedef struct lm_norm_bwd_params {
 
 /* ---------------------------------------------------------------- embedding */
 #define LM_EMB_CHUNK 256      /* positions per sort chunk */
-#define LM_EMB_WARPS 4        /* vocab rows per block of bwd (one warp each) */
+#define LM_EMB_WARPS 4        /* sorted entries (part) or vocab rows (bwd) per block, one warp each */
 typedef struct lm_embed_params {
     const int *ids;       /* [N] token ids in [0, V) */
     const void *wte;      /* [V, D] dtype (fwd) */
     void *out;            /* [N, D] dtype (fwd) */
     const void *dout;     /* [N, D] dtype (bwd) */
-    int *sorted;          /* [2·N] workspace (sort → bwd): per chunk of LM_EMB_CHUNK positions,
+    int *sorted;          /* [2·N] workspace (sort → part, bwd): per chunk of LM_EMB_CHUNK positions,
                              the ids ([0,N)) then the positions ([N,2N)) sorted by (id, position) */
-    float *dwte;          /* [V, D] every row written: (accumulate ? dwte : 0) + Σ_{ids[r]=v} dout[r] */
+    float *part;          /* [N, D] workspace (part → bwd), 16-byte aligned: row k = the sum of the run of
+                             equal ids that starts at sorted entry k (only run heads are written) */
+    float *dwte;          /* [V, D] (accumulate ? dwte : 0) + Σ_{ids[r]=v} dout[r]; rows of absent ids
+                             are left untouched when accumulating */
     int accumulate;       /* 1: add to dwte (e.g. after the tied LM head's weight gradient) */
     int N;
 } lm_embed_params;
 
 /* ---------------------------------------------------------------- cross-entropy */
 #define LM_XENT_THREADS 512
+#define LM_XENT_VREGS 8       /* 16-byte vectors of a row each fwd thread keeps in registers (2 CTAs/SM) */
 typedef struct lm_xent_params {
-    void *logits;         /* [N, ld] dtype, first V columns used: overwritten by (softmax − onehot)·grad_scale */
+    void *logits;         /* [N, ld] dtype, first V columns used: overwritten by (softmax − onehot)·grad_scale;
+                             columns [V, ld) (a padded vocabulary) are set to 0 */
     const int *targets;   /* [N] in [0, V) */
     float *loss_row;      /* [N] logsumexp − logit[target] */
     float *loss;          /* [1] (loss entry) mean of loss_row over the N rows */

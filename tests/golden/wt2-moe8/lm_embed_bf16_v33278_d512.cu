@@ -1253,23 +1253,28 @@ typedef struct lm_norm_bwd_params {
 
 /* ---------------------------------------------------------------- embedding */
 #define LM_EMB_CHUNK 256      /* positions per sort chunk */
-#define LM_EMB_WARPS 4        /* vocab rows per block of bwd (one warp each) */
+#define LM_EMB_WARPS 4        /* sorted entries (part) or vocab rows (bwd) per block, one warp each */
 typedef struct lm_embed_params {
     const int *ids;       /* [N] token ids in [0, V) */
     const void *wte;      /* [V, D] dtype (fwd) */
     void *out;            /* [N, D] dtype (fwd) */
     const void *dout;     /* [N, D] dtype (bwd) */
-    int *sorted;          /* [2·N] workspace (sort → bwd): per chunk of LM_EMB_CHUNK positions,
+    int *sorted;          /* [2·N] workspace (sort → part, bwd): per chunk of LM_EMB_CHUNK positions,
                              the ids ([0,N)) then the positions ([N,2N)) sorted by (id, position) */
-    float *dwte;          /* [V, D] every row written: (accumulate ? dwte : 0) + Σ_{ids[r]=v} dout[r] */
+    float *part;          /* [N, D] workspace (part → bwd), 16-byte aligned: row k = the sum of the run of
+                             equal ids that starts at sorted entry k (only run heads are written) */
+    float *dwte;          /* [V, D] (accumulate ? dwte : 0) + Σ_{ids[r]=v} dout[r]; rows of absent ids
+                             are left untouched when accumulating */
     int accumulate;       /* 1: add to dwte (e.g. after the tied LM head's weight gradient) */
     int N;
 } lm_embed_params;
 
 /* ---------------------------------------------------------------- cross-entropy */
 #define LM_XENT_THREADS 512
+#define LM_XENT_VREGS 8       /* 16-byte vectors of a row each fwd thread keeps in registers (2 CTAs/SM) */
 typedef struct lm_xent_params {
-    void *logits;         /* [N, ld] dtype, first V columns used: overwritten by (softmax − onehot)·grad_scale */
+    void *logits;         /* [N, ld] dtype, first V columns used: overwritten by (softmax − onehot)·grad_scale;
+                             columns [V, ld) (a padded vocabulary) are set to 0 */
     const int *targets;   /* [N] in [0, V) */
     float *loss_row;      /* [N] logsumexp − logit[target] */
     float *loss;          /* [1] (loss entry) mean of loss_row over the N rows */
@@ -1397,24 +1402,106 @@ MG_HASH_FN unsigned mg_hash_drop_threshold(double p)
 MG_HASH_FN float mg_hash_drop_scale(double p) { return (float)(1.0 / (1.0 - p)); }
 
 #endif
+#line 1 "templates/mg_vec.cuh"
+/* mg_vec: 16-byte vector access for the memory-bound kernels (RMSNorm, dropout, RoPE,
+ * combine, grad-norm). One 16-byte load or store per thread and step is what lets these
+ * kernels reach HBM bandwidth; 2-byte scalar accesses leave them at a third of it.
+ *
+ * A template that uses it names it on its "moegen:parts mg_vec" line: the generator
+ * inlines it after mg_common.cuh (whose mg_t, mg_to_f32 and mg_from_f32 it needs). Callers
+ * pass 16-byte aligned addresses (lm_params.h: buffers are; d_model is a multiple of 16). */
+#ifndef MG_VEC_CUH
+#define MG_VEC_CUH
+
+/* 16 bytes as four words; alignas lets the compiler emit one LDG.E.128 / STG.E.128. */
+struct alignas(16) mg_v16 { unsigned u[4]; };
+/* Storage-type elements per 16-byte vector: 8 for bf16/fp16, 4 for fp32. */
+static constexpr int MG_VEC = 16 / (int)sizeof(mg_t);
+
+MG_DEV mg_v16 mg_v16_ld(const void *p) { return *(const mg_v16 *)p; }
+MG_DEV void mg_v16_st(void *p, const mg_v16 &v) { *(mg_v16 *)p = v; }
+MG_DEV mg_v16 mg_v16_zero() { return mg_v16{{0u, 0u, 0u, 0u}}; }
+MG_DEV bool mg_aligned16(const void *p) { return ((unsigned long long)p & 15ull) == 0; }
+
+/* Element e of a vector of mg_t as fp32. (Templates so that the branch of the other
+ * storage width is discarded, not compiled.) */
+template <class T = mg_t> MG_DEV float mg_v16_get(const mg_v16 &v, int e)
+{
+    if constexpr (sizeof(T) == 4) return __uint_as_float(v.u[e]);
+    else {
+        const unsigned w = v.u[e >> 1];
+        T x;
+        x.u = (unsigned short)(e & 1 ? w >> 16 : w & 0xffffu);
+        return mg_to_f32(x);
+    }
+}
+
+/* All MG_VEC elements as fp32. */
+MG_DEV void mg_v16_unpack(const mg_v16 &v, float (&f)[MG_VEC])
+{
+#pragma unroll
+    for (int e = 0; e < MG_VEC; e++) f[e] = mg_v16_get(v, e);
+}
+
+/* MG_VEC fp32 values rounded to mg_t (mg_from_f32: round to nearest even). */
+template <class T = mg_t> MG_DEV mg_v16 mg_v16_pack(const float (&f)[MG_VEC])
+{
+    mg_v16 r;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) r.u[e] = __float_as_uint(f[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            r.u[e] = (unsigned)mg_from_f32<T>(f[2 * e]).u | (unsigned)mg_from_f32<T>(f[2 * e + 1]).u << 16;
+    }
+    return r;
+}
+
+/* Four fp32 values (fp32 workspaces such as the combine's z, the gradient buffer). */
+MG_DEV void mg_v16_f32(const mg_v16 &v, float (&f)[4])
+{
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = __uint_as_float(v.u[e]);
+}
+
+#endif
 #line 1 "templates/lm_embed.cu"
 /* lm_embed: token embedding gather and its deterministic scatter-add backward.
- *   fwd:  out[r] = wte[ids[r]]
+ *   fwd:  out[r] = wte[ids[r]]                                   (16-byte vectors)
  *   sort: per chunk of LM_EMB_CHUNK positions, the chunk's (id, position) pairs sorted by
  *         id then position (rank by counting within the chunk; no atomics)
- *   bwd:  one warp per vocab row v: binary-searches v in every sorted chunk and sums
- *         dout[r] over its positions r in increasing order; every row of dwte is written
- *         (zeros for ids that do not occur), so the result is bitwise reproducible. */
-// moegen:entries fwd sort bwd
+ *   part: one warp per sorted entry; the first entry of each run of one id within a chunk
+ *         (its "head" k) writes part[k] = Σ dout[r] over the run's positions r, in increasing
+ *         order, fp32. A run is at most LM_EMB_CHUNK rows, so a frequent token's rows are
+ *         summed by many warps side by side instead of by one warp in sequence.
+ *   bwd:  one warp per vocab row v: finds v's head in every chunk (a lower bound per chunk,
+ *         one chunk per lane) and sums the heads' partials in chunk order:
+ *         dwte[v] = (accumulate ? dwte[v] + Σ : Σ). Without accumulate every row is written
+ *         (zeros for ids that do not occur); with it, rows of absent ids are left as they are
+ *         (adding zero), so the gradient of an untouched row costs no memory traffic.
+ * Every sum has a fixed order: bitwise reproducible. */
+// moegen:entries fwd sort part bwd
+// moegen:parts mg_vec
 // moegen:grid fwd: N x 128
 // moegen:grid sort: ceil(N/256) x 256
+// moegen:grid part: ceil(N/4) x 128
 // moegen:grid bwd: ceil(V/4) x 128
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
 #include "mg_common.cuh"
 #include "lm_params.h"
+#include "mg_vec.cuh"
 #endif
+
+static_assert(MG_D % MG_VEC == 0, "d_model must be a multiple of the 16-byte vector");
+static constexpr int EMB_NV = MG_D / MG_VEC;   /* 16-byte vectors of dtype per row */
+static constexpr int EMB_NF = MG_D / 4;        /* 16-byte vectors of fp32 per row */
+/* part: vectors per lane per column pass (at most 32 fp32 accumulators) */
+static constexpr int EMB_PV = (EMB_NV + 31) / 32 < 32 / MG_VEC ? (EMB_NV + 31) / 32 : 32 / MG_VEC;
+/* bwd: float4 per lane per column pass (at most 16 accumulators) */
+static constexpr int EMB_BV = (EMB_NF + 31) / 32 < 4 ? (EMB_NF + 31) / 32 : 4;
 
 /* fwd. grid: N; block 128. */
 extern "C" __global__ void __launch_bounds__(128)
@@ -1423,7 +1510,7 @@ lm_embed_bf16_v33278_d512_fwd(const lm_embed_params p)
     const int id = p.ids[blockIdx.x];
     const mg_t *src = (const mg_t *)p.wte + (long long)id * MG_D;
     mg_t *dst = (mg_t *)p.out + (long long)blockIdx.x * MG_D;
-    for (int c = threadIdx.x; c < MG_D; c += blockDim.x) dst[c] = src[c];
+    for (int c = threadIdx.x; c < EMB_NV; c += blockDim.x) mg_v16_st(dst + c * MG_VEC, mg_v16_ld(src + c * MG_VEC));
 }
 
 /* sort. grid: ceil(N/LM_EMB_CHUNK); block LM_EMB_CHUNK. */
@@ -1445,55 +1532,105 @@ lm_embed_bf16_v33278_d512_sort(const lm_embed_params p)
     p.sorted[p.N + base + rank] = base + t;
 }
 
-/* bwd. grid: ceil(V / LM_EMB_WARPS); block 32·LM_EMB_WARPS (one warp per vocab row). */
+/* part. grid: ceil(N / LM_EMB_WARPS); block 32·LM_EMB_WARPS (one warp per sorted entry). */
 extern "C" __global__ void __launch_bounds__(32 * LM_EMB_WARPS)
-lm_embed_bf16_v33278_d512_bwd(const lm_embed_params p)
+lm_embed_bf16_v33278_d512_part(const lm_embed_params p)
 {
-    constexpr int CPL = 8;   /* columns per lane per pass */
-    const int v = blockIdx.x * LM_EMB_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (v >= MG_VOCAB) return;
-    const int N = p.N, n_chunks = (N + LM_EMB_CHUNK - 1) / LM_EMB_CHUNK;
+    const int k = blockIdx.x * LM_EMB_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31, N = p.N;
+    if (k >= N) return;
     const int *sid = p.sorted, *spos = p.sorted + N;
+    const int b0 = k / LM_EMB_CHUNK * LM_EMB_CHUNK, end = min(b0 + LM_EMB_CHUNK, N), v = sid[k];
+    if (k > b0 && sid[k - 1] == v) return;   /* not the head of its run */
+    int e = k + 1;
+    while (e < end && sid[e] == v) e++;
     const mg_t *dout = (const mg_t *)p.dout;
-    float *dst = p.dwte + (long long)v * MG_D;
-    for (int c0 = 0; c0 < MG_D; c0 += 32 * CPL) {
-        float acc[CPL];
+    float *dst = p.part + (long long)k * MG_D;
+    for (int c0 = 0; c0 < EMB_NV; c0 += 32 * EMB_PV) {
+        float acc[EMB_PV][MG_VEC] = {};
+#pragma unroll 2
+        for (int j = k; j < e; j++) {
+            const mg_t *src = dout + (long long)spos[j] * MG_D;
 #pragma unroll
-        for (int t = 0; t < CPL; t++) {
-            int c = c0 + lane + 32 * t;
-            acc[t] = p.accumulate && c < MG_D ? dst[c] : 0.0f;
-        }
-        for (int cb = 0; cb < n_chunks; cb += 32) {
-            /* lane's chunk: [lo, hi) of id v (lower and upper bound) */
-            int lo = 0, hi = 0, ch = cb + lane;
-            if (ch < n_chunks) {
-                const int b0 = ch * LM_EMB_CHUNK, n = min(LM_EMB_CHUNK, N - b0);
-                int a = 0, z = n;
-                while (a < z) { int m = (a + z) >> 1; if (sid[b0 + m] < v) a = m + 1; else z = m; }
-                lo = b0 + a;
-                z = n;
-                while (a < z) { int m = (a + z) >> 1; if (sid[b0 + m] <= v) a = m + 1; else z = m; }
-                hi = b0 + a;
-            }
-            const unsigned any = __ballot_sync(MG_FULL_MASK, hi > lo);
-            if (!any) continue;
-            for (int j = 0; j < 32; j++) {
-                if (!(any >> j & 1)) continue;
-                const int l = __shfl_sync(MG_FULL_MASK, lo, j), h = __shfl_sync(MG_FULL_MASK, hi, j);
-                for (int k = l; k < h; k++) {
-                    const mg_t *src = dout + (long long)spos[k] * MG_D;
+            for (int u = 0; u < EMB_PV; u++) {
+                const int c = c0 + lane + 32 * u;
+                if (c < EMB_NV) {
+                    float f[MG_VEC];
+                    mg_v16_unpack(mg_v16_ld(src + c * MG_VEC), f);
 #pragma unroll
-                    for (int t = 0; t < CPL; t++) {
-                        int c = c0 + lane + 32 * t;
-                        if (c < MG_D) acc[t] += mg_to_f32(src[c]);
-                    }
+                    for (int q = 0; q < MG_VEC; q++) acc[u][q] += f[q];
                 }
             }
         }
 #pragma unroll
-        for (int t = 0; t < CPL; t++) {
-            int c = c0 + lane + 32 * t;
-            if (c < MG_D) dst[c] = acc[t];
+        for (int u = 0; u < EMB_PV; u++) {
+            const int c = c0 + lane + 32 * u;
+            if (c < EMB_NV)
+#pragma unroll
+                for (int q = 0; q < MG_VEC; q += 4) {
+                    mg_v16 w;
+#pragma unroll
+                    for (int z = 0; z < 4; z++) w.u[z] = __float_as_uint(acc[u][q + z]);
+                    mg_v16_st(dst + c * MG_VEC + q, w);
+                }
+        }
+    }
+}
+
+/* bwd. grid: ceil(V / LM_EMB_WARPS); block 32·LM_EMB_WARPS (one warp per vocab row). */
+extern "C" __global__ void __launch_bounds__(32 * LM_EMB_WARPS)
+lm_embed_bf16_v33278_d512_bwd(const lm_embed_params p)
+{
+    const int v = blockIdx.x * LM_EMB_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (v >= MG_VOCAB) return;
+    const int N = p.N, n_chunks = (N + LM_EMB_CHUNK - 1) / LM_EMB_CHUNK;
+    const int *sid = p.sorted;
+    float *dst = p.dwte + (long long)v * MG_D;
+    for (int c0 = 0; c0 < EMB_NF; c0 += 32 * EMB_BV) {
+        float acc[EMB_BV][4] = {};
+        unsigned any = 0;
+        for (int cb = 0; cb < n_chunks; cb += 32) {
+            /* lane's chunk: the head of v's run (the lower bound of v), or -1 */
+            int head = -1;
+            const int ch = cb + lane;
+            if (ch < n_chunks) {
+                const int b0 = ch * LM_EMB_CHUNK, n = min(LM_EMB_CHUNK, N - b0);
+                int a = 0, z = n;
+                while (a < z) { int m = (a + z) >> 1; if (sid[b0 + m] < v) a = m + 1; else z = m; }
+                if (a < n && sid[b0 + a] == v) head = b0 + a;
+            }
+            unsigned found = __ballot_sync(MG_FULL_MASK, head >= 0);
+            any |= found;
+            while (found) {   /* chunks in increasing order */
+                const int j = __ffs(found) - 1;
+                found &= found - 1;
+                const float *src = p.part + (long long)__shfl_sync(MG_FULL_MASK, head, j) * MG_D;
+#pragma unroll
+                for (int u = 0; u < EMB_BV; u++) {
+                    const int c = c0 + lane + 32 * u;
+                    if (c < EMB_NF) {
+                        float f[4];
+                        mg_v16_f32(mg_v16_ld(src + c * 4), f);
+#pragma unroll
+                        for (int q = 0; q < 4; q++) acc[u][q] += f[q];
+                    }
+                }
+            }
+        }
+        if (p.accumulate && !any) return;   /* dwte[v] + 0: nothing to write */
+#pragma unroll
+        for (int u = 0; u < EMB_BV; u++) {
+            const int c = c0 + lane + 32 * u;
+            if (c >= EMB_NF) continue;
+            if (p.accumulate) {
+                float f[4];
+                mg_v16_f32(mg_v16_ld(dst + c * 4), f);
+#pragma unroll
+                for (int q = 0; q < 4; q++) acc[u][q] += f[q];
+            }
+            mg_v16 w;
+#pragma unroll
+            for (int q = 0; q < 4; q++) w.u[q] = __float_as_uint(acc[u][q]);
+            mg_v16_st(dst + c * 4, w);
         }
     }
 }

@@ -1253,23 +1253,28 @@ typedef struct lm_norm_bwd_params {
 
 /* ---------------------------------------------------------------- embedding */
 #define LM_EMB_CHUNK 256      /* positions per sort chunk */
-#define LM_EMB_WARPS 4        /* vocab rows per block of bwd (one warp each) */
+#define LM_EMB_WARPS 4        /* sorted entries (part) or vocab rows (bwd) per block, one warp each */
 typedef struct lm_embed_params {
     const int *ids;       /* [N] token ids in [0, V) */
     const void *wte;      /* [V, D] dtype (fwd) */
     void *out;            /* [N, D] dtype (fwd) */
     const void *dout;     /* [N, D] dtype (bwd) */
-    int *sorted;          /* [2·N] workspace (sort → bwd): per chunk of LM_EMB_CHUNK positions,
+    int *sorted;          /* [2·N] workspace (sort → part, bwd): per chunk of LM_EMB_CHUNK positions,
                              the ids ([0,N)) then the positions ([N,2N)) sorted by (id, position) */
-    float *dwte;          /* [V, D] every row written: (accumulate ? dwte : 0) + Σ_{ids[r]=v} dout[r] */
+    float *part;          /* [N, D] workspace (part → bwd), 16-byte aligned: row k = the sum of the run of
+                             equal ids that starts at sorted entry k (only run heads are written) */
+    float *dwte;          /* [V, D] (accumulate ? dwte : 0) + Σ_{ids[r]=v} dout[r]; rows of absent ids
+                             are left untouched when accumulating */
     int accumulate;       /* 1: add to dwte (e.g. after the tied LM head's weight gradient) */
     int N;
 } lm_embed_params;
 
 /* ---------------------------------------------------------------- cross-entropy */
 #define LM_XENT_THREADS 512
+#define LM_XENT_VREGS 8       /* 16-byte vectors of a row each fwd thread keeps in registers (2 CTAs/SM) */
 typedef struct lm_xent_params {
-    void *logits;         /* [N, ld] dtype, first V columns used: overwritten by (softmax − onehot)·grad_scale */
+    void *logits;         /* [N, ld] dtype, first V columns used: overwritten by (softmax − onehot)·grad_scale;
+                             columns [V, ld) (a padded vocabulary) are set to 0 */
     const int *targets;   /* [N] in [0, V) */
     float *loss_row;      /* [N] logsumexp − logit[target] */
     float *loss;          /* [1] (loss entry) mean of loss_row over the N rows */
@@ -1397,14 +1402,87 @@ MG_HASH_FN unsigned mg_hash_drop_threshold(double p)
 MG_HASH_FN float mg_hash_drop_scale(double p) { return (float)(1.0 / (1.0 - p)); }
 
 #endif
+#line 1 "templates/mg_vec.cuh"
+/* mg_vec: 16-byte vector access for the memory-bound kernels (RMSNorm, dropout, RoPE,
+ * combine, grad-norm). One 16-byte load or store per thread and step is what lets these
+ * kernels reach HBM bandwidth; 2-byte scalar accesses leave them at a third of it.
+ *
+ * A template that uses it names it on its "moegen:parts mg_vec" line: the generator
+ * inlines it after mg_common.cuh (whose mg_t, mg_to_f32 and mg_from_f32 it needs). Callers
+ * pass 16-byte aligned addresses (lm_params.h: buffers are; d_model is a multiple of 16). */
+#ifndef MG_VEC_CUH
+#define MG_VEC_CUH
+
+/* 16 bytes as four words; alignas lets the compiler emit one LDG.E.128 / STG.E.128. */
+struct alignas(16) mg_v16 { unsigned u[4]; };
+/* Storage-type elements per 16-byte vector: 8 for bf16/fp16, 4 for fp32. */
+static constexpr int MG_VEC = 16 / (int)sizeof(mg_t);
+
+MG_DEV mg_v16 mg_v16_ld(const void *p) { return *(const mg_v16 *)p; }
+MG_DEV void mg_v16_st(void *p, const mg_v16 &v) { *(mg_v16 *)p = v; }
+MG_DEV mg_v16 mg_v16_zero() { return mg_v16{{0u, 0u, 0u, 0u}}; }
+MG_DEV bool mg_aligned16(const void *p) { return ((unsigned long long)p & 15ull) == 0; }
+
+/* Element e of a vector of mg_t as fp32. (Templates so that the branch of the other
+ * storage width is discarded, not compiled.) */
+template <class T = mg_t> MG_DEV float mg_v16_get(const mg_v16 &v, int e)
+{
+    if constexpr (sizeof(T) == 4) return __uint_as_float(v.u[e]);
+    else {
+        const unsigned w = v.u[e >> 1];
+        T x;
+        x.u = (unsigned short)(e & 1 ? w >> 16 : w & 0xffffu);
+        return mg_to_f32(x);
+    }
+}
+
+/* All MG_VEC elements as fp32. */
+MG_DEV void mg_v16_unpack(const mg_v16 &v, float (&f)[MG_VEC])
+{
+#pragma unroll
+    for (int e = 0; e < MG_VEC; e++) f[e] = mg_v16_get(v, e);
+}
+
+/* MG_VEC fp32 values rounded to mg_t (mg_from_f32: round to nearest even). */
+template <class T = mg_t> MG_DEV mg_v16 mg_v16_pack(const float (&f)[MG_VEC])
+{
+    mg_v16 r;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) r.u[e] = __float_as_uint(f[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            r.u[e] = (unsigned)mg_from_f32<T>(f[2 * e]).u | (unsigned)mg_from_f32<T>(f[2 * e + 1]).u << 16;
+    }
+    return r;
+}
+
+/* Four fp32 values (fp32 workspaces such as the combine's z, the gradient buffer). */
+MG_DEV void mg_v16_f32(const mg_v16 &v, float (&f)[4])
+{
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = __uint_as_float(v.u[e]);
+}
+
+#endif
 #line 1 "templates/lm_xent.cu"
 /* lm_xent: softmax cross-entropy fused with its gradient, in place on the logits.
- *   fwd:  per row r: m = max, lse = m + log Σ exp(x − m), loss_row[r] = lse − x[target];
- *         x[c] <- (exp(x[c] − lse) − [c == target])·grad_scale  (the storage type: the
- *         fp32 gradient never exists in memory)
+ *   fwd:  per row r: lse = log Σ_{c<V} exp(x[c]) (max-shifted), loss_row[r] = lse − x[target];
+ *         x[c] <- (exp(x[c] − lse) − [c == target])·grad_scale for c < V (in the storage type:
+ *         the fp32 gradient never exists in memory), and x[c] <- 0 for V <= c < ld: the padding
+ *         columns of a padded vocabulary get a zero gradient, so GEMMs may run over ld columns
  *   loss: loss = Σ_r loss_row[r] / N, in a fixed order
- * One block per row; any V (odd, not a multiple of anything): scalar 16-bit accesses. */
+ * fwd is memory-bound (the logits are the largest tensor of the step), so it reads each row
+ * from HBM once: one CTA per row; when ld is a whole number of 16-byte vectors (and the rows
+ * aligned) each thread loads its first XENT_KR vectors of the row at once into registers and
+ * keeps them for the gradient; a vocabulary too large for that streams the rest of the row
+ * twice (the second read comes from L2). Otherwise (odd ld) one element at a time, read twice.
+ * Each thread keeps an online (max, Σ exp(x − max)) in fp32 over its elements in a fixed order,
+ * then the CTA combines them in a fixed order: bitwise deterministic. exp is exp2 of a
+ * log2(e)-scaled difference (one MUFU op, no --use_fast_math needed). */
 // moegen:entries fwd loss
+// moegen:parts mg_vec
 // moegen:grid fwd: N x 512
 // moegen:grid loss: 1 x 512
 #ifndef MOEGEN_GENERATED
@@ -1412,43 +1490,140 @@ MG_HASH_FN float mg_hash_drop_scale(double p) { return (float)(1.0 / (1.0 - p));
 #include "moe_params.h"
 #include "mg_common.cuh"
 #include "lm_params.h"
+#include "mg_vec.cuh"
 #endif
 
+static constexpr int XENT_T = LM_XENT_THREADS;
+static constexpr int XENT_NV = (MG_VOCAB + MG_VEC - 1) / MG_VEC;        /* vectors covering [0, V) */
+static constexpr int XENT_KR = (XENT_NV + XENT_T - 1) / XENT_T < LM_XENT_VREGS ? (XENT_NV + XENT_T - 1) / XENT_T
+                                                                                : LM_XENT_VREGS;
+static constexpr float XENT_L2E = 1.4426950408889634f;                  /* log2(e) */
+
+/* U consecutive logits as loaded: one 16-byte vector (U = MG_VEC) or one element (U = 1). */
+template <int U> struct xent_raw { mg_v16 v; };
+template <> struct xent_raw<1> { mg_t v; };
+
+template <int U> MG_DEV xent_raw<U> xent_ld(const mg_t *x, int i)
+{
+    xent_raw<U> r;
+    if constexpr (U == 1) r.v = x[i];
+    else r.v = mg_v16_ld(x + (long long)i * U);
+    return r;
+}
+
+/* Unit i as fp32; elements at or past the vocabulary (the tail of the last vector) as −inf. */
+template <int U> MG_DEV void xent_get(const xent_raw<U> &r, int i, float (&f)[U])
+{
+    if constexpr (U == 1) f[0] = mg_to_f32(r.v);
+    else {
+        mg_v16_unpack(r.v, f);
+        if ((i + 1) * U > MG_VOCAB)
+#pragma unroll
+            for (int e = 0; e < U; e++) if (i * U + e >= MG_VOCAB) f[e] = -mg_inf();
+    }
+}
+
+template <int U> MG_DEV void xent_put(mg_t *x, int i, const float (&f)[U])
+{
+    if constexpr (U == 1) x[i] = mg_from_f32<mg_t>(f[0]);
+    else mg_v16_st(x + (long long)i * U, mg_v16_pack(f));
+}
+
+/* Online softmax denominator of one thread: m = max so far, s = Σ exp(x − m). */
+struct xent_acc { float m, s; };
+
+template <int U> MG_DEV void xent_add(xent_acc &a, const float (&f)[U])
+{
+    float vm = f[0];
+#pragma unroll
+    for (int e = 1; e < U; e++) vm = fmaxf(vm, f[e]);
+    if (vm == -mg_inf()) return;
+    if (vm > a.m) { a.s *= exp2f((a.m - vm) * XENT_L2E); a.m = vm; }
+#pragma unroll
+    for (int e = 0; e < U; e++) a.s += exp2f((f[e] - a.m) * XENT_L2E);
+}
+
+/* The gradient of unit i in place of its logits: (p − onehot)·gs, 0 past the vocabulary. */
+template <int U> MG_DEV void xent_grad(float (&f)[U], int i, int tgt, float lse, float gs)
+{
+#pragma unroll
+    for (int e = 0; e < U; e++) {
+        const int c = i * U + e;
+        const float pr = exp2f((f[e] - lse) * XENT_L2E);
+        f[e] = c < MG_VOCAB ? (pr - (c == tgt ? 1.0f : 0.0f)) * gs : 0.0f;
+    }
+}
+
+/* Block max in a fixed order; every thread gets it. red: 32 floats of shared memory. */
+MG_DEV float xent_block_max(float v, float *red)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = mg_warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return mg_warp_max(lane < nw ? red[lane] : -mg_inf());
+}
+
+/* One row. U elements per access; the first KR units of each thread stay in registers. */
+template <int U, int KR> MG_DEV void xent_row(const lm_xent_params &p, int r, float *red)
+{
+    constexpr int NU = (MG_VOCAB + U - 1) / U;   /* units covering [0, V) */
+    const int t = threadIdx.x, tgt = p.targets[r];
+    mg_t *x = (mg_t *)p.logits + (long long)r * p.ld;
+    xent_raw<U> keep[KR > 0 ? KR : 1];
+#pragma unroll
+    for (int k = 0; k < KR; k++)   /* every load in flight before the first use */
+        if (t + k * XENT_T < NU) keep[k] = xent_ld<U>(x, t + k * XENT_T);
+    const float xt = t == 0 ? mg_to_f32(x[tgt]) : 0.0f;   /* read before any thread writes */
+    /* pass 1: this thread's (max, Σ exp) over its units in order */
+    xent_acc a = {-mg_inf(), 0.0f};
+#pragma unroll
+    for (int k = 0; k < KR; k++) {
+        const int i = t + k * XENT_T;
+        if (i >= NU) break;
+        float f[U];
+        xent_get(keep[k], i, f);
+        xent_add(a, f);
+    }
+    for (int i = t + KR * XENT_T; i < NU; i += XENT_T) {
+        float f[U];
+        xent_get(xent_ld<U>(x, i), i, f);
+        xent_add(a, f);
+    }
+    /* the CTA: max, then each thread's sum rescaled to it and summed in a fixed order */
+    const float bm = xent_block_max(a.m, red);
+    const float s = mg_block_sum(a.m == -mg_inf() ? 0.0f : a.s * exp2f((a.m - bm) * XENT_L2E), red);
+    const float lse = bm + logf(s), gs = p.grad_scale;
+    if (t == 0) p.loss_row[r] = lse - xt;
+    /* pass 2: the gradient over the same units (each written by the thread that read it) */
+#pragma unroll
+    for (int k = 0; k < KR; k++) {
+        const int i = t + k * XENT_T;
+        if (i >= NU) break;
+        float f[U];
+        xent_get(keep[k], i, f);
+        xent_grad(f, i, tgt, lse, gs);
+        xent_put(x, i, f);
+    }
+    for (int i = t + KR * XENT_T; i < NU; i += XENT_T) {
+        float f[U];
+        xent_get(xent_ld<U>(x, i), i, f);
+        xent_grad(f, i, tgt, lse, gs);
+        xent_put(x, i, f);
+    }
+    /* padding columns past the last unit: zero (ld is a multiple of U) */
+    const float zero[U] = {};
+    for (int i = NU + t; i < p.ld / U; i += XENT_T) xent_put(x, i, zero);
+}
+
 /* fwd. grid: N; block LM_XENT_THREADS. */
-extern "C" __global__ void __launch_bounds__(LM_XENT_THREADS)
+extern "C" __global__ void __launch_bounds__(LM_XENT_THREADS, 2)
 lm_xent_bf16_v33278_fwd(const lm_xent_params p)
 {
-    __shared__ float scratch[32];
-    __shared__ float s_max[32];
-    constexpr int V = MG_VOCAB;
-    const int r = blockIdx.x, tgt = p.targets[r];
-    mg_t *x = (mg_t *)p.logits + (long long)r * p.ld;
-    /* pass 1: per-thread online max / sum of exp */
-    float m = -mg_inf(), s = 0.0f, xt = 0.0f;
-    for (int c = threadIdx.x; c < V; c += blockDim.x) {
-        float v = mg_to_f32(x[c]);
-        if (c == tgt) xt = v;
-        if (v > m) { s = s * expf(m - v) + 1.0f; m = v; }
-        else s += expf(v - m);
-    }
-    /* block max, then rescale each thread's sum to it and sum in a fixed order */
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    float wm = mg_warp_max(m);
-    if (lane == 0) s_max[warp] = wm;
-    __syncthreads();
-    float bm = lane < nw ? s_max[lane] : -mg_inf();
-    bm = mg_warp_max(bm);
-    s = m == -mg_inf() ? 0.0f : s * expf(m - bm);
-    s = mg_block_sum(s, scratch);
-    xt = mg_block_sum(xt, scratch);   /* only the owner of tgt contributes */
-    const float lse = bm + logf(s);
-    if (threadIdx.x == 0) p.loss_row[r] = lse - xt;
-    /* pass 2: gradient in place (each element read and written by the same thread) */
-    const float gs = p.grad_scale;
-    for (int c = threadIdx.x; c < V; c += blockDim.x) {
-        float pr = expf(mg_to_f32(x[c]) - lse);
-        x[c] = mg_from_f32<mg_t>((pr - (c == tgt ? 1.0f : 0.0f)) * gs);
-    }
+    __shared__ float red[32];
+    if (p.ld % MG_VEC == 0 && mg_aligned16(p.logits)) xent_row<MG_VEC, XENT_KR>(p, blockIdx.x, red);
+    else xent_row<1, 0>(p, blockIdx.x, red);
 }
 
 /* loss. grid: 1; block LM_XENT_THREADS. */
