@@ -111,12 +111,12 @@ PY
     ;;
 overhead)
     # issue 8's logging-overhead bar on the GPU trainer: wt2-moe8 with routing metrics + TensorBoard
-    # every step vs none, alternated 3 times, 300 steps each (about 2 minutes on an H100)
+    # every step vs none, alternated 3 times, OVERHEAD_STEPS (300) steps each (about 2 minutes on an H100)
     build
     (cd "$REPO" && make -j"$(nproc)" bench > /tmp/build-bench.log 2>&1) || { tail -20 /tmp/build-bench.log; exit 1; }
     W=$(mktemp -d /tmp/wt2.XXXX) && cd "$W" || exit 1
     "$M" data --corpus wikitext-2 --tokenizer word -o wikitext-2 > "$OUT/data.log" 2>&1 || { cat "$OUT/data.log"; exit 1; }
-    "$REPO/build/bench/mg_bench_metrics" "$REPO/specs/wt2-moe8.lua" 300 3 gpu 2>&1 | tee "$OUT/overhead-gpu.log"
+    "$REPO/build/bench/mg_bench_metrics" "$REPO/specs/wt2-moe8.lua" "${OVERHEAD_STEPS:-300}" 3 gpu 2>&1 | tee "$OUT/overhead-gpu.log"
     ;;
 bars)
     # issue 5's bars in one call: the PyTorch peer, then wt2-moe8 and wt2-dense for SECONDS each
