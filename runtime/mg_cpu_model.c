@@ -315,7 +315,7 @@ static void layer_bwd(mg_cpu_model *m, int li, int B, const mg_cpu_ctx *c)
     if (l->moe && m->ep_rt) {
         mg_ref_weights w = moe_weights(m, l);
         mg_ep_backward(m->ep_rt, li, &l->rc, l->n2, &w, &l->rf, m->dtmp, m->dn, G + l->router, G + l->w_up,
-                       G + l->w_dn);
+                       G + l->w_dn, m->S ? G + l->ws_up : NULL, m->S ? G + l->ws_dn : NULL);
     } else if (l->moe) {
         mg_ref_weights w = moe_weights(m, l);
         mg_ref_backward(&l->rc, l->n2, &w, &l->rf, m->dtmp, &l->rg);

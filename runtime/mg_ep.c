@@ -24,9 +24,6 @@ int mg_par_make(const mg_spec *s, int rank, int world, mg_par *p, mg_err *err)
     if (ep > 1 && s->train.batch % world)
         return mg_err_set(err, MG_EUSER, "%s: train.batch = %d: must be a multiple of the %d ranks (each trains on "
                           "batch/ranks rows with expert parallelism)", s->path, s->train.batch, world);
-    if (ep > 1 && s->moe.shared_experts > 0)
-        return mg_err_set(err, MG_EUSER, "%s: moe.shared_experts = %d with parallel.ep = %d: not supported yet "
-                          "(expert parallelism shards routed experts only)", s->path, s->moe.shared_experts, ep);
     *p = (mg_par){.rank = rank, .world = world, .dp = dp, .ep = ep, .dp_rank = rank / ep, .ep_rank = rank % ep};
     return MG_OK;
 }
@@ -49,10 +46,13 @@ typedef struct ep_layer {
 
 struct mg_ep {
     mg_comm *c;
-    int P, q, E, El, e0, k, d, ff, F2, Tmax, L;
+    int P, q, E, El, e0, k, d, ff, F2, S, Tmax, L;
     ep_layer *ly;
     float *wg0;        /* [E/P, d] zero router of the local layer: weight exactly 1 per row */
     float *sbuf, *rbuf;
+    double *ysh;       /* [Tmax, d] the shared experts' output (fp64, added before the rounding) */
+    float *dxsh;       /* [Tmax, d] the shared experts' dx */
+    float *gsup, *gsdn;   /* [S, F2, d], [S, d, ff] the shared experts' weight gradients of a backward */
     double *cbuf;      /* [P][2E] counts through the comm */
     int failed;
     mg_err err;
@@ -77,7 +77,7 @@ int mg_ep_attach(mg_cpu_model *m, mg_comm *c, mg_err *err)
     if (m->ep > 64) return mg_err_set(err, MG_EUSER, "parallel.ep = %d: at most 64", m->ep);
     mg_ep *x = ep_alloc(1, sizeof *x);
     x->c = c, x->P = m->ep, x->q = m->ep_rank, x->E = m->E, x->El = m->E_loc, x->e0 = m->e0, x->k = m->k;
-    x->d = m->d, x->ff = m->ff, x->F2 = m->F2, x->Tmax = m->bmax * m->T, x->L = m->L;
+    x->d = m->d, x->ff = m->ff, x->F2 = m->F2, x->S = m->S, x->Tmax = m->bmax * m->T, x->L = m->L;
     long rows = (long)x->P * x->Tmax * x->k;   /* the most any rank can receive */
     x->ly = ep_alloc((size_t)m->L, sizeof *x->ly);
     for (int i = 0; i < m->L; i++) {
@@ -94,6 +94,12 @@ int mg_ep_attach(mg_cpu_model *m, mg_comm *c, mg_err *err)
     x->sbuf = ep_alloc((size_t)rows * x->d, sizeof(float));
     x->rbuf = ep_alloc((size_t)rows * x->d, sizeof(float));
     x->cbuf = ep_alloc((size_t)x->P * 2 * x->E, sizeof(double));
+    if (x->S) {   /* replicated like the dense layers: every rank runs them on its own tokens */
+        x->ysh = ep_alloc((size_t)x->Tmax * x->d, sizeof(double));
+        x->dxsh = ep_alloc((size_t)x->Tmax * x->d, sizeof(float));
+        x->gsup = ep_alloc((size_t)x->S * x->F2 * x->d, sizeof(float));
+        x->gsdn = ep_alloc((size_t)x->S * x->d * x->ff, sizeof(float));
+    }
     m->ep_rt = x;
     return MG_OK;
 }
@@ -108,6 +114,7 @@ void mg_ep_detach(mg_cpu_model *m)
         mg_ref_fwd_free(&l->lf);
     }
     free(x->ly); free(x->wg0); free(x->sbuf); free(x->rbuf); free(x->cbuf);
+    free(x->ysh); free(x->dxsh); free(x->gsup); free(x->gsdn);
     free(x);
     m->ep_rt = NULL;
 }
@@ -208,6 +215,9 @@ void mg_ep_forward(mg_ep *x, int li, const mg_ref_cfg *rc, const float *xin, con
     for (int s = 0; s < kept; s++)
         memcpy(x->sbuf + (size_t)s * d, xin + (size_t)(rf->perm[s] / k) * d, sizeof(float) * (size_t)d);
     send_rows(x, rf, l);
+    /* the shared experts on this rank's tokens: where the GPU runs them while the rows travel
+     * (mg_gpu_ep.c); this exchange blocks, so here it is only the same order */
+    if (x->S) mg_ref_shared_forward(rc, xin, w, x->ysh);
     if (exchange(x, x->sbuf, l->send, x->rbuf, l->recv)) return;
     regroup_plan(x, l);
     gather_rows(x->rbuf, l->pos, l->R, d, l->xr);
@@ -222,7 +232,7 @@ void mg_ep_forward(mg_ep *x, int li, const mg_ref_cfg *rc, const float *xin, con
         mg_ref_forward_routed(&l->lc, l->xr, &lw, l->idx, &l->lf);
         scatter_rows(l->lf.y, l->pos, l->R, d, x->sbuf);
     }
-    /* results back, combined in j order */
+    /* results back, combined in j order, then the shared experts (mg_ref_forward's order) */
     size_t got[64];
     if (exchange(x, x->sbuf, l->recv, l->zs, got)) return;
     double *acc = ep_alloc((size_t)d, sizeof(double));
@@ -234,6 +244,8 @@ void mg_ep_forward(mg_ep *x, int li, const mg_ref_cfg *rc, const float *xin, con
             double wt = rf->topk_w[(size_t)t * k + j];
             for (int o = 0; o < d; o++) acc[o] += wt * l->zs[(size_t)s * d + o];
         }
+        if (x->S)
+            for (int o = 0; o < d; o++) acc[o] += x->ysh[(size_t)t * d + o];
         for (int o = 0; o < d; o++) y[(size_t)t * d + o] = (float)acc[o];
     }
     free(acc);
@@ -245,7 +257,8 @@ static void vadd(float *restrict y, const float *restrict v, long n)
 }
 
 void mg_ep_backward(mg_ep *x, int li, const mg_ref_cfg *rc, const float *xin, const mg_ref_weights *w,
-                    const mg_ref_fwd *rf, const float *dy, float *dx, float *g_router, float *g_up, float *g_dn)
+                    const mg_ref_fwd *rf, const float *dy, float *dx, float *g_router, float *g_up, float *g_dn,
+                    float *g_sup, float *g_sdn)
 {
     ep_layer *l = &x->ly[li];
     int T = rc->T, k = x->k, d = x->d, E = x->E;
@@ -276,6 +289,12 @@ void mg_ep_backward(mg_ep *x, int li, const mg_ref_cfg *rc, const float *xin, co
         mg_ref_grads_free(&lg);
         free(dz);
     }
+    /* the shared experts' backward on this rank's tokens, where the GPU runs it beside the return */
+    if (x->S) {
+        mg_ref_shared_backward(rc, xin, w, dy, x->dxsh, x->gsup, x->gsdn);
+        vadd(g_sup, x->gsup, (long)x->S * x->F2 * d);
+        vadd(g_sdn, x->gsdn, (long)x->S * d * x->ff);
+    }
     if (exchange(x, x->sbuf, l->recv, x->rbuf, got)) goto out;
     /* at the source: the router's part (with the group's aux/z statistics), then the experts' dx */
     mg_ref_cfg gc = *rc;
@@ -286,6 +305,7 @@ void mg_ep_backward(mg_ep *x, int li, const mg_ref_cfg *rc, const float *xin, co
     vadd(g_router, dwg, (long)E * d);
     free(dwg);
     for (int s = 0; s < rf->offsets[E]; s++) vadd(dx + (size_t)(rf->perm[s] / k) * d, x->rbuf + (size_t)s * d, d);
+    if (x->S) vadd(dx, x->dxsh, (long)T * d);
 out:
     free(dw);
 }

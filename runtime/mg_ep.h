@@ -19,16 +19,22 @@
  *   experts  the received rows, regrouped expert-major (source ranks in order inside an expert:
  *            the group's token order), run through the local experts as an mg_ref layer of
  *            E/P experts, k = 1, weight exactly 1 (zero router, renormalized);
+ *   shared   the shared experts (moe.shared_experts > 0) are replicated like the dense layers:
+ *            every rank runs them on its own T tokens (mg_ref_shared_forward, between the
+ *            dispatch and the exchange, the GPU's order: there they run while the rows travel);
  *   return   outputs go back on the reverse all_to_all_v; the source rank combines
- *            y[t] = Σ_j w[t,j]·z(t,j) in j order (fp64).
+ *            y[t] = Σ_j w[t,j]·z(t,j) in j order + the shared experts' output (fp64, one rounding).
  * Backward mirrors it: dw[t,j] = z·dy and dz = w·dy at the source; dz rows go to the owners,
- * which run the local experts' backward (weight grads of their experts, dx of the rows); dx rows
- * come back and are added to the router's dx (mg_ref_router_backward, with the group's stats).
+ * which run the local experts' backward (weight grads of their experts, dx of the rows); the
+ * shared experts' backward runs on every rank's own tokens before the return; dx rows come back
+ * and are added to the router's dx (mg_ref_router_backward, with the group's stats), then the
+ * shared experts' dx.
  *
  * Gradients: a rank's CE is seeded with 1/(A·N_global) (ctx.scale = 1/(A·world)), so the sum
  * over ranks of a replicated tensor's gradient is the one-rank gradient; an expert's gradient on
  * its owner already covers its group's tokens and is summed over the dp replicas only
- * (mg_cpu_tensor.expert). Not supported yet with ep > 1: shared experts (rejected at setup). */
+ * (mg_cpu_tensor.expert). The shared experts are not mg_cpu_tensor.expert: summed over every rank,
+ * kept whole in every shard, copied from group rank 0 into a checkpoint like any dense tensor. */
 #ifndef MG_EP_H
 #define MG_EP_H
 
@@ -50,7 +56,7 @@ typedef struct mg_par {
 
 /* The layout of rank `rank` of `world` for spec s: parallel.dp·parallel.ep when that is world;
  * with parallel.ep = 1 any world is data parallel (dp = world). Errors (one line, naming the
- * spec field): ep·dp ≠ world; with ep > 1 a batch not divisible by world or shared experts.
+ * spec field): ep·dp ≠ world; with ep > 1 a batch not divisible by world.
  * One process (world 1) always trains the whole model (dp = ep = 1), whatever the spec says. */
 int mg_par_make(const mg_spec *s, int rank, int world, mg_par *p, mg_err *err);
 
@@ -69,15 +75,17 @@ int mg_ep_error(const mg_ep *x, mg_err *err);
 const int *mg_ep_group_counts(const mg_ep *x, int layer);
 
 /* Forward of MoE layer `layer`: rc as for mg_ref (T = local tokens, E = all experts, the
- * coefficients as this rank's loss weight gives them), xin [T,d], w: the router and selection
- * bias in full, w_up/w_dn the local experts. Fills rf (routing, this rank's share of aux/z) and
+ * coefficients as this rank's loss weight gives them), xin [T,d], w: the router, selection
+ * bias and shared experts in full, w_up/w_dn the local experts. Fills rf (routing, this rank's share of aux/z) and
  * y [T,d]. Collective over the group. */
 void mg_ep_forward(mg_ep *x, int layer, const mg_ref_cfg *rc, const float *xin, const mg_ref_weights *w,
                    mg_ref_fwd *rf, float *y);
 /* Backward after mg_ep_forward on the same inputs: dx [T,d] written; the router's gradient
- * added into g_router [E,d], the local experts' into g_up [E/P,F2,d] and g_dn [E/P,d,ff]. */
+ * added into g_router [E,d], the local experts' into g_up [E/P,F2,d] and g_dn [E/P,d,ff], the
+ * shared experts' (rc->n_shared > 0; else NULL) into g_sup [S,F2,d] and g_sdn [S,d,ff]. */
 void mg_ep_backward(mg_ep *x, int layer, const mg_ref_cfg *rc, const float *xin, const mg_ref_weights *w,
-                    const mg_ref_fwd *rf, const float *dy, float *dx, float *g_router, float *g_up, float *g_dn);
+                    const mg_ref_fwd *rf, const float *dy, float *dx, float *g_router, float *g_up, float *g_dn,
+                    float *g_sup, float *g_sdn);
 
 /* The communicators of layout p out of the world's (collective; ep = 1: both NULL): ep_comm the
  * EP group (the world itself when dp = 1), replicas the ranks holding the same experts (one rank

@@ -386,6 +386,18 @@ static void ref_mlp_fwd(const mg_ref_model *m, const double *up, const double *d
     }
 }
 
+/* The shared experts on token t: y (d) += shared_s(x[t]) for s in order; sa [S,F2] and sh [S,ff]
+ * get the token's activations (backward needs them), zs (d) is scratch. */
+static void ref_shared_fwd(const mg_ref_model *m, int t, double *sa, double *sh, double *zs, double *y)
+{
+    long upsz = (long)m->F2 * m->c.d, dnsz = (long)m->c.d * m->c.ff;
+    for (int q = 0; q < m->S; q++) {
+        ref_mlp_fwd(m, m->ws_up + q * upsz, m->ws_dn + q * dnsz, m->x + (long)t * m->c.d, sa + (long)q * m->F2,
+                    sh + (long)q * m->c.ff, zs);
+        for (int o = 0; o < m->c.d; o++) y[o] += zs[o];
+    }
+}
+
 static void ref_experts_fwd(const mg_ref_model *m, mg_ref_state *st)
 {
     const mg_ref_cfg *c = &m->c;
@@ -408,12 +420,7 @@ static void ref_experts_fwd(const mg_ref_model *m, mg_ref_state *st)
             if (s < 0) continue;
             for (int o = 0; o < c->d; o++) y[o] += st->topk_w[tk] * st->z[(long)s * c->d + o];
         }
-        for (int q = 0; q < m->S; q++) {
-            long r = (long)t * m->S + q;
-            ref_mlp_fwd(m, m->ws_up + q * upsz, m->ws_dn + q * dnsz, m->x + (long)t * c->d,
-                        st->sa + r * m->F2, st->sh + r * c->ff, zs);
-            for (int o = 0; o < c->d; o++) y[o] += zs[o];
-        }
+        ref_shared_fwd(m, t, st->sa + (long)t * m->S * m->F2, st->sh + (long)t * m->S * c->ff, zs, y);
     }
     free(zs);
 }
@@ -469,6 +476,17 @@ static void ref_mlp_bwd(const mg_ref_model *m, const double *up, const double *d
         }
 }
 
+/* The shared experts' backward on token t (weight 1: dz = dy): adds into dws_up [S,F2,d],
+ * dws_dn [S,d,ff] and dxr (d); sa/sh as ref_shared_fwd left them, dh/da scratch. */
+static void ref_shared_bwd(const mg_ref_model *m, int t, const double *sa, const double *sh, const double *dyr,
+                           double *dws_up, double *dws_dn, double *dxr, double *dh, double *da)
+{
+    long upsz = (long)m->F2 * m->c.d, dnsz = (long)m->c.d * m->c.ff;
+    for (int q = 0; q < m->S; q++)
+        ref_mlp_bwd(m, m->ws_up + q * upsz, m->ws_dn + q * dnsz, m->x + (long)t * m->c.d, sa + (long)q * m->F2,
+                    sh + (long)q * m->c.ff, dyr, dws_up + q * upsz, dws_dn + q * dnsz, dxr, dh, da);
+}
+
 /* Routed experts: fills dw[t·k+j] = z·dy for kept slots (0 for dropped ones). */
 static void ref_experts_bwd(const mg_ref_model *m, const mg_ref_state *st, const double *dy,
                             mg_ref_dgrads *g, double *dw)
@@ -486,13 +504,8 @@ static void ref_experts_bwd(const mg_ref_model *m, const mg_ref_state *st, const
                     g->dw_up + e * upsz, g->dw_dn + e * dnsz, g->dx + (long)t * c->d, dh, da);
     }
     for (int t = 0; t < c->T; t++)
-        for (int q = 0; q < m->S; q++) {
-            long r = (long)t * m->S + q;
-            ref_mlp_bwd(m, m->ws_up + q * upsz, m->ws_dn + q * dnsz, m->x + (long)t * c->d,
-                        st->sa + r * m->F2, st->sh + r * c->ff, dy + (long)t * c->d,
-                        g->dws_up + q * upsz, g->dws_dn + q * dnsz, g->dx + (long)t * c->d,
-                        dh, da);
-        }
+        ref_shared_bwd(m, t, st->sa + (long)t * m->S * m->F2, st->sh + (long)t * m->S * c->ff, dy + (long)t * c->d,
+                       g->dws_up, g->dws_dn, g->dx + (long)t * c->d, dh, da);
     free(dz); free(dh); free(da);
 }
 
@@ -763,6 +776,61 @@ void mg_ref_router_backward(const mg_ref_cfg *c, const float *x, const mg_ref_we
     ref_d2f(dwg, dg.dwg, (long)c->E * c->d);
     mg_ref_dgrads_free(&dg);
     mg_ref_state_free(&st);
+    mg_ref_model_free(&m);
+}
+
+/* A model of the shared experts alone: x and ws_* in fp64, no router or routed experts (a shard's
+ * w_up holds only its own experts, so ref_model_from_float must not read E of them). */
+static void ref_shared_model(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, mg_ref_model *m,
+                             const char *fn)
+{
+    mg_ref_check_cfg(c, fn);
+    if (!x || !w || (c->n_shared && (!w->ws_up || !w->ws_dn)))
+        mg_ref_die("%s: x, w, w->ws_up and w->ws_dn must be non-NULL (n_shared = %d)", fn, c->n_shared);
+    memset(m, 0, sizeof *m);
+    m->c = *c;
+    m->F2 = mg_ref_f2(c);
+    m->S = c->n_shared;
+    m->x = ref_dalloc((long)c->T * c->d);
+    m->ws_up = ref_dalloc((long)m->S * m->F2 * c->d);
+    m->ws_dn = ref_dalloc((long)m->S * c->d * c->ff);
+    ref_f2d(m->x, x, (long)c->T * c->d);
+    ref_f2d(m->ws_up, w->ws_up, (long)m->S * m->F2 * c->d);
+    ref_f2d(m->ws_dn, w->ws_dn, (long)m->S * c->d * c->ff);
+}
+
+void mg_ref_shared_forward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, double *y)
+{
+    mg_ref_model m;
+    ref_shared_model(c, x, w, &m, "mg_ref_shared_forward");
+    double *sa = ref_dalloc((long)m.S * m.F2), *sh = ref_dalloc((long)m.S * c->ff), *zs = ref_dalloc(c->d);
+    memset(y, 0, sizeof(double) * (size_t)c->T * (size_t)c->d);
+    for (int t = 0; t < c->T; t++) ref_shared_fwd(&m, t, sa, sh, zs, y + (long)t * c->d);
+    free(sa); free(sh); free(zs);
+    mg_ref_model_free(&m);
+}
+
+void mg_ref_shared_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, const float *dy, float *dx,
+                            float *dws_up, float *dws_dn)
+{
+    mg_ref_model m;
+    ref_shared_model(c, x, w, &m, "mg_ref_shared_backward");
+    if (!dy || !dx || (m.S && (!dws_up || !dws_dn)))
+        mg_ref_die("mg_ref_shared_backward: dy, dx, dws_up and dws_dn must be non-NULL (n_shared = %d)", m.S);
+    long up = (long)m.S * m.F2 * c->d, dn = (long)m.S * c->d * c->ff;
+    double *sa = ref_dalloc((long)m.S * m.F2), *sh = ref_dalloc((long)m.S * c->ff), *zs = ref_dalloc(c->d);
+    double *ys = ref_dalloc(c->d), *dyr = ref_dalloc(c->d), *dxr = ref_dalloc(c->d), *dh = ref_dalloc(c->ff), *da = ref_dalloc(m.F2);
+    double *gup = ref_dalloc(up), *gdn = ref_dalloc(dn);
+    for (int t = 0; t < c->T; t++) {   /* the token's activations again, then its backward */
+        ref_shared_fwd(&m, t, sa, sh, zs, ys);   /* ys: the output, not needed */
+        ref_f2d(dyr, dy + (long)t * c->d, c->d);
+        memset(dxr, 0, sizeof(double) * (size_t)c->d);
+        ref_shared_bwd(&m, t, sa, sh, dyr, gup, gdn, dxr, dh, da);
+        ref_d2f(dx + (long)t * c->d, dxr, c->d);
+    }
+    ref_d2f(dws_up, gup, up);
+    ref_d2f(dws_dn, gdn, dn);
+    free(sa); free(sh); free(zs); free(ys); free(dyr); free(dxr); free(dh); free(da); free(gup); free(gdn);
     mg_ref_model_free(&m);
 }
 

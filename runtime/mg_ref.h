@@ -124,6 +124,15 @@ void mg_ref_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *
 void mg_ref_router_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, const mg_ref_fwd *f,
                             const double *dw, float *dx, float *dwg);
 
+/* The shared experts alone, for a layer whose routed experts run elsewhere (mg_ep: every rank runs
+ * them on its own tokens). Read c->T, d, ff, act, n_shared, x and w->ws_up/ws_dn only.
+ * Forward: y [T,d] = Σ_s shared_s(x[t]) in fp64, so that the caller adds it to the routed sum before
+ * the one rounding, as mg_ref_forward does. Backward (weight 1: dz = dy): dx [T,d] = the shared
+ * experts' share of dL/dx, dws_up [S,F2,d] and dws_dn [S,d,ff] written. */
+void mg_ref_shared_forward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, double *y);
+void mg_ref_shared_backward(const mg_ref_cfg *c, const float *x, const mg_ref_weights *w, const float *dy, float *dx,
+                            float *dws_up, float *dws_dn);
+
 /* Scalar helpers shared by tests (exact erf gelu, silu and their derivatives). */
 double mg_ref_act(int act, double v);
 double mg_ref_act_grad(int act, double v);

@@ -2,8 +2,10 @@
  * table and init, and two forked ranks (CPU comm, ep = 2) training specs/ci-cpu.lua for 5 steps
  * against one process on the same global batch: per-step loss, the first step's routing counts
  * (exact) and the final weights; then checkpoints written by the pair load into one process
- * bit for bit, and a one-process checkpoint loads into the shards bit for bit; and the trainer:
- * `moegen train --procs 2` with ep = 2, resumed across ep = 2 -> 1 and 1 -> 2, against one process. */
+ * bit for bit, and a one-process checkpoint loads into the shards bit for bit; all of it again
+ * with a shared expert (replicated, every rank on its own tokens); and the trainer:
+ * `moegen train --procs 2` with ep = 2, resumed across ep = 2 -> 1 and 1 -> 2, against one process
+ * (with and without a shared expert). */
 #include "mg_test.h"
 #include "mg_testproc.h"
 #include "mg_ckpt.h"
@@ -32,12 +34,15 @@
 #define LOSS_RTOL 1e-6
 #define PARAM_ATOL 1e-5
 
+static int g_shared;   /* moe.shared_experts of the specs load_spec gives (the forked ranks inherit it) */
+
 static mg_spec load_spec(int ep)
 {
     mg_spec s;
     mg_err err;
     if (mg_spec_load("specs/ci-cpu.lua", &s, &err)) fail_msg("%s", err.msg);
     s.parallel.ep = ep;
+    s.moe.shared_experts = g_shared;
     return s;
 }
 
@@ -165,9 +170,8 @@ static int rank_main(int fd, int r, shared *out)
     return 0;
 }
 
-static void test_ep_matches_one_rank(void **state)
+static void ep_matches_one_rank(void)
 {
-    (void)state;
     assert_int_equal(mg_test_tmpdir(g_tmp, sizeof g_tmp, "ep"), 0);
     char dir[600];
     snprintf(dir, sizeof dir, "%s/pair", g_tmp);
@@ -219,8 +223,8 @@ static void test_ep_matches_one_rank(void **state)
                 print_error("step %ld rank %d: loss %.10f, one process %.10f (rel %.2e)\n", k + 1, r, sh->loss[r][k],
                             loss[k], rel), bad++;
         }
-    printf("ep=2 vs one process: worst loss rel diff over %d steps %.2e (bound %.0e); max |param diff| %.2e, %.2e\n",
-           STEPS, worst, LOSS_RTOL, sh->max_param_diff[0], sh->max_param_diff[1]);
+    printf("ep=2%s vs one process: worst loss rel diff over %d steps %.2e (bound %.0e); max |param diff| %.2e, %.2e\n",
+           g_shared ? " (shared expert)" : "", STEPS, worst, LOSS_RTOL, sh->max_param_diff[0], sh->max_param_diff[1]);
     for (int e = 0; e < m.E; e++)
         for (int r = 0; r < W; r++)
             if (sh->counts[r][e] != counts[e])
@@ -250,10 +254,26 @@ static void test_ep_matches_one_rank(void **state)
     mg_test_rmtree(g_tmp);
 }
 
-/* The shard's table: its experts only, global names and init streams, every other tensor. */
-static void test_shard_table(void **state)
+static void test_ep_matches_one_rank(void **state)
 {
     (void)state;
+    g_shared = 0;
+    ep_matches_one_rank();
+}
+
+/* The shared expert is dense work every rank does on its own tokens: its gradient summed over the
+ * ranks, its weights in every shard and in the gathered checkpoint (2 -> 1) and loaded back (1 -> 2). */
+static void test_ep_shared_matches_one_rank(void **state)
+{
+    (void)state;
+    g_shared = 1;
+    ep_matches_one_rank();
+    g_shared = 0;
+}
+
+/* The shard's table: its experts only, global names and init streams, every other tensor. */
+static void shard_table(void)
+{
     mg_spec s = load_spec(2);
     mg_err err;
     mg_cpu_model full, sh;
@@ -277,6 +297,14 @@ static void test_shard_table(void **state)
     mg_cpu_model_free(&full);
 }
 
+/* ... and with a shared expert: whole in every shard (not an expert tensor), after the local experts. */
+static void test_shard_table(void **state)
+{
+    (void)state;
+    for (g_shared = 0; g_shared <= 1; g_shared++) shard_table();
+    g_shared = 0;
+}
+
 static void test_layout(void **state)
 {
     (void)state;
@@ -292,9 +320,8 @@ static void test_layout(void **state)
     s.train.batch = 6;
     assert_int_equal(mg_par_make(&s, 3, 4, &p, &err), MG_EUSER);
     mg_assert_contains(err.msg, "train.batch = 6: must be a multiple of the 4 ranks");
-    s.train.batch = 8, s.moe.shared_experts = 1;
-    assert_int_equal(mg_par_make(&s, 3, 4, &p, &err), MG_EUSER);
-    mg_assert_contains(err.msg, "moe.shared_experts = 1 with parallel.ep = 2: not supported yet");
+    s.train.batch = 8, s.moe.shared_experts = 1;   /* replicated, like the dense layers */
+    assert_int_equal(mg_par_make(&s, 3, 4, &p, &err), 0);
     s = load_spec(1);
     assert_int_equal(mg_par_make(&s, 2, 4, &p, &err), 0);   /* ep 1: data parallel over any world */
     assert_int_equal(p.dp, 4);
@@ -332,18 +359,19 @@ static int read_metrics(const char *run, double *loss, int n, char *load1, size_
 static const char cli_spec[] =
     "return { name = 'ep-cli', model = { vocab = 256, d_model = 32, n_layer = 2, n_head = 2, n_kv_head = 2,"
     " seq_len = 32, tie_embeddings = true, d_ff_dense = 64 }, moe = { experts = 4, top_k = 2, d_ff = 32,"
-    " every = 2, aux_loss = %s, z_loss = %s }, dtype = 'fp32', train = { data = '%s/corpus.txt',"
+    " every = 2, aux_loss = %s, z_loss = %s, shared_experts = %d }, dtype = 'fp32', train = { data = '%s/corpus.txt',"
     " batch = 4, lr = 1e-2, warmup = 2, steps = %d, eval_every = 100, eval_batches = 2, seed = 3 },"
     " parallel = { dp = %d, ep = %d } }\n";
 
-/* DIR/NAME.lua: the test model over DIR/corpus.txt with this layout, with or without aux/z losses. */
-static void write_spec(const char *dir, const char *name, int dp, int ep, int aux)
+/* DIR/NAME.lua: the test model over DIR/corpus.txt with this layout, with or without aux/z losses
+ * and a shared expert. */
+static void write_spec(const char *dir, const char *name, int dp, int ep, int aux, int shared)
 {
     char p[700];
     snprintf(p, sizeof p, "%s/%s.lua", dir, name);
     FILE *f = fopen(p, "w");
     assert_non_null(f);
-    fprintf(f, cli_spec, aux ? "0.01" : "0", aux ? "0.001" : "0", dir, CLI_STEPS, dp, ep);
+    fprintf(f, cli_spec, aux ? "0.01" : "0", aux ? "0.001" : "0", shared, dir, CLI_STEPS, dp, ep);
     fclose(f);
 }
 
@@ -358,8 +386,8 @@ static void test_cli_ep(void **state)
     FILE *f = fopen(p, "w");
     for (int i = 0; i < 400; i++) fprintf(f, "%d: the quick brown fox %s over the lazy dog.\n", i, i % 3 ? "jumps" : "leaps");
     fclose(f);
-    write_spec(t, "ep1", 1, 1, 1);
-    write_spec(t, "ep2", 1, 2, 1);
+    write_spec(t, "ep1", 1, 1, 1, 0);
+    write_spec(t, "ep2", 1, 2, 1, 0);
     mg_proc r;
     const char *M = mg_bin();
     mg_run(&r, "%s train %s/ep1.lua --run-dir %s/A -q", M, t, t);
@@ -388,8 +416,8 @@ static void test_cli_ep(void **state)
 
     /* dp = 2 × ep = 2 on 4 ranks: each expert's gradient summed over its 2 replicas. Without aux/z
      * losses (whose statistics count per EP group, i.e. per half batch here) = one process. */
-    write_spec(t, "noaux", 1, 1, 0);
-    write_spec(t, "dp2ep2", 2, 2, 0);
+    write_spec(t, "noaux", 1, 1, 0, 0);
+    write_spec(t, "dp2ep2", 2, 2, 0, 0);
     mg_run(&r, "%s train %s/noaux.lua --run-dir %s/N1 -q && %s train %s/dp2ep2.lua --procs 4 --timeout 30 --run-dir %s/N4 -q",
            M, t, t, M, t, t);
     if (r.code) fail_msg("%s", r.out);
@@ -401,6 +429,22 @@ static void test_cli_ep(void **state)
         if (!(fabs(lb[i] - la[i]) <= LOSS_RTOL * la[i]))
             print_error("no aux, step %d: one process %.10f, dp 2 x ep 2 %.10f\n", i + 1, la[i], lb[i]), bad++;
     assert_int_equal(bad, 0);
+
+    /* a shared expert: one process 7 steps = ep 2 for 5 steps, its checkpoint resumed on one process */
+    write_spec(t, "sh1", 1, 1, 1, 1);
+    write_spec(t, "sh2", 1, 2, 1, 1);
+    mg_run(&r, "%s train %s/sh1.lua --run-dir %s/S1 -q && %s train %s/sh2.lua --procs 2 --timeout 30 --run-dir %s/S2 "
+           "--steps 5 -q && %s train --resume %s/S2 %s/sh1.lua -q", M, t, t, M, t, t, M, t, t);
+    if (r.code) fail_msg("%s", r.out);
+    snprintf(p, sizeof p, "%s/S1", t);
+    assert_int_equal(read_metrics(p, la, CLI_STEPS, ka, sizeof ka), CLI_STEPS);
+    snprintf(p, sizeof p, "%s/S2", t);
+    assert_int_equal(read_metrics(p, lb, CLI_STEPS, kb, sizeof kb), CLI_STEPS);
+    for (int i = 0; i < CLI_STEPS; i++)
+        if (!(fabs(lb[i] - la[i]) <= LOSS_RTOL * la[i]))
+            print_error("shared expert, step %d: one process %.10f, ep2 then one %.10f\n", i + 1, la[i], lb[i]), bad++;
+    if (strcmp(ka, kb)) print_error("shared expert, step 1 loads: one process %s, ep=2 %s\n", ka, kb), bad++;
+    assert_int_equal(bad, 0);
     mg_test_rmtree(t);
 }
 
@@ -410,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_layout),
         cmocka_unit_test(test_shard_table),
         cmocka_unit_test(test_ep_matches_one_rank),
+        cmocka_unit_test(test_ep_shared_matches_one_rank),
         cmocka_unit_test(test_cli_ep),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
