@@ -153,8 +153,9 @@ typedef struct gpu_layer {
 struct mg_gpu_model {
     mg_cpu_model *h;
     mg_spec spec;
-    int bmax, T, d, V, ldV, L, qw, W3, E, esz, dtype, tied;
-    int Vp;                       /* vocabulary padded to a multiple of 64: the LM head GEMMs' dim (= ldV) */
+    int bmax, T, d, V, L, qw, W3, E, esz, dtype, tied;
+    int ldV;                      /* vocabulary padded to a multiple of 64: the logits' row stride and the
+                                   * LM head GEMMs' vocabulary dim (Vp below) */
     mg_lm *lm;
     mg_blas *blas;
     cudaStream_t st;
@@ -279,7 +280,7 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     mg_gpu_model *g = calloc(1, sizeof *g);
     if (!g) return mg_err_set(err, MG_EINTERNAL, "mg_gpu_create: out of memory");
     g->h = h, g->spec = h->spec, g->bmax = bmax, g->T = h->T, g->d = h->d, g->V = h->V, g->L = h->L, g->E = h->E;
-    g->Vp = g->ldV = (h->V + 63) / 64 * 64;
+    g->ldV = (h->V + 63) / 64 * 64;
     g->qw = h->H * h->hd, g->W3 = (h->H + 2 * h->Hkv) * h->hd;
     g->dtype = g->spec.dtype, g->esz = mg_dtype_size(g->spec.dtype);
     g->tied = g->spec.model.tie_embeddings;
@@ -340,8 +341,8 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     DALLOC(g->Vm, np * 4);
     if (g->dtype == MG_DTYPE_FP32) g->Wc = g->P;
     else DALLOC(g->Wc, np * g->esz);
-    DALLOC(g->Hc, (size_t)g->Vp * d * g->esz);
-    MG_CUDA_TRY(cudaMemset(g->Hc, 0, (size_t)g->Vp * d * g->esz), err);   /* the padding rows stay 0 */
+    DALLOC(g->Hc, (size_t)g->ldV * d * g->esz);
+    MG_CUDA_TRY(cudaMemset(g->Hc, 0, (size_t)g->ldV * d * g->esz), err);   /* the padding rows stay 0 */
     long gs = d;
     for (int i = 0; i < g->L; i++) if (g->ly[i].span_n > gs) gs = g->ly[i].span_n;
     DALLOC(g->Gs, gs * 4);
@@ -707,14 +708,14 @@ int mg_gpu_run(mg_gpu_model *g, const int32_t *tokens, int B, const mg_cpu_ctx *
         if ((rc = layer_fwd(g, i, B, c, p, slot, err))) return rc;
     float gscale = grad ? (float)(c->scale / N) : 0.f;
     if ((rc = mg_lm_norm_fwd(g->lm, g->st, g->X[g->L], NULL, NULL, WC(g, h->lnf), g->nf, g->rf, N, err)) ||
-        (rc = gemm(g, 0, 1, N, g->Vp, d, g->nf, d, g->Hc, d, 0.f, g->logits, g->ldV, 0, err)) ||
+        (rc = gemm(g, 0, 1, N, g->ldV, d, g->nf, d, g->Hc, d, 0.f, g->logits, g->ldV, 0, err)) ||
         (rc = mg_lm_xent(g->lm, g->st, g->logits, g->ldV, g->tgt, g->loss_row, stat, gscale, N, err)))
         return rc;
     if (!grad) return MG_OK;
 
     /* backward */
     int acc = slot > 0;
-    if ((rc = gemm(g, 0, 0, N, d, g->Vp, g->logits, g->ldV, g->Hc, d, 0.f, g->dn, d, 0, err)) ||
+    if ((rc = gemm(g, 0, 0, N, d, g->ldV, g->logits, g->ldV, g->Hc, d, 0.f, g->dn, d, 0, err)) ||
         (rc = gemm(g, 1, 0, g->V, d, N, g->logits, g->ldV, g->nf, d, acc ? 1.f : 0.f, g->G + head, d, 1, err)) ||
         (rc = norm_bwd(g, acc, g->dn, g->X[g->L], h->lnf, g->rf, NULL, g->dx, N, err)) ||
         (rc = dp_stage_done(g, MG_DP_STAGE_HEAD(g->L), err)))

@@ -85,17 +85,6 @@ template <int U> MG_DEV void xent_grad(float (&f)[U], int i, int tgt, float lse,
     }
 }
 
-/* Block max in a fixed order; every thread gets it. red: 32 floats of shared memory. */
-MG_DEV float xent_block_max(float v, float *red)
-{
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    v = mg_warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return mg_warp_max(lane < nw ? red[lane] : -mg_inf());
-}
-
 /* One row. U elements per access; the first KR units of each thread stay in registers. */
 template <int U, int KR> MG_DEV void xent_row(const lm_xent_params &p, int r, float *red)
 {
@@ -123,7 +112,7 @@ template <int U, int KR> MG_DEV void xent_row(const lm_xent_params &p, int r, fl
         xent_add(a, f);
     }
     /* the CTA: max, then each thread's sum rescaled to it and summed in a fixed order */
-    const float bm = xent_block_max(a.m, red);
+    const float bm = mg_block_max(a.m, red);
     const float s = mg_block_sum(a.m == -mg_inf() ? 0.0f : a.s * exp2f((a.m - bm) * XENT_L2E), red);
     const float lse = bm + logf(s), gs = p.grad_scale;
     if (t == 0) p.loss_row[r] = lse - xt;

@@ -360,6 +360,17 @@ MG_DEV float mg_block_sum(float v, float *scratch)
     return r;
 }
 
+/* Block max in a fixed order; every thread gets it (scratch: 32 floats, as mg_block_sum). */
+MG_DEV float mg_block_max(float v, float *scratch)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = mg_warp_max(v);
+    __syncthreads();                       /* scratch may still be read by a previous call */
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    return mg_warp_max(lane < nw ? scratch[lane] : -mg_inf());
+}
+
 /* ------------------------------------------------------------------ PTX wrappers */
 MG_DEV unsigned mg_smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
 
