@@ -30,6 +30,9 @@ typedef struct mg_comm_ops {
     /* NULL in the CPU backend: mg_comm_all_to_all_vk falls back to all_to_all_v + a check */
     int (*all_to_all_vk)(mg_comm *, const void *send, const size_t *send_counts, void *recv,
                          const size_t *recv_counts, mg_comm_dtype, mg_err *);
+    /* NULL in the CPU backend: mg_comm_all_to_all_vk_async runs the blocking call */
+    int (*all_to_all_vk_async)(mg_comm *, const void *send, const size_t *send_counts, void *recv,
+                               const size_t *recv_counts, mg_comm_dtype, void *stream, mg_err *);
 } mg_comm_ops;
 
 struct mg_comm {
@@ -74,6 +77,15 @@ static inline int mg_comm_all_to_all_vk(mg_comm *c, const void *send, const size
                             r, got[r], c->rank, recv_counts[r]);
     free(got);
     return rc;
+}
+/* mg_comm_all_to_all_vk enqueued on `stream` (a cudaStream_t, device buffers) without waiting
+ * (NCCL); mg_comm_wait(c, stream) waits for it. Backends without streams run it now, blocking. */
+static inline int mg_comm_all_to_all_vk_async(mg_comm *c, const void *send, const size_t *send_counts, void *recv,
+                                              const size_t *recv_counts, mg_comm_dtype t, void *stream, mg_err *err)
+{
+    if (c->ops->all_to_all_vk_async)
+        return c->ops->all_to_all_vk_async(c, send, send_counts, recv, recv_counts, t, stream, err);
+    return mg_comm_all_to_all_vk(c, send, send_counts, recv, recv_counts, t, err);
 }
 /* Enqueues the all-reduce on `stream` (a cudaStream_t, device buffers) and returns without waiting
  * (NCCL); mg_comm_wait(c, stream) waits for it. Backends without streams run it now, blocking. */

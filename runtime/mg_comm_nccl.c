@@ -203,10 +203,10 @@ static int data_comm(nccl_comm *c, mg_err *err)
     return nccl_wait_on(c, c->stream, 1, r == ncclSuccess ? g : r, "all-to-all warm-up", err);
 }
 
-/* One grouped round of sends and receives, then the wait (polling the data communicator's
- * errors as well when it is the blocking one). */
-static int nccl_send_recv(nccl_comm *c, const void *send, const size_t *send_counts, void *recv,
-                          const size_t *recv_counts, size_t es, mg_err *err)
+/* One grouped round of sends and receives enqueued on `stream` (polling the data communicator's
+ * errors as well when it is the blocking one); returns once NCCL has queued it. */
+static int nccl_send_recv_enqueue(nccl_comm *c, const void *send, const size_t *send_counts, void *recv,
+                                  const size_t *recv_counts, size_t es, cudaStream_t stream, mg_err *err)
 {
     int rc = data_comm(c, err);
     if (rc) return rc;
@@ -214,16 +214,24 @@ static int nccl_send_recv(nccl_comm *c, const void *send, const size_t *send_cou
     size_t so = 0, ro = 0;
     ncclResult_t r = ncclGroupStart();
     for (int j = 0; j < c->base.world && (r == ncclSuccess || r == ncclInProgress); j++) {
-        if (send_counts[j]) r = ncclSend((const char *)send + so * es, send_counts[j] * es, ncclUint8, j, nc, c->stream);
+        if (send_counts[j]) r = ncclSend((const char *)send + so * es, send_counts[j] * es, ncclUint8, j, nc, stream);
         if (recv_counts[j] && (r == ncclSuccess || r == ncclInProgress))
-            r = ncclRecv((char *)recv + ro * es, recv_counts[j] * es, ncclUint8, j, nc, c->stream);
+            r = ncclRecv((char *)recv + ro * es, recv_counts[j] * es, ncclUint8, j, nc, stream);
         so += send_counts[j];
         ro += recv_counts[j];
     }
     ncclResult_t g = ncclGroupEnd();
     if (r != ncclSuccess && r != ncclInProgress) g = r;
-    if (nc == c->nd && g == ncclSuccess) ncclCommGetAsyncError(c->nd, &g);   /* the stream wait below watches nc */
-    return nccl_wait(c, g, "all-to-all-v", err);
+    if (nc == c->nd && g == ncclSuccess) ncclCommGetAsyncError(c->nd, &g);   /* the stream wait watches nc */
+    return nccl_wait_on(c, stream, 0, g, "all-to-all-v", err);
+}
+
+/* The same, then the wait for the data. */
+static int nccl_send_recv(nccl_comm *c, const void *send, const size_t *send_counts, void *recv,
+                          const size_t *recv_counts, size_t es, mg_err *err)
+{
+    int rc = nccl_send_recv_enqueue(c, send, send_counts, recv, recv_counts, es, c->stream, err);
+    return rc ? rc : nccl_wait(c, ncclSuccess, "all-to-all-v", err);
 }
 
 static int nccl_all_to_all_v(mg_comm *b, const void *send, const size_t *send_counts, void *recv, size_t *recv_counts,
@@ -261,6 +269,15 @@ static int nccl_all_to_all_vk(mg_comm *b, const void *send, const size_t *send_c
     return nccl_send_recv((nccl_comm *)b, send, send_counts, recv, recv_counts, mg_comm_dtype_size(t), err);
 }
 
+/* Enqueued on the caller's stream (the GPU EP layer's own, so that NCCL's kernels start before the
+ * shared experts' GEMMs take the SMs); mg_comm_wait(b, stream) waits for it. */
+static int nccl_all_to_all_vk_async(mg_comm *b, const void *send, const size_t *send_counts, void *recv,
+                                    const size_t *recv_counts, mg_comm_dtype t, void *stream, mg_err *err)
+{
+    return nccl_send_recv_enqueue((nccl_comm *)b, send, send_counts, recv, recv_counts, mg_comm_dtype_size(t),
+                                  (cudaStream_t)stream, err);
+}
+
 static void nccl_close(mg_comm *b)
 {
     nccl_comm *c = (nccl_comm *)b;
@@ -283,7 +300,8 @@ static const mg_comm_ops nccl_ops = {.all_reduce = nccl_all_reduce, .reduce_scat
                                      .all_gather = nccl_all_gather, .all_to_all_v = nccl_all_to_all_v,
                                      .abort = nccl_abort, .close = nccl_close,
                                      .all_reduce_async = nccl_all_reduce_async, .wait = nccl_stream_wait,
-                                     .split = nccl_split, .all_to_all_vk = nccl_all_to_all_vk};
+                                     .split = nccl_split, .all_to_all_vk = nccl_all_to_all_vk,
+                                     .all_to_all_vk_async = nccl_all_to_all_vk_async};
 
 static nccl_comm *nccl_new(int rank, int world, cudaStream_t stream, double timeout_s, mg_err *err)
 {

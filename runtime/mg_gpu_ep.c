@@ -1,4 +1,5 @@
-/* mg_gpu_ep: expert parallelism in the GPU trainer (see mg_gpu_ep.h). Not yet run on a GPU. */
+/* mg_gpu_ep: expert parallelism in the GPU trainer (see mg_gpu_ep.h). The shared experts' overlap
+ * with the exchanges is not yet run on a GPU. */
 #include "mg_gpu_ep.h"
 #include "mg_dist.h"
 #include "mg_cuda.h"
@@ -35,7 +36,7 @@ typedef struct ep_layer {
 
 struct mg_gpu_ep {
     mg_comm *c;
-    int P, q, E, El, e0, k, d, ff, F2, esz, L;
+    int P, q, E, El, e0, k, d, ff, F2, S, esz, L;
     long Rmax;           /* rows a rank can receive: every group rank's N·k */
     const mg_cpu_model *h;
     ep_layer *ly;
@@ -47,12 +48,33 @@ struct mg_gpu_ep {
     int n_part;
     cudaLibrary_t lib;
     cudaKernel_t gather;
-    double a2a_s;        /* host time in the exchanges (count exchange + rows), since create */
+    double a2a_s;        /* host time in the row exchanges, since create */
+    /* shared experts (S > 0): their forward runs beside the dispatch, their backward beside the
+     * return of the dx rows (exchange); xs: the stream of those exchanges; ev_sh0/1 time the
+     * shared work; overlap 0: MOEGEN_EP_OVERLAP=0 */
+    cudaStream_t xs;
+    cudaEvent_t ev_sh0, ev_sh1;
+    int overlap;
+    double a2a_hidden_s; /* of a2a_s: the part during which the compute stream ran the shared experts */
 };
 
 static int dalloc(void **p, size_t bytes, mg_err *err)
 {
     MG_CUDA_TRY(cudaMalloc(p, bytes ? bytes : 16), err);
+    return MG_OK;
+}
+
+/* With shared experts: the exchanges' stream at the highest priority (NCCL's blocks are scheduled
+ * ahead of pending GEMM blocks) and the timing events; MOEGEN_EP_OVERLAP=0 turns the overlap off. */
+static int shared_setup(mg_gpu_ep *x, mg_err *err)
+{
+    int least = 0, greatest = 0;
+    MG_CUDA_TRY(cudaDeviceGetStreamPriorityRange(&least, &greatest), err);
+    MG_CUDA_TRY(cudaStreamCreateWithPriority(&x->xs, cudaStreamNonBlocking, greatest), err);
+    MG_CUDA_TRY(cudaEventCreate(&x->ev_sh0), err);
+    MG_CUDA_TRY(cudaEventCreate(&x->ev_sh1), err);
+    const char *v = getenv("MOEGEN_EP_OVERLAP");
+    x->overlap = !(v && !strcmp(v, "0"));
     return MG_OK;
 }
 
@@ -75,7 +97,7 @@ int mg_gpu_ep_create(mg_gpu_ep **out, mg_comm *c, const mg_cpu_model *h, int bma
     mg_gpu_ep *x = calloc(1, sizeof *x);
     if (!x) return mg_err_set(err, MG_EINTERNAL, "mg_gpu_ep_create: out of memory");
     x->c = c, x->h = h, x->P = h->ep, x->q = h->ep_rank, x->E = h->E, x->El = h->E_loc, x->e0 = h->e0, x->k = h->k;
-    x->d = h->d, x->ff = h->ff, x->F2 = h->F2, x->esz = esz, x->L = h->L;
+    x->d = h->d, x->ff = h->ff, x->F2 = h->F2, x->S = h->S, x->esz = esz, x->L = h->L;
     x->Rmax = (long)x->P * bmax * h->T * x->k;
     int rc = MG_OK;
     char arch[32];
@@ -117,6 +139,7 @@ int mg_gpu_ep_create(mg_gpu_ep **out, mg_comm *c, const mg_cpu_model *h, int bma
     if (!rc) rc = dalloc((void **)&x->part, (size_t)(x->n_part + 1) * LM_SUMSQ_BLOCKS * 4, err);
     if (!rc && cudaHostAlloc((void **)&x->hcnt, (size_t)x->E * sizeof(int), 0) != cudaSuccess)
         rc = mg_err_set(err, MG_EINTERNAL, "cudaHostAlloc failed");
+    if (!rc && x->S) rc = shared_setup(x, err);
     if (rc) {
         mg_gpu_ep_destroy(x);
         return rc;
@@ -126,6 +149,7 @@ int mg_gpu_ep_create(mg_gpu_ep **out, mg_comm *c, const mg_cpu_model *h, int bma
 }
 
 double mg_gpu_ep_a2a_seconds(const mg_gpu_ep *x) { return x ? x->a2a_s : 0; }
+double mg_gpu_ep_a2a_hidden_seconds(const mg_gpu_ep *x) { return x ? x->a2a_hidden_s : 0; }
 
 void mg_gpu_ep_destroy(mg_gpu_ep *x)
 {
@@ -140,6 +164,9 @@ void mg_gpu_ep_destroy(mg_gpu_ep *x)
     cudaFree(x->sbuf); cudaFree(x->rbuf); cudaFree(x->dz); cudaFree(x->da); cudaFree(x->z); cudaFree(x->dxe);
     cudaFree(x->part);
     if (x->hcnt) cudaFreeHost(x->hcnt);
+    if (x->ev_sh0) cudaEventDestroy(x->ev_sh0);
+    if (x->ev_sh1) cudaEventDestroy(x->ev_sh1);
+    if (x->xs) cudaStreamDestroy(x->xs);
     if (x->lib) cudaLibraryUnload(x->lib);
     free(x);
 }
@@ -150,23 +177,75 @@ void mg_gpu_ep_destroy(mg_gpu_ep *x)
 static const char *row(const void *p, long r, size_t rb) { return (const char *)p + (size_t)r * rb; }
 static char *wrow(void *p, long r, size_t rb) { return (char *)p + (size_t)r * rb; }
 
+/* The shared experts' forward (dy NULL) or backward, which runs beside an exchange. They read xin
+ * (and dy) and write only the shared experts' workspace and gradients, which no exchange touches. */
+typedef struct ep_shared {
+    mg_moe *ffn;
+    const mg_moe_weights *w;
+    const void *xin, *dy;
+    const mg_moe_grads *g;
+    int N;
+} ep_shared;
+
+/* Enqueues sh on the compute stream between ev_sh0 and ev_sh1 (its device time). */
+static int shared_run(mg_gpu_ep *x, cudaStream_t st, const ep_shared *sh, mg_err *err)
+{
+    MG_CUDA_TRY(cudaEventRecord(x->ev_sh0, st), err);
+    int rc = sh->dy ? mg_moe_shared_bwd(sh->ffn, st, sh->w, sh->xin, sh->dy, sh->g, sh->N, err)
+                    : mg_moe_shared_fwd(sh->ffn, st, sh->w, sh->xin, sh->N, err);
+    if (rc) return rc;
+    MG_CUDA_TRY(cudaEventRecord(x->ev_sh1, st), err);
+    return MG_OK;
+}
+
+/* Of an overlapped exchange that took dt host seconds, the part the compute stream spent on the
+ * shared experts: all of it if they still run, else their device time if shorter. */
+static int count_hidden(mg_gpu_ep *x, double dt, mg_err *err)
+{
+    double hid = dt;
+    cudaError_t q = cudaEventQuery(x->ev_sh1);
+    if (q == cudaSuccess) {
+        float ms = 0;
+        MG_CUDA_TRY(cudaEventElapsedTime(&ms, x->ev_sh0, x->ev_sh1), err);
+        if (ms * 1e-3 < hid) hid = ms * 1e-3;
+    } else if (q != cudaErrorNotReady) {
+        MG_CUDA_TRY(q, err);
+    }
+    x->a2a_hidden_s += hid;
+    return MG_OK;
+}
+
 /* rows[q] rows of rb bytes to each group rank (send, back to back) → recv, want[p] rows from
  * rank p: the per-expert count all-gather of the layer already told every rank what it receives,
  * so the exchange skips its own count round trip (mg_comm_all_to_all_vk). The compute stream is
- * synced first: send was written on it, and the all-to-all runs on the comm's stream, done when
- * it returns. */
+ * synced first (send was written on it), so the host time is the exchange's own; it is done when
+ * this returns.
+ * sh (non-NULL with shared experts): their work runs beside the exchange. The exchange is enqueued
+ * first, on the layer's own stream xs (non-blocking, high priority), so NCCL's kernels hold their
+ * SMs before the shared experts' GEMMs (a persistent Hopper GEMM grid takes every SM until it
+ * ends); then sh goes on the compute stream and the host waits for xs. MOEGEN_EP_OVERLAP=0 runs
+ * sh before the exchange instead (the same work in series: the A/B of the overlap). */
 static int exchange(mg_gpu_ep *x, cudaStream_t st, const void *send, const size_t *rows, void *recv, const size_t *want,
-                    size_t rb, mg_err *err)
+                    size_t rb, const ep_shared *sh, mg_err *err)
 {
     size_t sc[EP_MAX], rc[EP_MAX], total = 0;
     for (int p = 0; p < x->P; p++) sc[p] = rows[p] * rb, rc[p] = want[p] * rb, total += want[p];
     if (total > (size_t)x->Rmax)
         return mg_err_set(err, MG_EINTERNAL, "ep: rank %d would receive %zu rows, room for %ld", x->q, total, x->Rmax);
+    int r, beside = sh && x->S && x->overlap;
+    if (sh && x->S && !beside && (r = shared_run(x, st, sh, err))) return r;
     MG_CUDA_TRY(cudaStreamSynchronize(st), err);
-    double t0 = mg_dist_now();   /* the compute stream is idle: this is the exchange alone */
-    int r = mg_comm_all_to_all_vk(x->c, send, sc, recv, rc, MG_COMM_BYTE, err);
-    x->a2a_s += mg_dist_now() - t0;
-    return r;
+    double t0 = mg_dist_now();
+    if (!beside) {
+        r = mg_comm_all_to_all_vk(x->c, send, sc, recv, rc, MG_COMM_BYTE, err);
+    } else {
+        r = mg_comm_all_to_all_vk_async(x->c, send, sc, recv, rc, MG_COMM_BYTE, x->xs, err);
+        if (!r) r = shared_run(x, st, sh, err);
+        if (!r) r = mg_comm_wait(x->c, x->xs, err);
+    }
+    double dt = mg_dist_now() - t0;
+    x->a2a_s += dt;
+    return !r && beside ? count_hidden(x, dt, err) : r;
 }
 
 /* Arrival order (source p, then its rows for my experts in expert order) ↔ expert-major
@@ -241,7 +320,8 @@ int mg_gpu_ep_forward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const 
         dim3 grid = {(unsigned)(kept < 65535 ? kept : 65535), 1, 1}, blk = {words < 256 ? (unsigned)words : 256u, 1, 1};
         MG_CUDA_TRY(cudaLaunchKernel((const void *)x->gather, grid, blk, args, 0, st), err);
     }
-    if ((rc = exchange(x, st, x->sbuf, l->snd, x->rbuf, l->rcv, rbx, err)) ||
+    ep_shared sh = {ffn, w, xin, NULL, NULL, N};   /* the shared experts run while the rows travel */
+    if ((rc = exchange(x, st, x->sbuf, l->snd, x->rbuf, l->rcv, rbx, &sh, err)) ||
         (rc = regroup(x, l, st, x->rbuf, l->xr, rbx, 1, err)))
         return rc;
     /* the local experts */
@@ -261,9 +341,9 @@ int mg_gpu_ep_forward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const 
     void *dzs;
     mg_moe_ep_bufs(ffn, &zs, &dzs, &dxs);
     if ((rc = regroup(x, l, st, x->z, x->sbuf, rbz, 0, err)) ||
-        (rc = exchange(x, st, x->sbuf, l->rcv, zs, l->snd, rbz, err)))
+        (rc = exchange(x, st, x->sbuf, l->rcv, zs, l->snd, rbz, NULL, err)))
         return rc;
-    return mg_moe_combine(ffn, st, y, N, err);
+    return mg_moe_combine(ffn, st, y, N, err);   /* + the shared experts' z_sh */
 }
 
 int mg_gpu_ep_backward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const mg_moe_weights *w,
@@ -276,7 +356,7 @@ int mg_gpu_ep_backward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const
     void *dzs;
     mg_moe_ep_bufs(ffn, &zs, &dzs, &dxs);
     /* dz of the kept slots (slot order) out to the owners */
-    if ((rc = mg_moe_route_bwd(ffn, st, dy, N, err)) || (rc = exchange(x, st, dzs, l->snd, x->rbuf, l->rcv, rbx, err)) ||
+    if ((rc = mg_moe_route_bwd(ffn, st, dy, N, err)) || (rc = exchange(x, st, dzs, l->snd, x->rbuf, l->rcv, rbx, NULL, err)) ||
         (rc = regroup(x, l, st, x->rbuf, x->dz, rbx, 1, err)))
         return rc;
     for (int e = 0; e < El; e++) {
@@ -296,9 +376,11 @@ int mg_gpu_ep_backward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const
                                     wrow(x->da, f, (size_t)x->F2 * x->esz), x->dxe + (size_t)f * x->d, gu, gd, n, err)))
             return rc;
     }
-    /* dx rows back into the slot-order dxs; the router's part and the sum per token */
+    /* dx rows back into the slot-order dxs (the larger exchange, fp32: the shared experts' backward
+     * runs beside it); the router's part and the sum per token (+ the shared experts' dxs_sh) */
+    ep_shared sh = {ffn, w, xin, dy, g, N};
     if ((rc = regroup(x, l, st, x->dxe, x->sbuf, rbz, 0, err)) ||
-        (rc = exchange(x, st, x->sbuf, l->rcv, dxs, l->snd, rbz, err)))
+        (rc = exchange(x, st, x->sbuf, l->rcv, dxs, l->snd, rbz, &sh, err)))
         return rc;
     return mg_moe_router_dx(ffn, st, w, xin, dx, g->dwg, N, err);
 }

@@ -538,6 +538,7 @@ int mg_gpu_ep_attach(mg_gpu_model *g, mg_comm *ep_comm, mg_err *err)
 void mg_gpu_dp_arm(mg_gpu_model *g) { g->dp_armed = g->dp != NULL; }
 
 double mg_gpu_a2a_seconds(const mg_gpu_model *g) { return g->ep ? mg_gpu_ep_a2a_seconds(g->ep) : -1; }
+double mg_gpu_a2a_hidden_seconds(const mg_gpu_model *g) { return g->ep ? mg_gpu_ep_a2a_hidden_seconds(g->ep) : -1; }
 
 /* The backward of `stage` is enqueued: its buckets' all-reduce goes on cs behind an event, so it
  * runs while the compute stream goes on with the earlier layers. */

@@ -142,6 +142,9 @@ int mg_gpu_dp_attach(mg_gpu_model *g, const mg_dp *dp, mg_err *err);
 typedef struct mg_comm mg_comm;
 /* Host seconds in expert-parallel token exchanges so far (mg_gpu_ep_a2a_seconds); -1 without EP. */
 double mg_gpu_a2a_seconds(const mg_gpu_model *g);
+/* Of those, the seconds during which the compute stream ran the shared experts beside the exchange
+ * (mg_gpu_ep_a2a_hidden_seconds; 0 without shared experts); -1 without EP. */
+double mg_gpu_a2a_hidden_seconds(const mg_gpu_model *g);
 int mg_gpu_ep_attach(mg_gpu_model *g, mg_comm *ep_comm, mg_err *err);
 void mg_gpu_dp_arm(mg_gpu_model *g);
 /* After mg_cpu_model_update_bias on the host: the selection biases → device. */

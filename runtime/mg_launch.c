@@ -239,6 +239,23 @@ MG_LAUNCH_API int mg_launch_expert_fwd(const mg_launch *L, cudaStream_t stream, 
     return MG_LAUNCH_OK;
 }
 
+/* The shared experts on all T tokens: identity routing, one launch pair each, into ws->a_sh, h_sh
+ * (kept for backward) and z_sh (combine adds it). */
+MG_LAUNCH_API int mg_launch_shared_fwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                       const mg_launch_weights *w, const void *x, int T, char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    const int d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
+    int s, rc = mg_launch_check_T(ws, T, msg, n);
+    for (s = 0; s < m->S && !rc; s++)
+        rc = mg_launch_expert_fwd(L, stream, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
+                                  mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), x,
+                                  mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
+                                  mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), ws->z_sh + (size_t)s * T * d, T,
+                                  msg, n);
+    return rc;
+}
+
 /* y = Σ_j w·z over the kept slots (+ the shared experts' z). */
 MG_LAUNCH_API int mg_launch_combine(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream, void *y, int T,
                                     char *msg, size_t n)
@@ -253,9 +270,9 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
                                     const mg_launch_weights *w, const void *x, void *y, int T, char *msg, size_t n)
 {
     const mg_launch_dims *m = &L->dim;
-    int s, rc = mg_launch_route(L, ws, stream, w, x, T, msg, n);
+    int rc = mg_launch_route(L, ws, stream, w, x, T, msg, n);
     if (rc) return rc;
-    const int E = m->E, k = m->k, d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
+    const int E = m->E, k = m->k, d = m->d, f2 = m->f2;
     const int TK = T * k;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
     /* routed experts */
@@ -265,14 +282,7 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
         GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(f2, tu->bn), uf);
         GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(d, td->bn), df);
     }
-    /* shared experts: identity routing, one launch pair each */
-    for (s = 0; s < m->S; s++)
-        if ((rc = mg_launch_expert_fwd(L, stream, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
-                                       mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), x,
-                                       mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
-                                       mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), ws->z_sh + (size_t)s * T * d,
-                                       T, msg, n)))
-            return rc;
+    if ((rc = mg_launch_shared_fwd(L, ws, stream, w, x, T, msg, n))) return rc;
     return mg_launch_combine(L, ws, stream, y, T, msg, n);
 }
 
@@ -309,6 +319,34 @@ MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, 
     return MG_LAUNCH_OK;
 }
 
+static int mg_launch_check_shared(const mg_launch_dims *m, const mg_launch_weights *w, const mg_launch_grads *g,
+                                  char *msg, size_t n)
+{
+    if (!m->S || (g->dws_up && g->dws_dn && w->ws_up && w->ws_dn)) return MG_LAUNCH_OK;
+    if (msg && n) snprintf(msg, n, "backward: %d shared experts need ws_up/ws_dn and dws_up/dws_dn", m->S);
+    return MG_LAUNCH_EUSER;
+}
+
+/* The shared experts' backward on all T tokens (weight 1: dz = dy, identity rows): ws->dxs_sh
+ * (router_dx adds it), g->dws_up and g->dws_dn written; ws->da_sh is their scratch. */
+MG_LAUNCH_API int mg_launch_shared_bwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                       const mg_launch_weights *w, const void *x, const void *dy,
+                                       const mg_launch_grads *g, int T, char *msg, size_t n)
+{
+    const mg_launch_dims *m = &L->dim;
+    const int d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
+    int s, rc = mg_launch_check_T(ws, T, msg, n);
+    if (!rc) rc = mg_launch_check_shared(m, w, g, msg, n);
+    for (s = 0; s < m->S && !rc; s++)
+        rc = mg_launch_expert_bwd(L, stream, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
+                                  mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), x,
+                                  mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
+                                  mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), dy, ws->da_sh,
+                                  ws->dxs_sh + (size_t)s * T * d, g->dws_up + (size_t)s * f2 * d,
+                                  g->dws_dn + (size_t)s * d * ff, T, msg, n);
+    return rc;
+}
+
 /* Router weight gradient dwg, the router's dx, and dx = Σ over the kept slots of dxs + that. */
 MG_LAUNCH_API int mg_launch_router_dx(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                       const mg_launch_weights *w, const void *x, void *dx, float *dwg, int T,
@@ -331,15 +369,11 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
                                      const mg_launch_grads *g, int T, char *msg, size_t n)
 {
     const mg_launch_dims *m = &L->dim;
-    int s, rc = mg_launch_check_T(ws, T, msg, n);
-    if (rc) return rc;
-    const int E = m->E, k = m->k, d = m->d, ff = m->ff, f2 = m->f2, es = m->esz;
+    int rc = mg_launch_check_T(ws, T, msg, n);
+    if (rc || (rc = mg_launch_check_shared(m, w, g, msg, n))) return rc;
+    const int E = m->E, k = m->k, d = m->d, ff = m->ff, f2 = m->f2;
     const int TK = T * k;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
-    if (m->S && (!g->dws_up || !g->dws_dn || !w->ws_up || !w->ws_dn)) {
-        if (msg && n) snprintf(msg, n, "backward: %d shared experts need ws_up/ws_dn and dws_up/dws_dn", m->S);
-        return MG_LAUNCH_EUSER;
-    }
     if ((rc = mg_launch_route_bwd(L, ws, stream, dy, T, msg, n))) return rc;
     /* routed experts */
     {
@@ -352,15 +386,7 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
         GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(d, tu->bn), ud);
         GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), E, uw);
     }
-    /* shared experts: dz = dy (weight 1), identity rows */
-    for (s = 0; s < m->S; s++)
-        if ((rc = mg_launch_expert_bwd(L, stream, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
-                                       mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), x,
-                                       mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
-                                       mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), dy, ws->da_sh,
-                                       ws->dxs_sh + (size_t)s * T * d, g->dws_up + (size_t)s * f2 * d,
-                                       g->dws_dn + (size_t)s * d * ff, T, msg, n)))
-            return rc;
+    if ((rc = mg_launch_shared_bwd(L, ws, stream, w, x, dy, g, T, msg, n))) return rc;
     return mg_launch_router_dx(L, ws, stream, w, x, dx, g->dwg, T, msg, n);
 }
 #undef GEMM

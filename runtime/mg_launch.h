@@ -100,14 +100,22 @@ MG_LAUNCH_API int mg_launch_capacity(const mg_launch_dims *dim, int T);
 MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                     const mg_launch_weights *w, const void *x, void *y, int T, char *msg, size_t n);
 /* The phases of mg_launch_forward / mg_launch_backward (the same launches in the same order), for
- * expert parallelism: route (router, dispatch, losses) and combine on the tokens' rank, one expert's
- * MLP on R rows in order (the shared experts' launches) on the expert's owner; route_bwd (combine
- * and router backward: ws->dz per slot, dlogits), expert_bwd, router_dx (dwg, and dx from ws->dxs
- * of the kept slots plus the router's part). R >= 1. */
+ * expert parallelism: route (router, dispatch, losses), shared_fwd (the shared experts on all T
+ * tokens, into the workspace) and combine on the tokens' rank, one expert's MLP on R rows in order
+ * (the shared experts' launches) on the expert's owner; route_bwd (combine and router backward:
+ * ws->dz per slot, dlogits), expert_bwd, shared_bwd (ws->dxs_sh, g->dws_up/dws_dn), router_dx (dwg,
+ * and dx from ws->dxs of the kept slots plus the shared experts' and the router's part). R >= 1.
+ * The shared phases touch only the shared experts' buffers, so they may run while the routed rows
+ * are exchanged. */
 MG_LAUNCH_API int mg_launch_route(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                   const mg_launch_weights *w, const void *x, int T, char *msg, size_t n);
 MG_LAUNCH_API int mg_launch_expert_fwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
                                        const void *x, void *a, void *h, float *z, int R, char *msg, size_t n);
+MG_LAUNCH_API int mg_launch_shared_fwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                       const mg_launch_weights *w, const void *x, int T, char *msg, size_t n);
+MG_LAUNCH_API int mg_launch_shared_bwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
+                                       const mg_launch_weights *w, const void *x, const void *dy,
+                                       const mg_launch_grads *g, int T, char *msg, size_t n);
 MG_LAUNCH_API int mg_launch_combine(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream, void *y, int T,
                                     char *msg, size_t n);
 MG_LAUNCH_API int mg_launch_route_bwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream, const void *dy,

@@ -261,6 +261,20 @@ int mg_moe_route(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const 
     MG_MOE_RET(mg_launch_route(&m->L, &m->w, stream, &lw, x, T, msg_, sizeof msg_));
 }
 
+int mg_moe_shared_fwd(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, int T, mg_err *err)
+{
+    mg_launch_weights lw = launch_weights(w);
+    MG_MOE_RET(mg_launch_shared_fwd(&m->L, &m->w, stream, &lw, x, T, msg_, sizeof msg_));
+}
+
+int mg_moe_shared_bwd(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, const void *dy,
+                      const mg_moe_grads *g, int T, mg_err *err)
+{
+    mg_launch_weights lw = launch_weights(w);
+    mg_launch_grads lg = {g->dwg, g->dw_up, g->dw_dn, g->dws_up, g->dws_dn};
+    MG_MOE_RET(mg_launch_shared_bwd(&m->L, &m->w, stream, &lw, x, dy, &lg, T, msg_, sizeof msg_));
+}
+
 int mg_moe_combine(mg_moe *m, cudaStream_t stream, void *y, int T, mg_err *err)
 {
     MG_MOE_RET(mg_launch_combine(&m->L, &m->w, stream, y, T, msg_, sizeof msg_));

@@ -75,14 +75,18 @@ int mg_moe_forward(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, cons
 int mg_moe_backward(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x,
                     const void *dy, void *dx, const mg_moe_grads *g, int T, mg_err *err);
 
-/* Expert parallelism (runtime/mg_gpu_model.c): forward = route, [exchange: the kept rows go to
+/* Expert parallelism (runtime/mg_gpu_ep.c): forward = route, [exchange: the kept rows go to
  * their experts' owners, each runs mg_moe_expert_fwd per local expert, the outputs come back into
- * mg_moe_ep_bufs' z in slot order], combine; backward = route_bwd (dz of every kept slot, router
- * backward), [dz rows to the owners, mg_moe_expert_bwd, dx rows back into dxs in slot order],
- * router_dx (dwg, dx). The expert calls run expert e's MLP on R >= 1 rows taken in order (as the
+ * mg_moe_ep_bufs' z in slot order], shared_fwd, combine; backward = route_bwd (dz of every kept slot,
+ * router backward), [dz rows to the owners, mg_moe_expert_bwd, dx rows back into dxs in slot order],
+ * shared_bwd, router_dx (dwg, dx). The shared phases (no-ops without shared experts) read x / dy and
+ * write only the shared experts' workspace and g->dws_up/dws_dn, so they may run during an exchange. The expert calls run expert e's MLP on R >= 1 rows taken in order (as the
  * shared experts run): w_up [F2,d] / w_dn [d,ff] of one expert, x [R,d], a [R,F2], h [R,ff], dz
  * [R,d], da [R,F2] dtype; z, dx [R,d] fp32; g_up, g_dn written (fp32). */
 int mg_moe_route(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, int T, mg_err *err);
+int mg_moe_shared_fwd(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, int T, mg_err *err);
+int mg_moe_shared_bwd(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, const void *dy,
+                      const mg_moe_grads *g, int T, mg_err *err);
 int mg_moe_combine(mg_moe *m, cudaStream_t stream, void *y, int T, mg_err *err);
 int mg_moe_route_bwd(mg_moe *m, cudaStream_t stream, const void *dy, int T, mg_err *err);
 int mg_moe_router_dx(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, void *dx, float *dwg,

@@ -303,6 +303,7 @@ typedef struct step_stats {
     double loss, ce, aux, z, lr, gnorm;
     long tokens, dropped;
     double a2a_s;   /* GPU expert parallelism: seconds of the step in token exchanges; < 0: none */
+    double a2a_hidden_s;   /* of a2a_s, the seconds the shared experts ran beside the exchanges */
 } step_stats;
 
 /* Data parallel: the step's statistics summed over the ranks (a no-op on one process). */
@@ -454,7 +455,7 @@ static void write_metrics(run *r, long step, const step_stats *ss, double val, d
             "\"tok_per_s\": %.1f",
             step, ss->loss, ss->ce, ss->aux, ss->z, ss->lr, ss->gnorm, ss->tokens, r->st.tokens, ss->dropped, elapsed, tps);
     if (isfinite(val)) fprintf(r->metrics, ", \"val_loss\": %.17g, \"val_ppl\": %.17g", val, exp(val));
-    if (ss->a2a_s >= 0) fprintf(r->metrics, ", \"a2a_s\": %.6f", ss->a2a_s);
+    if (ss->a2a_s >= 0) fprintf(r->metrics, ", \"a2a_s\": %.6f, \"a2a_hidden_s\": %.6f", ss->a2a_s, ss->a2a_hidden_s);
     if (r->metrics_on) {
         double t0 = now_s();
         mg_metrics_end_step(&r->mx);
@@ -512,9 +513,10 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
     for (long s = r.st.step; s < r.stop && !rc; s++) {
         step_stats ss;
         mg_dist_alive();
-        double a2a0 = r.gpu ? mg_gpu_a2a_seconds(r.gpu) : -1;
+        double a2a0 = r.gpu ? mg_gpu_a2a_seconds(r.gpu) : -1, hid0 = r.gpu ? mg_gpu_a2a_hidden_seconds(r.gpu) : -1;
         if ((rc = r.gpu ? train_step_gpu(&r, s, tok, &ss, err) : train_step(&r, s, tok, &ss, err))) break;
         ss.a2a_s = a2a0 >= 0 ? mg_gpu_a2a_seconds(r.gpu) - a2a0 : -1;
+        ss.a2a_hidden_s = a2a0 >= 0 ? mg_gpu_a2a_hidden_seconds(r.gpu) - hid0 : -1;
         long done = s + 1;
         r.st.step = done;
         r.st.tokens += ss.tokens;
