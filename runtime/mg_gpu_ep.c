@@ -84,12 +84,6 @@ int mg_gpu_ep_create(mg_gpu_ep **out, mg_comm *c, const mg_cpu_model *h, int bma
     if (h->ep < 2 || !c || c->world != h->ep || c->rank != h->ep_rank || h->ep > EP_MAX)
         return mg_err_set(err, MG_EINTERNAL, "mg_gpu_ep_create: the comm (rank %d of %d) is not expert shard %d of %d",
                           c ? c->rank : -1, c ? c->world : 0, h->ep_rank, h->ep);
-    /* the CPU trainer runs shared experts under EP (tests/test_ep.c); the GPU path, with the
-     * shared experts beside the exchanges, is on branch ep-overlap until it has run on GPUs */
-    if (h->spec.moe.shared_experts > 0)
-        return mg_err_set(err, MG_EUSER, "%s: moe.shared_experts = %d with parallel.ep = %d: the GPU trainer does not run "
-                          "shared experts under expert parallelism yet (use ep = 1, or --device cpu)",
-                          h->spec.path, h->spec.moe.shared_experts, h->ep);
     int esz = mg_dtype_size(h->spec.dtype);
     if ((h->d * esz) % 16)
         return mg_err_set(err, MG_EUSER, "%s: model.d_model = %d: expert parallelism on the GPU moves rows in 16-byte "
