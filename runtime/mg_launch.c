@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ------------------------------------------------------------------ kernel table */
@@ -22,10 +23,75 @@ static const int mg_launch_gemm_layout[3][2] = {{1, 1}, {1, 0}, {0, 0}};   /* fw
 static int mg_launch_cdiv(long long a, long long b) { return (int)((a + b - 1) / b); }
 
 /* The Hopper GEMM path (mg_wgmma.cuh) for GEMM entry k with a family's tile; the device picks
- * it by block size. dgrad/wgrad only with MG_WG_BWD (moe_params.h). */
+ * it by block size (and mirrors these rules in MG_WG_ON). dgrad/wgrad only with wg_bwd. */
 static int mg_launch_wg(const mg_launch *L, const mg_launch_tile *t, int k)
 {
-    return L->wg && L->dim.esz == 2 && t->bm == 128 && (MG_WG_BWD || k == MG_K_UP_FWD || k == MG_K_DOWN_FWD);
+    return L->wg && L->dim.esz == 2 && t->bm == 128 && MG_WG_DIMS_OK(L->dim.d, L->dim.ff) &&
+           (L->wg_bwd || k == MG_K_UP_FWD || k == MG_K_DOWN_FWD);
+}
+
+/* ------------------------------------------------------------------ TMA tensor maps */
+/* cuda.h values: CU_TENSOR_MAP_DATA_TYPE_UINT16 (a bit copy, bf16 and fp16 alike),
+ * INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_L2_256B, FLOAT_OOB_FILL_NONE (zeros). */
+enum { MG_TM_UINT16 = 1, MG_TM_INTERLEAVE_NONE = 0, MG_TM_SWIZZLE_128B = 3, MG_TM_L2_256B = 3, MG_TM_FILL_ZERO = 0 };
+
+static mg_launch_tmap_encode_fn mg_launch_encoder(void)
+{
+    void *fn = NULL;
+    enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    mg_launch_tmap_encode_fn f;
+    memcpy(&f, &fn, sizeof f);   /* ISO C has no object-to-function pointer cast */
+    return f;
+}
+/* The map of a row-major 16-bit tensor [G][rows][cols] in 64 x 64 boxes with the 128-byte
+ * swizzle (the layout of templates/mg_wgmma.cuh's stages); reads past rows or cols (and
+ * past a group's rows) fill zeros. 1 on success. */
+static int mg_launch_tmap(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows, int G)
+{
+    const unsigned long long dims[3] = {(unsigned long long)cols, (unsigned long long)rows, (unsigned long long)G};
+    const unsigned long long strides[2] = {(unsigned long long)cols * 2, (unsigned long long)(cols * rows) * 2};
+    const unsigned box[3] = {64, 64, 1}, estr[3] = {1, 1, 1};
+    return base && L->tmap_encode(m, MG_TM_UINT16, 3, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
+                                  MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
+}
+/* The maps of each Hopper GEMM (the operands mg_wgmma.cuh's problem structs read by TMA).
+ * rows: slot rows of the per-slot tensors (T*k routed, T for identity routing). */
+static long long mg_tm_rows(const mg_launch *L, const int *offsets, int T)
+{
+    return offsets ? (long long)T * L->dim.k : T;
+}
+static int mg_tm_up_fwd(const mg_launch *L, moe_up_fwd_params *p)
+{
+    return mg_launch_tmap(L, &p->tm_b, p->w_up, L->dim.d, L->dim.f2, p->n_groups);
+}
+static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
+{
+    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1) &&
+           mg_launch_tmap(L, &p->tm_b, p->w_up, L->dim.d, L->dim.f2, p->n_groups);
+}
+static int mg_tm_up_wgrad(const mg_launch *L, moe_up_wgrad_params *p)
+{
+    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1);
+}
+static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
+{
+    return mg_launch_tmap(L, &p->tm_a, p->h, L->dim.ff, mg_tm_rows(L, p->offsets, p->T), 1) &&
+           mg_launch_tmap(L, &p->tm_b, p->w_dn, L->dim.ff, L->dim.d, p->n_groups);
+}
+static int mg_tm_down_dgrad(const mg_launch *L, moe_down_dgrad_params *p)
+{
+    return mg_launch_tmap(L, &p->tm_a, p->dz, L->dim.d, mg_tm_rows(L, p->offsets, p->T), 1) &&
+           mg_launch_tmap(L, &p->tm_b, p->w_dn, L->dim.ff, L->dim.d, p->n_groups);
+}
+static int mg_tm_down_wgrad(const mg_launch *L, moe_down_wgrad_params *p)
+{
+    return mg_launch_tmap(L, &p->tm_a, p->dz, L->dim.d, mg_tm_rows(L, p->offsets, p->T), 1) &&
+           mg_launch_tmap(L, &p->tm_b, p->h, L->dim.ff, mg_tm_rows(L, p->offsets, p->T), 1);
 }
 /* N of GEMM entry k (fwd, dgrad, wgrad of up, then down): sizes the Hopper tile. */
 static int mg_launch_gemm_n(const mg_launch_dims *m, int k)
@@ -46,11 +112,14 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
 {
     const mg_launch_dims d0 = *dim;   /* dim may point into L */
     const int wg = L->wg;
+    const char *env_bwd = getenv("MOEGEN_WG_BWD");
     int dev = 0, optin = 0, k;
     cudaError_t e;
     memset(L, 0, sizeof *L);
     L->dim = d0;
-    L->wg = wg;
+    L->tmap_encode = wg ? mg_launch_encoder() : NULL;
+    L->wg = wg && L->tmap_encode;   /* no encoder (driver older than 12.0): mma.sync */
+    L->wg_bwd = env_bwd && *env_bwd ? atoi(env_bwd) != 0 : MG_WG_BWD;
     dim = &L->dim;
     if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess ||
@@ -163,11 +232,24 @@ static int mg_launch_one(const mg_launch *L, int k, unsigned gx, unsigned gy, un
 #define LAUNCH(k, gx, gy, gz, block, smem, params) do { \
         int rc_ = mg_launch_one(L, (k), (gx), (gy), (gz), (block), (smem), stream, &(params), msg, n); \
         if (rc_) return rc_; } while (0)
-/* A grouped-GEMM launch: the mma.sync grid (gx, gy) x 32*warps, or on the Hopper path a
- * persistent grid of one 384-thread CTA per SM that walks the tiles itself. */
-#define GEMM(k, t, gx, gy, params) do { \
-        if (mg_launch_wg(L, (t), (k))) LAUNCH((k), (unsigned)L->nsm, 1, 1, MG_WG_THREADS, L->smem[k], params); \
-        else LAUNCH((k), (gx), (gy), 1, 32 * (t)->warps, L->smem[k], params); } while (0)
+/* GEMM params initializers end with this: the maps, filled per launch on the Hopper path. */
+#define MG_NO_TMAPS {{0}}, {{0}}
+
+static int mg_launch_tmap_fail(const mg_launch *L, int k, char *msg, size_t n)
+{
+    if (msg && n)
+        snprintf(msg, n, "%s: cannot encode a TMA tensor map (weights, workspace and dy must be 16-byte aligned)",
+                 L->sym[k]);
+    return MG_LAUNCH_EUSER;
+}
+/* A grouped-GEMM launch: the mma.sync grid (gx, gy) x 32*warps, or on the Hopper path (its
+ * tensor maps filled into params by maps(L, &params) first) a persistent grid of one
+ * 384-thread CTA per SM that walks the tiles itself. */
+#define GEMM(k, t, gx, gy, params, maps) do { \
+        if (mg_launch_wg(L, (t), (k))) { \
+            if (!maps(L, &(params))) return mg_launch_tmap_fail(L, (k), msg, n); \
+            LAUNCH((k), (unsigned)L->nsm, 1, 1, MG_WG_THREADS, L->smem[k], params); \
+        } else LAUNCH((k), (gx), (gy), 1, 32 * (t)->warps, L->smem[k], params); } while (0)
 
 static int mg_launch_check_T(const mg_launch_ws *ws, int T, char *msg, size_t n)
 {
@@ -232,10 +314,10 @@ MG_LAUNCH_API int mg_launch_expert_fwd(const mg_launch *L, cudaStream_t stream, 
 {
     const mg_launch_dims *m = &L->dim;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
-    moe_up_fwd_params su = {x, w_up, a, h, NULL, NULL, NULL, 1, R};
-    moe_down_fwd_params sd = {h, w_dn, z, NULL, NULL, 1, R};
-    GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(R, tu->bm), mg_launch_cdiv(m->f2, tu->bn), su);
-    GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(R, td->bm), mg_launch_cdiv(m->d, td->bn), sd);
+    moe_up_fwd_params su = {x, w_up, a, h, NULL, NULL, NULL, 1, R, MG_NO_TMAPS};
+    moe_down_fwd_params sd = {h, w_dn, z, NULL, NULL, 1, R, MG_NO_TMAPS};
+    GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(R, tu->bm), mg_launch_cdiv(m->f2, tu->bn), su, mg_tm_up_fwd);
+    GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(R, td->bm), mg_launch_cdiv(m->d, td->bn), sd, mg_tm_down_fwd);
     return MG_LAUNCH_OK;
 }
 
@@ -277,10 +359,10 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
     /* routed experts */
     {
-        moe_up_fwd_params uf = {x, w->w_up, ws->a, ws->h, ws->offsets, ws->tile_off_up, ws->perm, E, T};
-        moe_down_fwd_params df = {ws->h, w->w_dn, ws->z, ws->offsets, ws->tile_off_dn, E, T};
-        GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(f2, tu->bn), uf);
-        GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(d, td->bn), df);
+        moe_up_fwd_params uf = {x, w->w_up, ws->a, ws->h, ws->offsets, ws->tile_off_up, ws->perm, E, T, MG_NO_TMAPS};
+        moe_down_fwd_params df = {ws->h, w->w_dn, ws->z, ws->offsets, ws->tile_off_dn, E, T, MG_NO_TMAPS};
+        GEMM(MG_K_UP_FWD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(f2, tu->bn), uf, mg_tm_up_fwd);
+        GEMM(MG_K_DOWN_FWD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(d, td->bn), df, mg_tm_down_fwd);
     }
     if ((rc = mg_launch_shared_fwd(L, ws, stream, w, x, T, msg, n))) return rc;
     return mg_launch_combine(L, ws, stream, y, T, msg, n);
@@ -308,14 +390,14 @@ MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, 
     const mg_launch_dims *m = &L->dim;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
     const int d = m->d, ff = m->ff, f2 = m->f2;
-    moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R};
-    moe_down_wgrad_params sdw = {dz, h, g_dn, NULL, 1, R};
-    moe_up_dgrad_params sud = {da, w_up, dx, NULL, NULL, 1, R};
-    moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R};
-    GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(R, td->bm), mg_launch_cdiv(ff, td->bn), sdd);
-    GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, sdw);
-    GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(R, tu->bm), mg_launch_cdiv(d, tu->bn), sud);
-    GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), 1, suw);
+    moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R, MG_NO_TMAPS};
+    moe_down_wgrad_params sdw = {dz, h, g_dn, NULL, 1, R, MG_NO_TMAPS};
+    moe_up_dgrad_params sud = {da, w_up, dx, NULL, NULL, 1, R, MG_NO_TMAPS};
+    moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R, MG_NO_TMAPS};
+    GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(R, td->bm), mg_launch_cdiv(ff, td->bn), sdd, mg_tm_down_dgrad);
+    GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, sdw, mg_tm_down_wgrad);
+    GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(R, tu->bm), mg_launch_cdiv(d, tu->bn), sud, mg_tm_up_dgrad);
+    GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), 1, suw, mg_tm_up_wgrad);
     return MG_LAUNCH_OK;
 }
 
@@ -377,14 +459,14 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
     if ((rc = mg_launch_route_bwd(L, ws, stream, dy, T, msg, n))) return rc;
     /* routed experts */
     {
-        moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T};
-        moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T};
-        moe_up_dgrad_params ud = {ws->da, w->w_up, ws->dxs, ws->offsets, ws->tile_off_up, E, T};
-        moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T};
-        GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(ff, td->bn), dd);
-        GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), E, dw);
-        GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(d, tu->bn), ud);
-        GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), E, uw);
+        moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T, MG_NO_TMAPS};
+        moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T, MG_NO_TMAPS};
+        moe_up_dgrad_params ud = {ws->da, w->w_up, ws->dxs, ws->offsets, ws->tile_off_up, E, T, MG_NO_TMAPS};
+        moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T, MG_NO_TMAPS};
+        GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(ff, td->bn), dd, mg_tm_down_dgrad);
+        GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), E, dw, mg_tm_down_wgrad);
+        GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(d, tu->bn), ud, mg_tm_up_dgrad);
+        GEMM(MG_K_UP_WGRAD, tu, mg_launch_cdiv(f2, tu->bm) * mg_launch_cdiv(d, tu->bn), E, uw, mg_tm_up_wgrad);
     }
     if ((rc = mg_launch_shared_bwd(L, ws, stream, w, x, dy, g, T, msg, n))) return rc;
     return mg_launch_router_dx(L, ws, stream, w, x, dx, g->dwg, T, msg, n);

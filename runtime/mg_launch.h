@@ -43,6 +43,14 @@ enum {
 
 typedef struct mg_launch_tile { int bm, bn, bk, stages, warps; } mg_launch_tile;
 
+/* cuTensorMapEncodeTiled (driver API, CUDA 12.0+), reached through
+ * cudaGetDriverEntryPointByVersion: libcuda is never linked. Enums passed as int, values of
+ * cuda.h (mg_launch.c names the ones used). */
+typedef int (*mg_launch_tmap_encode_fn)(mg_tmap *map, int dtype, unsigned rank, void *base,
+                                        const unsigned long long *dims, const unsigned long long *strides,
+                                        const unsigned *box, const unsigned *elem_strides, int interleave,
+                                        int swizzle, int l2_promotion, int oob_fill);
+
 /* What the launches depend on: the spec's dims and the GEMM tiles of families up and down. */
 typedef struct mg_launch_dims {
     int d, ff, f2, E, k, S;   /* f2 = 2*ff for GLU activations, else ff; S = shared experts */
@@ -61,7 +69,11 @@ typedef struct mg_launch {
     int nsm;                   /* multiprocessors: the persistent grid of the Hopper GEMMs */
     int wg;                    /* set before mg_launch_load: 1 when the kernels were built for sm_90a,
                                   so GEMMs with 16-bit dtypes and bm 128 run the Hopper path
-                                  (templates/mg_wgmma.cuh); 0: mma.sync launches */
+                                  (templates/mg_wgmma.cuh); 0: mma.sync launches. mg_launch_load
+                                  clears it when the driver offers no tensor-map encoder */
+    int wg_bwd;                /* dgrad/wgrad on the Hopper path too: MG_WG_BWD, or env MOEGEN_WG_BWD=0|1 */
+    mg_launch_tmap_encode_fn tmap_encode;   /* the Hopper path's TMA maps, rebuilt at every launch
+                                  from that launch's pointers (host arithmetic, no device call) */
 } mg_launch;
 
 /* Device pointers into one workspace, carved for up to max_T tokens. */
@@ -96,7 +108,11 @@ MG_LAUNCH_API size_t mg_launch_carve(const mg_launch_dims *dim, int max_T, void 
 /* The capacity C for T tokens (ceil(cf·T·k/E)), or -1 when dropless. */
 MG_LAUNCH_API int mg_launch_capacity(const mg_launch_dims *dim, int T);
 
-/* y = layer(x) for T tokens (1 <= T <= ws->max_T); keeps in ws what backward needs. */
+/* y = layer(x) for T tokens (1 <= T <= ws->max_T); keeps in ws what backward needs.
+ * On the Hopper path the GEMM launches carry TMA tensor maps encoding this call's pointers
+ * (weights, workspace, dy) by value, like the pointers themselves: a captured CUDA graph
+ * replays them, so replays must use the same buffers (as for any captured launch). Weight
+ * and dy pointers must be 16-byte aligned there (else MG_LAUNCH_EUSER). */
 MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                     const mg_launch_weights *w, const void *x, void *y, int T, char *msg, size_t n);
 /* The phases of mg_launch_forward / mg_launch_backward (the same launches in the same order), for

@@ -27,7 +27,16 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_down_fwd_wg {
     static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false;
     const moe_down_fwd_params &p;
+    MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_rows<128>(dst, p.tm_a, k0, w.m0, 0, bar);
+    }
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_rows<BN>(dst, p.tm_b, k0, w.nt * BN, w.g, bar);
+    }
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
     {
@@ -64,7 +73,16 @@ struct moe_down_fwd_wg {
 struct moe_down_dgrad_wg {
     static constexpr int BN = MG_WG_BN(MG_FF), NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false;
     const moe_down_dgrad_params &p;
+    MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_rows<128>(dst, p.tm_a, k0, w.m0, 0, bar);
+    }
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_cols<BN>(dst, p.tm_b, w.nt * BN, k0, w.g, bar);
+    }
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
     {
@@ -110,7 +128,16 @@ struct moe_down_dgrad_wg {
 struct moe_down_wgrad_wg {
     static constexpr int BN = MG_WG_BN(MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true;
     const moe_down_wgrad_params &p;
+    MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_cols<128>(dst, p.tm_a, w.m0, k0, 0, bar);
+    }
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_cols<BN>(dst, p.tm_b, w.nt * BN, k0, 0, bar);
+    }
     MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
     MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }
     MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &w) const { return {(const mg_t *)p.dz, 0, MG_D, 0, 1, w.m0, MG_D}; }
@@ -135,7 +162,7 @@ struct moe_down_wgrad_wg {
  * (blocks past tile_off[E] exit), ceil(T/BM) for identity; y = ceil(d/BN). block 32*WARPS.
  * dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1). */
 extern "C" __global__ void MG_GEMM_BOUNDS
-/*$fwd*/moe_down_fwd(const moe_down_fwd_params p)
+/*$fwd*/moe_down_fwd(MG_GEMM_PARAM moe_down_fwd_params p)
 {
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
 #if MG_WG_ARCH
@@ -176,7 +203,7 @@ extern "C" __global__ void MG_GEMM_BOUNDS
  * grid: x as fwd, y = ceil(FF/BN). block 32*WARPS.
  * dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,0). */
 extern "C" __global__ void MG_GEMM_BOUNDS_BWD
-/*$dgrad*/moe_down_dgrad(const moe_down_dgrad_params p)
+/*$dgrad*/moe_down_dgrad(MG_GEMM_PARAM moe_down_dgrad_params p)
 {
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
 #if MG_WG_ARCH_BWD
@@ -224,7 +251,7 @@ extern "C" __global__ void MG_GEMM_BOUNDS_BWD
  * y = n_groups. block 32*WARPS. dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,0,0).
  * Empty groups write zeros. */
 extern "C" __global__ void MG_GEMM_BOUNDS_BWD
-/*$wgrad*/moe_down_wgrad(const moe_down_wgrad_params p)
+/*$wgrad*/moe_down_wgrad(MG_GEMM_PARAM moe_down_wgrad_params p)
 {
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
 #if MG_WG_ARCH_BWD

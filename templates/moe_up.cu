@@ -29,6 +29,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_up_fwd_wg {
     static constexpr int BN = MG_WG_BN(MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
     typedef mg_wg<mg_t, BN, true, true> G;
+    static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = false;   /* A: gathered x rows */
     const moe_up_fwd_params &p;
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
@@ -46,6 +47,13 @@ struct moe_up_fwd_wg {
     {
         int s = w.m0 + r;
         return s < w.m_end ? (long long)(p.perm ? p.perm[s] / MG_TOPK : s) * MG_D : -1;
+    }
+    MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
+    /* W_up[g] rows: the tile's HB gate rows (then, GLU, the matching HB up rows) */
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_rows<HB>(dst, p.tm_b, k0, w.nt * HB, w.g, bar);
+        if constexpr (MG_GLU) mg_tma_rows<HB>(dst + HB * 128, p.tm_b, k0, MG_FF + w.nt * HB, w.g, bar);
     }
     MG_DEV long long row_b(const mg_wtile &w, int n) const
     {
@@ -82,7 +90,16 @@ struct moe_up_fwd_wg {
 struct moe_up_dgrad_wg {
     static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false;
     const moe_up_dgrad_params &p;
+    MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_rows<128>(dst, p.tm_a, k0, w.m0, 0, bar);
+    }
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_cols<BN>(dst, p.tm_b, w.nt * BN, k0, w.g, bar);
+    }
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
     {
@@ -114,7 +131,13 @@ struct moe_up_dgrad_wg {
 struct moe_up_wgrad_wg {
     static constexpr int BN = MG_WG_BN(MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
+    static constexpr bool A_TMA = true, B_TMA = false, K_JAGGED = true;    /* B: gathered x rows */
     const moe_up_wgrad_params &p;
+    MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_cols<128>(dst, p.tm_a, w.m0, k0, 0, bar);
+    }
+    MG_DEV void tma_b(const mg_wtile &, int, unsigned, unsigned) const {}
     MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
     MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }
     MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &w) const { return {(const mg_t *)p.da, 0, MG_F2, 0, 1, w.m0, MG_F2}; }
@@ -140,7 +163,7 @@ struct moe_up_wgrad_wg {
  * MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1). For GLU, CTA column tile y covers h columns
  * [y*BN/2, (y+1)*BN/2) and loads the matching gate and up rows of W_up interleaved. */
 extern "C" __global__ void MG_GEMM_BOUNDS
-/*$fwd*/moe_up_fwd(const moe_up_fwd_params p)
+/*$fwd*/moe_up_fwd(MG_GEMM_PARAM moe_up_fwd_params p)
 {
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
 #if MG_WG_ARCH
@@ -204,7 +227,7 @@ extern "C" __global__ void MG_GEMM_BOUNDS
 /* dgrad: dxs[s, :] = da[s, :] · W_up[g]  (K = F2). grid: x as fwd, y = ceil(d/BN).
  * block 32*WARPS. dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,0). */
 extern "C" __global__ void MG_GEMM_BOUNDS_BWD
-/*$dgrad*/moe_up_dgrad(const moe_up_dgrad_params p)
+/*$dgrad*/moe_up_dgrad(MG_GEMM_PARAM moe_up_dgrad_params p)
 {
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
 #if MG_WG_ARCH_BWD
@@ -242,7 +265,7 @@ extern "C" __global__ void MG_GEMM_BOUNDS_BWD
  * y = n_groups. block 32*WARPS. dynamic smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,0,0).
  * Empty groups write zeros. */
 extern "C" __global__ void MG_GEMM_BOUNDS_BWD
-/*$wgrad*/moe_up_wgrad(const moe_up_wgrad_params p)
+/*$wgrad*/moe_up_wgrad(MG_GEMM_PARAM moe_up_wgrad_params p)
 {
     extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
 #if MG_WG_ARCH_BWD

@@ -61,11 +61,24 @@
  * depth; MG_WG_SMEM_BYTES: dynamic shared memory (1 KB alignment slack, the stages, full and
  * empty mbarriers, the producer's row tables). Host and device use these same macros. */
 #define MG_WG_THREADS 384
+/* Dims the Hopper path takes: tensor rows of 16-byte multiples (TMA global strides). */
+#define MG_WG_DIMS_OK(d, ff) ((d) % 8 == 0 && (ff) % 8 == 0)
+/* A TMA tensor map (CUtensorMap: 128 opaque bytes, 64-byte aligned), built on the host by
+ * runtime/mg_launch.c and read by the kernel from its __grid_constant__ parameter. GEMM
+ * parameter structs end with two (tm_a, tm_b: the A and B operands' tensors); zero when a
+ * launch takes the mma.sync path or the operand is gathered. */
+#ifdef __cplusplus
+#define MG_ALIGN64 alignas(64)
+#else
+#define MG_ALIGN64 _Alignas(64)
+#endif
+typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_BN
 #define MG_WG_BN(n) (0 * (n) + 128)   /* one width for now; n is the hook for a wider rule */
 #endif
-/* dgrad/wgrad on the Hopper path: correct (selftest) but slower than mma.sync while their
- * MN-contiguous operands move by per-thread cp.async (bench/NOTES.md, v1); off until TMA. */
+/* dgrad/wgrad on the Hopper path (host default; env MOEGEN_WG_BWD=0|1 overrides at load,
+ * runtime/mg_launch.c; the device carries both paths). Off: v1 (cp.async MN loads) was
+ * slower than mma.sync; v2 feeds them by TMA, not yet timed (bench/NOTES.md). */
 #ifndef MG_WG_BWD
 #define MG_WG_BWD 0
 #endif
@@ -159,6 +172,7 @@ typedef struct moe_up_fwd_params {
     void *h;                 /* [slots,FF] dtype activation */
     const int *offsets, *tile_off, *perm;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_up_fwd_params;
 
 typedef struct moe_up_dgrad_params {
@@ -167,6 +181,7 @@ typedef struct moe_up_dgrad_params {
     float *dxs;              /* [slots,d] per-slot dx */
     const int *offsets, *tile_off;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_up_dgrad_params;
 
 typedef struct moe_up_wgrad_params {
@@ -175,6 +190,7 @@ typedef struct moe_up_wgrad_params {
     float *dw_up;            /* [G,F2,d] (every group written, zeros for empty ones) */
     const int *offsets, *perm;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_up_wgrad_params;
 
 /* ---------------------------------------------------------------- down: h -> z */
@@ -184,6 +200,7 @@ typedef struct moe_down_fwd_params {
     float *z;                /* [slots,d] */
     const int *offsets, *tile_off;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_down_fwd_params;
 
 typedef struct moe_down_dgrad_params {
@@ -193,6 +210,7 @@ typedef struct moe_down_dgrad_params {
     void *da;                /* [slots,F2] dtype: dh * act'(a) */
     const int *offsets, *tile_off;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_down_dgrad_params;
 
 typedef struct moe_down_wgrad_params {
@@ -201,6 +219,7 @@ typedef struct moe_down_wgrad_params {
     float *dw_dn;            /* [G,d,FF] */
     const int *offsets;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_down_wgrad_params;
 
 /* ---------------------------------------------------------------- combine */

@@ -77,11 +77,24 @@ static constexpr int MG_BM = 0, MG_BN = 0, MG_BK = 0, MG_STAGES = 0, MG_WARPS = 
  * depth; MG_WG_SMEM_BYTES: dynamic shared memory (1 KB alignment slack, the stages, full and
  * empty mbarriers, the producer's row tables). Host and device use these same macros. */
 #define MG_WG_THREADS 384
+/* Dims the Hopper path takes: tensor rows of 16-byte multiples (TMA global strides). */
+#define MG_WG_DIMS_OK(d, ff) ((d) % 8 == 0 && (ff) % 8 == 0)
+/* A TMA tensor map (CUtensorMap: 128 opaque bytes, 64-byte aligned), built on the host by
+ * runtime/mg_launch.c and read by the kernel from its __grid_constant__ parameter. GEMM
+ * parameter structs end with two (tm_a, tm_b: the A and B operands' tensors); zero when a
+ * launch takes the mma.sync path or the operand is gathered. */
+#ifdef __cplusplus
+#define MG_ALIGN64 alignas(64)
+#else
+#define MG_ALIGN64 _Alignas(64)
+#endif
+typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_BN
 #define MG_WG_BN(n) (0 * (n) + 128)   /* one width for now; n is the hook for a wider rule */
 #endif
-/* dgrad/wgrad on the Hopper path: correct (selftest) but slower than mma.sync while their
- * MN-contiguous operands move by per-thread cp.async (bench/NOTES.md, v1); off until TMA. */
+/* dgrad/wgrad on the Hopper path (host default; env MOEGEN_WG_BWD=0|1 overrides at load,
+ * runtime/mg_launch.c; the device carries both paths). Off: v1 (cp.async MN loads) was
+ * slower than mma.sync; v2 feeds them by TMA, not yet timed (bench/NOTES.md). */
 #ifndef MG_WG_BWD
 #define MG_WG_BWD 0
 #endif
@@ -175,6 +188,7 @@ typedef struct moe_up_fwd_params {
     void *h;                 /* [slots,FF] dtype activation */
     const int *offsets, *tile_off, *perm;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_up_fwd_params;
 
 typedef struct moe_up_dgrad_params {
@@ -183,6 +197,7 @@ typedef struct moe_up_dgrad_params {
     float *dxs;              /* [slots,d] per-slot dx */
     const int *offsets, *tile_off;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_up_dgrad_params;
 
 typedef struct moe_up_wgrad_params {
@@ -191,6 +206,7 @@ typedef struct moe_up_wgrad_params {
     float *dw_up;            /* [G,F2,d] (every group written, zeros for empty ones) */
     const int *offsets, *perm;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_up_wgrad_params;
 
 /* ---------------------------------------------------------------- down: h -> z */
@@ -200,6 +216,7 @@ typedef struct moe_down_fwd_params {
     float *z;                /* [slots,d] */
     const int *offsets, *tile_off;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_down_fwd_params;
 
 typedef struct moe_down_dgrad_params {
@@ -209,6 +226,7 @@ typedef struct moe_down_dgrad_params {
     void *da;                /* [slots,F2] dtype: dh * act'(a) */
     const int *offsets, *tile_off;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_down_dgrad_params;
 
 typedef struct moe_down_wgrad_params {
@@ -217,6 +235,7 @@ typedef struct moe_down_wgrad_params {
     float *dw_dn;            /* [G,d,FF] */
     const int *offsets;
     int n_groups, T;
+    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
 } moe_down_wgrad_params;
 
 /* ---------------------------------------------------------------- combine */
@@ -679,9 +698,13 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
 #line 1 "templates/mg_wgmma.cuh"
 /* mg_wgmma: the Hopper (sm_90a) grouped-GEMM core of the up and down families.
  *
- * One CTA of three warpgroups per SM, persistent: warpgroup 0 produces (cp.async 16-byte
- * copies into 128-byte-swizzled stages, each completing on the stage's "full" mbarrier
- * through cp.async.mbarrier.arrive.noinc), warpgroups 1 and 2 consume (wgmma m64nBNk16,
+ * One CTA of three warpgroups per SM, persistent: warpgroup 0 produces, warpgroups 1 and 2
+ * consume. Plain 2-D operand tiles (weights, contiguous slot rows) arrive by TMA
+ * (cp.async.bulk.tensor, 64 x 64 boxes with the 128-byte swizzle, issued by one thread that
+ * sets the stage's expected bytes on its "full" mbarrier); gathered x rows, and the last
+ * K block of a weight-gradient group (which must stop at the group's end), arrive by 16-byte
+ * cp.async from the whole warpgroup, completing on the same barrier through
+ * cp.async.mbarrier.arrive. Consumers run wgmma m64nBNk16,
  * operands straight from shared memory, one wgmma group kept in flight, the stage released
  * on its "empty" mbarrier). setmaxnreg moves registers from the producer to the consumers.
  * Every role walks the same tile sequence t = blockIdx.x, +gridDim.x, ... and decodes t
@@ -694,13 +717,22 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
  *   MN-contiguous: [MN/64 blocks][64 k][64 mn], same swizzle per 128-byte k row.
  *     Descriptor: LBO = 8192 (next 64-wide MN block), SBO = 1024 (next 8 k rows),
  *     k16 step = +2048 bytes; wgmma's transpose bit set for that operand.
+ * A 64 x 64 TMA box lands in exactly these layouts (one 8 KB block: 64 rows of 128 bytes,
+ * chunk c of row r at c ^ (r & 7), stage bases 1 KB aligned), so a 128-wide operand is two
+ * boxes. The tensor maps (rank 3: columns, rows, groups; runtime/mg_launch.c builds them)
+ * travel in the kernel's parameter struct, a __grid_constant__ parameter.
  * Operands are described per tile by the kernel's problem struct (see moe_up.cu):
+ *   A_TMA / B_TMA (operand by TMA), K_JAGGED (K ranges end inside a tensor: the last partial
+ *   K block goes by cp.async), tma_a(w, k0, dst, bar) / tma_b(...) (issue the boxes),
  *   n_tiles(), tile(t, w), opnd_a(w) / opnd_b(w) (mg_opnd of mg_common.cuh: base, and for
  *   MN-contiguous operands ld, gather, gdiv, mn0, MN), row_a(w, r) / row_b(w, n) for
  *   K-contiguous operands (element offset of the row from base, -1 = zero row), and
  *   epilogue(w, acc) using mg_wg_foreach_pair / mg_wg_foreach_glu.
- * Everything out of range in K is zero-filled by the copies (wgrad K ranges end at a
- * group boundary inside a tensor), so rows of other groups never enter a sum.
+ * Everything out of range in K is zero-filled: by TMA past a tensor's (or, for weights, a
+ * group's) extent, by the masked cp.async of the jagged last block inside a tensor (wgrad
+ * K ranges end at a group boundary), so rows of other groups never enter a sum. Rows or
+ * columns past a tile's valid range (other groups' slots, n past N) may hold anything: they
+ * only reach accumulator rows/columns that the epilogue drops.
  *
  * Only compiled for sm_90a (MG_WG_ARCH); other targets keep mg_gemm's mma.sync path. */
 #ifndef MG_WGMMA_CUH
@@ -719,18 +751,22 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
 #else
 #define MG_GEMM_BOUNDS __launch_bounds__(MG_WARPS * 32)
 #endif
-/* dgrad and wgrad entries take the Hopper path only with MG_WG_BWD (moe_params.h). */
-#if MG_WG_ARCH && MG_WG_BWD
+/* dgrad and wgrad entries carry the Hopper path too; the host decides per launch
+ * (MG_WG_BWD, env MOEGEN_WG_BWD: runtime/mg_launch.c). */
 #define MG_GEMM_BOUNDS_BWD MG_GEMM_BOUNDS
-#define MG_WG_ARCH_BWD 1
+#define MG_WG_ARCH_BWD MG_WG_ARCH
+/* The GEMM entries' parameter: __grid_constant__ on sm_90a, so the tensor maps inside it
+ * are addressed in parameter space (TMA reads them there). */
+#if MG_WG_ARCH
+#define MG_GEMM_PARAM const __grid_constant__
 #else
-#define MG_GEMM_BOUNDS_BWD __launch_bounds__(MG_WARPS * 32)
-#define MG_WG_ARCH_BWD 0
+#define MG_GEMM_PARAM const
 #endif
 
 /* Hopper path for this source: sm_90a, 16-bit storage, the plan's BM = 128 (the dispatch
- * scan counts tiles of tile_m = BM). The host mirrors this rule (runtime/mg_moe.c). */
-static constexpr bool MG_WG_ON = MG_WG_ARCH && MG_DTYPE != 2 && MG_BM == 128;
+ * scan counts tiles of tile_m = BM), rows of 16-byte multiples (TMA strides). The host
+ * mirrors this rule (runtime/mg_launch.c, mg_launch_wg). */
+static constexpr bool MG_WG_ON = MG_WG_ARCH && MG_DTYPE != 2 && MG_BM == 128 && MG_WG_DIMS_OK(MG_D, MG_FF);
 
 /* One output tile of a persistent walk: group, first row (slot) and end of the group's
  * rows, n tile, and the K range [kb, ke). */
@@ -828,6 +864,23 @@ MG_DEV void mg_mbar_arrive(unsigned bar)
 MG_DEV void mg_mbar_arrive_cp_async(unsigned bar)
 {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
+}
+/* Arrives once this thread's cp.asyncs land, without counting as an expected arrival. */
+MG_DEV void mg_mbar_arrive_cp_async_inc(unsigned bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
+}
+/* Arrives and raises the phase's expected transaction bytes (TMA completes them). */
+MG_DEV void mg_mbar_arrive_tx(unsigned bar, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
+}
+/* One box of a rank-3 tensor map into shared memory, completing bytes on bar. */
+MG_DEV void mg_tma3(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, unsigned bar)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4}], [%5];\n"
+                 :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
 MG_DEV void mg_mbar_wait(unsigned bar, unsigned parity)
 {
@@ -982,6 +1035,19 @@ template <> struct mg_wgmma_op<256, mg_f16> {
     }
 };
 
+/* TMA boxes (64 x 64, 8 KB each) of one operand stage. K-contiguous: R rows from r0 at k0
+ * (row-major tensor [.., K]); MN-contiguous: R columns from c0 at k rows from k0. */
+template <int R> MG_DEV void mg_tma_rows(unsigned dst, const mg_tmap &m, int k0, int r0, int g, unsigned bar)
+{
+#pragma unroll
+    for (int i = 0; i < R / 64; i++) mg_tma3(dst + i * 8192, &m, k0, r0 + 64 * i, g, bar);
+}
+template <int R> MG_DEV void mg_tma_cols(unsigned dst, const mg_tmap &m, int c0, int k0, int g, unsigned bar)
+{
+#pragma unroll
+    for (int i = 0; i < R / 64; i++) mg_tma3(dst + i * 8192, &m, c0 + 64 * i, k0, g, bar);
+}
+
 /* ------------------------------------------------------------------ the core */
 template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr int BM = 128, BK = 64;
@@ -1026,6 +1092,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     template <class P> MG_DEV static void producer(const P &pb, unsigned sbase, unsigned full, unsigned empty,
                                                    long long *rowsA, long long *rowsB)
     {
+        constexpr bool ALL_TMA = P::A_TMA && P::B_TMA;
+        constexpr bool TABLE_A = A_KC && !P::A_TMA, TABLE_B = B_KC && !P::B_TMA;
+        constexpr unsigned TX = (P::A_TMA ? A_BYTES : 0) + (P::B_TMA ? B_BYTES : 0);
         const int ptid = threadIdx.x;       /* warpgroup 0 */
         const int n_tiles = pb.n_tiles();
         int s = 0;
@@ -1034,24 +1103,58 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             mg_wtile w;
             pb.tile(t, w);
             const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
-            if constexpr (A_KC || B_KC) {
+            if constexpr (TABLE_A || TABLE_B) {
                 mg_bar_named(1, 128);       /* everyone issued the last tile's copies */
-                if constexpr (A_KC)
+                if constexpr (TABLE_A)
                     for (int r = ptid; r < BM; r += 128) rowsA[r] = pb.row_a(w, r);
-                if constexpr (B_KC)
+                if constexpr (TABLE_B)
                     for (int r = ptid; r < BN; r += 128) rowsB[r] = pb.row_b(w, r);
                 mg_bar_named(1, 128);
             }
             const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
             for (int kt = 0; kt < nk; kt++) {
-                mg_mbar_wait(empty + 8 * s, ph ^ 1);
-                const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES;
+                const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
-                if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
-                else load_mn(sa, oa, BM, k0, w.ke, ptid);
-                if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
-                else load_mn(sb, ob, BN, k0, w.ke, ptid);
-                mg_mbar_arrive_cp_async(full + 8 * s);
+                /* jagged last block: the TMA operands go by masked cp.async too */
+                const bool jag = P::K_JAGGED && k0 + BK > w.ke;
+                if (ALL_TMA && !jag) {
+                    /* one thread: expected bytes, then the boxes (the others skip the stage:
+                     * the next jagged stage, which needs them, cannot fill before they come) */
+                    if (ptid == 0) {
+                        mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                        mg_mbar_arrive_tx(fb, TX);
+                        pb.tma_a(w, k0, sa, fb);
+                        pb.tma_b(w, k0, sb, fb);
+                    }
+                } else {
+                    mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                    if (ptid == 0 && !ALL_TMA) {
+                        if (TX && !jag) {
+                            mg_mbar_arrive_tx(fb, TX);
+                            if constexpr (P::A_TMA) pb.tma_a(w, k0, sa, fb);
+                            if constexpr (P::B_TMA) pb.tma_b(w, k0, sb, fb);
+                        } else {
+                            mg_mbar_arrive(fb);
+                        }
+                    }
+                    if (!P::A_TMA || jag) {
+                        if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
+                        else load_mn(sa, oa, BM, k0, w.ke, ptid);
+                    }
+                    if (!P::B_TMA || jag) {
+                        if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
+                        else load_mn(sb, ob, BN, k0, w.ke, ptid);
+                    }
+                    if constexpr (ALL_TMA) {
+                        /* count of 1: every thread's arrive is added to the phase first, then
+                         * thread 0's counted arrive (after all added theirs) */
+                        mg_mbar_arrive_cp_async_inc(fb);
+                        mg_bar_named(1, 128);
+                        if (ptid == 0) mg_mbar_arrive(fb);
+                    } else {
+                        mg_mbar_arrive_cp_async(fb);
+                    }
+                }
                 if (++s == STAGES) { s = 0; ph ^= 1; }
             }
         }
@@ -1107,9 +1210,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         const unsigned full = sbase + STAGES * STAGE_BYTES, empty = full + 8 * STAGES;
         long long *rowsA = (long long *)(smem + (sbase - raw) + STAGES * STAGE_BYTES + 16 * STAGES);
         long long *rowsB = rowsA + BM;
+        /* Producer arrivals a stage's full barrier expects: one (the TMA thread) when both
+         * operands come by TMA (a jagged cp.async block then adds counted-in arrivals), else
+         * one per producer thread (cp.async.mbarrier.arrive.noinc) plus the TMA thread's. */
+        constexpr unsigned FULL_COUNT = P::A_TMA && P::B_TMA ? 1 : 129;
         if (threadIdx.x == 0) {
             for (int i = 0; i < STAGES; i++) {
-                mg_mbar_init(full + 8 * i, 128);    /* one cp.async arrive per producer thread */
+                mg_mbar_init(full + 8 * i, FULL_COUNT);
                 mg_mbar_init(empty + 8 * i, 8);     /* one arrive per consumer warp */
             }
             mg_fence_mbar_init();
