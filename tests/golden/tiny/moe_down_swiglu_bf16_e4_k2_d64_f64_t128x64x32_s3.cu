@@ -1118,8 +1118,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 /* jagged last block: the TMA operands go by masked cp.async too */
                 const bool jag = P::K_JAGGED && k0 + BK > w.ke;
                 if (ALL_TMA && !jag) {
-                    /* one thread: expected bytes, then the boxes (the others skip the stage:
-                     * the next jagged stage, which needs them, cannot fill before they come) */
+                    /* one thread: expected bytes, then the boxes; the others skip the stage */
                     if (ptid == 0) {
                         mg_mbar_wait(empty + 8 * s, ph ^ 1);
                         mg_mbar_arrive_tx(fb, TX);
@@ -1127,7 +1126,18 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                         pb.tma_b(w, k0, sb, fb);
                     }
                 } else {
-                    mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                    if constexpr (ALL_TMA) {
+                        /* Jagged block, all other stages by TMA: only thread 0 has waited on
+                         * the empty barriers so far. The others skipped whole rounds and may
+                         * be any number of phases ahead, where a parity wait cannot tell
+                         * phase r-1 from r-3: it returned at once and their cp.asyncs
+                         * overwrote a stage still being read (the v2 dw_dn race). Thread 0
+                         * waits, in order, then releases them through the named barrier. */
+                        if (ptid == 0) mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                        mg_bar_named(1, 128);
+                    } else {
+                        mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                    }
                     if (ptid == 0 && !ALL_TMA) {
                         if (TX && !jag) {
                             mg_mbar_arrive_tx(fb, TX);
