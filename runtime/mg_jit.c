@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define MG_JIT_DEFAULT_ARCH "sm_90a"
-enum { MG_JIT_BASE_OPTS = 3, MG_JIT_ARCH_MAX = 32 };
+enum { MG_JIT_BASE_OPTS = 3, MG_JIT_ARCH_MAX = 32, MG_JIT_ENV_DEFS = 8 };
 
 /* ---------------------------------------------------------------------------------------
  * Small helpers */
@@ -64,6 +64,7 @@ void mg_nvrtc_version(char *buf, size_t n)
 
 typedef struct jit_opts {
     char arch_opt[64];
+    char env_defs[512];   /* MOEGEN_JIT_DEFINES, split in place */
     const char **v;   /* malloc'd; points at arch_opt, literals and the caller's extras */
     int n;            /* options that change the binary (the cache key covers these) */
     int n_all;        /* n plus --ptxas-options=-v, which only adds to the log */
@@ -76,13 +77,34 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
     if (strlen(arch) > MG_JIT_ARCH_MAX || !*arch)
         return mg_err_set(err, MG_EUSER, "jit: arch '%s': expected e.g. sm_90a", arch);
     snprintf(jo->arch_opt, sizeof jo->arch_opt, "--gpu-architecture=%s", arch);
-    jo->v = malloc(sizeof *jo->v * (size_t)(MG_JIT_BASE_OPTS + n_extra + 1));
+    jo->v = malloc(sizeof *jo->v * (size_t)(MG_JIT_BASE_OPTS + n_extra + MG_JIT_ENV_DEFS + 1));
     if (!jo->v) return mg_err_set(err, MG_EINTERNAL, "jit: out of memory");
     int k = 0;
     jo->v[k++] = jo->arch_opt;
     jo->v[k++] = "-std=c++17";
     jo->v[k++] = "-default-device";
     for (int i = 0; i < n_extra; i++) jo->v[k++] = o->extra[i];
+    /* Development hook: env MOEGEN_JIT_DEFINES="-DNAME=V ..." (up to 8 -D options) reaches
+     * every kernel, e.g. the Hopper GEMM's device knobs in templates/moe_params.h. They are
+     * options like the others, so the cache key covers them. */
+    const char *env = getenv("MOEGEN_JIT_DEFINES");
+    if (env && *env) {
+        if (strlen(env) >= sizeof jo->env_defs) {
+            free(jo->v);
+            return mg_err_set(err, MG_EUSER, "MOEGEN_JIT_DEFINES: longer than %zu characters",
+                              sizeof jo->env_defs - 1);
+        }
+        strcpy(jo->env_defs, env);
+        int nd = 0;
+        for (char *save = NULL, *tok = strtok_r(jo->env_defs, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+            if (strncmp(tok, "-D", 2) != 0 || !tok[2] || ++nd > MG_JIT_ENV_DEFS) {
+                free(jo->v);
+                return mg_err_set(err, MG_EUSER, "MOEGEN_JIT_DEFINES = '%s': expected up to %d -DNAME[=VALUE] words",
+                                  env, MG_JIT_ENV_DEFS);
+            }
+            jo->v[k++] = tok;
+        }
+    }
     jo->n = k;
     if (o && o->verbose_ptxas) jo->v[k++] = "--ptxas-options=-v";
     jo->n_all = k;
