@@ -99,6 +99,17 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_BWD 0
 #endif
 #define MG_WG_STAGES(bn) ((bn) == 256 ? 4 : 6)
+/* Device-only knobs of the Hopper core (set with NVRTC -D through env MOEGEN_JIT_DEFINES,
+ * runtime/mg_jit.c; the host's smem size stays that of MG_WG_STAGES, an upper bound):
+ * MG_WG_PINGPONG 1: each consumer warpgroup owns whole 128-row tiles in turn, so one's
+ * epilogue overlaps the other's main loop; 0: both split every tile (v1/v2).
+ * MG_WG_STAGES_DEV: fewer pipeline stages than MG_WG_STAGES (race hunting). */
+#ifndef MG_WG_PINGPONG
+#define MG_WG_PINGPONG 1
+#endif
+#ifndef MG_WG_STAGES_DEV
+#define MG_WG_STAGES_DEV 64
+#endif
 #define MG_WG_SMEM_BYTES(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
 
@@ -706,7 +717,10 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
  * cp.async from the whole warpgroup, completing on the same barrier through
  * cp.async.mbarrier.arrive. Consumers run wgmma m64nBNk16,
  * operands straight from shared memory, one wgmma group kept in flight, the stage released
- * on its "empty" mbarrier). setmaxnreg moves registers from the producer to the consumers.
+ * on its "empty" mbarrier once the group reading it is done (wait_group 1). By default
+ * (MG_WG_PINGPONG) the two consumers own alternate tiles, 128 rows each, so one's epilogue
+ * overlaps the other's main loop. setmaxnreg moves registers from the producer to the
+ * consumers.
  * Every role walks the same tile sequence t = blockIdx.x, +gridDim.x, ... and decodes t
  * into (group, m tile, n tile) from device-side offsets, so no host sync is needed.
  *
@@ -1051,7 +1065,8 @@ template <int R> MG_DEV void mg_tma_cols(unsigned dst, const mg_tmap &m, int c0,
 /* ------------------------------------------------------------------ the core */
 template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr int BM = 128, BK = 64;
-    static constexpr int STAGES = MG_WG_STAGES(BN);
+    static constexpr int STAGES = MG_WG_STAGES_DEV < MG_WG_STAGES(BN) ? MG_WG_STAGES_DEV : MG_WG_STAGES(BN);
+    static_assert(STAGES >= 2, "MG_WG_STAGES_DEV: at least 2 stages");
     static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
     static constexpr int NACC = BN / 2;              /* fp32 accumulators per consumer thread */
     static constexpr int SMEM_BYTES = MG_WG_SMEM_BYTES(BN);
@@ -1171,45 +1186,81 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         mg_cp_async_wait_all();
     }
 
+    /* Consumers. Cooperative (MG_WG_PINGPONG 0): both warpgroups work on every tile, 64
+     * rows each, and both run the epilogue at the same time, so the tensor cores idle during
+     * it. Ping-pong (1): tile j of the CTA's walk belongs to consumer j % 2, which computes
+     * all 128 rows (two m64 wgmmas per k16, 2 x NACC accumulators); while one runs its
+     * epilogue the other runs its main loop. The producer fills stages in tile order either
+     * way; a consumer steps its stage index and phase over the other's tiles. */
+    static constexpr bool PP = MG_WG_PINGPONG != 0;
+    static constexpr int MH = PP ? 2 : 1;            /* m64 halves per consumer */
+    static constexpr unsigned EMPTY_COUNT = PP ? 4 : 8;   /* one arrive per owning warp */
+
     template <class P> MG_DEV static void consumer(const P &pb, unsigned sbase, unsigned full, unsigned empty)
     {
+        constexpr bool ALL_TMA = P::A_TMA && P::B_TMA;
         const int c = threadIdx.x / 128 - 1, lane = threadIdx.x & 31;
         const int n_tiles = pb.n_tiles();
-        int s = 0;
+        int s = 0, j = 0;
         unsigned ph = 0;
-        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x, j++) {
             mg_wtile w;
             pb.tile(t, w);
-            float acc[NACC];
-#pragma unroll
-            for (int i = 0; i < NACC; i++) acc[i] = 0.0f;
-            mg_wg_fence_acc(acc);
             const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
+            if (PP && (j & 1) != c) {       /* the other consumer's tile: skip its stages */
+                s += nk;
+                ph ^= (unsigned)(s / STAGES) & 1u;
+                s %= STAGES;
+                continue;
+            }
+            float acc[MH][NACC];
+#pragma unroll
+            for (int h = 0; h < MH; h++) {
+#pragma unroll
+                for (int i = 0; i < NACC; i++) acc[h][i] = 0.0f;
+                mg_wg_fence_acc(acc[h]);
+            }
             int prev = -1;
             for (int kt = 0; kt < nk; kt++) {
                 mg_mbar_wait(full + 8 * s, ph);
-                mg_fence_proxy_async();
-                const unsigned sa = sbase + s * STAGE_BYTES + c * (64 * 128), sb = sbase + s * STAGE_BYTES + A_BYTES;
+                /* generic-proxy (cp.async) writes in this stage: order them before the
+                 * wgmma reads (async proxy); stages filled by TMA alone need no fence */
+                if (!ALL_TMA || (P::K_JAGGED && w.kb + kt * BK + BK > w.ke)) mg_fence_proxy_async();
+                const unsigned st = sbase + s * STAGE_BYTES, sb = st + A_BYTES;
                 mg_wgmma_fence();
 #pragma unroll
                 for (int kk = 0; kk < BK / 16; kk++) {
-                    unsigned long long da = A_KC ? mg_wg_desc(sa + kk * 32, 16, SW_SBO)
-                                                 : mg_wg_desc(sa + kk * 2048, MN_LBO, SW_SBO);
                     unsigned long long db = B_KC ? mg_wg_desc(sb + kk * 32, 16, SW_SBO)
                                                  : mg_wg_desc(sb + kk * 2048, MN_LBO, SW_SBO);
-                    mg_wgmma_op<BN, T>::template mma<A_KC ? 0 : 1, B_KC ? 0 : 1>(acc, da, db);
+#pragma unroll
+                    for (int h = 0; h < MH; h++) {
+                        /* rows 64h.. of the A stage: +8 KB in both layouts (K-contiguous: 64
+                         * rows of 128 B; MN-contiguous: the second 64-wide MN block) */
+                        const unsigned sa = st + (PP ? h : c) * (64 * 128);
+                        unsigned long long da = A_KC ? mg_wg_desc(sa + kk * 32, 16, SW_SBO)
+                                                     : mg_wg_desc(sa + kk * 2048, MN_LBO, SW_SBO);
+                        mg_wgmma_op<BN, T>::template mma<A_KC ? 0 : 1, B_KC ? 0 : 1>(acc[h], da, db);
+                    }
                 }
                 mg_wgmma_commit();
-                mg_wgmma_wait<1>();
-                mg_wg_fence_acc(acc);
-                if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);
+                mg_wgmma_wait<1>();         /* the previous k step's group is done ... */
+#pragma unroll
+                for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
+                if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);   /* ... so its stage is free */
                 prev = s;
                 if (++s == STAGES) { s = 0; ph ^= 1; }
             }
             mg_wgmma_wait<0>();
-            mg_wg_fence_acc(acc);
+#pragma unroll
+            for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
             if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);
-            pb.epilogue(w, acc);
+            /* the epilogue sees a 64-row tile starting at this half's first row */
+#pragma unroll
+            for (int h = 0; h < MH; h++) {
+                mg_wtile wh = w;
+                wh.m0 += 64 * (PP ? h : c);
+                pb.epilogue(wh, acc[h]);
+            }
         }
     }
 
@@ -1227,7 +1278,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         if (threadIdx.x == 0) {
             for (int i = 0; i < STAGES; i++) {
                 mg_mbar_init(full + 8 * i, FULL_COUNT);
-                mg_mbar_init(empty + 8 * i, 8);     /* one arrive per consumer warp */
+                mg_mbar_init(empty + 8 * i, EMPTY_COUNT);
             }
             mg_fence_mbar_init();
         }
@@ -1242,12 +1293,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     }
 };
 
-/* Accumulator walk of a consumer thread (m64nN layout): f(m, n, v0, v1) for the adjacent
- * columns n, n+1 of local row m of the 128 x BN tile. */
+/* Accumulator walk of a consumer thread over one m64nN accumulator: f(m, n, v0, v1) for the
+ * adjacent columns n, n+1 of row m in [0, 64) (the consumer passes the epilogue a tile whose
+ * m0 is that half's first row). */
 template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
 {
-    const int c = threadIdx.x / 128 - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-    const int m = c * 64 + warp * 16 + (lane >> 2), n = (lane & 3) * 2;
+    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const int m = warp * 16 + (lane >> 2), n = (lane & 3) * 2;
 #pragma unroll
     for (int j = 0; j < NACC / 4; j++)
 #pragma unroll
@@ -1257,8 +1309,8 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[N
  * f(m, hl, gate0, gate1, up0, up1) for h columns hl, hl+1 of the tile's BN/2. */
 template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NACC], F f)
 {
-    const int c = threadIdx.x / 128 - 1, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-    const int m = c * 64 + warp * 16 + (lane >> 2), n = (lane & 3) * 2;
+    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const int m = warp * 16 + (lane >> 2), n = (lane & 3) * 2;
     constexpr int HJ = NACC / 8;   /* 8-column blocks in the gate half */
 #pragma unroll
     for (int j = 0; j < HJ; j++)

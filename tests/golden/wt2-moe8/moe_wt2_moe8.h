@@ -83,6 +83,17 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_BWD 0
 #endif
 #define MG_WG_STAGES(bn) ((bn) == 256 ? 4 : 6)
+/* Device-only knobs of the Hopper core (set with NVRTC -D through env MOEGEN_JIT_DEFINES,
+ * runtime/mg_jit.c; the host's smem size stays that of MG_WG_STAGES, an upper bound):
+ * MG_WG_PINGPONG 1: each consumer warpgroup owns whole 128-row tiles in turn, so one's
+ * epilogue overlaps the other's main loop; 0: both split every tile (v1/v2).
+ * MG_WG_STAGES_DEV: fewer pipeline stages than MG_WG_STAGES (race hunting). */
+#ifndef MG_WG_PINGPONG
+#define MG_WG_PINGPONG 1
+#endif
+#ifndef MG_WG_STAGES_DEV
+#define MG_WG_STAGES_DEV 64
+#endif
 #define MG_WG_SMEM_BYTES(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
 
