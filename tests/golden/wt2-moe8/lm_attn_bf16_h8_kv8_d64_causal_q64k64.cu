@@ -909,6 +909,7 @@ MG_DEV void mg_fence_mbar_init() { asm volatile("fence.mbarrier_init.release.clu
 MG_DEV void mg_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 MG_DEV void mg_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 MG_DEV void mg_bar_named(unsigned id, unsigned n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); }
+MG_DEV void mg_bar_arrive(unsigned id, unsigned n) { asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(n) : "memory"); }
 MG_DEV void mg_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 MG_DEV void mg_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> MG_DEV void mg_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory"); }
@@ -1213,6 +1214,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 s %= STAGES;
                 continue;
             }
+            /* Ping-pong turns (named barriers 2, 3: consumer c waits on 2 + c). A consumer
+             * starts tile j's main loop only after the other one has issued all of tile
+             * j-1's: then every earlier round of each stage has been waited for, so the
+             * full barrier is at most one phase behind and the parity wait is exact (without
+             * the turns a consumer that skipped the other's tile could meet a barrier two
+             * phases behind and pass). */
+            if (PP && j > 0) mg_bar_named(2 + c, 256);
             float acc[MH][NACC];
 #pragma unroll
             for (int h = 0; h < MH; h++) {
@@ -1250,6 +1258,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 prev = s;
                 if (++s == STAGES) { s = 0; ph ^= 1; }
             }
+            if (PP && t + (int)gridDim.x < n_tiles) mg_bar_arrive(2 + (c ^ 1), 256);   /* its turn */
             mg_wgmma_wait<0>();
 #pragma unroll
             for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
