@@ -484,7 +484,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * all 128 rows (two m64 wgmmas per k16, 2 x NACC accumulators); while one runs its
      * epilogue the other runs its main loop. The producer fills stages in tile order either
      * way; a consumer steps its stage index and phase over the other's tiles. */
-    static constexpr bool PP = MG_WG_PINGPONG != 0;
+    static constexpr bool PP = MG_WG_PINGPONG != 0 && BN == 128;   /* 2 x 128 accumulators at BN 256: too many */
     static constexpr int MH = PP ? 2 : 1;            /* m64 halves per consumer */
     static constexpr unsigned EMPTY_COUNT = PP ? 4 : 8;   /* one arrive per owning warp */
 

@@ -89,8 +89,14 @@ static constexpr int MG_BM = 0, MG_BN = 0, MG_BK = 0, MG_STAGES = 0, MG_WARPS = 
 #define MG_ALIGN64 _Alignas(64)
 #endif
 typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
+/* MG_WG_BN_DEV 256 (device-only, NVRTC -D): 128 x 256 tiles (m64n256k16, 4 stages, the
+ * cooperative consumers) where n >= 256; fewer operand bytes per FLOP from L2 (bench/NOTES.md
+ * v3). The host's smem size covers both widths. */
+#ifndef MG_WG_BN_DEV
+#define MG_WG_BN_DEV 128
+#endif
 #ifndef MG_WG_BN
-#define MG_WG_BN(n) (0 * (n) + 128)   /* one width for now; n is the hook for a wider rule */
+#define MG_WG_BN(n) (MG_WG_BN_DEV == 256 && (n) >= 256 ? 256 : 128)
 #endif
 /* dgrad/wgrad on the Hopper path (host default; env MOEGEN_WG_BWD=0|1 overrides at load,
  * runtime/mg_launch.c; the device carries both paths). Off: v1 (cp.async MN loads) was
@@ -110,8 +116,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STAGES_DEV
 #define MG_WG_STAGES_DEV 64
 #endif
-#define MG_WG_SMEM_BYTES(bn) \
+#define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
+/* the larger of the two widths' needs (200,768 bytes), whatever the width */
+#define MG_WG_SMEM_BYTES(bn) \
+    (0 * (bn) + (MG_WG_SMEM_NEED(128) > MG_WG_SMEM_NEED(256) ? MG_WG_SMEM_NEED(128) : MG_WG_SMEM_NEED(256)))
 
 /* ---------------------------------------------------------------- router */
 typedef struct moe_router_fwd_params {
@@ -1193,7 +1202,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * all 128 rows (two m64 wgmmas per k16, 2 x NACC accumulators); while one runs its
      * epilogue the other runs its main loop. The producer fills stages in tile order either
      * way; a consumer steps its stage index and phase over the other's tiles. */
-    static constexpr bool PP = MG_WG_PINGPONG != 0;
+    static constexpr bool PP = MG_WG_PINGPONG != 0 && BN == 128;   /* 2 x 128 accumulators at BN 256: too many */
     static constexpr int MH = PP ? 2 : 1;            /* m64 halves per consumer */
     static constexpr unsigned EMPTY_COUNT = PP ? 4 : 8;   /* one arrive per owning warp */
 
