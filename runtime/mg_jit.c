@@ -77,7 +77,7 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
     if (strlen(arch) > MG_JIT_ARCH_MAX || !*arch)
         return mg_err_set(err, MG_EUSER, "jit: arch '%s': expected e.g. sm_90a", arch);
     snprintf(jo->arch_opt, sizeof jo->arch_opt, "--gpu-architecture=%s", arch);
-    jo->v = malloc(sizeof *jo->v * (size_t)(MG_JIT_BASE_OPTS + n_extra + MG_JIT_ENV_DEFS + 1));
+    jo->v = malloc(sizeof *jo->v * (size_t)(MG_JIT_BASE_OPTS + n_extra + MG_JIT_ENV_DEFS + 2));
     if (!jo->v) return mg_err_set(err, MG_EINTERNAL, "jit: out of memory");
     int k = 0;
     jo->v[k++] = jo->arch_opt;
@@ -105,6 +105,12 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
             jo->v[k++] = tok;
         }
     }
+    /* env MOEGEN_WG_BWD (the launcher's choice of the Hopper path for dgrad/wgrad,
+     * runtime/mg_launch.c) also picks what the bwd entries are compiled for: with the Hopper
+     * path they run under its (384, 1) launch bounds, which cost the mma.sync path half its
+     * occupancy (templates/mg_wgmma.cuh). Unset: the source's default, MG_WG_BWD. */
+    const char *bwd = getenv("MOEGEN_WG_BWD");
+    if (bwd && *bwd) jo->v[k++] = atoi(bwd) != 0 ? "-DMG_WG_BWD=1" : "-DMG_WG_BWD=0";
     jo->n = k;
     if (o && o->verbose_ptxas) jo->v[k++] = "--ptxas-options=-v";
     jo->n_all = k;

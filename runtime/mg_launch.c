@@ -130,22 +130,31 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
         snprintf(L->sym[k], sizeof L->sym[k], "%s_%s", fam_name[fam], mg_launch_defs[k].entry);
         if ((e = cudaLibraryGetKernel(&L->kern[k], lib[fam], L->sym[k])) != cudaSuccess)
             return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaLibraryGetKernel", L->sym[k], e);
-        if (k >= MG_K_UP_FWD && k <= MG_K_DOWN_WGRAD) {
-            const mg_launch_tile *t = k <= MG_K_UP_WGRAD ? &dim->up : &dim->dn;
-            const int *lay = mg_launch_gemm_layout[(k - MG_K_UP_FWD) % 3];
-            L->smem[k] = mg_launch_wg(L, t, k) ? (size_t)MG_WG_SMEM_BYTES(MG_WG_BN(mg_launch_gemm_n(dim, k)))
-                         : (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
-            if (L->smem[k] > (size_t)optin) {
-                if (msg && n)
-                    snprintf(msg, n, "%s needs %lu bytes of shared memory, the device allows %d: use a smaller "
-                             "tile (bk or stages)", L->sym[k], (unsigned long)L->smem[k], optin);
-                return MG_LAUNCH_EUSER;
-            }
-            if (L->smem[k] > 48 * 1024 &&
-                (e = cudaFuncSetAttribute((const void *)L->kern[k], cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          (int)L->smem[k])) != cudaSuccess)
-                return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaFuncSetAttribute", L->sym[k], e);
+    }
+    /* The bwd entries carry the Hopper path only when compiled with MG_WG_BWD = 1 (else
+     * mma.sync's launch bounds, below MG_WG_THREADS): take it only where they do. */
+    for (k = MG_K_UP_FWD; L->wg_bwd && k <= MG_K_DOWN_WGRAD; k++) {
+        struct cudaFuncAttributes fa;
+        if (k == MG_K_UP_FWD || k == MG_K_DOWN_FWD) continue;
+        if ((e = cudaFuncGetAttributes(&fa, (const void *)L->kern[k])) != cudaSuccess)
+            return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaFuncGetAttributes", L->sym[k], e);
+        if (fa.maxThreadsPerBlock < MG_WG_THREADS) L->wg_bwd = 0;
+    }
+    for (k = MG_K_UP_FWD; k <= MG_K_DOWN_WGRAD; k++) {
+        const mg_launch_tile *t = k <= MG_K_UP_WGRAD ? &dim->up : &dim->dn;
+        const int *lay = mg_launch_gemm_layout[(k - MG_K_UP_FWD) % 3];
+        L->smem[k] = mg_launch_wg(L, t, k) ? (size_t)MG_WG_SMEM_BYTES(MG_WG_BN(mg_launch_gemm_n(dim, k)))
+                     : (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
+        if (L->smem[k] > (size_t)optin) {
+            if (msg && n)
+                snprintf(msg, n, "%s needs %lu bytes of shared memory, the device allows %d: use a smaller "
+                         "tile (bk or stages)", L->sym[k], (unsigned long)L->smem[k], optin);
+            return MG_LAUNCH_EUSER;
         }
+        if (L->smem[k] > 48 * 1024 &&
+            (e = cudaFuncSetAttribute((const void *)L->kern[k], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)L->smem[k])) != cudaSuccess)
+            return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaFuncSetAttribute", L->sym[k], e);
     }
     return MG_LAUNCH_OK;
 }

@@ -56,10 +56,19 @@
 #else
 #define MG_GEMM_BOUNDS __launch_bounds__(MG_WARPS * 32)
 #endif
-/* dgrad and wgrad entries carry the Hopper path too; the host decides per launch
- * (MG_WG_BWD, env MOEGEN_WG_BWD: runtime/mg_launch.c). */
+/* dgrad and wgrad entries carry the Hopper path only when compiled with MG_WG_BWD = 1
+ * (runtime/mg_jit.c passes -DMG_WG_BWD from env MOEGEN_WG_BWD). Without it they keep
+ * mma.sync's own bounds: under (384, 1) the mma.sync bwd kernels take 168 registers instead
+ * of 118-128, i.e. one CTA per SM instead of two (v3 WG_BWD=0 bwd 7.38 ms against main's
+ * ~5.9 on bench-small, H100). The host takes the Hopper path for a bwd entry only when the
+ * kernel accepts MG_WG_THREADS threads (runtime/mg_launch.c). */
+#if MG_WG_ARCH && MG_WG_BWD
 #define MG_GEMM_BOUNDS_BWD MG_GEMM_BOUNDS
-#define MG_WG_ARCH_BWD MG_WG_ARCH
+#define MG_WG_ARCH_BWD 1
+#else
+#define MG_GEMM_BOUNDS_BWD __launch_bounds__(MG_WARPS * 32)
+#define MG_WG_ARCH_BWD 0
+#endif
 /* The GEMM entries' parameter: __grid_constant__ on sm_90a, so the tensor maps inside it
  * are addressed in parameter space (TMA reads them there). */
 #if MG_WG_ARCH

@@ -66,9 +66,10 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_BN
 #define MG_WG_BN(n) (MG_WG_BN_DEV == 256 && (n) >= 256 ? 256 : 128)
 #endif
-/* dgrad/wgrad on the Hopper path (host default; env MOEGEN_WG_BWD=0|1 overrides at load,
- * runtime/mg_launch.c; the device carries both paths). Off: v1 (cp.async MN loads) was
- * slower than mma.sync; v2 feeds them by TMA, not yet timed (bench/NOTES.md). */
+/* dgrad/wgrad on the Hopper path: the default of host and device; env MOEGEN_WG_BWD=0|1
+ * overrides both (runtime/mg_launch.c at load, runtime/mg_jit.c as -DMG_WG_BWD, since the
+ * bwd entries carry the Hopper path only when compiled with it). Off: v3's wgmma bwd is no
+ * faster than mma.sync yet (bench/NOTES.md). */
 #ifndef MG_WG_BWD
 #define MG_WG_BWD 0
 #endif

@@ -98,9 +98,10 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_BN
 #define MG_WG_BN(n) (MG_WG_BN_DEV == 256 && (n) >= 256 ? 256 : 128)
 #endif
-/* dgrad/wgrad on the Hopper path (host default; env MOEGEN_WG_BWD=0|1 overrides at load,
- * runtime/mg_launch.c; the device carries both paths). Off: v1 (cp.async MN loads) was
- * slower than mma.sync; v2 feeds them by TMA, not yet timed (bench/NOTES.md). */
+/* dgrad/wgrad on the Hopper path: the default of host and device; env MOEGEN_WG_BWD=0|1
+ * overrides both (runtime/mg_launch.c at load, runtime/mg_jit.c as -DMG_WG_BWD, since the
+ * bwd entries carry the Hopper path only when compiled with it). Off: v3's wgmma bwd is no
+ * faster than mma.sync yet (bench/NOTES.md). */
 #ifndef MG_WG_BWD
 #define MG_WG_BWD 0
 #endif
@@ -774,10 +775,19 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
 #else
 #define MG_GEMM_BOUNDS __launch_bounds__(MG_WARPS * 32)
 #endif
-/* dgrad and wgrad entries carry the Hopper path too; the host decides per launch
- * (MG_WG_BWD, env MOEGEN_WG_BWD: runtime/mg_launch.c). */
+/* dgrad and wgrad entries carry the Hopper path only when compiled with MG_WG_BWD = 1
+ * (runtime/mg_jit.c passes -DMG_WG_BWD from env MOEGEN_WG_BWD). Without it they keep
+ * mma.sync's own bounds: under (384, 1) the mma.sync bwd kernels take 168 registers instead
+ * of 118-128, i.e. one CTA per SM instead of two (v3 WG_BWD=0 bwd 7.38 ms against main's
+ * ~5.9 on bench-small, H100). The host takes the Hopper path for a bwd entry only when the
+ * kernel accepts MG_WG_THREADS threads (runtime/mg_launch.c). */
+#if MG_WG_ARCH && MG_WG_BWD
 #define MG_GEMM_BOUNDS_BWD MG_GEMM_BOUNDS
-#define MG_WG_ARCH_BWD MG_WG_ARCH
+#define MG_WG_ARCH_BWD 1
+#else
+#define MG_GEMM_BOUNDS_BWD __launch_bounds__(MG_WARPS * 32)
+#define MG_WG_ARCH_BWD 0
+#endif
 /* The GEMM entries' parameter: __grid_constant__ on sm_90a, so the tensor maps inside it
  * are addressed in parameter space (TMA reads them there). */
 #if MG_WG_ARCH
