@@ -85,6 +85,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STAGES_DEV
 #define MG_WG_STAGES_DEV 64
 #endif
+/* v4 fixes of the bwd kernels, each with its v3 behaviour behind 0 for A/B (bench/NOTES.md v3):
+ * MG_WG_MN_BATCH 1: MN-contiguous cp.async loads read their gather indices for the whole
+ * stage before issuing the copies (up wgrad's x). MG_WG_EPI_BATCH n: down dgrad's epilogue
+ * loads the pre-activations of n 8-column blocks (2n pairs: 4n loads in flight) before
+ * computing and storing them; 0 = one pair at a time (v3: 64 serialized load round trips a
+ * tile, since the stores to da may alias a). */
+#ifndef MG_WG_MN_BATCH
+#define MG_WG_MN_BATCH 1
+#endif
+#ifndef MG_WG_EPI_BATCH
+#define MG_WG_EPI_BATCH 4
+#endif
 #define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
 /* the larger of the two widths' needs (200,768 bytes), whatever the width */

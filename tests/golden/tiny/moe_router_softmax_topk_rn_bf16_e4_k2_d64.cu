@@ -117,6 +117,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STAGES_DEV
 #define MG_WG_STAGES_DEV 64
 #endif
+/* v4 fixes of the bwd kernels, each with its v3 behaviour behind 0 for A/B (bench/NOTES.md v3):
+ * MG_WG_MN_BATCH 1: MN-contiguous cp.async loads read their gather indices for the whole
+ * stage before issuing the copies (up wgrad's x). MG_WG_EPI_BATCH n: down dgrad's epilogue
+ * loads the pre-activations of n 8-column blocks (2n pairs: 4n loads in flight) before
+ * computing and storing them; 0 = one pair at a time (v3: 64 serialized load round trips a
+ * tile, since the stores to da may alias a). */
+#ifndef MG_WG_MN_BATCH
+#define MG_WG_MN_BATCH 1
+#endif
+#ifndef MG_WG_EPI_BATCH
+#define MG_WG_EPI_BATCH 4
+#endif
 #define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
 /* the larger of the two widths' needs (200,768 bytes), whatever the width */
@@ -1106,21 +1118,45 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             mg_cp_async16_u32(dst + r * 128 + ((kc ^ (r & 7)) << 4), ok ? (const void *)(base + ro + k) : (const void *)base, ok);
         }
     }
-    /* MN-contiguous: 64 k rows x R columns, k row -> memory row through the gather. */
-    MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int R, int k0, int ke, int ptid)
+    /* MN-contiguous: 64 k rows x R columns, k row -> memory row through the gather. Each
+     * thread copies R/16 chunks (one column chunk mc, k rows kr0 + 128/CPR * i). The gather
+     * reads (perm, a dependent global load per k row) go first, all of them, then the
+     * copies: cp.async's asm is a compiler memory barrier, so interleaved they serialize into
+     * R/16 load round trips per stage (up wgrad's B, v3: 8 a stage against ~512 tensor-core
+     * cycles of a 128 x 128 x 64 step). MG_WG_MN_BATCH 0: the v3 loop (A/B). */
+    template <int R> MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int k0, int ke, int ptid)
     {
-        const int CPR = R / 8;
-#pragma unroll 4
-        for (int c = ptid; c < 64 * CPR; c += 128) {
-            int kr = c / CPR, mc = c - kr * CPR;
-            int k = k0 + kr, mn = o.mn0 + mc * 8;
-            bool ok = k < ke && mn < o.MN;
-            const T *src = o.base;
-            if (ok) {
-                long long row = o.gather ? (long long)(o.gather[k] / o.gdiv) : (long long)k;
-                src = o.base + row * o.ld + mn;
+        constexpr int CPR = R / 8, NCH = 64 * CPR / 128, KSTEP = 128 / CPR;
+        static_assert(64 * CPR % 128 == 0 && 128 % CPR == 0, "load_mn: R in {128, 256}");
+        if constexpr (MG_WG_MN_BATCH != 0) {
+            const int kr0 = ptid / CPR, mc = ptid - kr0 * CPR, mn = o.mn0 + mc * 8;
+            const bool mn_ok = mn < o.MN;
+            int row[NCH];
+#pragma unroll
+            for (int i = 0; i < NCH; i++) {
+                const int k = k0 + kr0 + KSTEP * i;
+                row[i] = !mn_ok || k >= ke ? -1 : o.gather ? o.gather[k] / o.gdiv : k;
             }
-            mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src, ok);
+#pragma unroll
+            for (int i = 0; i < NCH; i++) {
+                const int kr = kr0 + KSTEP * i;
+                const T *src = row[i] >= 0 ? o.base + (long long)row[i] * o.ld + mn : o.base;
+                mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src,
+                                  row[i] >= 0);
+            }
+        } else {
+#pragma unroll 4
+            for (int c = ptid; c < 64 * CPR; c += 128) {
+                int kr = c / CPR, mc = c - kr * CPR;
+                int k = k0 + kr, mn = o.mn0 + mc * 8;
+                bool ok = k < ke && mn < o.MN;
+                const T *src = o.base;
+                if (ok) {
+                    long long row = o.gather ? (long long)(o.gather[k] / o.gdiv) : (long long)k;
+                    src = o.base + row * o.ld + mn;
+                }
+                mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src, ok);
+            }
         }
     }
 
@@ -1184,11 +1220,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     }
                     if (!P::A_TMA || jag) {
                         if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
-                        else load_mn(sa, oa, BM, k0, w.ke, ptid);
+                        else load_mn<BM>(sa, oa, k0, w.ke, ptid);
                     }
                     if (!P::B_TMA || jag) {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
-                        else load_mn(sb, ob, BN, k0, w.ke, ptid);
+                        else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {
                         /* count of 1: every thread's arrive is added to the phase first, then
@@ -1332,6 +1368,28 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[N
     for (int j = 0; j < NACC / 4; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) f(m + 8 * h, n + 8 * j, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+}
+/* mg_wg_foreach_pair in batches of NB 8-column blocks (2·NB pairs): ld(m, n, i) for every
+ * pair of a batch, then f(m, n, v0, v1, i), i = the pair's slot in the batch (0 .. 2·NB-1).
+ * For an epilogue that reads global memory: f's stores may alias the reads, so the compiler
+ * cannot hoist the next pair's reads above them; here 2·NB pairs' reads are in flight. */
+template <int NB, int NACC, class L, class F> MG_DEV void mg_wg_foreach_pair_batched(const float (&acc)[NACC], L ld, F f)
+{
+    static_assert(NB > 0 && (NACC / 4) % NB == 0, "batch must divide the 8-column blocks");
+    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    const int m = warp * 16 + (lane >> 2), n = (lane & 3) * 2;
+#pragma unroll
+    for (int j0 = 0; j0 < NACC / 4; j0 += NB) {
+#pragma unroll
+        for (int j = 0; j < NB; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) ld(m + 8 * h, n + 8 * (j0 + j), 2 * j + h);
+#pragma unroll
+        for (int j = 0; j < NB; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                f(m + 8 * h, n + 8 * (j0 + j), acc[4 * (j0 + j) + 2 * h], acc[4 * (j0 + j) + 2 * h + 1], 2 * j + h);
+    }
 }
 /* GLU tiles hold gate columns in [0, BN/2) and the matching up columns in [BN/2, BN):
  * f(m, hl, gate0, gate1, up0, up1) for h columns hl, hl+1 of the tile's BN/2. */
