@@ -100,10 +100,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 /* dgrad/wgrad on the Hopper path: the default of host and device; env MOEGEN_WG_BWD=0|1
  * overrides both (runtime/mg_launch.c at load, runtime/mg_jit.c as -DMG_WG_BWD, since the
- * bwd entries carry the Hopper path only when compiled with it). Off: v3's wgmma bwd is no
- * faster than mma.sync yet (bench/NOTES.md). */
+ * bwd entries carry the Hopper path only when compiled with it). On since v4: on an H100 the
+ * wgmma backward is 1.30x (small) and 1.37x (OLMoE) faster than mma.sync's
+ * (bench/results/2026-11-26-s4); 0 keeps the mma.sync backward on sm_90a. */
 #ifndef MG_WG_BWD
-#define MG_WG_BWD 0
+#define MG_WG_BWD 1
 #endif
 #define MG_WG_STAGES(bn) ((bn) == 256 ? 4 : 6)
 /* Device-only knobs of the Hopper core (set with NVRTC -D through env MOEGEN_JIT_DEFINES,
