@@ -89,11 +89,15 @@ static constexpr int MG_BM = 0, MG_BN = 0, MG_BK = 0, MG_STAGES = 0, MG_WARPS = 
 #define MG_ALIGN64 _Alignas(64)
 #endif
 typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
-/* MG_WG_BN_DEV 256 (device-only, NVRTC -D): 128 x 256 tiles (m64n256k16, 4 stages, the
- * cooperative consumers) where n >= 256; fewer operand bytes per FLOP from L2 (bench/NOTES.md
- * v3). The host's smem size covers both widths. */
+/* MG_WG_BN_DEV: the widest tile, 256 (m64n256k16, 4 stages, cooperative consumers: each
+ * consumer warpgroup takes 64 rows of a 128 x 256 tile) wherever n >= 256, else 128 x 128 with
+ * ping-pong consumers. 256 halves the B bytes per FLOP from L2, the fwd's limit at 128 x 128
+ * (ncu: L2 64-73% busy, SM 37%); on an H100 it took Mixtral's fwd+bwd from 65.2 to 46.3 ms
+ * and OLMoE's from 20.3 to 18.1 (bench/results/2026-11-26-s4, call 5). -DMG_WG_BN_DEV=128
+ * (NVRTC, through MOEGEN_JIT_DEFINES) restores 128-wide tiles on the device; the host's smem
+ * size covers both widths. */
 #ifndef MG_WG_BN_DEV
-#define MG_WG_BN_DEV 128
+#define MG_WG_BN_DEV 256
 #endif
 #ifndef MG_WG_BN
 #define MG_WG_BN(n) (MG_WG_BN_DEV == 256 && (n) >= 256 ? 256 : 128)
