@@ -348,12 +348,19 @@ MG_LAUNCH_API int mg_launch_shared_fwd(const mg_launch *L, const mg_launch_ws *w
 }
 
 /* y = Σ_j w·z over the kept slots (+ the shared experts' z). */
+/* The combine kernels' block: one thread per 8 columns of a row, at most 256 (moe_combine.cu). */
+static int mg_combine_threads(int d)
+{
+    const int ch = d / 8, w = (ch + 31) / 32 * 32;
+    return w < 256 ? w : 256;
+}
+
 MG_LAUNCH_API int mg_launch_combine(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream, void *y, int T,
                                     char *msg, size_t n)
 {
     const mg_launch_dims *m = &L->dim;
     moe_combine_fwd_params cf = {ws->z, ws->slot_of, ws->topk_w, m->S ? ws->z_sh : NULL, m->S, y, T};
-    LAUNCH(MG_K_COMBINE_FWD, T, 1, 1, 256, 0, cf);
+    LAUNCH(MG_K_COMBINE_FWD, T, 1, 1, mg_combine_threads(m->d), 0, cf);
     return MG_LAUNCH_OK;
 }
 
@@ -385,7 +392,7 @@ MG_LAUNCH_API int mg_launch_route_bwd(const mg_launch *L, const mg_launch_ws *ws
     if (rc) return rc;
     moe_combine_bwd_params cb = {dy, ws->z, ws->slot_of, ws->topk_w, ws->dz, ws->dw, T};
     moe_router_bwd_params rb = {ws->logits, ws->topk_idx, ws->topk_w, ws->dw, ws->counts_all, ws->dlogits, T};
-    LAUNCH(MG_K_COMBINE_BWD, T, 1, 1, 256, 0, cb);
+    LAUNCH(MG_K_COMBINE_BWD, T, 1, 1, mg_combine_threads(L->dim.d), 0, cb);
     LAUNCH(MG_K_ROUTER_BWD, mg_launch_cdiv(T, MG_ROUTER_WARPS), 1, 1, 32 * MG_ROUTER_WARPS, 0, rb);
     return MG_LAUNCH_OK;
 }
@@ -451,7 +458,7 @@ MG_LAUNCH_API int mg_launch_router_dx(const mg_launch *L, const mg_launch_ws *ws
     if (n_split > 1) LAUNCH(MG_K_ROUTER_DWGSUM, mg_launch_cdiv((long long)E * d, 256), 1, 1, 256, 0, rg);
     LAUNCH(MG_K_ROUTER_DX, mg_launch_cdiv(T, MG_RDX_TOKENS), 1, 1, 256, 0, rx);
     moe_combine_dx_params cx = {ws->dxs, ws->slot_of, ws->dxr, m->S ? ws->dxs_sh : NULL, m->S, dx, T};
-    LAUNCH(MG_K_COMBINE_DX, T, 1, 1, 256, 0, cx);
+    LAUNCH(MG_K_COMBINE_DX, T, 1, 1, mg_combine_threads(m->d), 0, cx);
     return MG_LAUNCH_OK;
 }
 

@@ -528,11 +528,11 @@ typedef struct lm_scale_params {
 #define MOE_TINY_DOWN_DGRAD "moe_down_swiglu_bf16_e4_k2_d64_f64_t128x64x32_s3_dgrad"
 /* (ceil(d/BM)*ceil(FF/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0) */
 #define MOE_TINY_DOWN_WGRAD "moe_down_swiglu_bf16_e4_k2_d64_f64_t128x64x32_s3_wgrad"
-/* T x 256 */
+/* T x min(256, ceil32(d/8)) */
 #define MOE_TINY_COMBINE_FWD "moe_combine_bf16_k2_d64_fwd"
-/* T x 256 */
+/* T x min(256, ceil32(d/8)) */
 #define MOE_TINY_COMBINE_BWD "moe_combine_bf16_k2_d64_bwd"
-/* T x 256 */
+/* T x min(256, ceil32(d/8)) */
 #define MOE_TINY_COMBINE_DX "moe_combine_bf16_k2_d64_dx"
 /* (ceil(S/64), H, B) x 128, smem LM_ATTN_FWD_SMEM */
 #define MOE_TINY_ATTN_FWD "lm_attn_bf16_h4_kv4_d16_causal_q64k64_fwd"

@@ -528,11 +528,11 @@ typedef struct lm_scale_params {
 #define MOE_WT2_MOE8_DOWN_DGRAD "moe_down_swiglu_bf16_e8_k2_d512_f1024_t128x128x32_s3_dgrad"
 /* (ceil(d/BM)*ceil(FF/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0) */
 #define MOE_WT2_MOE8_DOWN_WGRAD "moe_down_swiglu_bf16_e8_k2_d512_f1024_t128x128x32_s3_wgrad"
-/* T x 256 */
+/* T x min(256, ceil32(d/8)) */
 #define MOE_WT2_MOE8_COMBINE_FWD "moe_combine_bf16_k2_d512_fwd"
-/* T x 256 */
+/* T x min(256, ceil32(d/8)) */
 #define MOE_WT2_MOE8_COMBINE_BWD "moe_combine_bf16_k2_d512_bwd"
-/* T x 256 */
+/* T x min(256, ceil32(d/8)) */
 #define MOE_WT2_MOE8_COMBINE_DX "moe_combine_bf16_k2_d512_dx"
 /* (ceil(S/64), H, B) x 128, smem LM_ATTN_FWD_SMEM */
 #define MOE_WT2_MOE8_ATTN_FWD "lm_attn_bf16_h8_kv8_d64_causal_q64k64_fwd"
