@@ -275,6 +275,9 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     *out = NULL;
     int rc = mg_gpu_check_layout(h, err);
     if (rc) return rc;
+    if (o && o->zero)
+        return mg_err_set(err, MG_EUSER, "%s: parallel.zero = 1: not implemented in the GPU trainer yet (allowed: 0)",
+                          h->spec.path);
     char why[256];
     if (mg_gpu_count(why, sizeof why) < 1) return mg_err_set(err, MG_EUSER, "no CUDA device (%s)", why);
     mg_gpu_model *g = calloc(1, sizeof *g);

@@ -72,6 +72,8 @@ typedef struct mg_gpu_opts {
     int verbose;
     double loss_scale;  /* loss weight of one micro-batch, baked into the MoE layers' aux/z coefficients:
                            0 = 1/grad_accum; data parallel: mg_dp.scale */
+    const struct mg_zero *zero;   /* ZeRO-1 (mg_zero.h, outlives the model): AdamW state and fp32 master
+                                     weights for this rank's shard only; NULL: the whole model */
 } mg_gpu_opts;
 
 /* Compiles (through the cache) and allocates for micro-batches of up to bmax sequences of

@@ -1,0 +1,150 @@
+/* mg_zero: ZeRO-1 shards of the optimizer state (see mg_zero.h). */
+#include "mg_zero.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static mg_comm *group_comm(const mg_zero *z, int i) { return z->dp->comm[z->dp->b[i].group]; }
+
+int mg_zero_init(mg_zero *z, int on, const mg_dp *dp, long n_params, mg_err *err)
+{
+    memset(z, 0, sizeof *z);
+    if (!on || !mg_dp_on(dp)) return MG_OK;
+    int nb = dp->n_buckets;
+    z->dp = dp;
+    z->n_full = n_params;
+    z->p = calloc((size_t)nb + 1, sizeof *z->p);
+    z->run = calloc(2 * (size_t)nb + 1, sizeof *z->run);
+    if (!z->p || !z->run) {
+        mg_zero_free(z);
+        return mg_err_set(err, MG_EINTERNAL, "mg_zero: out of memory");
+    }
+    z->on = 1;
+    long s = 0;
+    for (int i = 0; i < nb; i++) {   /* the slices */
+        const mg_dp_bucket *b = &dp->b[i];
+        mg_zero_part *p = &z->p[i];
+        p->W = group_comm(z, i)->world, p->r = group_comm(z, i)->rank;
+        p->q = b->n / p->W, p->tail_n = b->n - p->q * p->W, p->slice = s;
+        if (p->q) z->run[z->n_runs++] = (mg_zero_run){b->off + p->r * p->q, s, p->q};
+        s += p->q;
+    }
+    for (int pass = 0; pass < 2; pass++) {   /* the tails: counted in the norm here (group rank 0) first */
+        for (int i = 0; i < nb; i++) {
+            mg_zero_part *p = &z->p[i];
+            if (!p->tail_n || (p->r == 0) != (pass == 0)) continue;
+            p->tail = s;
+            z->run[z->n_runs++] = (mg_zero_run){dp->b[i].off + p->q * p->W, s, p->tail_n};
+            s += p->tail_n;
+        }
+        if (pass == 0) z->n_norm = s;
+    }
+    z->n_shard = s;
+    return MG_OK;
+}
+
+void mg_zero_free(mg_zero *z)
+{
+    free(z->p);
+    free(z->run);
+    memset(z, 0, sizeof *z);
+}
+
+int mg_zero_reduce_grads(const mg_zero *z, const float *grads, float *gshard, mg_err *err)
+{
+    for (int i = 0; z->on && i < z->dp->n_buckets; i++) {
+        const mg_dp_bucket *b = &z->dp->b[i];
+        const mg_zero_part *p = &z->p[i];
+        mg_comm *c = group_comm(z, i);
+        int rc = p->q ? mg_comm_reduce_scatter(c, grads + b->off, gshard + p->slice, (size_t)p->q, MG_COMM_F32, err) : 0;
+        if (!rc && p->tail_n)
+            rc = mg_comm_all_reduce(c, grads + b->off + p->q * p->W, gshard + p->tail, (size_t)p->tail_n, MG_COMM_F32,
+                                    err);
+        if (rc) return rc;
+    }
+    return MG_OK;
+}
+
+int mg_zero_norm_from_sq(const mg_zero *z, double local_sq, double *norm, mg_err *err)
+{
+    double sq = local_sq;
+    int rc = mg_comm_all_reduce(z->dp->comm[MG_DP_GROUP_ALL], &sq, &sq, 1, MG_COMM_F64, err);
+    *norm = rc ? NAN : sqrt(sq);
+    return rc;
+}
+
+int mg_zero_grad_norm(const mg_zero *z, const float *gshard, double *norm, mg_err *err)
+{
+    double sq = 0;
+    for (long i = 0; i < z->n_norm; i++) sq += (double)gshard[i] * gshard[i];
+    return mg_zero_norm_from_sq(z, sq, norm, err);
+}
+
+void mg_zero_adamw_step(const mg_zero *z, mg_adamw *o, float *params, const float *gshard, const mg_cpu_tensor *tensors,
+                        int n_tensors, double lr, double beta1, double beta2, double eps, double wd, double gscale)
+{
+    o->step++;
+    mg_adamw_hp h = mg_adamw_hp_at(o->step, lr, beta1, beta2, eps, wd, gscale);
+    for (int k = 0; k < z->n_runs; k++) {   /* each run cut at tensor boundaries: the decay flag is per tensor */
+        const mg_zero_run *u = &z->run[k];
+        for (int j = 0; j < n_tensors; j++) {
+            const mg_cpu_tensor *t = &tensors[j];
+            long a = u->flat > t->off ? u->flat : t->off, e = u->flat + u->n < t->off + t->n ? u->flat + u->n : t->off + t->n;
+            if (a >= e) continue;
+            long s = u->shard + (a - u->flat);
+            mg_adamw_update(params + a, gshard + s, o->m + s, o->v + s, e - a, t->decay, &h);
+        }
+    }
+}
+
+static int gather(const mg_zero *z, void *flat, size_t esz, void *stream, int async, mg_err *err)
+{
+    unsigned char *base = flat;
+    for (int i = 0; z->on && i < z->dp->n_buckets; i++) {
+        const mg_zero_part *p = &z->p[i];
+        if (!p->q || p->W == 1) continue;
+        unsigned char *out = base + (size_t)z->dp->b[i].off * esz, *in = out + (size_t)(p->r * p->q) * esz;
+        size_t nb = (size_t)p->q * esz;
+        mg_comm *c = group_comm(z, i);
+        int rc = async ? mg_comm_all_gather_async(c, in, out, nb, MG_COMM_BYTE, stream, err)
+                       : mg_comm_all_gather(c, in, out, nb, MG_COMM_BYTE, err);
+        if (rc) return rc;
+    }
+    return MG_OK;
+}
+
+int mg_zero_gather(const mg_zero *z, void *flat, size_t esz, mg_err *err) { return gather(z, flat, esz, NULL, 0, err); }
+
+int mg_zero_gather_async(const mg_zero *z, void *flat, size_t esz, void *stream, mg_err *err)
+{
+    return gather(z, flat, esz, stream, 1, err);
+}
+
+void mg_zero_to_flat(const mg_zero *z, const float *shard, float *flat)
+{
+    for (int k = 0; k < z->n_runs; k++)
+        memcpy(flat + z->run[k].flat, shard + z->run[k].shard, sizeof(float) * (size_t)z->run[k].n);
+}
+
+void mg_zero_to_shard(const mg_zero *z, const float *flat, float *shard)
+{
+    for (int k = 0; k < z->n_runs; k++)
+        memcpy(shard + z->run[k].shard, flat + z->run[k].flat, sizeof(float) * (size_t)z->run[k].n);
+}
+
+int mg_zero_full_state(const mg_zero *z, const mg_adamw *shard, mg_adamw *full, mg_err *err)
+{
+    mg_zero_to_flat(z, shard->m, full->m);
+    mg_zero_to_flat(z, shard->v, full->v);
+    full->step = shard->step;
+    int rc = mg_zero_gather(z, full->m, sizeof(float), err);
+    return rc ? rc : mg_zero_gather(z, full->v, sizeof(float), err);
+}
+
+void mg_zero_take_shard(const mg_zero *z, const mg_adamw *full, mg_adamw *shard)
+{
+    mg_zero_to_shard(z, full->m, shard->m);
+    mg_zero_to_shard(z, full->v, shard->v);
+    shard->step = full->step;
+}
