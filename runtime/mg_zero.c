@@ -51,16 +51,32 @@ void mg_zero_free(mg_zero *z)
     memset(z, 0, sizeof *z);
 }
 
+static int reduce_bucket(const mg_zero *z, int i, const float *grads, float *gshard, void *stream, int async,
+                         mg_err *err)
+{
+    const mg_dp_bucket *b = &z->dp->b[i];
+    const mg_zero_part *p = &z->p[i];
+    mg_comm *c = group_comm(z, i);
+    const float *tail = grads + b->off + p->q * p->W;
+    int rc = 0;
+    if (p->q)
+        rc = async ? mg_comm_reduce_scatter_async(c, grads + b->off, gshard + p->slice, (size_t)p->q, MG_COMM_F32, stream, err)
+                   : mg_comm_reduce_scatter(c, grads + b->off, gshard + p->slice, (size_t)p->q, MG_COMM_F32, err);
+    if (!rc && p->tail_n)
+        rc = async ? mg_comm_all_reduce_async(c, tail, gshard + p->tail, (size_t)p->tail_n, MG_COMM_F32, stream, err)
+                   : mg_comm_all_reduce(c, tail, gshard + p->tail, (size_t)p->tail_n, MG_COMM_F32, err);
+    return rc;
+}
+
+int mg_zero_reduce_bucket_async(const mg_zero *z, int i, const float *grads, float *gshard, void *stream, mg_err *err)
+{
+    return reduce_bucket(z, i, grads, gshard, stream, 1, err);
+}
+
 int mg_zero_reduce_grads(const mg_zero *z, const float *grads, float *gshard, mg_err *err)
 {
     for (int i = 0; z->on && i < z->dp->n_buckets; i++) {
-        const mg_dp_bucket *b = &z->dp->b[i];
-        const mg_zero_part *p = &z->p[i];
-        mg_comm *c = group_comm(z, i);
-        int rc = p->q ? mg_comm_reduce_scatter(c, grads + b->off, gshard + p->slice, (size_t)p->q, MG_COMM_F32, err) : 0;
-        if (!rc && p->tail_n)
-            rc = mg_comm_all_reduce(c, grads + b->off + p->q * p->W, gshard + p->tail, (size_t)p->tail_n, MG_COMM_F32,
-                                    err);
+        int rc = reduce_bucket(z, i, grads, gshard, NULL, 0, err);
         if (rc) return rc;
     }
     return MG_OK;
@@ -81,21 +97,51 @@ int mg_zero_grad_norm(const mg_zero *z, const float *gshard, double *norm, mg_er
     return mg_zero_norm_from_sq(z, sq, norm, err);
 }
 
+int mg_zero_pieces(const mg_zero *z, const mg_cpu_tensor *tensors, int n_tensors, mg_zero_piece_fn fn, void *ctx,
+                   mg_err *err)
+{
+    for (int k = 0; k < z->n_runs; k++) {
+        const mg_zero_run *u = &z->run[k];
+        long pa = 0, pe = 0;   /* the piece being built: flat [pa, pe) */
+        int pd = -1, rc;
+        for (int j = 0; j < n_tensors; j++) {   /* the table is in flat order */
+            const mg_cpu_tensor *t = &tensors[j];
+            long a = u->flat > t->off ? u->flat : t->off;
+            long e = u->flat + u->n < t->off + t->n ? u->flat + u->n : t->off + t->n;
+            if (a >= e) continue;
+            if (pd == t->decay && pe == a) {
+                pe = e;
+                continue;
+            }
+            if (pd >= 0 && (rc = fn(ctx, pa, u->shard + (pa - u->flat), pe - pa, pd, err))) return rc;
+            pa = a, pe = e, pd = t->decay;
+        }
+        if (pd >= 0 && (rc = fn(ctx, pa, u->shard + (pa - u->flat), pe - pa, pd, err))) return rc;
+    }
+    return MG_OK;
+}
+
+typedef struct cpu_step {
+    mg_adamw *o;
+    float *params;
+    const float *gshard;
+    mg_adamw_hp h;
+} cpu_step;
+
+static int cpu_piece(void *ctx, long flat, long shard, long n, int decay, mg_err *err)
+{
+    (void)err;
+    cpu_step *c = ctx;
+    mg_adamw_update(c->params + flat, c->gshard + shard, c->o->m + shard, c->o->v + shard, n, decay, &c->h);
+    return MG_OK;
+}
+
 void mg_zero_adamw_step(const mg_zero *z, mg_adamw *o, float *params, const float *gshard, const mg_cpu_tensor *tensors,
                         int n_tensors, double lr, double beta1, double beta2, double eps, double wd, double gscale)
 {
     o->step++;
-    mg_adamw_hp h = mg_adamw_hp_at(o->step, lr, beta1, beta2, eps, wd, gscale);
-    for (int k = 0; k < z->n_runs; k++) {   /* each run cut at tensor boundaries: the decay flag is per tensor */
-        const mg_zero_run *u = &z->run[k];
-        for (int j = 0; j < n_tensors; j++) {
-            const mg_cpu_tensor *t = &tensors[j];
-            long a = u->flat > t->off ? u->flat : t->off, e = u->flat + u->n < t->off + t->n ? u->flat + u->n : t->off + t->n;
-            if (a >= e) continue;
-            long s = u->shard + (a - u->flat);
-            mg_adamw_update(params + a, gshard + s, o->m + s, o->v + s, e - a, t->decay, &h);
-        }
-    }
+    cpu_step c = {o, params, gshard, mg_adamw_hp_at(o->step, lr, beta1, beta2, eps, wd, gscale)};
+    (void)mg_zero_pieces(z, tensors, n_tensors, cpu_piece, &c, NULL);
 }
 
 static int gather(const mg_zero *z, void *flat, size_t esz, void *stream, int async, mg_err *err)

@@ -64,12 +64,22 @@ void mg_zero_free(mg_zero *z);
 /* Host, blocking, every bucket in mg_dp's order: the slices reduce-scattered from grads (flat,
  * this rank's local gradients) into gshard, the tails all-reduced into it. grads is not changed. */
 int mg_zero_reduce_grads(const mg_zero *z, const float *grads, float *gshard, mg_err *err);
+/* The same for bucket i alone, enqueued on `stream` (NCCL, device buffers: the GPU trainer calls it
+ * as the bucket's backward stage is done; mg_comm_wait waits). Backends without streams block. */
+int mg_zero_reduce_bucket_async(const mg_zero *z, int i, const float *grads, float *gshard, void *stream, mg_err *err);
 
 /* The global ‖g‖₂ from the shards: local_sq (Σ gshard[0, n_norm)², however computed) summed over
  * the world, one all-reduce of one double. mg_zero_grad_norm computes local_sq on the host in
  * fp64, in index order. */
 int mg_zero_norm_from_sq(const mg_zero *z, double local_sq, double *norm, mg_err *err);
 int mg_zero_grad_norm(const mg_zero *z, const float *gshard, double *norm, mg_err *err);
+
+/* The pieces of the shard that one AdamW call (or kernel launch) covers: each run cut where the
+ * weight-decay flag changes between the tensors it spans (tensors: the model's table, in flat
+ * order). fn gets the piece's flat offset, shard offset, length and flag; a non-zero return stops. */
+typedef int (*mg_zero_piece_fn)(void *ctx, long flat, long shard, long n, int decay, mg_err *err);
+int mg_zero_pieces(const mg_zero *z, const mg_cpu_tensor *tensors, int n_tensors, mg_zero_piece_fn fn, void *ctx,
+                   mg_err *err);
 
 /* AdamW (mg_adamw_update per tensor piece, o->step incremented) on the shard: params flat (the
  * full model's buffer; only this rank's runs are written), gshard and o (n = n_shard) in the shard

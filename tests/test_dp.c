@@ -226,6 +226,24 @@ static void test_dp_row_split(void **state)
 
 /* ---------------------------------------------------------------- ZeRO-1 (mg_zero.h) */
 
+/* mg_zero_pieces' callback: every element of a piece has the piece's decay flag (dec[flat]) and is
+ * counted once in seen[] (flat); the shard offsets follow the flat ones within the piece's run. */
+typedef struct { const int *dec; int *seen; const mg_zero *z; int bad; } piece_check;
+
+static int check_piece(void *ctx, long flat, long shard, long n, int decay, mg_err *err)
+{
+    (void)err;
+    piece_check *c = ctx;
+    int in_run = 0;
+    for (int k = 0; k < c->z->n_runs; k++) {
+        const mg_zero_run *u = &c->z->run[k];
+        in_run += flat >= u->flat && flat + n <= u->flat + u->n && shard == u->shard + (flat - u->flat);
+    }
+    c->bad += in_run != 1 || n <= 0;
+    for (long i = flat; i < flat + n; i++) c->bad += c->dec[i] != decay, c->seen[i]++;
+    return 0;
+}
+
 /* The cut of the uneven model's buckets over W = 2, 3, 4 ranks, as each rank makes it: every
  * element of a bucket in exactly one rank's slice or in the tail every rank holds; each rank's runs
  * tile its shard [0, n_shard) (the same size on every rank); the counted parts ([0, n_norm)) of all
@@ -240,7 +258,10 @@ static void test_zero_layout(void **state)
     assert_int_equal(mg_spec_load_string("uneven.lua", text, strlen(text), &spec, &err), 0);
     assert_int_equal(mg_cpu_model_create(&m, &spec, 1, &err), 0);
     int *slices = calloc((size_t)m.n_params, sizeof(int)), *tails = calloc((size_t)m.n_params, sizeof(int));
-    int *normed = calloc((size_t)m.n_params, sizeof(int));
+    int *normed = calloc((size_t)m.n_params, sizeof(int)), *dec = calloc((size_t)m.n_params, sizeof(int));
+    int *seen = calloc((size_t)m.n_params, sizeof(int));
+    for (int j = 0; j < m.n_tensors; j++)
+        for (long i = m.tensors[j].off; i < m.tensors[j].off + m.tensors[j].n; i++) dec[i] = m.tensors[j].decay;
     for (int W = 1; W <= 4; W++) {
         long shard0 = -1, tail_total = 0;
         memset(slices, 0, sizeof(int) * (size_t)m.n_params);
@@ -268,6 +289,14 @@ static void test_zero_layout(void **state)
                 for (long i = u->flat; i < u->flat + u->n; i++) normed[i] += u->shard < z.n_norm;
             }
             assert_int_equal(next, z.n_shard);
+            /* AdamW's pieces (mg_zero_pieces, both trainers): exactly this rank's runs, one decay flag each */
+            memset(seen, 0, sizeof(int) * (size_t)m.n_params);
+            piece_check pc = {dec, seen, &z, 0};
+            assert_int_equal(mg_zero_pieces(&z, m.tensors, m.n_tensors, check_piece, &pc, &err), 0);
+            assert_int_equal(pc.bad, 0);
+            for (int k = 0; k < z.n_runs; k++)
+                for (long i = z.run[k].flat; i < z.run[k].flat + z.run[k].n; i++) seen[i]--;
+            for (long i = 0; i < m.n_params; i++) assert_int_equal(seen[i], 0);
             for (int i = 0; i < dp.n_buckets; i++) {
                 const mg_dp_bucket *b = &dp.b[i];
                 const mg_zero_part *p = &z.p[i];
@@ -290,6 +319,8 @@ static void test_zero_layout(void **state)
     free(slices);
     free(tails);
     free(normed);
+    free(dec);
+    free(seen);
     mg_cpu_model_free(&m);
 }
 
