@@ -190,9 +190,8 @@ struct mg_gpu_model {
     cudaEvent_t *bev, cev;        /* per bucket: its gradients are final; on cs: every bucket reduced */
     int dp_sync;                  /* MOEGEN_DP_SYNC: reduce each bucket with the device idle (diagnostic) */
     int dp_armed, dp_pending;
-    /* ZeRO-1 (mg_gpu_zero.h): P (bf16/fp16 models), M and Vm hold the shard only; Zg its gradient */
+    /* ZeRO-1 (mg_gpu_zero.h): P (bf16/fp16 models), M and Vm hold the shard only */
     const mg_zero *zero;
-    float *Zg;
     int *const *route_out;        /* [L] host buffers for each MoE layer's top-k choices (check only) */
 };
 
@@ -339,14 +338,13 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     if (rc) goto fail;
 
     /* parameters, gradients, optimizer state; ZeRO-1: the state of the shard only (the fp32 masters
-     * too, unless they are the compute weights) and the shard's reduced gradient */
+     * too, unless they are the compute weights) */
     g->zero = o && o->zero && o->zero->on ? o->zero : NULL;
     long ns = g->zero ? g->zero->n_shard : np;
     DALLOC(g->P, (g->dtype == MG_DTYPE_FP32 ? np : ns) * 4);
     DALLOC(g->G, np * 4);
     DALLOC(g->M, ns * 4);
     DALLOC(g->Vm, ns * 4);
-    if (g->zero) DALLOC(g->Zg, ns * 4);
     if (g->dtype == MG_DTYPE_FP32) g->Wc = g->P;
     else DALLOC(g->Wc, np * g->esz);
     DALLOC(g->Hc, (size_t)g->ldV * d * g->esz);
@@ -390,7 +388,9 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     DALLOC(g->cos_t, (size_t)g->T * (h->hd / 2) * 4);
     DALLOC(g->sin_t, (size_t)g->T * (h->hd / 2) * 4);
     g->n_chunks = (int)((np + GRAD_CHUNK - 1) / GRAD_CHUNK);
-    DALLOC(g->part, (size_t)g->n_chunks * LM_SUMSQ_BLOCKS * 4);
+    long n_part = g->n_chunks;   /* ZeRO-1 sums the squares run by run: maybe more launches */
+    if (g->zero && mg_gpu_zero_norm_chunks(g->zero, GRAD_CHUNK) > n_part) n_part = mg_gpu_zero_norm_chunks(g->zero, GRAD_CHUNK);
+    DALLOC(g->part, (size_t)n_part * LM_SUMSQ_BLOCKS * 4);
     DALLOC(g->dnorm, 2 * 4);
     DALLOC(g->ids, N * 4);
     DALLOC(g->tgt, N * 4);
@@ -436,7 +436,7 @@ void mg_gpu_destroy(mg_gpu_model *g)
     free(g->ly);
     if (g->Wc != g->P) cudaFree(g->Wc);
     cudaFree(g->Hc);
-    cudaFree(g->P); cudaFree(g->G); cudaFree(g->M); cudaFree(g->Vm); cudaFree(g->Zg); cudaFree(g->Gs); cudaFree(g->wg0);
+    cudaFree(g->P); cudaFree(g->G); cudaFree(g->M); cudaFree(g->Vm); cudaFree(g->Gs); cudaFree(g->wg0);
     cudaFree(g->dwg0); cudaFree(g->tmp); cudaFree(g->dx); cudaFree(g->dtmp); cudaFree(g->dn); cudaFree(g->nf);
     cudaFree(g->datt); cudaFree(g->dqkv); cudaFree(g->logits); cudaFree(g->rf); cudaFree(g->loss_row);
     cudaFree(g->dsum); cudaFree(g->dw_part); cudaFree(g->sort_ws); cudaFree(g->cos_t); cudaFree(g->sin_t);
@@ -483,7 +483,7 @@ int mg_gpu_upload_bias(mg_gpu_model *g, mg_err *err)
 /* ZeRO-1's view of the buffers (mg_gpu_zero.h). */
 static mg_gpu_zero_bufs zero_bufs(const mg_gpu_model *g)
 {
-    return (mg_gpu_zero_bufs){.h = g->h, .lm = g->lm, .G = g->G, .Zg = g->Zg, .M = g->M, .V = g->Vm, .P = g->P,
+    return (mg_gpu_zero_bufs){.h = g->h, .lm = g->lm, .G = g->G, .M = g->M, .V = g->Vm, .P = g->P,
                               .master_flat = g->Wc == g->P, .Wc = g->Wc, .esz = g->esz, .Hc = g->Hc,
                               .part = g->part, .chunk = GRAD_CHUNK, .dnorm = g->dnorm};
 }
@@ -579,7 +579,7 @@ static int dp_stage_done(mg_gpu_model *g, int stage, mg_err *err)
         if (g->dp_sync) MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
         MG_CUDA_TRY(cudaEventRecord(g->bev[i], g->st), err);
         MG_CUDA_TRY(cudaStreamWaitEvent(g->cs, g->bev[i], 0), err);
-        int rc = g->zero ? mg_zero_reduce_bucket_async(g->zero, i, g->G, g->Zg, g->cs, err)
+        int rc = g->zero ? mg_zero_reduce_bucket_async(g->zero, i, g->G, g->cs, err)
                          : mg_comm_all_reduce_async(dp->comm[b->group], g->G + b->off, g->G + b->off, (size_t)b->n,
                                                     MG_COMM_F32, g->cs, err);
         if (rc) return rc;

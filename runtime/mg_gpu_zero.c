@@ -3,15 +3,26 @@
 #include "mg_cuda.h"
 #include "mg_optim.h"     /* mg_clip_scale */
 
-/* The global norm from the shard: local Σ Zg[0, n_norm)² on the device, one all-reduce over the
- * world on the host, the norm and clip factor back into b->dnorm. */
+long mg_gpu_zero_norm_chunks(const mg_zero *z, long long chunk)
+{
+    long c = 0;
+    for (int k = 0; k < z->n_runs && z->run[k].shard < z->n_norm; k++) c += (long)((z->run[k].n + chunk - 1) / chunk);
+    return c;
+}
+
+/* The global norm from the shard: the squares of this rank's counted runs of G on the device, one
+ * all-reduce over the world on the host, the norm and clip factor back into b->dnorm. */
 static int shard_norm(const mg_zero *z, const mg_gpu_zero_bufs *b, cudaStream_t st, double clip, double *gnorm,
                       mg_err *err)
 {
     int rc, c = 0;
-    for (long long o = 0; o < z->n_norm; o += b->chunk, c++) {
-        long long n = z->n_norm - o < b->chunk ? z->n_norm - o : b->chunk;
-        if ((rc = mg_lm_sumsq(b->lm, st, b->Zg + o, n, b->part + (size_t)c * LM_SUMSQ_BLOCKS, err))) return rc;
+    for (int k = 0; k < z->n_runs && z->run[k].shard < z->n_norm; k++) {
+        const mg_zero_run *u = &z->run[k];
+        for (long long o = 0; o < u->n; o += b->chunk, c++) {
+            long long n = u->n - o < b->chunk ? u->n - o : b->chunk;
+            if ((rc = mg_lm_sumsq(b->lm, st, b->G + u->flat + o, n, b->part + (size_t)c * LM_SUMSQ_BLOCKS, err)))
+                return rc;
+        }
     }
     if ((rc = mg_lm_gnorm(b->lm, st, b->part, c * LM_SUMSQ_BLOCKS, 0.f, b->dnorm, err))) return rc;
     float local = 0;
@@ -34,15 +45,15 @@ typedef struct gpu_step {
 } gpu_step;
 
 /* One AdamW launch on a piece of the shard (mg_zero_pieces): the master weights at their shard
- * place (fp32 models: their flat place, where they are the compute weights too), the compute copy
- * written at its flat place in Wc. */
+ * place (fp32 models: their flat place, where they are the compute weights too), the gradient read
+ * and the compute copy written at their flat places. */
 static int gpu_piece(void *ctx, long flat, long shard, long n, int decay, mg_err *err)
 {
     const gpu_step *c = ctx;
     const mg_gpu_zero_bufs *b = c->b;
     float *w = b->master_flat ? b->P + flat : b->P + shard;
     void *wc = b->master_flat ? NULL : (char *)b->Wc + (size_t)flat * (size_t)b->esz;
-    return mg_lm_adamw(b->lm, c->st, w, b->Zg + shard, b->M + shard, b->V + shard, wc, b->dnorm + 1, n, c->hp, c->t,
+    return mg_lm_adamw(b->lm, c->st, w, b->G + flat, b->M + shard, b->V + shard, wc, b->dnorm + 1, n, c->hp, c->t,
                        decay, err);
 }
 

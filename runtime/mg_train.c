@@ -166,7 +166,6 @@ typedef struct run {
     mg_par par;          /* dp × ep layout (mg_ep.h) */
     mg_comm *ep_comm, *replicas;   /* expert parallel: the EP group, the ranks holding my experts */
     mg_zero zero;        /* ZeRO-1 (parallel.zero = 1, data parallel): opt holds this rank's shard only */
-    float *gshard;       /* ZeRO-1, CPU: the shard's reduced gradient */
 } run;
 
 /* A checkpoint (the one-process format, whatever wrote it) into the model and r->opt; under
@@ -234,8 +233,6 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
     if ((rc = mg_dp_buckets(&r->dp, &r->m, err)) ||
         (rc = mg_zero_init(&r->zero, s->parallel.zero == 1, &r->dp, r->m.n_params, err)))
         return rc;
-    if (r->zero.on && !o->gpu && !(r->gshard = calloc((size_t)r->zero.n_shard + 1, sizeof(float))))
-        return mg_err_set(err, MG_EINTERNAL, "mg_train: out of memory (ZeRO-1 gradient shard)");
     if (o->gpu) {
         mg_gpu_opts go = {.loss_scale = mg_dp_on(&r->dp) ? r->dp.scale : 0, .zero = r->zero.on ? &r->zero : NULL};
         if ((rc = mg_gpu_create(&r->gpu, &r->m, r->dp.B_loc, &go, err)) || (rc = mg_gpu_dp_attach(r->gpu, &r->dp, err)) ||
@@ -297,7 +294,6 @@ static void run_free(run *r)
     mg_cpu_data_free(&r->data);
     mg_ckpt_state_free(&r->st);
     mg_zero_free(&r->zero);
-    free(r->gshard);
     mg_dp_free(&r->dp);
     if (r->ep_comm && r->ep_comm != r->dp.comm[MG_DP_GROUP_ALL]) mg_comm_close(r->ep_comm);
     mg_comm_close(r->replicas);
@@ -503,13 +499,13 @@ static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
     }
     ss->ce = ce;
     ss->tokens = n;
-    if ((rc = r->zero.on ? mg_zero_reduce_grads(&r->zero, m->grads, r->gshard, err)
+    if ((rc = r->zero.on ? mg_zero_reduce_grads(&r->zero, m->grads, err)
                          : mg_dp_reduce_grads(&r->dp, m->grads, err)) ||
         (rc = dp_sum_stats(r, ss, err)) || (rc = mg_dp_sum_loads(&r->dp, m, err)))
         return rc;
     ss->loss = ss->ce + ss->aux + ss->z;
     if (r->zero.on) {   /* the shards cover every parameter once, experts included */
-        if ((rc = mg_zero_grad_norm(&r->zero, r->gshard, &ss->gnorm, err))) return rc;
+        if ((rc = mg_zero_grad_norm(&r->zero, m->grads, &ss->gnorm, err))) return rc;
     } else if (m->ep_rt) {
         if ((rc = mg_ep_grad_norm(m, r->ep_comm, &ss->gnorm, err))) return rc;
     } else {
@@ -518,7 +514,7 @@ static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
     ss->lr = mg_lr_at(sp, s);
     double clip = mg_clip_scale(ss->gnorm, sp->train.grad_clip);
     if (r->zero.on) {   /* this rank's shard, then every rank's updated slices to everyone */
-        mg_zero_adamw_step(&r->zero, &r->opt, m->params, r->gshard, m->tensors, m->n_tensors, ss->lr, sp->train.beta1,
+        mg_zero_adamw_step(&r->zero, &r->opt, m->params, m->grads, m->tensors, m->n_tensors, ss->lr, sp->train.beta1,
                            sp->train.beta2, 1e-8, sp->train.weight_decay, clip);
         if ((rc = mg_zero_gather(&r->zero, m->params, sizeof(float), err))) return rc;
     } else {

@@ -51,32 +51,32 @@ void mg_zero_free(mg_zero *z)
     memset(z, 0, sizeof *z);
 }
 
-static int reduce_bucket(const mg_zero *z, int i, const float *grads, float *gshard, void *stream, int async,
-                         mg_err *err)
+/* Bucket i in place: the slices' sum into this rank's own slice, the tail's into the tail. */
+static int reduce_bucket(const mg_zero *z, int i, float *grads, void *stream, int async, mg_err *err)
 {
     const mg_dp_bucket *b = &z->dp->b[i];
     const mg_zero_part *p = &z->p[i];
     mg_comm *c = group_comm(z, i);
-    const float *tail = grads + b->off + p->q * p->W;
+    float *in = grads + b->off, *mine = in + p->r * p->q, *tail = in + p->q * p->W;
     int rc = 0;
     if (p->q)
-        rc = async ? mg_comm_reduce_scatter_async(c, grads + b->off, gshard + p->slice, (size_t)p->q, MG_COMM_F32, stream, err)
-                   : mg_comm_reduce_scatter(c, grads + b->off, gshard + p->slice, (size_t)p->q, MG_COMM_F32, err);
+        rc = async ? mg_comm_reduce_scatter_async(c, in, mine, (size_t)p->q, MG_COMM_F32, stream, err)
+                   : mg_comm_reduce_scatter(c, in, mine, (size_t)p->q, MG_COMM_F32, err);
     if (!rc && p->tail_n)
-        rc = async ? mg_comm_all_reduce_async(c, tail, gshard + p->tail, (size_t)p->tail_n, MG_COMM_F32, stream, err)
-                   : mg_comm_all_reduce(c, tail, gshard + p->tail, (size_t)p->tail_n, MG_COMM_F32, err);
+        rc = async ? mg_comm_all_reduce_async(c, tail, tail, (size_t)p->tail_n, MG_COMM_F32, stream, err)
+                   : mg_comm_all_reduce(c, tail, tail, (size_t)p->tail_n, MG_COMM_F32, err);
     return rc;
 }
 
-int mg_zero_reduce_bucket_async(const mg_zero *z, int i, const float *grads, float *gshard, void *stream, mg_err *err)
+int mg_zero_reduce_bucket_async(const mg_zero *z, int i, float *grads, void *stream, mg_err *err)
 {
-    return reduce_bucket(z, i, grads, gshard, stream, 1, err);
+    return reduce_bucket(z, i, grads, stream, 1, err);
 }
 
-int mg_zero_reduce_grads(const mg_zero *z, const float *grads, float *gshard, mg_err *err)
+int mg_zero_reduce_grads(const mg_zero *z, float *grads, mg_err *err)
 {
     for (int i = 0; z->on && i < z->dp->n_buckets; i++) {
-        int rc = reduce_bucket(z, i, grads, gshard, NULL, 0, err);
+        int rc = reduce_bucket(z, i, grads, NULL, 0, err);
         if (rc) return rc;
     }
     return MG_OK;
@@ -90,10 +90,11 @@ int mg_zero_norm_from_sq(const mg_zero *z, double local_sq, double *norm, mg_err
     return rc;
 }
 
-int mg_zero_grad_norm(const mg_zero *z, const float *gshard, double *norm, mg_err *err)
+int mg_zero_grad_norm(const mg_zero *z, const float *grads, double *norm, mg_err *err)
 {
     double sq = 0;
-    for (long i = 0; i < z->n_norm; i++) sq += (double)gshard[i] * gshard[i];
+    for (int k = 0; k < z->n_runs && z->run[k].shard < z->n_norm; k++)
+        for (long i = z->run[k].flat; i < z->run[k].flat + z->run[k].n; i++) sq += (double)grads[i] * grads[i];
     return mg_zero_norm_from_sq(z, sq, norm, err);
 }
 
@@ -124,7 +125,7 @@ int mg_zero_pieces(const mg_zero *z, const mg_cpu_tensor *tensors, int n_tensors
 typedef struct cpu_step {
     mg_adamw *o;
     float *params;
-    const float *gshard;
+    const float *grads;
     mg_adamw_hp h;
 } cpu_step;
 
@@ -132,15 +133,15 @@ static int cpu_piece(void *ctx, long flat, long shard, long n, int decay, mg_err
 {
     (void)err;
     cpu_step *c = ctx;
-    mg_adamw_update(c->params + flat, c->gshard + shard, c->o->m + shard, c->o->v + shard, n, decay, &c->h);
+    mg_adamw_update(c->params + flat, c->grads + flat, c->o->m + shard, c->o->v + shard, n, decay, &c->h);
     return MG_OK;
 }
 
-void mg_zero_adamw_step(const mg_zero *z, mg_adamw *o, float *params, const float *gshard, const mg_cpu_tensor *tensors,
+void mg_zero_adamw_step(const mg_zero *z, mg_adamw *o, float *params, const float *grads, const mg_cpu_tensor *tensors,
                         int n_tensors, double lr, double beta1, double beta2, double eps, double wd, double gscale)
 {
     o->step++;
-    cpu_step c = {o, params, gshard, mg_adamw_hp_at(o->step, lr, beta1, beta2, eps, wd, gscale)};
+    cpu_step c = {o, params, grads, mg_adamw_hp_at(o->step, lr, beta1, beta2, eps, wd, gscale)};
     (void)mg_zero_pieces(z, tensors, n_tensors, cpu_piece, &c, NULL);
 }
 

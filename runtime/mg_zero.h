@@ -12,10 +12,14 @@
  * writes outside its bucket. The groups are mg_dp's: dense buckets over every rank, routed
  * experts' buckets over their dp replicas (one rank when dp = 1: no sharding, no reduction).
  *
- * The shard, this rank's optimizer state and reduced gradient: the owned slices in bucket order,
- * then the tails this rank counts in the grad norm (it is rank 0 of their group), then the other
- * tails. So ‖g‖² is Σ over ranks of Σ shard[0, n_norm)² (every element of the model exactly once,
- * experts included), one all-reduce of one number over the world.
+ * The gradients stay in the flat buffer: the reduce-scatter is in place, so after it this rank's
+ * slices (and the tails) hold the reduced sums and the rest of the buffer is stale. The shard,
+ * this rank's optimizer state (AdamW m, v; on the GPU the fp32 masters of a bf16/fp16 model): the
+ * owned slices in bucket order, then the tails this rank counts in the grad norm (it is rank 0 of
+ * their group), then the other tails. A run maps a flat range to its place in the shard; the runs
+ * whose shard offset is below n_norm are the counted ones, so ‖g‖² is Σ over ranks of their
+ * squares (every element of the model exactly once, experts included), one all-reduce of one
+ * number over the world.
  *
  * Numerics: the CPU backend's reduce-scatter sums in rank order like its all-reduce, so the reduced
  * gradients and the update are bitwise those of zero = 0; only the grad norm's summation order
@@ -52,7 +56,7 @@ typedef struct mg_zero {
     int n_runs;
     mg_zero_run *run;  /* shard order: the slices, then the counted tails, then the other tails */
     long n_shard;      /* elements of the shard */
-    long n_norm;       /* its first n_norm elements count in the grad norm */
+    long n_norm;       /* its first n_norm elements (the runs below it) count in the grad norm */
     long n_full;       /* the model's parameters (the unsharded state's size) */
 } mg_zero;
 
@@ -61,18 +65,18 @@ typedef struct mg_zero {
 int mg_zero_init(mg_zero *z, int on, const mg_dp *dp, long n_params, mg_err *err);
 void mg_zero_free(mg_zero *z);
 
-/* Host, blocking, every bucket in mg_dp's order: the slices reduce-scattered from grads (flat,
- * this rank's local gradients) into gshard, the tails all-reduced into it. grads is not changed. */
-int mg_zero_reduce_grads(const mg_zero *z, const float *grads, float *gshard, mg_err *err);
+/* Host, blocking, every bucket in mg_dp's order, in place in grads (flat, this rank's local
+ * gradients): the slices reduce-scattered (each rank's slice gets the sum), the tails all-reduced. */
+int mg_zero_reduce_grads(const mg_zero *z, float *grads, mg_err *err);
 /* The same for bucket i alone, enqueued on `stream` (NCCL, device buffers: the GPU trainer calls it
  * as the bucket's backward stage is done; mg_comm_wait waits). Backends without streams block. */
-int mg_zero_reduce_bucket_async(const mg_zero *z, int i, const float *grads, float *gshard, void *stream, mg_err *err);
+int mg_zero_reduce_bucket_async(const mg_zero *z, int i, float *grads, void *stream, mg_err *err);
 
-/* The global ‖g‖₂ from the shards: local_sq (Σ gshard[0, n_norm)², however computed) summed over
- * the world, one all-reduce of one double. mg_zero_grad_norm computes local_sq on the host in
- * fp64, in index order. */
+/* The global ‖g‖₂ from the shards: local_sq (the squares of the counted runs of the reduced
+ * gradients, however computed) summed over the world, one all-reduce of one double.
+ * mg_zero_grad_norm computes local_sq on the host in fp64, run by run in index order. */
 int mg_zero_norm_from_sq(const mg_zero *z, double local_sq, double *norm, mg_err *err);
-int mg_zero_grad_norm(const mg_zero *z, const float *gshard, double *norm, mg_err *err);
+int mg_zero_grad_norm(const mg_zero *z, const float *grads, double *norm, mg_err *err);
 
 /* The pieces of the shard that one AdamW call (or kernel launch) covers: each run cut where the
  * weight-decay flag changes between the tensors it spans (tensors: the model's table, in flat
@@ -81,10 +85,10 @@ typedef int (*mg_zero_piece_fn)(void *ctx, long flat, long shard, long n, int de
 int mg_zero_pieces(const mg_zero *z, const mg_cpu_tensor *tensors, int n_tensors, mg_zero_piece_fn fn, void *ctx,
                    mg_err *err);
 
-/* AdamW (mg_adamw_update per tensor piece, o->step incremented) on the shard: params flat (the
- * full model's buffer; only this rank's runs are written), gshard and o (n = n_shard) in the shard
+/* AdamW (mg_adamw_update per piece, o->step incremented) on the shard: params and grads flat (the
+ * reduced gradients; only this rank's runs are read and written), o (n = n_shard) in the shard
  * layout; tensors: the model's table (weight-decay flags). */
-void mg_zero_adamw_step(const mg_zero *z, mg_adamw *o, float *params, const float *gshard, const mg_cpu_tensor *tensors,
+void mg_zero_adamw_step(const mg_zero *z, mg_adamw *o, float *params, const float *grads, const mg_cpu_tensor *tensors,
                         int n_tensors, double lr, double beta1, double beta2, double eps, double wd, double gscale);
 
 /* Every bucket's slices all-gathered in place in a flat buffer of elements of esz bytes (host
