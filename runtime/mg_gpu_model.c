@@ -507,6 +507,7 @@ int mg_gpu_upload(mg_gpu_model *g, const mg_adamw *o, mg_err *err)
     }
     if (g->Wc != g->P && (rc = mg_lm_cast(g->lm, g->st, flat, g->Wc, g->h->n_params, err))) return rc;
     if ((rc = mg_lm_cast(g->lm, g->st, flat + g->h->lm_head, g->Hc, (long long)g->V * g->d, err))) return rc;
+    if (flat == g->G) MG_CUDA_TRY(cudaMemsetAsync(g->G, 0, nb, g->st), err);   /* as it was: no weights in G */
     return mg_gpu_upload_bias(g, err);
 }
 
