@@ -17,6 +17,12 @@
 #       32 x 1024 tokens per micro-batch); bar: 2 GPUs >= 1.85 x 1 GPU on dp-large.
 #   (c) faults: 2 GPUs train, rank 1 is killed (SIGKILL) after the first checkpoint; the job must
 #       end non-zero within 15 s naming rank 1, and the checkpoint must resume on 1 GPU.
+#   zero: ZeRO-1 (parallel.zero = 1, runtime/mg_zero.h): wt2-moe8-ga2 on 2 GPUs with zero = 0 and
+#       zero = 1, 50 steps, same seed: the same optimisation up to summation order (NCCL's
+#       reduce-scatter against its all-reduce), so the bound of (a): step 1 within 1e-5 relative,
+#       every step within 2e-2; the optimizer state per rank (AdamW m, v and the fp32 master
+#       weights) of both, zero = 1 at most 0.51 of zero = 0; and a zero = 1 checkpoint (step 10 of
+#       wt2-moe8-ck with zero = 1 on 2 GPUs) resumed on 1 GPU.
 # Logs, metrics and a summary (summary.txt) go to $OUT.
 # usage: bench/dist_2gpu.sh [SECTION...]   sections: a (wt2-moe8 curves + throughput), large
 # (dp-large throughput), drift (after large: dp-large on 2 GPUs again with MOEGEN_DP_SYNC=1, no
@@ -26,7 +32,8 @@
 # sensitivity of this model's early training to fp32 summation order, the yardstick for the 2-GPU
 # run's deviation), weak (wt2-moe8 with the per-GPU batch fixed: batch 64 on 1 GPU vs batch 128 on 2, 64
 # rows each: weak scaling, the usual DP measure, printed next to (b)'s fixed global batch), c (kill
-# a rank); default a large c, in that order.
+# a rank), zero (ZeRO-1 against zero = 0; reuses (a)'s 2-GPU run when a ran first); default a large c,
+# in that order.
 set -u
 SECTIONS=" ${*:-a large c} "
 has() { [[ "$SECTIONS" == *" $1 "* ]]; }
@@ -141,6 +148,40 @@ sed -e 's/name = "dp-large"/name = "dp-large-ga4"/' -e 's/batch = 32, grad_accum
 grep -q "grad_accum = 4" "$W/dp-large-ga4.lua" || { say "FAIL: could not derive dp-large-ga4"; exit 1; }
 [ -f "$OUT/l-1gpu-metrics.jsonl" ] || train l-1gpu "$REPO/specs/dp-large.lua" 20 1
 train l-1gpu-ga4 "$W/dp-large-ga4.lua" 20 1 && compare l-1gpu l-1gpu-ga4 0 0
+fi
+
+# ---------------------------------------------------------------- zero: ZeRO-1 against zero = 0
+if has zero; then
+say "== zero: wt2-moe8-ga2 on 2 GPUs, zero = 0 vs zero = 1 (ZeRO-1), 50 steps, same seed"
+sed -e 's/parallel = { dp = 1, ep = 1 }/parallel = { dp = 1, ep = 1, zero = 1 }/' "$W/wt2-moe8-ga2.lua" > "$W/wt2-moe8-ga2-z1.lua"
+sed -e 's/parallel = { dp = 1, ep = 1 }/parallel = { dp = 1, ep = 1, zero = 1 }/' "$W/wt2-moe8-ck.lua" > "$W/wt2-moe8-ck-z1.lua"
+grep -q "zero = 1" "$W/wt2-moe8-ga2-z1.lua" && grep -q "zero = 1" "$W/wt2-moe8-ck-z1.lua" ||
+    { say "FAIL: could not derive the zero = 1 variants from specs/wt2-moe8.lua"; exit 1; }
+[ -f "$OUT/a-2gpu-metrics.jsonl" ] || train a-2gpu "$W/wt2-moe8-ga2.lua" 50 2
+train z-2gpu "$W/wt2-moe8-ga2-z1.lua" 50 2 && compare a-2gpu z-2gpu 1e-5 2e-2
+# optimizer state per rank, from rank 0's startup line ("optimizer state per rank: N bytes ...")
+obytes() { sed -n 's/.*optimizer state per rank: \([0-9]*\) bytes.*/\1/p' "$OUT/$1.log" | head -1; }
+B0=$(obytes a-2gpu); B1=$(obytes z-2gpu)
+if [ -n "$B0" ] && [ -n "$B1" ]; then
+    python3 -c "
+b0, b1 = $B0, $B1
+print(f'optimizer state per rank: zero = 0 {b0 / 2**30:.3f} GiB ({b0} bytes), zero = 1 {b1 / 2**30:.3f} GiB ({b1} bytes): '
+      f'ratio {b1 / b0:.4f}')
+print(('PASS' if b1 <= 0.51 * b0 else 'FAIL') + ': zero = 1 holds at most 0.51 of zero = 0 per rank on 2 GPUs')" | tee -a "$SUM"
+else
+    say "FAIL: zero: no 'optimizer state per rank' line in $OUT/a-2gpu.log or $OUT/z-2gpu.log"
+fi
+grep -h "GPU memory in use" "$OUT/a-2gpu.log" "$OUT/z-2gpu.log" | tee -a "$SUM"
+# a zero = 1 checkpoint (the one-process format) resumed on 1 GPU
+ZK=$W/zk
+if timeout 300 "$M" train "$W/wt2-moe8-ck-z1.lua" --steps 10 --run-dir "$ZK" --gpus 2 --timeout 300 > "$OUT/z-ck.log" 2>&1 &&
+    timeout 200 "$M" train --resume "$ZK/ckpt-000010" --run-dir "$ZK" --steps 12 --device gpu > "$OUT/z-resume.log" 2>&1; then
+    say "PASS: zero: ckpt-000010 of a zero = 1 run on 2 GPUs resumed on 1 GPU to step 12"
+else
+    say "FAIL: zero: the zero = 1 checkpoint run or its resume on 1 GPU (see $OUT/z-ck.log, $OUT/z-resume.log)"
+    tail -3 "$OUT/z-ck.log" "$OUT/z-resume.log"
+fi
+rm -rf "$ZK"
 fi
 
 # ---------------------------------------------------------------- (c) a rank dies

@@ -33,6 +33,9 @@ typedef struct mg_comm_ops {
     /* NULL in the CPU backend: mg_comm_all_to_all_vk_async runs the blocking call */
     int (*all_to_all_vk_async)(mg_comm *, const void *send, const size_t *send_counts, void *recv,
                                const size_t *recv_counts, mg_comm_dtype, void *stream, mg_err *);
+    /* NULL in the CPU backend: the helpers below run the blocking call */
+    int (*reduce_scatter_async)(mg_comm *, const void *in, void *out, size_t n, mg_comm_dtype, void *stream, mg_err *);
+    int (*all_gather_async)(mg_comm *, const void *in, void *out, size_t n, mg_comm_dtype, void *stream, mg_err *);
 } mg_comm_ops;
 
 struct mg_comm {
@@ -45,10 +48,12 @@ struct mg_comm {
  * calls also take host buffers (staged through device memory): small statistics need no copies. */
 static inline int mg_comm_all_reduce(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
 { return c->ops->all_reduce(c, in, out, n, t, err); }
-/* in: world*n elements; out (n): the sum over ranks of block `rank` of in. */
+/* in: world*n elements; out (n): the sum over ranks of block `rank` of in. In place (NCCL's rule):
+ * out = in + rank*n, the sum lands in this rank's own block and the other blocks keep their values. */
 static inline int mg_comm_reduce_scatter(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
 { return c->ops->reduce_scatter(c, in, out, n, t, err); }
-/* in: n elements; out: world*n, block r from rank r. */
+/* in: n elements; out: world*n, block r from rank r. In place (NCCL's rule): in = out + rank*n.
+ * MG_COMM_BYTE gathers any element type (n in bytes): ZeRO-1 gathers bf16 weights so. */
 static inline int mg_comm_all_gather(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t, mg_err *err)
 { return c->ops->all_gather(c, in, out, n, t, err); }
 /* send: blocks for rank 0, 1, ... back to back, send_counts[r] elements each (host array).
@@ -92,6 +97,22 @@ static inline int mg_comm_all_to_all_vk_async(mg_comm *c, const void *send, cons
 static inline int mg_comm_all_reduce_async(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t,
                                            void *stream, mg_err *err)
 { return c->ops->all_reduce_async ? c->ops->all_reduce_async(c, in, out, n, t, stream, err) : c->ops->all_reduce(c, in, out, n, t, err); }
+/* mg_comm_reduce_scatter / mg_comm_all_gather enqueued on `stream` (a cudaStream_t, device
+ * buffers) without waiting (NCCL), in place as above; mg_comm_wait(c, stream) waits for them.
+ * Backends without streams run them now, blocking. ZeRO-1 (mg_zero.h) reduce-scatters each
+ * gradient bucket while the backward goes on, and all-gathers the updated weights. */
+static inline int mg_comm_reduce_scatter_async(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t,
+                                               void *stream, mg_err *err)
+{
+    return c->ops->reduce_scatter_async ? c->ops->reduce_scatter_async(c, in, out, n, t, stream, err)
+                                        : c->ops->reduce_scatter(c, in, out, n, t, err);
+}
+static inline int mg_comm_all_gather_async(mg_comm *c, const void *in, void *out, size_t n, mg_comm_dtype t,
+                                           void *stream, mg_err *err)
+{
+    return c->ops->all_gather_async ? c->ops->all_gather_async(c, in, out, n, t, stream, err)
+                                    : c->ops->all_gather(c, in, out, n, t, err);
+}
 /* Waits until everything enqueued on `stream` has finished, up to timeout_s, watching the
  * communicator for errors; an error or the timeout aborts the communicator (NCCL). */
 static inline int mg_comm_wait(mg_comm *c, void *stream, mg_err *err)

@@ -161,6 +161,23 @@ static int nccl_all_reduce_async(mg_comm *b, const void *in, void *out, size_t n
     return nccl_wait_on(c, (cudaStream_t)stream, 0, r, "all-reduce (async)", err);
 }
 
+static int nccl_reduce_scatter_async(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, void *stream,
+                                     mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    if (t == MG_COMM_BYTE) return mg_err_set(err, MG_EUSER, "comm: sums need f32 or f64, not bytes");
+    ncclResult_t r = ncclReduceScatter(in, out, n, nccl_type(t), ncclSum, c->nc, (cudaStream_t)stream);
+    return nccl_wait_on(c, (cudaStream_t)stream, 0, r, "reduce-scatter (async)", err);
+}
+
+static int nccl_all_gather_async(mg_comm *b, const void *in, void *out, size_t n, mg_comm_dtype t, void *stream,
+                                 mg_err *err)
+{
+    nccl_comm *c = (nccl_comm *)b;
+    ncclResult_t r = ncclAllGather(in, out, n, nccl_type(t), c->nc, (cudaStream_t)stream);
+    return nccl_wait_on(c, (cudaStream_t)stream, 0, r, "all-gather (async)", err);
+}
+
 static int nccl_stream_wait(mg_comm *b, void *stream, mg_err *err)
 {
     nccl_comm *c = (nccl_comm *)b;
@@ -301,7 +318,9 @@ static const mg_comm_ops nccl_ops = {.all_reduce = nccl_all_reduce, .reduce_scat
                                      .abort = nccl_abort, .close = nccl_close,
                                      .all_reduce_async = nccl_all_reduce_async, .wait = nccl_stream_wait,
                                      .split = nccl_split, .all_to_all_vk = nccl_all_to_all_vk,
-                                     .all_to_all_vk_async = nccl_all_to_all_vk_async};
+                                     .all_to_all_vk_async = nccl_all_to_all_vk_async,
+                                     .reduce_scatter_async = nccl_reduce_scatter_async,
+                                     .all_gather_async = nccl_all_gather_async};
 
 static nccl_comm *nccl_new(int rank, int world, cudaStream_t stream, double timeout_s, mg_err *err)
 {

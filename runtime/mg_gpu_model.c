@@ -5,6 +5,7 @@
 #include "mg_dist.h"   /* mg_dist_alive: a long cold JIT compile is not a hung worker */
 #include "mg_dp.h"
 #include "mg_gpu_ep.h"
+#include "mg_gpu_zero.h"
 #include "mg_hash.h"   /* dropout streams: the same counters as mg_cpu_ops.h */
 #include "mg_jit.h"
 #include "mg_lm.h"
@@ -189,6 +190,8 @@ struct mg_gpu_model {
     cudaEvent_t *bev, cev;        /* per bucket: its gradients are final; on cs: every bucket reduced */
     int dp_sync;                  /* MOEGEN_DP_SYNC: reduce each bucket with the device idle (diagnostic) */
     int dp_armed, dp_pending;
+    /* ZeRO-1 (mg_gpu_zero.h): P (bf16/fp16 models), M and Vm hold the shard only */
+    const mg_zero *zero;
     int *const *route_out;        /* [L] host buffers for each MoE layer's top-k choices (check only) */
 };
 
@@ -334,11 +337,14 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     free(plan);
     if (rc) goto fail;
 
-    /* parameters, gradients, optimizer state */
-    DALLOC(g->P, np * 4);
+    /* parameters, gradients, optimizer state; ZeRO-1: the state of the shard only (the fp32 masters
+     * too, unless they are the compute weights) */
+    g->zero = o && o->zero && o->zero->on ? o->zero : NULL;
+    long ns = g->zero ? g->zero->n_shard : np;
+    DALLOC(g->P, (g->dtype == MG_DTYPE_FP32 ? np : ns) * 4);
     DALLOC(g->G, np * 4);
-    DALLOC(g->M, np * 4);
-    DALLOC(g->Vm, np * 4);
+    DALLOC(g->M, ns * 4);
+    DALLOC(g->Vm, ns * 4);
     if (g->dtype == MG_DTYPE_FP32) g->Wc = g->P;
     else DALLOC(g->Wc, np * g->esz);
     DALLOC(g->Hc, (size_t)g->ldV * d * g->esz);
@@ -382,7 +388,9 @@ int mg_gpu_create(mg_gpu_model **out, mg_cpu_model *h, int bmax, const mg_gpu_op
     DALLOC(g->cos_t, (size_t)g->T * (h->hd / 2) * 4);
     DALLOC(g->sin_t, (size_t)g->T * (h->hd / 2) * 4);
     g->n_chunks = (int)((np + GRAD_CHUNK - 1) / GRAD_CHUNK);
-    DALLOC(g->part, (size_t)g->n_chunks * LM_SUMSQ_BLOCKS * 4);
+    long n_part = g->n_chunks;   /* ZeRO-1 sums the squares run by run: maybe more launches */
+    if (g->zero && mg_gpu_zero_norm_chunks(g->zero, GRAD_CHUNK) > n_part) n_part = mg_gpu_zero_norm_chunks(g->zero, GRAD_CHUNK);
+    DALLOC(g->part, (size_t)n_part * LM_SUMSQ_BLOCKS * 4);
     DALLOC(g->dnorm, 2 * 4);
     DALLOC(g->ids, N * 4);
     DALLOC(g->tgt, N * 4);
@@ -472,31 +480,51 @@ int mg_gpu_upload_bias(mg_gpu_model *g, mg_err *err)
     return MG_OK;
 }
 
+/* ZeRO-1's view of the buffers (mg_gpu_zero.h). */
+static mg_gpu_zero_bufs zero_bufs(const mg_gpu_model *g)
+{
+    return (mg_gpu_zero_bufs){.h = g->h, .lm = g->lm, .G = g->G, .M = g->M, .V = g->Vm, .P = g->P,
+                              .master_flat = g->Wc == g->P, .Wc = g->Wc, .esz = g->esz, .Hc = g->Hc,
+                              .part = g->part, .chunk = GRAD_CHUNK, .dnorm = g->dnorm};
+}
+
 int mg_gpu_upload(mg_gpu_model *g, const mg_adamw *o, mg_err *err)
 {
-    size_t nb = (size_t)g->h->n_params * 4;
-    MG_CUDA_TRY(cudaMemcpy(g->P, g->h->params, nb, cudaMemcpyHostToDevice), err);
-    if (o && o->m) {
-        MG_CUDA_TRY(cudaMemcpy(g->M, o->m, nb, cudaMemcpyHostToDevice), err);
-        MG_CUDA_TRY(cudaMemcpy(g->Vm, o->v, nb, cudaMemcpyHostToDevice), err);
-    } else {
-        MG_CUDA_TRY(cudaMemset(g->M, 0, nb), err);
-        MG_CUDA_TRY(cudaMemset(g->Vm, 0, nb), err);
-    }
+    size_t nb = (size_t)g->h->n_params * 4, no = (size_t)(g->zero ? g->zero->n_shard : g->h->n_params) * 4;
+    /* ZeRO-1 with a bf16/fp16 model holds only the shard of the fp32 weights: the whole arrives in G
+     * (free until the first backward writes every gradient), the compute copies are cast from it */
+    float *flat = g->zero && g->Wc != g->P ? g->G : g->P;
+    MG_CUDA_TRY(cudaMemcpy(flat, g->h->params, nb, cudaMemcpyHostToDevice), err);
     int rc;
-    if (g->Wc != g->P && (rc = mg_lm_cast(g->lm, g->st, g->P, g->Wc, g->h->n_params, err))) return rc;
-    if ((rc = mg_lm_cast(g->lm, g->st, g->P + g->h->lm_head, g->Hc, (long long)g->V * g->d, err))) return rc;
+    mg_gpu_zero_bufs zb = zero_bufs(g);
+    if (g->zero && (rc = mg_gpu_zero_master_from_flat(g->zero, &zb, flat, g->st, err))) return rc;
+    if (o && o->m) {
+        MG_CUDA_TRY(cudaMemcpy(g->M, o->m, no, cudaMemcpyHostToDevice), err);
+        MG_CUDA_TRY(cudaMemcpy(g->Vm, o->v, no, cudaMemcpyHostToDevice), err);
+    } else {
+        MG_CUDA_TRY(cudaMemset(g->M, 0, no), err);
+        MG_CUDA_TRY(cudaMemset(g->Vm, 0, no), err);
+    }
+    if (g->Wc != g->P && (rc = mg_lm_cast(g->lm, g->st, flat, g->Wc, g->h->n_params, err))) return rc;
+    if ((rc = mg_lm_cast(g->lm, g->st, flat + g->h->lm_head, g->Hc, (long long)g->V * g->d, err))) return rc;
+    if (flat == g->G) MG_CUDA_TRY(cudaMemsetAsync(g->G, 0, nb, g->st), err);   /* as it was: no weights in G */
     return mg_gpu_upload_bias(g, err);
 }
 
 int mg_gpu_download(mg_gpu_model *g, mg_adamw *o, mg_err *err)
 {
-    size_t nb = (size_t)g->h->n_params * 4;
+    size_t nb = (size_t)g->h->n_params * 4, no = (size_t)(g->zero ? g->zero->n_shard : g->h->n_params) * 4;
     MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
-    MG_CUDA_TRY(cudaMemcpy(g->h->params, g->P, nb, cudaMemcpyDeviceToHost), err);
+    if (g->zero) {   /* this rank's runs of the weights; the trainer gathers the rest (mg_zero_gather) */
+        mg_gpu_zero_bufs zb = zero_bufs(g);
+        int rc = mg_gpu_zero_master_to_host(g->zero, &zb, g->h->params, err);
+        if (rc) return rc;
+    } else {
+        MG_CUDA_TRY(cudaMemcpy(g->h->params, g->P, nb, cudaMemcpyDeviceToHost), err);
+    }
     if (o) {
-        MG_CUDA_TRY(cudaMemcpy(o->m, g->M, nb, cudaMemcpyDeviceToHost), err);
-        MG_CUDA_TRY(cudaMemcpy(o->v, g->Vm, nb, cudaMemcpyDeviceToHost), err);
+        MG_CUDA_TRY(cudaMemcpy(o->m, g->M, no, cudaMemcpyDeviceToHost), err);
+        MG_CUDA_TRY(cudaMemcpy(o->v, g->Vm, no, cudaMemcpyDeviceToHost), err);
     }
     return MG_OK;
 }
@@ -552,8 +580,9 @@ static int dp_stage_done(mg_gpu_model *g, int stage, mg_err *err)
         if (g->dp_sync) MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
         MG_CUDA_TRY(cudaEventRecord(g->bev[i], g->st), err);
         MG_CUDA_TRY(cudaStreamWaitEvent(g->cs, g->bev[i], 0), err);
-        int rc = mg_comm_all_reduce_async(dp->comm[b->group], g->G + b->off, g->G + b->off, (size_t)b->n, MG_COMM_F32,
-                                          g->cs, err);
+        int rc = g->zero ? mg_zero_reduce_bucket_async(g->zero, i, g->G, g->cs, err)
+                         : mg_comm_all_reduce_async(dp->comm[b->group], g->G + b->off, g->G + b->off, (size_t)b->n,
+                                                    MG_COMM_F32, g->cs, err);
         if (rc) return rc;
         if (g->dp_sync) MG_CUDA_TRY(cudaStreamSynchronize(g->cs), err);
         g->dp_pending = 1;
@@ -792,6 +821,26 @@ void mg_gpu_layer_router_sums(const mg_gpu_model *g, int slot, int layer, double
 /* ------------------------------------------------------------------------------------ */
 /* optimizer step                                                                        */
 
+/* The step's end: waits for st (and for the collectives on it, through the communicators: a hung or
+ * failed peer ends in the comm's timeout and abort, not a hang here); gnorm != NULL: read the norm
+ * from the device. */
+static int opt_step_end(mg_gpu_model *g, mg_adamw *o, double *gnorm, int pending, mg_err *err)
+{
+    float hn[2];
+    int rc;
+    if (gnorm) MG_CUDA_TRY(cudaMemcpyAsync(hn, g->dnorm, sizeof hn, cudaMemcpyDeviceToHost, g->st), err);
+    if (pending) {
+        if (g->dp->comm[MG_DP_GROUP_REPLICAS] != g->dp->comm[MG_DP_GROUP_ALL] &&
+            (rc = mg_comm_wait(g->dp->comm[MG_DP_GROUP_REPLICAS], g->st, err)))
+            return rc;
+        if ((rc = mg_comm_wait(g->dp->comm[MG_DP_GROUP_ALL], g->st, err))) return rc;
+    }
+    MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
+    if (gnorm) *gnorm = hn[0];
+    o->step++;
+    return MG_OK;
+}
+
 int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_err *err)
 {
     const mg_cpu_model *h = g->h;
@@ -802,6 +851,15 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
         MG_CUDA_TRY(cudaStreamWaitEvent(g->st, g->cev, 0), err);
         g->dp_pending = 0;
     }
+    int t = (int)o->step + 1;
+    mg_lm_adamw_hp hp = {(float)lr, (float)sp->train.beta1, (float)sp->train.beta2, 1e-8f, (float)sp->train.weight_decay};
+    if (g->zero) {   /* the shard: norm, AdamW, the gather of the compute weights (mg_gpu_zero.h) */
+        if (!pending) return mg_err_set(err, MG_EINTERNAL, "mg_gpu_opt_step: ZeRO-1 without the gradients' "
+                                        "reduce-scatter (mg_gpu_dp_arm before the last micro-batch)");
+        mg_gpu_zero_bufs zb = zero_bufs(g);
+        if ((rc = mg_gpu_zero_step(g->zero, &zb, g->st, &hp, t, sp->train.grad_clip, gnorm, err))) return rc;
+        return opt_step_end(g, o, NULL, pending, err);
+    }
     for (int c = 0; c < g->n_chunks; c++) {
         long long off = (long long)c * GRAD_CHUNK, n = h->n_params - off < GRAD_CHUNK ? h->n_params - off : GRAD_CHUNK;
         if ((rc = mg_lm_sumsq(g->lm, g->st, g->G + off, n, g->part + (size_t)c * LM_SUMSQ_BLOCKS, err))) return rc;
@@ -810,8 +868,6 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
                           err)))
         return rc;
     if (g->ep && (rc = mg_gpu_ep_fix_norm(g->ep, g->lm, g->st, g->G, g->dnorm, sp->train.grad_clip, err))) return rc;
-    int t = (int)o->step + 1;
-    mg_lm_adamw_hp hp = {(float)lr, (float)sp->train.beta1, (float)sp->train.beta2, 1e-8f, (float)sp->train.weight_decay};
     /* one launch per run of adjacent tensors with the same decay flag; the LM head is a run of
      * its own, its compute copy being Hc (head_c) */
     for (int j = 0; j < h->n_tensors;) {
@@ -827,18 +883,7 @@ int mg_gpu_opt_step(mg_gpu_model *g, mg_adamw *o, double lr, double *gnorm, mg_e
             return rc;
         j = k + 1;
     }
-    float hn[2];
-    MG_CUDA_TRY(cudaMemcpyAsync(hn, g->dnorm, sizeof hn, cudaMemcpyDeviceToHost, g->st), err);
-    if (pending) {   /* a hung or failed peer ends in the comm's timeout and abort, not a hang here */
-        if (g->dp->comm[MG_DP_GROUP_REPLICAS] != g->dp->comm[MG_DP_GROUP_ALL] &&
-            (rc = mg_comm_wait(g->dp->comm[MG_DP_GROUP_REPLICAS], g->st, err)))
-            return rc;
-        if ((rc = mg_comm_wait(g->dp->comm[MG_DP_GROUP_ALL], g->st, err))) return rc;
-    }
-    MG_CUDA_TRY(cudaStreamSynchronize(g->st), err);
-    *gnorm = hn[0];
-    o->step++;
-    return MG_OK;
+    return opt_step_end(g, o, gnorm, pending, err);
 }
 
 double mg_gpu_mem_used(void)

@@ -5,7 +5,9 @@
  * Parameters: one flat fp32 master buffer P in the CPU model's order (so init, checkpoints and
  * the tensor table are the CPU model's: the host mg_cpu_model is the source of truth at
  * upload/download time), its gradient G, AdamW m/v, and a compute copy Wc in the spec's dtype
- * at the same offsets (Wc = P for fp32). Adjacent tensors are used fused, with no copy:
+ * at the same offsets (Wc = P for fp32). Under ZeRO-1 (mg_gpu_zero.h) M, Vm and, for a bf16/fp16
+ * model, P hold this rank's shard only, the gradients are reduce-scattered into a shard buffer and
+ * Wc is all-gathered after AdamW. Adjacent tensors are used fused, with no copy:
  *   q_proj, k_proj, v_proj          = one [(H + 2·KV)·hd, d] QKV weight (lm_params.h's W_qkv order)
  *   router, experts' gate/up, down  = mg_moe's wg, w_up [E, F2, d], w_dn [E, d, ff] (+ shared)
  *   dense gate_proj, up_proj, down  = mg_moe's w_up [1, F2d, d], w_dn [1, d, ffd]
@@ -72,6 +74,8 @@ typedef struct mg_gpu_opts {
     int verbose;
     double loss_scale;  /* loss weight of one micro-batch, baked into the MoE layers' aux/z coefficients:
                            0 = 1/grad_accum; data parallel: mg_dp.scale */
+    const struct mg_zero *zero;   /* ZeRO-1 (mg_zero.h, outlives the model): AdamW state and fp32 master
+                                     weights for this rank's shard only; NULL: the whole model */
 } mg_gpu_opts;
 
 /* Compiles (through the cache) and allocates for micro-batches of up to bmax sequences of
@@ -80,9 +84,10 @@ int mg_gpu_create(mg_gpu_model **g, mg_cpu_model *host, int bmax, const mg_gpu_o
 void mg_gpu_destroy(mg_gpu_model *g);
 
 /* host params (+ selection biases) → device master and compute weights; with o != NULL
- * also the AdamW moments and step. */
+ * also the AdamW moments and step. ZeRO-1 (mg_gpu_opts.zero): o is the shard (n = n_shard). */
 int mg_gpu_upload(mg_gpu_model *g, const mg_adamw *o, mg_err *err);
-/* device → host params, biases and (o != NULL) moments; syncs. */
+/* device → host params, biases and (o != NULL) moments; syncs. ZeRO-1: the params of this rank's
+ * runs only (mg_zero_gather on the host completes them) and o the shard. */
 int mg_gpu_download(mg_gpu_model *g, mg_adamw *o, mg_err *err);
 /* device gradients → out [n_params] (host); syncs. */
 int mg_gpu_download_grads(mg_gpu_model *g, float *out, mg_err *err);

@@ -25,23 +25,33 @@ void mg_adamw_free(mg_adamw *o)
     memset(o, 0, sizeof *o);
 }
 
+mg_adamw_hp mg_adamw_hp_at(long t, double lr, double beta1, double beta2, double eps, double wd, double gscale)
+{
+    return (mg_adamw_hp){lr, beta1, beta2, eps, wd, gscale, 1.0 - pow(beta1, (double)t), 1.0 - pow(beta2, (double)t)};
+}
+
+void mg_adamw_update(float *p, const float *g, float *m, float *v, long n, int decay, const mg_adamw_hp *h)
+{
+    double dec = decay ? 1.0 - h->lr * h->wd : 1.0;
+    for (long i = 0; i < n; i++) {
+        double gi = g[i] * h->gscale;
+        double mi = h->beta1 * m[i] + (1.0 - h->beta1) * gi;
+        double vi = h->beta2 * v[i] + (1.0 - h->beta2) * gi * gi;
+        m[i] = (float)mi;
+        v[i] = (float)vi;
+        double pi = p[i] * dec;
+        p[i] = (float)(pi - h->lr * (mi / h->bc1) / (sqrt(vi / h->bc2) + h->eps));
+    }
+}
+
 void mg_adamw_step(mg_adamw *o, float *params, const float *grads, const mg_cpu_tensor *tensors, int n_tensors,
                    double lr, double beta1, double beta2, double eps, double wd, double gscale)
 {
     o->step++;
-    double bc1 = 1.0 - pow(beta1, (double)o->step), bc2 = 1.0 - pow(beta2, (double)o->step);
+    mg_adamw_hp h = mg_adamw_hp_at(o->step, lr, beta1, beta2, eps, wd, gscale);
     for (int j = 0; j < n_tensors; j++) {
         const mg_cpu_tensor *t = &tensors[j];
-        double decay = t->decay ? 1.0 - lr * wd : 1.0;
-        for (long i = t->off; i < t->off + t->n; i++) {
-            double g = grads[i] * gscale;
-            double m = beta1 * o->m[i] + (1.0 - beta1) * g;
-            double v = beta2 * o->v[i] + (1.0 - beta2) * g * g;
-            o->m[i] = (float)m;
-            o->v[i] = (float)v;
-            double p = params[i] * decay;
-            params[i] = (float)(p - lr * (m / bc1) / (sqrt(v / bc2) + eps));
-        }
+        mg_adamw_update(params + t->off, grads + t->off, o->m + t->off, o->v + t->off, t->n, t->decay, &h);
     }
 }
 

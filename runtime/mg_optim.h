@@ -27,6 +27,18 @@ typedef struct mg_adamw {
 void mg_adamw_init(mg_adamw *o, long n);
 void mg_adamw_free(mg_adamw *o);
 
+/* The constants of update t: hyperparameters, the clip factor gscale, and the bias corrections
+ * bc1 = 1 − β1ᵗ, bc2 = 1 − β2ᵗ (mg_adamw_hp_at). */
+typedef struct mg_adamw_hp {
+    double lr, beta1, beta2, eps, wd, gscale, bc1, bc2;
+} mg_adamw_hp;
+mg_adamw_hp mg_adamw_hp_at(long t, double lr, double beta1, double beta2, double eps, double wd, double gscale);
+
+/* The update of n consecutive elements of one tensor (decay: its weight-decay flag): p, g, m and
+ * v point at the same element; what mg_adamw_step does per tensor, so a ZeRO-1 shard (mg_zero.h)
+ * whose m and v live elsewhere than p gets the same bits. */
+void mg_adamw_update(float *p, const float *g, float *m, float *v, long n, int decay, const mg_adamw_hp *h);
+
 /* One update of all tensors; grads are multiplied by gscale (the clip factor) on the fly. */
 void mg_adamw_step(mg_adamw *o, float *params, const float *grads, const mg_cpu_tensor *tensors, int n_tensors,
                    double lr, double beta1, double beta2, double eps, double wd, double gscale);

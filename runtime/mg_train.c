@@ -9,6 +9,7 @@
 #include "mg_optim.h"
 #include "mg_sb.h"
 #include "mg_tb.h"
+#include "mg_zero.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -164,7 +165,21 @@ typedef struct run {
     mg_dp dp;            /* this rank's share of each step (one process: the whole step) */
     mg_par par;          /* dp × ep layout (mg_ep.h) */
     mg_comm *ep_comm, *replicas;   /* expert parallel: the EP group, the ranks holding my experts */
+    mg_zero zero;        /* ZeRO-1 (parallel.zero = 1, data parallel): opt holds this rank's shard only */
 } run;
+
+/* A checkpoint (the one-process format, whatever wrote it) into the model and r->opt; under
+ * ZeRO-1 the full optimizer state is read, then this rank's shard kept. */
+static int load_ckpt(run *r, const char *ckpt, mg_err *err)
+{
+    if (!r->zero.on) return mg_ckpt_load(ckpt, &r->m, &r->opt, err);
+    mg_adamw full;
+    mg_adamw_init(&full, r->m.n_params);
+    int rc = mg_ckpt_load(ckpt, &r->m, &full, err);
+    if (!rc) mg_zero_take_shard(&r->zero, &full, &r->opt);
+    mg_adamw_free(&full);
+    return rc;
+}
 
 /* The spec and starting point: a fresh model from spec, or the checkpoint's state. */
 static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err *err)
@@ -215,16 +230,18 @@ static int run_setup(run *r, const mg_spec *spec, const mg_train_opts *o, mg_err
     if ((rc = mg_cpu_model_create_shard(&r->m, s, o->gpu ? 1 : r->dp.B_loc, r->par.ep, r->par.ep_rank, err)) ||
         (rc = o->gpu ? MG_OK : mg_ep_attach(&r->m, r->ep_comm, err)))   /* the GPU model has its own (mg_gpu_ep) */
         return rc;
-    if ((rc = mg_dp_buckets(&r->dp, &r->m, err))) return rc;
+    if ((rc = mg_dp_buckets(&r->dp, &r->m, err)) ||
+        (rc = mg_zero_init(&r->zero, s->parallel.zero == 1, &r->dp, r->m.n_params, err)))
+        return rc;
     if (o->gpu) {
-        mg_gpu_opts go = {.loss_scale = mg_dp_on(&r->dp) ? r->dp.scale : 0};
+        mg_gpu_opts go = {.loss_scale = mg_dp_on(&r->dp) ? r->dp.scale : 0, .zero = r->zero.on ? &r->zero : NULL};
         if ((rc = mg_gpu_create(&r->gpu, &r->m, r->dp.B_loc, &go, err)) || (rc = mg_gpu_dp_attach(r->gpu, &r->dp, err)) ||
             (rc = mg_gpu_ep_attach(r->gpu, r->ep_comm, err)))
             return rc;
     }
-    mg_adamw_init(&r->opt, r->m.n_params);
+    mg_adamw_init(&r->opt, r->zero.on ? r->zero.n_shard : r->m.n_params);
     if (o->resume) {
-        if ((rc = mg_ckpt_load(ckpt, &r->m, &r->opt, err))) return rc;
+        if ((rc = load_ckpt(r, ckpt, err))) return rc;
         if (r->opt.step != r->st.step)
             return mg_err_set(err, MG_EUSER, "%s/optimizer.safetensors: step %ld, but state.json says %ld", ckpt,
                               r->opt.step, r->st.step);
@@ -276,27 +293,78 @@ static void run_free(run *r)
     mg_adamw_free(&r->opt);
     mg_cpu_data_free(&r->data);
     mg_ckpt_state_free(&r->st);
+    mg_zero_free(&r->zero);
     mg_dp_free(&r->dp);
     if (r->ep_comm && r->ep_comm != r->dp.comm[MG_DP_GROUP_ALL]) mg_comm_close(r->ep_comm);
     mg_comm_close(r->replicas);
 }
 
-/* Expert parallel: every group gathers its experts to its rank 0; world rank 0 writes the
- * one-file checkpoint of the whole model (mg_ep_gather_full). */
-static int save_ep(run *r, int keep, mg_err *err)
+/* Expert parallel: every group gathers its experts (weights, and o: the rank's whole optimizer
+ * state) to its rank 0; world rank 0 writes the one-file checkpoint of the whole model
+ * (mg_ep_gather_full). */
+static int save_ep(run *r, const mg_adamw *o, int keep, mg_err *err)
 {
     mg_cpu_model full;
     mg_adamw fo;
     int root = r->par.ep_rank == 0, rc = 0;
     memset(&full, 0, sizeof full);
     memset(&fo, 0, sizeof fo);
-    if (r->gpu) rc = mg_gpu_download(r->gpu, &r->opt, err);
-    if (!rc && root && !(rc = mg_cpu_model_create(&full, &r->spec, 1, err))) mg_adamw_init(&fo, full.n_params);
-    if (!rc) rc = mg_ep_gather_full(&r->m, &r->opt, r->ep_comm, root ? &full : NULL, root ? &fo : NULL, err);
+    if (root && !(rc = mg_cpu_model_create(&full, &r->spec, 1, err))) mg_adamw_init(&fo, full.n_params);
+    if (!rc) rc = mg_ep_gather_full(&r->m, o, r->ep_comm, root ? &full : NULL, root ? &fo : NULL, err);
     if (!rc && r->par.rank == 0) rc = mg_ckpt_save(r->run_dir, &full, &fo, &r->st, keep, err);
     mg_cpu_model_free(&full);
     mg_adamw_free(&fo);
     return rc;
+}
+
+/* ZeRO-1: the weights (GPU: the shards of the fp32 masters, downloaded into the host model) and
+ * the optimizer state gathered from the shards into *full (the rank's unsharded state, freed by
+ * the caller), so that the writers below see what zero = 0 gives them. Collective. Host memory
+ * for that moment: the unsharded state, as zero = 0 holds it always. */
+static int zero_unshard(run *r, mg_adamw *full, mg_err *err)
+{
+    int rc = r->gpu ? mg_gpu_download(r->gpu, &r->opt, err) : 0;
+    if (!rc && r->gpu) rc = mg_zero_gather(&r->zero, r->m.params, sizeof(float), err);
+    mg_adamw_init(full, r->m.n_params);
+    return rc ? rc : mg_zero_full_state(&r->zero, &r->opt, full, err);
+}
+
+/* A checkpoint of the step just done, in the one-process format. Every rank calls it (the
+ * gathers of EP and ZeRO-1 are collective); rank 0 writes. */
+static int save_ckpt(run *r, int keep, mg_err *err)
+{
+    mg_adamw full;
+    const mg_adamw *o = &r->opt;
+    int rc = 0;
+    memset(&full, 0, sizeof full);
+    if (r->zero.on) {
+        rc = zero_unshard(r, &full, err);
+        o = &full;
+    } else if (r->gpu && (r->par.ep > 1 || r->dp.rank == 0)) {
+        rc = mg_gpu_download(r->gpu, &r->opt, err);
+    }
+    if (!rc && r->par.ep > 1) rc = save_ep(r, o, keep, err);
+    else if (!rc && r->dp.rank == 0) rc = mg_ckpt_save(r->run_dir, &r->m, o, &r->st, keep, err);
+    mg_adamw_free(&full);
+    return rc;
+}
+
+/* Bytes of optimizer state this rank holds: AdamW m and v, and on the GPU with bf16/fp16 weights
+ * the fp32 master weights (the CPU model and an fp32 GPU model train their weights directly);
+ * under ZeRO-1 for its shard only. */
+static double opt_state_bytes(const run *r)
+{
+    long n = r->zero.on ? r->zero.n_shard : r->m.n_params;
+    return (double)n * (r->gpu && r->spec.dtype != MG_DTYPE_FP32 ? 12 : 8);
+}
+
+static void print_opt_state(const run *r, FILE *log)
+{
+    int master = r->gpu && r->spec.dtype != MG_DTYPE_FP32;
+    long n = r->zero.on ? r->zero.n_shard : r->m.n_params;
+    fprintf(log, "train: optimizer state per rank: %.0f bytes = %.2f MiB (AdamW m, v%s of %ld of the rank's %ld "
+            "parameters; zero = %d)\n", opt_state_bytes(r), opt_state_bytes(r) / (1024.0 * 1024), master ?
+            ", fp32 master weights" : "", n, r->m.n_params, r->zero.on);
 }
 
 typedef struct step_stats {
@@ -431,18 +499,28 @@ static int train_step(run *r, long s, int32_t *tok, step_stats *ss, mg_err *err)
     }
     ss->ce = ce;
     ss->tokens = n;
-    if ((rc = mg_dp_reduce_grads(&r->dp, m->grads, err)) || (rc = dp_sum_stats(r, ss, err)) ||
-        (rc = mg_dp_sum_loads(&r->dp, m, err)))
+    if ((rc = r->zero.on ? mg_zero_reduce_grads(&r->zero, m->grads, err)
+                         : mg_dp_reduce_grads(&r->dp, m->grads, err)) ||
+        (rc = dp_sum_stats(r, ss, err)) || (rc = mg_dp_sum_loads(&r->dp, m, err)))
         return rc;
     ss->loss = ss->ce + ss->aux + ss->z;
-    if (m->ep_rt) {
+    if (r->zero.on) {   /* the shards cover every parameter once, experts included */
+        if ((rc = mg_zero_grad_norm(&r->zero, m->grads, &ss->gnorm, err))) return rc;
+    } else if (m->ep_rt) {
         if ((rc = mg_ep_grad_norm(m, r->ep_comm, &ss->gnorm, err))) return rc;
     } else {
         ss->gnorm = mg_grad_norm(m->grads, m->n_params);
     }
     ss->lr = mg_lr_at(sp, s);
-    mg_adamw_step(&r->opt, m->params, m->grads, m->tensors, m->n_tensors, ss->lr, sp->train.beta1, sp->train.beta2,
-                  1e-8, sp->train.weight_decay, mg_clip_scale(ss->gnorm, sp->train.grad_clip));
+    double clip = mg_clip_scale(ss->gnorm, sp->train.grad_clip);
+    if (r->zero.on) {   /* this rank's shard, then every rank's updated slices to everyone */
+        mg_zero_adamw_step(&r->zero, &r->opt, m->params, m->grads, m->tensors, m->n_tensors, ss->lr, sp->train.beta1,
+                           sp->train.beta2, 1e-8, sp->train.weight_decay, clip);
+        if ((rc = mg_zero_gather(&r->zero, m->params, sizeof(float), err))) return rc;
+    } else {
+        mg_adamw_step(&r->opt, m->params, m->grads, m->tensors, m->n_tensors, ss->lr, sp->train.beta1, sp->train.beta2,
+                      1e-8, sp->train.weight_decay, clip);
+    }
     mg_cpu_model_update_bias(m, sp->moe.bias_update_rate);
     return 0;
 }
@@ -504,6 +582,7 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
     if (!o->quiet && mg_dp_on(&r.dp))
         fprintf(r.log, "train: data parallel over %d ranks: each runs %d x %d rows per step (%s split)\n", r.dp.world,
                 r.dp.A_loc, r.dp.B_loc, r.dp.micro_split ? "micro-batch" : "row");
+    if (!o->quiet && (mg_dp_on(&r.dp) || r.gpu)) print_opt_state(&r, r.log);
     if (r.st.step >= r.stop && !o->quiet)
         fprintf(r.log, "train: nothing to do: the checkpoint is at step %ld, the run stops at %ld\n", r.st.step, r.stop);
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (size_t)(r.m.T + 1));
@@ -548,16 +627,8 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
                     r.stop, ss.loss, vp, tps, mfu, eta, tty ? "\033[K" : "\n");
             fflush(r.log);
         }
-        if (eval && o->no_save) {
-            r.st.val_loss = val;
-        } else if (eval && r.par.ep > 1) {
-            r.st.val_loss = val;
-            rc = save_ep(&r, o->keep > 0 ? o->keep : 3, err);
-        } else if (eval && r.dp.rank == 0) {   /* the replicas hold the same weights: rank 0 saves them */
-            r.st.val_loss = val;
-            if (r.gpu && (rc = mg_gpu_download(r.gpu, &r.opt, err))) break;
-            rc = mg_ckpt_save(r.run_dir, &r.m, &r.opt, &r.st, o->keep > 0 ? o->keep : 3, err);
-        }
+        if (eval) r.st.val_loss = val;
+        if (eval && !o->no_save) rc = save_ckpt(&r, o->keep > 0 ? o->keep : 3, err);
         if (mg_dp_on(&r.dp)) mg_dp_fault_hook(r.dp.rank, done);
     }
     if (!o->quiet && tty) fputc('\n', r.log);
@@ -566,9 +637,10 @@ int mg_train(const mg_spec *spec, const mg_train_opts *o, mg_train_result *res, 
         char name[256];
         mg_gpu_name(name, sizeof name);
         fprintf(r.log, "train: %s x %d: %.0f tok/s, MFU %.1f%% (model FLOPs 6·active + attention per token over a dense "
-                "bf16 peak of %.0f TFLOP/s per GPU, the H100 SXM / H200 datasheet), GPU memory in use %.2f GiB\n", name,
-                r.dp.world, tps, 100 * mg_gpu_mfu(sp, tps / r.dp.world, 0), MG_GPU_PEAK_BF16 / 1e12,
-                mg_gpu_mem_used() / (1024.0 * 1024 * 1024));
+                "bf16 peak of %.0f TFLOP/s per GPU, the H100 SXM / H200 datasheet), GPU memory in use %.2f GiB, "
+                "optimizer state %.2f GiB per rank (zero = %d)\n", name, r.dp.world, tps,
+                100 * mg_gpu_mfu(sp, tps / r.dp.world, 0), MG_GPU_PEAK_BF16 / 1e12,
+                mg_gpu_mem_used() / (1024.0 * 1024 * 1024), opt_state_bytes(&r) / (1024.0 * 1024 * 1024), r.zero.on);
     }
     res->steps_done = r.st.step;
     res->last_val = last_val;

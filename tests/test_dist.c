@@ -252,6 +252,29 @@ static int comm_checks(mg_comm *c)
             want = val(r, i);
             bad += memcmp(&want, &out[(size_t)r * N + i], 4) != 0;
         }
+    /* in place, as ZeRO-1 uses them (mg_zero.h): the reduce-scatter into this rank's own block (the
+     * others keep their values), through the async helper (the CPU backend's blocking fallback) */
+    memcpy(out, in, sizeof in);
+    if (mg_comm_reduce_scatter_async(c, out, out + (size_t)me * N, N, MG_COMM_F32, NULL, &err))
+        return fprintf(stderr, "%s\n", err.msg), 100;
+    for (size_t i = 0; i < (size_t)W * N; i++) {
+        size_t blk = i / N;
+        want = val(0, i);
+        for (int r = 1; r < W && blk == (size_t)me; r++) want += val(r, i);
+        if (blk != (size_t)me) want = val(me, i);
+        bad += memcmp(&want, &out[i], 4) != 0;
+    }
+    /* ... and the all-gather of bytes from this rank's block of out (odd sizes: 3 floats + 1 byte) */
+    size_t nb = 3 * 4 + 1;
+    memset(out, 0, sizeof out);
+    memcpy((unsigned char *)out + (size_t)me * nb, in, nb);
+    if (mg_comm_all_gather_async(c, (unsigned char *)out + (size_t)me * nb, out, nb, MG_COMM_BYTE, NULL, &err))
+        return fprintf(stderr, "%s\n", err.msg), 100;
+    for (int r = 0; r < W; r++) {
+        float want_blk[4];
+        for (size_t i = 0; i < 4; i++) want_blk[i] = val(r, i);
+        bad += memcmp(want_blk, (unsigned char *)out + (size_t)r * nb, nb) != 0;
+    }
     /* all-to-all-v: element k of the block src -> dst is src*10000 + dst*100 + k */
     size_t sc[3], rc[3], so = 0;
     float send[3 * 24], recv[3 * 24];

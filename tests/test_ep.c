@@ -361,17 +361,34 @@ static const char cli_spec[] =
     " seq_len = 32, tie_embeddings = true, d_ff_dense = 64 }, moe = { experts = 4, top_k = 2, d_ff = 32,"
     " every = 2, aux_loss = %s, z_loss = %s, shared_experts = %d }, dtype = 'fp32', train = { data = '%s/corpus.txt',"
     " batch = 4, lr = 1e-2, warmup = 2, steps = %d, eval_every = 100, eval_batches = 2, seed = 3 },"
-    " parallel = { dp = %d, ep = %d } }\n";
+    " parallel = { dp = %d, ep = %d, zero = %d } }\n";
 
-/* DIR/NAME.lua: the test model over DIR/corpus.txt with this layout, with or without aux/z losses
- * and a shared expert. */
-static void write_spec(const char *dir, const char *name, int dp, int ep, int aux, int shared)
+/* DIR/NAME.lua: the test model over DIR/corpus.txt with this layout (zero: ZeRO-1), with or
+ * without aux/z losses and a shared expert. */
+static void write_spec_z(const char *dir, const char *name, int dp, int ep, int zero, int aux, int shared)
 {
     char p[700];
     snprintf(p, sizeof p, "%s/%s.lua", dir, name);
     FILE *f = fopen(p, "w");
     assert_non_null(f);
-    fprintf(f, cli_spec, aux ? "0.01" : "0", aux ? "0.001" : "0", shared, dir, CLI_STEPS, dp, ep);
+    fprintf(f, cli_spec, aux ? "0.01" : "0", aux ? "0.001" : "0", shared, dir, CLI_STEPS, dp, ep, zero);
+    fclose(f);
+}
+
+static void write_spec(const char *dir, const char *name, int dp, int ep, int aux, int shared)
+{
+    write_spec_z(dir, name, dp, ep, 0, aux, shared);
+}
+
+/* A fresh directory t with the test corpus in it. */
+static void cli_dir(char *t, size_t n, const char *tag)
+{
+    char p[700];
+    assert_int_equal(mg_test_tmpdir(t, n, tag), 0);
+    snprintf(p, sizeof p, "%s/corpus.txt", t);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 400; i++) fprintf(f, "%d: the quick brown fox %s over the lazy dog.\n", i, i % 3 ? "jumps" : "leaps");
     fclose(f);
 }
 
@@ -381,11 +398,7 @@ static void test_cli_ep(void **state)
 {
     (void)state;
     char t[512], p[700];
-    assert_int_equal(mg_test_tmpdir(t, sizeof t, "epcli"), 0);
-    snprintf(p, sizeof p, "%s/corpus.txt", t);
-    FILE *f = fopen(p, "w");
-    for (int i = 0; i < 400; i++) fprintf(f, "%d: the quick brown fox %s over the lazy dog.\n", i, i % 3 ? "jumps" : "leaps");
-    fclose(f);
+    cli_dir(t, sizeof t, "epcli");
     write_spec(t, "ep1", 1, 1, 1, 0);
     write_spec(t, "ep2", 1, 2, 1, 0);
     mg_proc r;
@@ -448,6 +461,64 @@ static void test_cli_ep(void **state)
     mg_test_rmtree(t);
 }
 
+
+/* run/metrics.jsonl losses within LOSS_RTOL of ref's, every step (ref, run under t) */
+static int same_losses(const char *t, const char *ref, const char *run, const char *what)
+{
+    double la[CLI_STEPS], lb[CLI_STEPS], worst = 0;
+    char p[700];
+    snprintf(p, sizeof p, "%s/%s", t, ref);
+    assert_int_equal(read_metrics(p, la, CLI_STEPS, NULL, 0), CLI_STEPS);
+    snprintf(p, sizeof p, "%s/%s", t, run);
+    assert_int_equal(read_metrics(p, lb, CLI_STEPS, NULL, 0), CLI_STEPS);
+    int bad = 0;
+    for (int i = 0; i < CLI_STEPS; i++) {
+        double rel = fabs(lb[i] - la[i]) / la[i];
+        if (!(rel <= LOSS_RTOL)) print_error("%s, step %d: %.10f vs %.10f\n", what, i + 1, la[i], lb[i]), bad++;
+        if (rel > worst) worst = rel;
+    }
+    print_message("    %s: worst rel deviation %.2g (bound %g)\n", what, worst, LOSS_RTOL);
+    return bad;
+}
+
+/* ZeRO-1 with expert parallelism: dp = 2 x ep = 2 on 4 ranks (the dense state sharded over all 4,
+ * each expert's over its 2 replicas) = the same without ZeRO = one process (no aux/z losses, as
+ * test_cli_ep); its checkpoint resumes on one process and one process's on it; ep = 2 alone
+ * (the dense state over the 2 EP ranks, the experts unsharded) with aux losses = one process. */
+static void test_cli_ep_zero(void **state)
+{
+    (void)state;
+    char t[512];
+    cli_dir(t, sizeof t, "epzero");
+    write_spec(t, "noaux", 1, 1, 0, 0);
+    write_spec(t, "dp2ep2", 2, 2, 0, 0);
+    write_spec_z(t, "dp2ep2z", 2, 2, 1, 0, 0);
+    write_spec(t, "ep1", 1, 1, 1, 0);
+    write_spec_z(t, "ep2z", 1, 2, 1, 1, 0);
+    mg_proc r;
+    const char *M = mg_bin();
+    mg_run(&r, "%s train %s/noaux.lua --run-dir %s/N1 -q && %s train %s/dp2ep2.lua --procs 4 --timeout 30 --run-dir %s/N4 -q"
+           " && %s train %s/dp2ep2z.lua --procs 4 --timeout 30 --run-dir %s/Z4", M, t, t, M, t, t, M, t, t);
+    if (r.code) fail_msg("%s", r.out);
+    const char *ob = strstr(r.out, "optimizer state per rank: ");
+    assert_non_null(ob);
+    mg_run(&r, "%s train %s/dp2ep2z.lua --procs 4 --timeout 30 --run-dir %s/Z4a --steps 5 -q && "
+           "%s train --resume %s/Z4a %s/noaux.lua -q && "
+           "%s train %s/noaux.lua --run-dir %s/Z4b --steps 5 -q && "
+           "%s train --resume %s/Z4b %s/dp2ep2z.lua --procs 4 --timeout 30 -q && "
+           "%s train %s/ep1.lua --run-dir %s/A -q && %s train %s/ep2z.lua --procs 2 --timeout 30 --run-dir %s/E2 -q",
+           M, t, t, M, t, t, M, t, t, M, t, t, M, t, t, M, t, t);
+    if (r.code) fail_msg("%s", r.out);
+    print_message("    dp 2 x ep 2, zero = 1: %.*s\n", (int)strcspn(ob, "\n"), ob);
+    int bad = same_losses(t, "N4", "Z4", "dp 2 x ep 2: zero = 0 vs zero = 1") +
+              same_losses(t, "N1", "Z4", "one process vs dp 2 x ep 2 zero = 1") +
+              same_losses(t, "N1", "Z4a", "one process vs dp 2 x ep 2 zero = 1 resumed on one process") +
+              same_losses(t, "N1", "Z4b", "one process vs one process resumed on dp 2 x ep 2 zero = 1") +
+              same_losses(t, "A", "E2", "one process vs ep 2 zero = 1 (aux losses)");
+    assert_int_equal(bad, 0);
+    mg_test_rmtree(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -456,6 +527,7 @@ int main(void)
         cmocka_unit_test(test_ep_matches_one_rank),
         cmocka_unit_test(test_ep_shared_matches_one_rank),
         cmocka_unit_test(test_cli_ep),
+        cmocka_unit_test(test_cli_ep_zero),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
