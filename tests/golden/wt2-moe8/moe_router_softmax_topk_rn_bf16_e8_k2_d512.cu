@@ -54,8 +54,27 @@ static constexpr int MG_BM = 0, MG_BN = 0, MG_BK = 0, MG_STAGES = 0, MG_WARPS = 
 #define MG_DISPATCH_CHUNK 256
 /* Warps (chunks) per block of dispatch count/place. */
 #define MG_DISPATCH_WARPS 4
-/* Tokens per block of router fwd/bwd (one warp per token). */
+/* Tokens per block of router bwd (one warp per token). */
 #define MG_ROUTER_WARPS 4
+/* Router fwd: a block computes the logits of MG_RF_TOKENS tokens as one GEMM tile (tensor
+ * cores for 16-bit dtypes, FFMA for fp32) into shared memory, then routes them one warp per
+ * token. Experts per GEMM pass: MG_RF_BN (64, or 128 when E > 64; E > 128 takes several
+ * passes), k step MG_RF_BK, an MG_RF_STAGES-deep cp.async pipeline. The fp32 logits tile (row
+ * stride E + 4) reuses the pipeline's shared memory after a single pass, else follows it.
+ * Dynamic shared memory MG_RF_SMEM_BYTES(E, esz): at most 95 KB (E = 256, fp32), so that it
+ * fits the 99 KB of sm_86/sm_89 too. Host and device use these same macros. */
+#define MG_RF_TOKENS 64
+#define MG_RF_WARPS 8
+#define MG_RF_BN(E) ((E) <= 64 ? 64 : 128)
+#define MG_RF_BK(E, esz) ((E) > 128 ? 16 : (esz) == 2 && (E) <= 64 ? 64 : 32)
+#define MG_RF_STAGES(E, esz) ((esz) == 4 && (E) > 128 ? 2 : 3)
+#define MG_RF_LD(E) ((E) + 4)
+#define MG_RF_PIPE_BYTES(E, esz) \
+    MG_GEMM_SMEM_BYTES(MG_RF_TOKENS, MG_RF_BN(E), MG_RF_BK(E, esz), MG_RF_STAGES(E, esz), esz, 1, 1)
+#define MG_RF_LOGITS_OFF(E, esz) ((E) <= MG_RF_BN(E) ? 0 : MG_RF_PIPE_BYTES(E, esz))
+#define MG_RF_LOGITS_END(E, esz) (MG_RF_LOGITS_OFF(E, esz) + MG_RF_TOKENS * MG_RF_LD(E) * 4)
+#define MG_RF_SMEM_BYTES(E, esz) \
+    (MG_RF_LOGITS_END(E, esz) > MG_RF_PIPE_BYTES(E, esz) ? MG_RF_LOGITS_END(E, esz) : MG_RF_PIPE_BYTES(E, esz))
 /* Tokens per partial of router dwg (partials are reduced in split order). */
 #define MG_DWG_SPLIT 256
 /* Tokens per block of router dx. */
@@ -1431,8 +1450,9 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
 #endif
 #line 1 "templates/moe_router.cu"
 /* moe_router: routing and its losses and gradients.
- *   fwd:    logits = x·wgᵀ (fp32, one warp per token), softmax or sigmoid, top-k by score +
- *           selection bias (ties: lower expert id), weights from the un-biased scores
+ *   fwd:    logits = x·wgᵀ (fp32; a block's [MG_RF_TOKENS x E] tile by a tiled GEMM, tensor
+ *           cores for 16-bit dtypes), then per token (one warp): softmax or sigmoid, top-k by
+ *           score + selection bias (ties: lower expert id), weights from the un-biased scores
  *           (+ renormalization); writes logits, the aux-loss probs, lse, and per token the
  *           entropy −Σ p ln p and max p of the aux-loss probs (monitoring)
  *   stats:  psum[e] = Σ_t p[t,e], lse2 = Σ_t lse[t]², loss[2] = Σ_t entropy, loss[3] = Σ_t
@@ -1445,7 +1465,7 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
  *   dx:     dxr = dlogits·wg (the router's share of dx, summed by combine/dx)
  * No float atomics anywhere: every float sum has a fixed order. */
 // moegen:entries fwd stats loss bwd dwg dwgsum dx
-// moegen:grid fwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS threads, no dynamic smem
+// moegen:grid fwd: ceil(T/MG_RF_TOKENS) x 32*MG_RF_WARPS, dynamic smem MG_RF_SMEM_BYTES(E,esz)
 // moegen:grid stats: E+3 x 256
 // moegen:grid loss: 1 x 256
 // moegen:grid bwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS
@@ -1460,32 +1480,24 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
 
 #define MG_R_NPL ((MG_E + 31) / 32)   /* experts per lane: e = lane + 32*i */
 
-/* fwd. grid: ceil(T / MG_ROUTER_WARPS); block: 32*MG_ROUTER_WARPS (one warp per token). */
-extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
-moe_router_softmax_topk_rn_bf16_e8_k2_d512_fwd(const moe_router_fwd_params p)
-{
-    __shared__ float s_buf[MG_ROUTER_WARPS][MG_E];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int t = blockIdx.x * MG_ROUTER_WARPS + w;
-    if (t >= p.T) return;   /* warp-uniform; only warp-level sync below */
-    const mg_t *x = (const mg_t *)p.x + (long long)t * MG_D;
-    const mg_t *wg = (const mg_t *)p.wg;
+/* ------------------------------------------------------------------ fwd */
+static constexpr int MG_RF_ESZ = (int)sizeof(mg_t);
+typedef mg_gemm<mg_t, MG_RF_TOKENS, MG_RF_BN(MG_E), MG_RF_BK(MG_E, MG_RF_ESZ), MG_RF_STAGES(MG_E, MG_RF_ESZ),
+               MG_RF_WARPS, true, true>
+    moe_router_fwd_gemm;
+static_assert(moe_router_fwd_gemm::SMEM_BYTES == MG_RF_PIPE_BYTES(MG_E, MG_RF_ESZ), "host and device smem disagree");
 
-    for (int e = 0; e < MG_E; e++) {
-        const mg_t *wr = wg + (long long)e * MG_D;
-        float acc = 0.0f;
-        for (int c = lane; c < MG_D; c += 32) acc = fmaf(mg_to_f32(x[c]), mg_to_f32(wr[c]), acc);
-        acc = mg_warp_sum(acc);
-        if (lane == 0) s_buf[w][e] = acc;
-    }
-    __syncwarp();
+/* Routes token t from its fp32 logits row (shared memory, E floats; the row is reused for
+ * the raw top-k weights). One warp; lane the caller's lane. */
+MG_DEV void moe_router_token(const moe_router_fwd_params &p, int t, float *row, int lane)
+{
     float l[MG_R_NPL];
 #pragma unroll
     for (int i = 0; i < MG_R_NPL; i++) {
         int e = lane + 32 * i;
-        l[i] = e < MG_E ? s_buf[w][e] : -mg_inf();
+        l[i] = e < MG_E ? row[e] : -mg_inf();
     }
-    __syncwarp();   /* s_buf row is reused for the raw top-k weights below */
+    __syncwarp();   /* the row is reused for the raw top-k weights below */
 
     float mx = -mg_inf();
 #pragma unroll
@@ -1575,15 +1587,50 @@ moe_router_softmax_topk_rn_bf16_e8_k2_d512_fwd(const moe_router_fwd_params p)
         wsum += bw;
         if (lane == 0) {
             p.topk_idx[(long long)t * MG_TOPK + j] = bi;
-            s_buf[w][j] = bw;
+            row[j] = bw;
         }
     }
     __syncwarp();
     for (int j = lane; j < MG_TOPK; j += 32) {
-        float v = s_buf[w][j];
+        float v = row[j];
         if (MG_RENORM && MG_ROUTER != 2) v = v / wsum;
         p.topk_w[(long long)t * MG_TOPK + j] = v;
     }
+}
+
+/* fwd. grid: ceil(T / MG_RF_TOKENS); block: 32*MG_RF_WARPS; dynamic smem
+ * MG_RF_SMEM_BYTES(E, esz). The block's logits [MG_RF_TOKENS x E] come from the GEMM core
+ * (mg_gemm: A = its x rows, B = wg rows, K = d; one pass per MG_RF_BN experts) into shared
+ * memory; then each warp routes tokens w, w + WARPS, ... of the tile from there. x is read
+ * once (16-byte cp.async), wg once per block (from L2). */
+extern "C" __global__ void __launch_bounds__(32 * MG_RF_WARPS)
+moe_router_softmax_topk_rn_bf16_e8_k2_d512_fwd(const moe_router_fwd_params p)
+{
+    typedef moe_router_fwd_gemm G;
+    constexpr int BN = MG_RF_BN(MG_E), LD = MG_RF_LD(MG_E);
+    extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+    __shared__ long long rowA[MG_RF_TOKENS], rowB[BN];
+    float *s_l = (float *)(mg_smem + MG_RF_LOGITS_OFF(MG_E, MG_RF_ESZ));
+    const int t0 = blockIdx.x * MG_RF_TOKENS;
+    for (int r = threadIdx.x; r < MG_RF_TOKENS; r += G::NT)
+        rowA[r] = t0 + r < p.T ? (long long)(t0 + r) * MG_D : -1;
+    const mg_opnd<mg_t> A = {(const mg_t *)p.x, rowA, 0, 0, 1, 0, 0};
+    const mg_opnd<mg_t> B = {(const mg_t *)p.wg, rowB, 0, 0, 1, 0, 0};
+    for (int n0 = 0; n0 < MG_E; n0 += BN) {
+        /* rowB is free: the previous pass's mainloop ended with its copies drained and a barrier */
+        for (int n = threadIdx.x; n < BN; n += G::NT) rowB[n] = n0 + n < MG_E ? (long long)(n0 + n) * MG_D : -1;
+        __syncthreads();
+        float acc[G::NACC];
+        G::mainloop((mg_t *)mg_smem, A, B, 0, MG_D, acc);
+        /* a single pass: s_l overlays the pipeline, free after mainloop's closing barrier */
+        G::foreach(acc, [&](int m, int n, float v) {
+            if (n0 + n < MG_E) s_l[m * LD + n0 + n] = v;
+        });
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int r = w; r < MG_RF_TOKENS && t0 + r < p.T; r += MG_RF_WARPS)   /* warp-uniform */
+        moe_router_token(p, t0 + r, s_l + r * LD, lane);
 }
 
 /* stats. grid: E + 3 (block e < E: psum[e]; block E: lse2; E+1: Σ entropy; E+2: Σ top-1);
