@@ -459,9 +459,12 @@ MG_LAUNCH_API int mg_launch_router_dx(const mg_launch *L, const mg_launch_ws *ws
     const int E = m->E, d = m->d, n_split = mg_launch_cdiv(T, MG_DWG_SPLIT);
     moe_router_dwg_params rg = {ws->dlogits, x, ws->dwg_part, dwg, T};
     moe_router_dx_params rx = {ws->dlogits, w->wg, ws->dxr, T};
-    LAUNCH(MG_K_ROUTER_DWG, mg_launch_cdiv(d, 128), mg_launch_cdiv(E, 8), n_split, 128, 0, rg);
-    if (n_split > 1) LAUNCH(MG_K_ROUTER_DWGSUM, mg_launch_cdiv((long long)E * d, 256), 1, 1, 256, 0, rg);
-    LAUNCH(MG_K_ROUTER_DX, mg_launch_cdiv(T, MG_RDX_TOKENS), 1, 1, 256, 0, rx);
+    LAUNCH(MG_K_ROUTER_DWG, mg_launch_cdiv(E, MG_RDWG_EXPERTS), mg_launch_cdiv(d, MG_RDWG_COLS), n_split,
+           32 * MG_RDL_WARPS, 0, rg);
+    if (n_split > 1)
+        LAUNCH(MG_K_ROUTER_DWGSUM, mg_launch_cdiv((long long)E * d, 256 * MG_DWGSUM_VEC), 1, 1, 256, 0, rg);
+    LAUNCH(MG_K_ROUTER_DX, mg_launch_cdiv(T, MG_RDX_TOKENS), mg_launch_cdiv(d, MG_RDX_COLS), 1, 32 * MG_RDL_WARPS, 0,
+           rx);
     moe_combine_dx_params cx = {ws->dxs, ws->slot_of, ws->dxr, m->S ? ws->dxs_sh : NULL, m->S, dx, T};
     LAUNCH(MG_K_COMBINE_DX, T, 1, 1, 256, 0, cx);
     return MG_LAUNCH_OK;

@@ -75,10 +75,19 @@ static constexpr int MG_BM = 0, MG_BN = 0, MG_BK = 0, MG_STAGES = 0, MG_WARPS = 
 #define MG_RF_LOGITS_END(E, esz) (MG_RF_LOGITS_OFF(E, esz) + MG_RF_TOKENS * MG_RF_LD(E) * 4)
 #define MG_RF_SMEM_BYTES(E, esz) \
     (MG_RF_LOGITS_END(E, esz) > MG_RF_PIPE_BYTES(E, esz) ? MG_RF_LOGITS_END(E, esz) : MG_RF_PIPE_BYTES(E, esz))
-/* Tokens per partial of router dwg (partials are reduced in split order). */
-#define MG_DWG_SPLIT 256
-/* Tokens per block of router dx. */
-#define MG_RDX_TOKENS 8
+/* Router dx and dwg: tiled GEMMs of the fp32 dlogits with wg / x (MG_RDL_WARPS warps, static
+ * shared memory). dx: MG_RDX_TOKENS x MG_RDX_COLS of dxr per block. dwg: MG_RDWG_EXPERTS x
+ * MG_RDWG_COLS of one split's partial per block (E > 64: the expert tiles of one x tile are
+ * neighbours in the grid, so x comes from L2 after the first); a split is MG_DWG_SPLIT
+ * tokens, and the partials are reduced in split order. */
+#define MG_RDL_WARPS 8
+#define MG_RDX_TOKENS 64
+#define MG_RDX_COLS 128
+#define MG_RDWG_EXPERTS 64
+#define MG_RDWG_COLS 128
+#define MG_DWG_SPLIT 512
+/* Elements per thread of router dwgsum (one 16-byte vector of fp32). */
+#define MG_DWGSUM_VEC 4
 
 /* Grouped GEMM shared-memory bytes for a tile, element size esz (2 or 4) and operand
  * layouts (a_kc / b_kc: 1 when that operand's K dimension is contiguous in memory).
@@ -1448,6 +1457,70 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
 #endif /* MG_WG_ARCH */
 
 #endif
+#line 1 "templates/mg_vec.cuh"
+/* mg_vec: 16-byte vector access for the memory-bound kernels (RMSNorm, dropout, RoPE,
+ * combine, grad-norm). One 16-byte load or store per thread and step is what lets these
+ * kernels reach HBM bandwidth; 2-byte scalar accesses leave them at a third of it.
+ *
+ * A template that uses it names it on its "moegen:parts mg_vec" line: the generator
+ * inlines it after mg_common.cuh (whose mg_t, mg_to_f32 and mg_from_f32 it needs). Callers
+ * pass 16-byte aligned addresses (lm_params.h: buffers are; d_model is a multiple of 16). */
+#ifndef MG_VEC_CUH
+#define MG_VEC_CUH
+
+/* 16 bytes as four words; alignas lets the compiler emit one LDG.E.128 / STG.E.128. */
+struct alignas(16) mg_v16 { unsigned u[4]; };
+/* Storage-type elements per 16-byte vector: 8 for bf16/fp16, 4 for fp32. */
+static constexpr int MG_VEC = 16 / (int)sizeof(mg_t);
+
+MG_DEV mg_v16 mg_v16_ld(const void *p) { return *(const mg_v16 *)p; }
+MG_DEV void mg_v16_st(void *p, const mg_v16 &v) { *(mg_v16 *)p = v; }
+MG_DEV mg_v16 mg_v16_zero() { return mg_v16{{0u, 0u, 0u, 0u}}; }
+MG_DEV bool mg_aligned16(const void *p) { return ((unsigned long long)p & 15ull) == 0; }
+
+/* Element e of a vector of mg_t as fp32. (Templates so that the branch of the other
+ * storage width is discarded, not compiled.) */
+template <class T = mg_t> MG_DEV float mg_v16_get(const mg_v16 &v, int e)
+{
+    if constexpr (sizeof(T) == 4) return __uint_as_float(v.u[e]);
+    else {
+        const unsigned w = v.u[e >> 1];
+        T x;
+        x.u = (unsigned short)(e & 1 ? w >> 16 : w & 0xffffu);
+        return mg_to_f32(x);
+    }
+}
+
+/* All MG_VEC elements as fp32. */
+MG_DEV void mg_v16_unpack(const mg_v16 &v, float (&f)[MG_VEC])
+{
+#pragma unroll
+    for (int e = 0; e < MG_VEC; e++) f[e] = mg_v16_get(v, e);
+}
+
+/* MG_VEC fp32 values rounded to mg_t (mg_from_f32: round to nearest even). */
+template <class T = mg_t> MG_DEV mg_v16 mg_v16_pack(const float (&f)[MG_VEC])
+{
+    mg_v16 r;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) r.u[e] = __float_as_uint(f[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            r.u[e] = (unsigned)mg_from_f32<T>(f[2 * e]).u | (unsigned)mg_from_f32<T>(f[2 * e + 1]).u << 16;
+    }
+    return r;
+}
+
+/* Four fp32 values (fp32 workspaces such as the combine's z, the gradient buffer). */
+MG_DEV void mg_v16_f32(const mg_v16 &v, float (&f)[4])
+{
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = __uint_as_float(v.u[e]);
+}
+
+#endif
 #line 1 "templates/moe_router.cu"
 /* moe_router: routing and its losses and gradients.
  *   fwd:    logits = x·wgᵀ (fp32; a block's [MG_RF_TOKENS x E] tile by a tiled GEMM, tensor
@@ -1463,19 +1536,24 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
  *   dwg:    dwg = dlogitsᵀ·x as per-split partials (splits of MG_DWG_SPLIT tokens)
  *   dwgsum: dwg = Σ partials in split order (skipped when there is a single split)
  *   dx:     dxr = dlogits·wg (the router's share of dx, summed by combine/dx)
+ * dwg and dx multiply the fp32 dlogits by a dtype operand. bf16: on tensor cores, dlogits
+ * split into bf16 hi + lo (hi + lo = dlogits to 2^-16 relative, with fp32's range); fp16 and
+ * fp32: fp32 FFMA (fp16's range would flush small dlogits to zero).
  * No float atomics anywhere: every float sum has a fixed order. */
 // moegen:entries fwd stats loss bwd dwg dwgsum dx
+// moegen:parts mg_vec
 // moegen:grid fwd: ceil(T/MG_RF_TOKENS) x 32*MG_RF_WARPS, dynamic smem MG_RF_SMEM_BYTES(E,esz)
 // moegen:grid stats: E+3 x 256
 // moegen:grid loss: 1 x 256
 // moegen:grid bwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS
-// moegen:grid dwg: (ceil(d/128), ceil(E/8), ceil(T/MG_DWG_SPLIT)) x 128
-// moegen:grid dwgsum: ceil(E*d/256) x 256, only when ceil(T/MG_DWG_SPLIT) > 1
-// moegen:grid dx: ceil(T/MG_RDX_TOKENS) x 256
+// moegen:grid dwg: (ceil(E/MG_RDWG_EXPERTS), ceil(d/MG_RDWG_COLS), ceil(T/MG_DWG_SPLIT)) x 32*MG_RDL_WARPS
+// moegen:grid dwgsum: ceil(E*d/(256*MG_DWGSUM_VEC)) x 256, only when ceil(T/MG_DWG_SPLIT) > 1
+// moegen:grid dx: (ceil(T/MG_RDX_TOKENS), ceil(d/MG_RDX_COLS)) x 32*MG_RDL_WARPS
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
 #include "mg_common.cuh"
+#include "mg_vec.cuh"
 #endif
 
 #define MG_R_NPL ((MG_E + 31) / 32)   /* experts per lane: e = lane + 32*i */
@@ -1776,79 +1854,185 @@ moe_router_softmax_topk_rn_bf16_e4_k2_d64_bwd(const moe_router_bwd_params p)
     }
 }
 
-/* dwg. grid: (ceil(d/128), ceil(E/8), n_split = ceil(T/MG_DWG_SPLIT)); block: 128.
- * Block (cx, ey, s) sums tokens [s*SPLIT, (s+1)*SPLIT) in order into dwg (one split) or
- * part[s] (several). */
-extern "C" __global__ void __launch_bounds__(128)
-moe_router_softmax_topk_rn_bf16_e4_k2_d64_dwg(const moe_router_dwg_params p)
-{
-    __shared__ float s_dl[32][8];
-    const int c = blockIdx.x * 128 + threadIdx.x, e0 = blockIdx.y * 8;
-    const int tb = blockIdx.z * MG_DWG_SPLIT;
-    const int te = min(p.T, tb + MG_DWG_SPLIT);
-    const mg_t *x = (const mg_t *)p.x;
-    float acc[8];
+/* ------------------------------------------------------------------ dwg and dx */
+/* The compute type of the dlogits GEMMs: bf16 (hi + lo split) for bf16, else fp32 FFMA. */
+static constexpr bool MG_RDL_SPLIT = MG_DTYPE == 0;
+typedef mg_dtype_of<MG_RDL_SPLIT ? 0 : 2>::type mg_rc;
+/* k step: dwg's k runs over tokens, dx's over experts (16 when E <= 16: less zero padding).
+ * fp32 takes 16 so that the static shared memory stays under 48 KB. */
+static constexpr int MG_RDWG_BK = MG_RDL_SPLIT ? 32 : 16;
+static constexpr int MG_RDX_BK = MG_RDL_SPLIT && MG_E > 16 ? 32 : 16;
+static constexpr int MG_RDL_STAGES = 3;
+
+/* acc = Σ_k A[m,k]·B[n,k] over k in [kb, ke), A from the fp32 dlogits [T,E], B the
+ * MN-contiguous dtype matrix b [K][d] (columns c0 .. c0+BN). A_KC (dx): A = dlogits rows
+ * m0.. (tokens) by k (experts); else (dwg): A = dlogitsᵀ, rows m0.. (experts) by k (tokens).
+ * Tokens from tok_end on and experts from E on read as zeros. B runs through a STAGES-deep
+ * cp.async pipeline (fp16: converted to fp32 through registers); A is loaded one k step
+ * ahead into registers and stored (split or not) into one buffer. Fixed summation order. */
+template <int BM, int BN, int BK, bool A_KC> struct moe_router_dl_gemm {
+    typedef mg_gemm<mg_rc, BM, BN, BK, MG_RDL_STAGES, MG_RDL_WARPS, A_KC, false> G;
+    static constexpr int NT = G::NT;
+    /* A tile: tokens x experts, NR x NC, element (r, c) at r*A_LD + c in both layouts
+     * (A_KC: [m][k] = [token][expert]; else [k][m] = [token][expert]). */
+    static constexpr int NR = A_KC ? BM : BK, NC = A_KC ? BK : BM, NA = NR * NC / NT;
+    static constexpr int A_BUFS = MG_RDL_SPLIT ? 2 : 1;
+    static constexpr int ELEMS = A_BUFS * G::A_ELEMS + MG_RDL_STAGES * G::B_ELEMS;
+    static_assert(NR * NC % NT == 0, "A tile must split evenly over the threads");
+
+    MG_DEV static void load_a(float (&v)[NA], const float *dl, int tok0, int tok_end, int e0)
+    {
 #pragma unroll
-    for (int j = 0; j < 8; j++) acc[j] = 0.0f;
-    for (int t0 = tb; t0 < te; t0 += 32) {
-        for (int i = threadIdx.x; i < 256; i += 128) {
-            int tt = t0 + i / 8, ee = e0 + i % 8;
-            s_dl[i / 8][i % 8] = (tt < te && ee < MG_E) ? p.dlogits[(long long)tt * MG_E + ee] : 0.0f;
+        for (int j = 0; j < NA; j++) {
+            const int i = threadIdx.x + NT * j, r = i / NC, c = i % NC;
+            const int t = tok0 + r, e = e0 + c;
+            v[j] = t < tok_end && e < MG_E ? dl[(long long)t * MG_E + e] : 0.0f;
         }
-        __syncthreads();
-        const int nt = min(32, te - t0);
-        if (c < MG_D) {
-            for (int i = 0; i < nt; i++) {
-                float xv = mg_to_f32(x[(long long)(t0 + i) * MG_D + c]);
+    }
+    /* hi = bf16(v), lo = bf16(v − hi) (v − hi is exact); an infinite or NaN hi keeps lo 0 */
+    MG_DEV static void store_a(const float (&v)[NA], mg_rc *s)
+    {
 #pragma unroll
-                for (int j = 0; j < 8; j++) acc[j] = fmaf(s_dl[i][j], xv, acc[j]);
+        for (int j = 0; j < NA; j++) {
+            const int i = threadIdx.x + NT * j, o = (i / NC) * G::A_LD + i % NC;
+            const mg_rc h = mg_from_f32<mg_rc>(v[j]);
+            s[o] = h;
+            if constexpr (MG_RDL_SPLIT) {
+                const float r = v[j] - mg_to_f32(h);
+                s[G::A_ELEMS + o] = mg_from_f32<mg_rc>(r == r ? r : 0.0f);
             }
         }
-        __syncthreads();
     }
-    float *out = gridDim.z == 1 ? p.dwg : p.part + (long long)blockIdx.z * MG_E * MG_D;
-    if (c < MG_D) {
+    MG_DEV static void load_b(mg_rc *s, const mg_t *b, int c0, int k0, int ke)
+    {
+        if constexpr (sizeof(mg_rc) == sizeof(mg_t)) {   /* bf16 or fp32: 16-byte cp.async */
+            const mg_opnd<mg_rc> o = {(const mg_rc *)b, 0, MG_D, 0, 1, c0, MG_D};
+            G::load_mn(s, G::B_LD, BN, o, k0, ke);
+        } else {   /* fp16 -> fp32: one 16-byte load of MG_VEC elements, two 16-byte stores */
+            constexpr int CPR = BN / MG_VEC;
+            for (int i = threadIdx.x; i < BK * CPR; i += NT) {
+                const int kr = i / CPR, mc = (i % CPR) * MG_VEC, k = k0 + kr, c = c0 + mc;
+                float f[MG_VEC];
+                if (k < ke && c < MG_D) mg_v16_unpack(mg_v16_ld(b + (long long)k * MG_D + c), f);
+                else
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            if (e0 + j < MG_E) out[(long long)(e0 + j) * MG_D + c] = acc[j];
+                    for (int e = 0; e < MG_VEC; e++) f[e] = 0.0f;
+#pragma unroll
+                for (int h = 0; h < MG_VEC; h += 4) {
+                    mg_v16 q = {{__float_as_uint(f[h]), __float_as_uint(f[h + 1]), __float_as_uint(f[h + 2]),
+                                 __float_as_uint(f[h + 3])}};
+                    mg_v16_st((float *)s + kr * G::B_LD + mc + h, q);
+                }
+            }
+        }
     }
+
+    MG_DEV static void run(mg_rc *smem, const float *dl, const mg_t *b, int m0, int c0, int kb, int ke,
+                           int tok_end, float (&acc)[G::NACC])
+    {
+        mg_rc *sA = smem, *sB = smem + A_BUFS * G::A_ELEMS;
+#pragma unroll
+        for (int i = 0; i < G::NACC; i++) acc[i] = 0.0f;
+        const int nk = ke > kb ? (ke - kb + BK - 1) / BK : 0;
+#pragma unroll
+        for (int s = 0; s < MG_RDL_STAGES - 1; s++) {
+            if (s < nk) load_b(sB + s * G::B_ELEMS, b, c0, kb + s * BK, ke);
+            mg_cp_async_commit();
+        }
+        float av[NA];
+        if (nk > 0) load_a(av, dl, A_KC ? m0 : kb, tok_end, A_KC ? kb : m0);
+        for (int kt = 0; kt < nk; kt++) {
+            mg_cp_async_wait<MG_RDL_STAGES - 2>();
+            __syncthreads();   /* B stage kt landed; every warp is done with step kt-1 */
+            store_a(av, sA);
+            const int k1 = kb + (kt + 1) * BK;
+            if (kt + 1 < nk) load_a(av, dl, A_KC ? m0 : k1, tok_end, A_KC ? k1 : m0);
+            const int nx = kt + MG_RDL_STAGES - 1;
+            if (nx < nk) load_b(sB + (nx % MG_RDL_STAGES) * G::B_ELEMS, b, c0, kb + nx * BK, ke);
+            mg_cp_async_commit();
+            __syncthreads();   /* A of step kt visible */
+            const mg_rc *st = sB + (kt % MG_RDL_STAGES) * G::B_ELEMS;
+            G::compute_ab(sA, st, acc);
+            if constexpr (MG_RDL_SPLIT) G::compute_ab(sA + G::A_ELEMS, st, acc);
+        }
+        mg_cp_async_wait<0>();
+    }
+
+    /* out[(m0 + m)*MG_D + c0 + n] = acc for m0 + m < m_end (columns: d is a multiple of 16,
+     * so a column pair is inside or outside together); 8-byte stores where out allows. */
+    MG_DEV static void store(const float (&acc)[G::NACC], float *out, int m0, int m_end, int c0)
+    {
+        if constexpr (G::F32) {
+            G::foreach(acc, [&](int m, int n, float v) {
+                if (m0 + m < m_end && c0 + n < MG_D) out[(long long)(m0 + m) * MG_D + c0 + n] = v;
+            });
+        } else {
+            const bool v2 = ((unsigned long long)out & 7ull) == 0;
+            G::foreach_pair(acc, [&](int m, int n, float a, float b) {
+                const long long i = (long long)(m0 + m) * MG_D + c0 + n;
+                if (m0 + m < m_end && c0 + n < MG_D) {
+                    if (v2) mg_st2f(out, i, a, b);
+                    else { out[i] = a; out[i + 1] = b; }
+                }
+            });
+        }
+    }
+};
+typedef moe_router_dl_gemm<MG_RDWG_EXPERTS, MG_RDWG_COLS, MG_RDWG_BK, false> moe_router_dwg_gemm;
+typedef moe_router_dl_gemm<MG_RDX_TOKENS, MG_RDX_COLS, MG_RDX_BK, true> moe_router_dx_gemm;
+
+/* dwg. grid: (ceil(E/MG_RDWG_EXPERTS), ceil(d/MG_RDWG_COLS), n_split = ceil(T/MG_DWG_SPLIT));
+ * block: 32*MG_RDL_WARPS. Block (ex, cy, s) sums tokens [s*SPLIT, (s+1)*SPLIT) in order
+ * into its [experts x columns] tile of dwg (one split) or part[s] (several). The expert
+ * tiles of one x tile are neighbours in x, so x is read from HBM once. */
+extern "C" __global__ void __launch_bounds__(32 * MG_RDL_WARPS)
+moe_router_softmax_topk_rn_bf16_e4_k2_d64_dwg(const moe_router_dwg_params p)
+{
+    typedef moe_router_dwg_gemm R;
+    __shared__ __attribute__((aligned(16))) mg_rc smem[R::ELEMS];
+    const int e0 = blockIdx.x * MG_RDWG_EXPERTS, c0 = blockIdx.y * MG_RDWG_COLS;
+    const int tb = blockIdx.z * MG_DWG_SPLIT, te = min(p.T, tb + MG_DWG_SPLIT);
+    float acc[R::G::NACC];
+    R::run(smem, p.dlogits, (const mg_t *)p.x, e0, c0, tb, te, te, acc);
+    float *out = gridDim.z == 1 ? p.dwg : p.part + (long long)blockIdx.z * MG_E * MG_D;
+    R::store(acc, out, e0, MG_E, c0);
 }
 
-/* dwgsum. grid: ceil(E*d/256); block: 256. Only when ceil(T/MG_DWG_SPLIT) > 1. */
+/* dwgsum. grid: ceil(E*d / (256*MG_DWGSUM_VEC)); block: 256. Only when ceil(T/MG_DWG_SPLIT) > 1.
+ * Each thread sums MG_DWGSUM_VEC consecutive elements (E*d is a multiple of 16) over the
+ * splits in order. */
 extern "C" __global__ void __launch_bounds__(256)
 moe_router_softmax_topk_rn_bf16_e4_k2_d64_dwgsum(const moe_router_dwg_params p)
 {
-    const long long i = (long long)blockIdx.x * 256 + threadIdx.x;
+    const long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * MG_DWGSUM_VEC;
     if (i >= (long long)MG_E * MG_D) return;
+    static_assert(MG_DWGSUM_VEC == 4, "one 16-byte vector of fp32 per thread");
     const int n_split = (p.T + MG_DWG_SPLIT - 1) / MG_DWG_SPLIT;
-    float acc = 0.0f;
-    for (int s = 0; s < n_split; s++) acc += p.part[(long long)s * MG_E * MG_D + i];
-    p.dwg[i] = acc;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int s = 0; s < n_split; s++) {   /* part is workspace: 16-byte aligned */
+        float v[4];
+        mg_v16_f32(mg_v16_ld(p.part + (long long)s * MG_E * MG_D + i), v);
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[e] += v[e];
+    }
+    if (mg_aligned16(p.dwg + i)) {
+        mg_v16 q = {{__float_as_uint(acc[0]), __float_as_uint(acc[1]), __float_as_uint(acc[2]), __float_as_uint(acc[3])}};
+        mg_v16_st(p.dwg + i, q);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++) p.dwg[i + e] = acc[e];
+    }
 }
 
-/* dx. grid: ceil(T / MG_RDX_TOKENS); block: 256. dxr[t, c] = Σ_e dlogits[t,e]·wg[e,c]. */
-extern "C" __global__ void __launch_bounds__(256)
+/* dx. grid: (ceil(T/MG_RDX_TOKENS), ceil(d/MG_RDX_COLS)); block: 32*MG_RDL_WARPS.
+ * dxr[t, c] = Σ_e dlogits[t,e]·wg[e,c] for the block's [tokens x columns] tile (K = E). */
+extern "C" __global__ void __launch_bounds__(32 * MG_RDL_WARPS)
 moe_router_softmax_topk_rn_bf16_e4_k2_d64_dx(const moe_router_dx_params p)
 {
-    __shared__ float s_dl[MG_RDX_TOKENS][MG_E];
-    const int t0 = blockIdx.x * MG_RDX_TOKENS;
-    for (int i = threadIdx.x; i < MG_RDX_TOKENS * MG_E; i += blockDim.x) {
-        int tt = t0 + i / MG_E;
-        s_dl[i / MG_E][i % MG_E] = tt < p.T ? p.dlogits[(long long)tt * MG_E + i % MG_E] : 0.0f;
-    }
-    __syncthreads();
-    const mg_t *wg = (const mg_t *)p.wg;
-    for (int c = threadIdx.x; c < MG_D; c += blockDim.x) {
-        float acc[MG_RDX_TOKENS];
-#pragma unroll
-        for (int i = 0; i < MG_RDX_TOKENS; i++) acc[i] = 0.0f;
-        for (int e = 0; e < MG_E; e++) {
-            float wv = mg_to_f32(wg[(long long)e * MG_D + c]);
-#pragma unroll
-            for (int i = 0; i < MG_RDX_TOKENS; i++) acc[i] = fmaf(s_dl[i][e], wv, acc[i]);
-        }
-#pragma unroll
-        for (int i = 0; i < MG_RDX_TOKENS; i++)
-            if (t0 + i < p.T) p.dxr[(long long)(t0 + i) * MG_D + c] = acc[i];
-    }
+    typedef moe_router_dx_gemm R;
+    __shared__ __attribute__((aligned(16))) mg_rc smem[R::ELEMS];
+    const int t0 = blockIdx.x * MG_RDX_TOKENS, c0 = blockIdx.y * MG_RDX_COLS;
+    float acc[R::G::NACC];
+    R::run(smem, p.dlogits, (const mg_t *)p.wg, t0, c0, 0, MG_E, p.T, acc);
+    R::store(acc, p.dxr, t0, p.T, c0);
 }

@@ -75,10 +75,19 @@ static constexpr int MG_BM = 128, MG_BN = 128, MG_BK = 32, MG_STAGES = 3, MG_WAR
 #define MG_RF_LOGITS_END(E, esz) (MG_RF_LOGITS_OFF(E, esz) + MG_RF_TOKENS * MG_RF_LD(E) * 4)
 #define MG_RF_SMEM_BYTES(E, esz) \
     (MG_RF_LOGITS_END(E, esz) > MG_RF_PIPE_BYTES(E, esz) ? MG_RF_LOGITS_END(E, esz) : MG_RF_PIPE_BYTES(E, esz))
-/* Tokens per partial of router dwg (partials are reduced in split order). */
-#define MG_DWG_SPLIT 256
-/* Tokens per block of router dx. */
-#define MG_RDX_TOKENS 8
+/* Router dx and dwg: tiled GEMMs of the fp32 dlogits with wg / x (MG_RDL_WARPS warps, static
+ * shared memory). dx: MG_RDX_TOKENS x MG_RDX_COLS of dxr per block. dwg: MG_RDWG_EXPERTS x
+ * MG_RDWG_COLS of one split's partial per block (E > 64: the expert tiles of one x tile are
+ * neighbours in the grid, so x comes from L2 after the first); a split is MG_DWG_SPLIT
+ * tokens, and the partials are reduced in split order. */
+#define MG_RDL_WARPS 8
+#define MG_RDX_TOKENS 64
+#define MG_RDX_COLS 128
+#define MG_RDWG_EXPERTS 64
+#define MG_RDWG_COLS 128
+#define MG_DWG_SPLIT 512
+/* Elements per thread of router dwgsum (one 16-byte vector of fp32). */
+#define MG_DWGSUM_VEC 4
 
 /* Grouped GEMM shared-memory bytes for a tile, element size esz (2 or 4) and operand
  * layouts (a_kc / b_kc: 1 when that operand's K dimension is contiguous in memory).

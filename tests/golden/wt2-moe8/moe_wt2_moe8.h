@@ -59,10 +59,19 @@
 #define MG_RF_LOGITS_END(E, esz) (MG_RF_LOGITS_OFF(E, esz) + MG_RF_TOKENS * MG_RF_LD(E) * 4)
 #define MG_RF_SMEM_BYTES(E, esz) \
     (MG_RF_LOGITS_END(E, esz) > MG_RF_PIPE_BYTES(E, esz) ? MG_RF_LOGITS_END(E, esz) : MG_RF_PIPE_BYTES(E, esz))
-/* Tokens per partial of router dwg (partials are reduced in split order). */
-#define MG_DWG_SPLIT 256
-/* Tokens per block of router dx. */
-#define MG_RDX_TOKENS 8
+/* Router dx and dwg: tiled GEMMs of the fp32 dlogits with wg / x (MG_RDL_WARPS warps, static
+ * shared memory). dx: MG_RDX_TOKENS x MG_RDX_COLS of dxr per block. dwg: MG_RDWG_EXPERTS x
+ * MG_RDWG_COLS of one split's partial per block (E > 64: the expert tiles of one x tile are
+ * neighbours in the grid, so x comes from L2 after the first); a split is MG_DWG_SPLIT
+ * tokens, and the partials are reduced in split order. */
+#define MG_RDL_WARPS 8
+#define MG_RDX_TOKENS 64
+#define MG_RDX_COLS 128
+#define MG_RDWG_EXPERTS 64
+#define MG_RDWG_COLS 128
+#define MG_DWG_SPLIT 512
+/* Elements per thread of router dwgsum (one 16-byte vector of fp32). */
+#define MG_DWGSUM_VEC 4
 
 /* Grouped GEMM shared-memory bytes for a tile, element size esz (2 or 4) and operand
  * layouts (a_kc / b_kc: 1 when that operand's K dimension is contiguous in memory).
@@ -517,11 +526,11 @@ typedef struct lm_scale_params {
 #define MOE_WT2_MOE8_ROUTER_LOSS "moe_router_softmax_topk_rn_bf16_e8_k2_d512_loss"
 /* ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS */
 #define MOE_WT2_MOE8_ROUTER_BWD "moe_router_softmax_topk_rn_bf16_e8_k2_d512_bwd"
-/* (ceil(d/128), ceil(E/8), ceil(T/MG_DWG_SPLIT)) x 128 */
+/* (ceil(E/MG_RDWG_EXPERTS), ceil(d/MG_RDWG_COLS), ceil(T/MG_DWG_SPLIT)) x 32*MG_RDL_WARPS */
 #define MOE_WT2_MOE8_ROUTER_DWG "moe_router_softmax_topk_rn_bf16_e8_k2_d512_dwg"
-/* ceil(E*d/256) x 256, only when ceil(T/MG_DWG_SPLIT) > 1 */
+/* ceil(E*d/(256*MG_DWGSUM_VEC)) x 256, only when ceil(T/MG_DWG_SPLIT) > 1 */
 #define MOE_WT2_MOE8_ROUTER_DWGSUM "moe_router_softmax_topk_rn_bf16_e8_k2_d512_dwgsum"
-/* ceil(T/MG_RDX_TOKENS) x 256 */
+/* (ceil(T/MG_RDX_TOKENS), ceil(d/MG_RDX_COLS)) x 32*MG_RDL_WARPS */
 #define MOE_WT2_MOE8_ROUTER_DX "moe_router_softmax_topk_rn_bf16_e8_k2_d512_dx"
 /* E x 256, only in capacity mode with drop policy probability */
 #define MOE_WT2_MOE8_DISPATCH_SELECT "moe_dispatch_dropless_e8_k2_select"
