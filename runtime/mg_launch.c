@@ -106,6 +106,25 @@ static int mg_launch_fail(char *msg, size_t n, int code, const char *what, const
     return code;
 }
 
+/* Kernel k's dynamic shared memory: checked against the device's opt-in limit (hint ends
+ * the message), and opted in above the default 48 KB. */
+static int mg_launch_smem(mg_launch *L, int k, size_t bytes, int optin, const char *hint, char *msg, size_t n)
+{
+    cudaError_t e;
+    L->smem[k] = bytes;
+    if (bytes > (size_t)optin) {
+        if (msg && n)
+            snprintf(msg, n, "%s needs %lu bytes of shared memory, the device allows %d%s", L->sym[k],
+                     (unsigned long)bytes, optin, hint);
+        return MG_LAUNCH_EUSER;
+    }
+    if (bytes > 48 * 1024 &&
+        (e = cudaFuncSetAttribute((const void *)L->kern[k], cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)bytes)) != cudaSuccess)
+        return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaFuncSetAttribute", L->sym[k], e);
+    return MG_LAUNCH_OK;
+}
+
 /* ------------------------------------------------------------------ load */
 MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const cudaLibrary_t lib[MG_LAUNCH_FAMILIES],
                                  const char *const fam_name[MG_LAUNCH_FAMILIES], char *msg, size_t n)
@@ -143,20 +162,13 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
     for (k = MG_K_UP_FWD; k <= MG_K_DOWN_WGRAD; k++) {
         const mg_launch_tile *t = k <= MG_K_UP_WGRAD ? &dim->up : &dim->dn;
         const int *lay = mg_launch_gemm_layout[(k - MG_K_UP_FWD) % 3];
-        L->smem[k] = mg_launch_wg(L, t, k) ? (size_t)MG_WG_SMEM_BYTES(MG_WG_BN(mg_launch_gemm_n(dim, k)))
-                     : (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
-        if (L->smem[k] > (size_t)optin) {
-            if (msg && n)
-                snprintf(msg, n, "%s needs %lu bytes of shared memory, the device allows %d: use a smaller "
-                         "tile (bk or stages)", L->sym[k], (unsigned long)L->smem[k], optin);
-            return MG_LAUNCH_EUSER;
-        }
-        if (L->smem[k] > 48 * 1024 &&
-            (e = cudaFuncSetAttribute((const void *)L->kern[k], cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)L->smem[k])) != cudaSuccess)
-            return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaFuncSetAttribute", L->sym[k], e);
+        const size_t sm = mg_launch_wg(L, t, k) ? (size_t)MG_WG_SMEM_BYTES(MG_WG_BN(mg_launch_gemm_n(dim, k)))
+                          : (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
+        int rc = mg_launch_smem(L, k, sm, optin, ": use a smaller tile (bk or stages)", msg, n);
+        if (rc) return rc;
     }
-    return MG_LAUNCH_OK;
+    /* router fwd: its logits GEMM's pipeline and the logits tile (fixed by E and the dtype) */
+    return mg_launch_smem(L, MG_K_ROUTER_FWD, (size_t)MG_RF_SMEM_BYTES(dim->E, dim->esz), optin, "", msg, n);
 }
 
 /* ------------------------------------------------------------------ workspace */
@@ -293,7 +305,7 @@ MG_LAUNCH_API int mg_launch_route(const mg_launch *L, const mg_launch_ws *ws, cu
     {
         moe_router_fwd_params rf = {x, w->wg, w->bias, ws->logits, ws->probs, ws->lse, ws->topk_idx, ws->topk_w, T,
                                     ws->tstat};
-        LAUNCH(MG_K_ROUTER_FWD, mg_launch_cdiv(T, MG_ROUTER_WARPS), 1, 1, 32 * MG_ROUTER_WARPS, 0, rf);
+        LAUNCH(MG_K_ROUTER_FWD, mg_launch_cdiv(T, MG_RF_TOKENS), 1, 1, 32 * MG_RF_WARPS, L->smem[MG_K_ROUTER_FWD], rf);
     }
     /* dispatch: (select,) count, scan, place */
     {
@@ -454,9 +466,12 @@ MG_LAUNCH_API int mg_launch_router_dx(const mg_launch *L, const mg_launch_ws *ws
     const int E = m->E, d = m->d, n_split = mg_launch_cdiv(T, MG_DWG_SPLIT);
     moe_router_dwg_params rg = {ws->dlogits, x, ws->dwg_part, dwg, T};
     moe_router_dx_params rx = {ws->dlogits, w->wg, ws->dxr, T};
-    LAUNCH(MG_K_ROUTER_DWG, mg_launch_cdiv(d, 128), mg_launch_cdiv(E, 8), n_split, 128, 0, rg);
-    if (n_split > 1) LAUNCH(MG_K_ROUTER_DWGSUM, mg_launch_cdiv((long long)E * d, 256), 1, 1, 256, 0, rg);
-    LAUNCH(MG_K_ROUTER_DX, mg_launch_cdiv(T, MG_RDX_TOKENS), 1, 1, 256, 0, rx);
+    LAUNCH(MG_K_ROUTER_DWG, mg_launch_cdiv(E, MG_RDWG_EXPERTS), mg_launch_cdiv(d, MG_RDWG_COLS), n_split,
+           32 * MG_RDL_WARPS, 0, rg);
+    if (n_split > 1)
+        LAUNCH(MG_K_ROUTER_DWGSUM, mg_launch_cdiv((long long)E * d, 256 * MG_DWGSUM_VEC), 1, 1, 256, 0, rg);
+    LAUNCH(MG_K_ROUTER_DX, mg_launch_cdiv(T, MG_RDX_TOKENS), mg_launch_cdiv(d, MG_RDX_COLS), 1, 32 * MG_RDL_WARPS, 0,
+           rx);
     moe_combine_dx_params cx = {ws->dxs, ws->slot_of, ws->dxr, m->S ? ws->dxs_sh : NULL, m->S, dx, T};
     LAUNCH(MG_K_COMBINE_DX, T, 1, 1, mg_combine_threads(m->d), 0, cx);
     return MG_LAUNCH_OK;

@@ -55,6 +55,9 @@ typedef mg_dtype_of<MG_DTYPE>::type mg_t;
 
 MG_DEV float mg_ld(const mg_t *p, long long i) { return mg_to_f32(p[i]); }
 MG_DEV void mg_st(mg_t *p, long long i, float v) { p[i] = mg_from_f32<mg_t>(v); }
+/* Two adjacent fp32 values in one 8-byte store (p + i 8-byte aligned). */
+struct alignas(8) mg_f2 { float x, y; };
+MG_DEV void mg_st2f(float *p, long long i, float a, float b) { mg_f2 v = {a, b}; *(mg_f2 *)(p + i) = v; }
 
 /* ------------------------------------------------------------------ math */
 MG_DEV float mg_inf() { return __int_as_float(0x7f800000); }
@@ -255,9 +258,11 @@ struct mg_gemm {
         if constexpr (B_KC) load_kc(st + A_ELEMS, B_LD, BN, b, k0, ke); else load_mn(st + A_ELEMS, B_LD, BN, b, k0, ke);
     }
 
-    MG_DEV static void compute_stage(const T *sA, float (&acc)[NACC])
+    MG_DEV static void compute_stage(const T *sA, float (&acc)[NACC]) { compute_ab(sA, sA + A_ELEMS, acc); }
+    /* One BK step on A and B tiles anywhere in shared memory (in the stage layout above):
+     * for kernels that stage an operand themselves (router dx/dwg: dlogits as bf16 hi + lo). */
+    MG_DEV static void compute_ab(const T *sA, const T *sB, float (&acc)[NACC])
     {
-        const T *sB = sA + A_ELEMS;
         const int tid = threadIdx.x;
         if constexpr (F32) {
             const int tm = tid / NTN, tn = tid % NTN;
@@ -366,6 +371,23 @@ struct mg_gemm {
                         f(wm0 + mi * 16 + g + (r >> 1) * 8, wn0 + ni * 8 + 2 * q + (r & 1),
                           acc[(mi * NI + ni) * 4 + r]);
         }
+    }
+    /* Tensor-core path: f(m, n, v0, v1) for the adjacent columns n, n+1 (n even) of row m,
+     * for 8-byte stores. (The FFMA layout holds no adjacent columns: use foreach there.) */
+    template <class F> MG_DEV static void foreach_pair(const float (&acc)[NACC], F f)
+    {
+        static_assert(!F32, "foreach_pair: tensor-core accumulators only");
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int wm0 = (warp / WN_W) * WTM, wn0 = (warp % WN_W) * WTN;
+        const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    f(wm0 + mi * 16 + g + h * 8, wn0 + ni * 8 + 2 * q, acc[(mi * NI + ni) * 4 + 2 * h],
+                      acc[(mi * NI + ni) * 4 + 2 * h + 1]);
     }
     /* GLU: f(m, hl, gate, up) with hl the h column within the tile's BN/2 columns. */
     template <class F> MG_DEV static void foreach_glu(const float (&acc)[NACC], F f)

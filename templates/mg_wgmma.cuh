@@ -161,8 +161,6 @@ template <class T> MG_DEV void mg_ld2(const T *p, long long i, float *a, float *
         *b = mg_to_f32(p[i + 1]);
     }
 }
-struct alignas(8) mg_f2 { float x, y; };
-MG_DEV void mg_st2f(float *p, long long i, float a, float b) { mg_f2 v = {a, b}; *(mg_f2 *)(p + i) = v; }
 
 #if MG_WG_ARCH
 /* ------------------------------------------------------------------ PTX wrappers (sm_90a) */

@@ -22,12 +22,40 @@
 #define MG_DISPATCH_CHUNK 256
 /* Warps (chunks) per block of dispatch count/place. */
 #define MG_DISPATCH_WARPS 4
-/* Tokens per block of router fwd/bwd (one warp per token). */
+/* Tokens per block of router bwd (one warp per token). */
 #define MG_ROUTER_WARPS 4
-/* Tokens per partial of router dwg (partials are reduced in split order). */
-#define MG_DWG_SPLIT 256
-/* Tokens per block of router dx. */
-#define MG_RDX_TOKENS 8
+/* Router fwd: a block computes the logits of MG_RF_TOKENS tokens as one GEMM tile (tensor
+ * cores for 16-bit dtypes, FFMA for fp32) into shared memory, then routes them one warp per
+ * token. Experts per GEMM pass: MG_RF_BN (64, or 128 when E > 64; E > 128 takes several
+ * passes), k step MG_RF_BK, an MG_RF_STAGES-deep cp.async pipeline. The fp32 logits tile (row
+ * stride E + 4) reuses the pipeline's shared memory after a single pass, else follows it.
+ * Dynamic shared memory MG_RF_SMEM_BYTES(E, esz): at most 95 KB (E = 256, fp32), so that it
+ * fits the 99 KB of sm_86/sm_89 too. Host and device use these same macros. */
+#define MG_RF_TOKENS 64
+#define MG_RF_WARPS 8
+#define MG_RF_BN(E) ((E) <= 64 ? 64 : 128)
+#define MG_RF_BK(E, esz) ((E) > 128 ? 16 : (esz) == 2 && (E) <= 64 ? 64 : 32)
+#define MG_RF_STAGES(E, esz) ((esz) == 4 && (E) > 128 ? 2 : 3)
+#define MG_RF_LD(E) ((E) + 4)
+#define MG_RF_PIPE_BYTES(E, esz) \
+    MG_GEMM_SMEM_BYTES(MG_RF_TOKENS, MG_RF_BN(E), MG_RF_BK(E, esz), MG_RF_STAGES(E, esz), esz, 1, 1)
+#define MG_RF_LOGITS_OFF(E, esz) ((E) <= MG_RF_BN(E) ? 0 : MG_RF_PIPE_BYTES(E, esz))
+#define MG_RF_LOGITS_END(E, esz) (MG_RF_LOGITS_OFF(E, esz) + MG_RF_TOKENS * MG_RF_LD(E) * 4)
+#define MG_RF_SMEM_BYTES(E, esz) \
+    (MG_RF_LOGITS_END(E, esz) > MG_RF_PIPE_BYTES(E, esz) ? MG_RF_LOGITS_END(E, esz) : MG_RF_PIPE_BYTES(E, esz))
+/* Router dx and dwg: tiled GEMMs of the fp32 dlogits with wg / x (MG_RDL_WARPS warps, static
+ * shared memory). dx: MG_RDX_TOKENS x MG_RDX_COLS of dxr per block. dwg: MG_RDWG_EXPERTS x
+ * MG_RDWG_COLS of one split's partial per block (E > 64: the expert tiles of one x tile are
+ * neighbours in the grid, so x comes from L2 after the first); a split is MG_DWG_SPLIT
+ * tokens, and the partials are reduced in split order. */
+#define MG_RDL_WARPS 8
+#define MG_RDX_TOKENS 64
+#define MG_RDX_COLS 128
+#define MG_RDWG_EXPERTS 64
+#define MG_RDWG_COLS 128
+#define MG_DWG_SPLIT 512
+/* Elements per thread of router dwgsum (one 16-byte vector of fp32). */
+#define MG_DWGSUM_VEC 4
 
 /* Grouped GEMM shared-memory bytes for a tile, element size esz (2 or 4) and operand
  * layouts (a_kc / b_kc: 1 when that operand's K dimension is contiguous in memory).

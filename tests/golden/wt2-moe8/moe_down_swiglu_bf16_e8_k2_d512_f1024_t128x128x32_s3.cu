@@ -54,12 +54,40 @@ static constexpr int MG_BM = 128, MG_BN = 128, MG_BK = 32, MG_STAGES = 3, MG_WAR
 #define MG_DISPATCH_CHUNK 256
 /* Warps (chunks) per block of dispatch count/place. */
 #define MG_DISPATCH_WARPS 4
-/* Tokens per block of router fwd/bwd (one warp per token). */
+/* Tokens per block of router bwd (one warp per token). */
 #define MG_ROUTER_WARPS 4
-/* Tokens per partial of router dwg (partials are reduced in split order). */
-#define MG_DWG_SPLIT 256
-/* Tokens per block of router dx. */
-#define MG_RDX_TOKENS 8
+/* Router fwd: a block computes the logits of MG_RF_TOKENS tokens as one GEMM tile (tensor
+ * cores for 16-bit dtypes, FFMA for fp32) into shared memory, then routes them one warp per
+ * token. Experts per GEMM pass: MG_RF_BN (64, or 128 when E > 64; E > 128 takes several
+ * passes), k step MG_RF_BK, an MG_RF_STAGES-deep cp.async pipeline. The fp32 logits tile (row
+ * stride E + 4) reuses the pipeline's shared memory after a single pass, else follows it.
+ * Dynamic shared memory MG_RF_SMEM_BYTES(E, esz): at most 95 KB (E = 256, fp32), so that it
+ * fits the 99 KB of sm_86/sm_89 too. Host and device use these same macros. */
+#define MG_RF_TOKENS 64
+#define MG_RF_WARPS 8
+#define MG_RF_BN(E) ((E) <= 64 ? 64 : 128)
+#define MG_RF_BK(E, esz) ((E) > 128 ? 16 : (esz) == 2 && (E) <= 64 ? 64 : 32)
+#define MG_RF_STAGES(E, esz) ((esz) == 4 && (E) > 128 ? 2 : 3)
+#define MG_RF_LD(E) ((E) + 4)
+#define MG_RF_PIPE_BYTES(E, esz) \
+    MG_GEMM_SMEM_BYTES(MG_RF_TOKENS, MG_RF_BN(E), MG_RF_BK(E, esz), MG_RF_STAGES(E, esz), esz, 1, 1)
+#define MG_RF_LOGITS_OFF(E, esz) ((E) <= MG_RF_BN(E) ? 0 : MG_RF_PIPE_BYTES(E, esz))
+#define MG_RF_LOGITS_END(E, esz) (MG_RF_LOGITS_OFF(E, esz) + MG_RF_TOKENS * MG_RF_LD(E) * 4)
+#define MG_RF_SMEM_BYTES(E, esz) \
+    (MG_RF_LOGITS_END(E, esz) > MG_RF_PIPE_BYTES(E, esz) ? MG_RF_LOGITS_END(E, esz) : MG_RF_PIPE_BYTES(E, esz))
+/* Router dx and dwg: tiled GEMMs of the fp32 dlogits with wg / x (MG_RDL_WARPS warps, static
+ * shared memory). dx: MG_RDX_TOKENS x MG_RDX_COLS of dxr per block. dwg: MG_RDWG_EXPERTS x
+ * MG_RDWG_COLS of one split's partial per block (E > 64: the expert tiles of one x tile are
+ * neighbours in the grid, so x comes from L2 after the first); a split is MG_DWG_SPLIT
+ * tokens, and the partials are reduced in split order. */
+#define MG_RDL_WARPS 8
+#define MG_RDX_TOKENS 64
+#define MG_RDX_COLS 128
+#define MG_RDWG_EXPERTS 64
+#define MG_RDWG_COLS 128
+#define MG_DWG_SPLIT 512
+/* Elements per thread of router dwgsum (one 16-byte vector of fp32). */
+#define MG_DWGSUM_VEC 4
 
 /* Grouped GEMM shared-memory bytes for a tile, element size esz (2 or 4) and operand
  * layouts (a_kc / b_kc: 1 when that operand's K dimension is contiguous in memory).
@@ -366,6 +394,9 @@ typedef mg_dtype_of<MG_DTYPE>::type mg_t;
 
 MG_DEV float mg_ld(const mg_t *p, long long i) { return mg_to_f32(p[i]); }
 MG_DEV void mg_st(mg_t *p, long long i, float v) { p[i] = mg_from_f32<mg_t>(v); }
+/* Two adjacent fp32 values in one 8-byte store (p + i 8-byte aligned). */
+struct alignas(8) mg_f2 { float x, y; };
+MG_DEV void mg_st2f(float *p, long long i, float a, float b) { mg_f2 v = {a, b}; *(mg_f2 *)(p + i) = v; }
 
 /* ------------------------------------------------------------------ math */
 MG_DEV float mg_inf() { return __int_as_float(0x7f800000); }
@@ -566,9 +597,11 @@ struct mg_gemm {
         if constexpr (B_KC) load_kc(st + A_ELEMS, B_LD, BN, b, k0, ke); else load_mn(st + A_ELEMS, B_LD, BN, b, k0, ke);
     }
 
-    MG_DEV static void compute_stage(const T *sA, float (&acc)[NACC])
+    MG_DEV static void compute_stage(const T *sA, float (&acc)[NACC]) { compute_ab(sA, sA + A_ELEMS, acc); }
+    /* One BK step on A and B tiles anywhere in shared memory (in the stage layout above):
+     * for kernels that stage an operand themselves (router dx/dwg: dlogits as bf16 hi + lo). */
+    MG_DEV static void compute_ab(const T *sA, const T *sB, float (&acc)[NACC])
     {
-        const T *sB = sA + A_ELEMS;
         const int tid = threadIdx.x;
         if constexpr (F32) {
             const int tm = tid / NTN, tn = tid % NTN;
@@ -677,6 +710,23 @@ struct mg_gemm {
                         f(wm0 + mi * 16 + g + (r >> 1) * 8, wn0 + ni * 8 + 2 * q + (r & 1),
                           acc[(mi * NI + ni) * 4 + r]);
         }
+    }
+    /* Tensor-core path: f(m, n, v0, v1) for the adjacent columns n, n+1 (n even) of row m,
+     * for 8-byte stores. (The FFMA layout holds no adjacent columns: use foreach there.) */
+    template <class F> MG_DEV static void foreach_pair(const float (&acc)[NACC], F f)
+    {
+        static_assert(!F32, "foreach_pair: tensor-core accumulators only");
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int wm0 = (warp / WN_W) * WTM, wn0 = (warp % WN_W) * WTN;
+        const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    f(wm0 + mi * 16 + g + h * 8, wn0 + ni * 8 + 2 * q, acc[(mi * NI + ni) * 4 + 2 * h],
+                      acc[(mi * NI + ni) * 4 + 2 * h + 1]);
     }
     /* GLU: f(m, hl, gate, up) with hl the h column within the tile's BN/2 columns. */
     template <class F> MG_DEV static void foreach_glu(const float (&acc)[NACC], F f)
@@ -897,8 +947,6 @@ template <class T> MG_DEV void mg_ld2(const T *p, long long i, float *a, float *
         *b = mg_to_f32(p[i + 1]);
     }
 }
-struct alignas(8) mg_f2 { float x, y; };
-MG_DEV void mg_st2f(float *p, long long i, float a, float b) { mg_f2 v = {a, b}; *(mg_f2 *)(p + i) = v; }
 
 #if MG_WG_ARCH
 /* ------------------------------------------------------------------ PTX wrappers (sm_90a) */

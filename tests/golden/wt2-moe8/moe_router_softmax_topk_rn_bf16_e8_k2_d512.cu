@@ -54,12 +54,40 @@ static constexpr int MG_BM = 0, MG_BN = 0, MG_BK = 0, MG_STAGES = 0, MG_WARPS = 
 #define MG_DISPATCH_CHUNK 256
 /* Warps (chunks) per block of dispatch count/place. */
 #define MG_DISPATCH_WARPS 4
-/* Tokens per block of router fwd/bwd (one warp per token). */
+/* Tokens per block of router bwd (one warp per token). */
 #define MG_ROUTER_WARPS 4
-/* Tokens per partial of router dwg (partials are reduced in split order). */
-#define MG_DWG_SPLIT 256
-/* Tokens per block of router dx. */
-#define MG_RDX_TOKENS 8
+/* Router fwd: a block computes the logits of MG_RF_TOKENS tokens as one GEMM tile (tensor
+ * cores for 16-bit dtypes, FFMA for fp32) into shared memory, then routes them one warp per
+ * token. Experts per GEMM pass: MG_RF_BN (64, or 128 when E > 64; E > 128 takes several
+ * passes), k step MG_RF_BK, an MG_RF_STAGES-deep cp.async pipeline. The fp32 logits tile (row
+ * stride E + 4) reuses the pipeline's shared memory after a single pass, else follows it.
+ * Dynamic shared memory MG_RF_SMEM_BYTES(E, esz): at most 95 KB (E = 256, fp32), so that it
+ * fits the 99 KB of sm_86/sm_89 too. Host and device use these same macros. */
+#define MG_RF_TOKENS 64
+#define MG_RF_WARPS 8
+#define MG_RF_BN(E) ((E) <= 64 ? 64 : 128)
+#define MG_RF_BK(E, esz) ((E) > 128 ? 16 : (esz) == 2 && (E) <= 64 ? 64 : 32)
+#define MG_RF_STAGES(E, esz) ((esz) == 4 && (E) > 128 ? 2 : 3)
+#define MG_RF_LD(E) ((E) + 4)
+#define MG_RF_PIPE_BYTES(E, esz) \
+    MG_GEMM_SMEM_BYTES(MG_RF_TOKENS, MG_RF_BN(E), MG_RF_BK(E, esz), MG_RF_STAGES(E, esz), esz, 1, 1)
+#define MG_RF_LOGITS_OFF(E, esz) ((E) <= MG_RF_BN(E) ? 0 : MG_RF_PIPE_BYTES(E, esz))
+#define MG_RF_LOGITS_END(E, esz) (MG_RF_LOGITS_OFF(E, esz) + MG_RF_TOKENS * MG_RF_LD(E) * 4)
+#define MG_RF_SMEM_BYTES(E, esz) \
+    (MG_RF_LOGITS_END(E, esz) > MG_RF_PIPE_BYTES(E, esz) ? MG_RF_LOGITS_END(E, esz) : MG_RF_PIPE_BYTES(E, esz))
+/* Router dx and dwg: tiled GEMMs of the fp32 dlogits with wg / x (MG_RDL_WARPS warps, static
+ * shared memory). dx: MG_RDX_TOKENS x MG_RDX_COLS of dxr per block. dwg: MG_RDWG_EXPERTS x
+ * MG_RDWG_COLS of one split's partial per block (E > 64: the expert tiles of one x tile are
+ * neighbours in the grid, so x comes from L2 after the first); a split is MG_DWG_SPLIT
+ * tokens, and the partials are reduced in split order. */
+#define MG_RDL_WARPS 8
+#define MG_RDX_TOKENS 64
+#define MG_RDX_COLS 128
+#define MG_RDWG_EXPERTS 64
+#define MG_RDWG_COLS 128
+#define MG_DWG_SPLIT 512
+/* Elements per thread of router dwgsum (one 16-byte vector of fp32). */
+#define MG_DWGSUM_VEC 4
 
 /* Grouped GEMM shared-memory bytes for a tile, element size esz (2 or 4) and operand
  * layouts (a_kc / b_kc: 1 when that operand's K dimension is contiguous in memory).
@@ -366,6 +394,9 @@ typedef mg_dtype_of<MG_DTYPE>::type mg_t;
 
 MG_DEV float mg_ld(const mg_t *p, long long i) { return mg_to_f32(p[i]); }
 MG_DEV void mg_st(mg_t *p, long long i, float v) { p[i] = mg_from_f32<mg_t>(v); }
+/* Two adjacent fp32 values in one 8-byte store (p + i 8-byte aligned). */
+struct alignas(8) mg_f2 { float x, y; };
+MG_DEV void mg_st2f(float *p, long long i, float a, float b) { mg_f2 v = {a, b}; *(mg_f2 *)(p + i) = v; }
 
 /* ------------------------------------------------------------------ math */
 MG_DEV float mg_inf() { return __int_as_float(0x7f800000); }
@@ -566,9 +597,11 @@ struct mg_gemm {
         if constexpr (B_KC) load_kc(st + A_ELEMS, B_LD, BN, b, k0, ke); else load_mn(st + A_ELEMS, B_LD, BN, b, k0, ke);
     }
 
-    MG_DEV static void compute_stage(const T *sA, float (&acc)[NACC])
+    MG_DEV static void compute_stage(const T *sA, float (&acc)[NACC]) { compute_ab(sA, sA + A_ELEMS, acc); }
+    /* One BK step on A and B tiles anywhere in shared memory (in the stage layout above):
+     * for kernels that stage an operand themselves (router dx/dwg: dlogits as bf16 hi + lo). */
+    MG_DEV static void compute_ab(const T *sA, const T *sB, float (&acc)[NACC])
     {
-        const T *sB = sA + A_ELEMS;
         const int tid = threadIdx.x;
         if constexpr (F32) {
             const int tm = tid / NTN, tn = tid % NTN;
@@ -677,6 +710,23 @@ struct mg_gemm {
                         f(wm0 + mi * 16 + g + (r >> 1) * 8, wn0 + ni * 8 + 2 * q + (r & 1),
                           acc[(mi * NI + ni) * 4 + r]);
         }
+    }
+    /* Tensor-core path: f(m, n, v0, v1) for the adjacent columns n, n+1 (n even) of row m,
+     * for 8-byte stores. (The FFMA layout holds no adjacent columns: use foreach there.) */
+    template <class F> MG_DEV static void foreach_pair(const float (&acc)[NACC], F f)
+    {
+        static_assert(!F32, "foreach_pair: tensor-core accumulators only");
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int wm0 = (warp / WN_W) * WTM, wn0 = (warp % WN_W) * WTN;
+        const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+            for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    f(wm0 + mi * 16 + g + h * 8, wn0 + ni * 8 + 2 * q, acc[(mi * NI + ni) * 4 + 2 * h],
+                      acc[(mi * NI + ni) * 4 + 2 * h + 1]);
     }
     /* GLU: f(m, hl, gate, up) with hl the h column within the tile's BN/2 columns. */
     template <class F> MG_DEV static void foreach_glu(const float (&acc)[NACC], F f)
@@ -897,8 +947,6 @@ template <class T> MG_DEV void mg_ld2(const T *p, long long i, float *a, float *
         *b = mg_to_f32(p[i + 1]);
     }
 }
-struct alignas(8) mg_f2 { float x, y; };
-MG_DEV void mg_st2f(float *p, long long i, float a, float b) { mg_f2 v = {a, b}; *(mg_f2 *)(p + i) = v; }
 
 #if MG_WG_ARCH
 /* ------------------------------------------------------------------ PTX wrappers (sm_90a) */
@@ -1413,10 +1461,75 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
 #endif /* MG_WG_ARCH */
 
 #endif
+#line 1 "templates/mg_vec.cuh"
+/* mg_vec: 16-byte vector access for the memory-bound kernels (RMSNorm, dropout, RoPE,
+ * combine, grad-norm). One 16-byte load or store per thread and step is what lets these
+ * kernels reach HBM bandwidth; 2-byte scalar accesses leave them at a third of it.
+ *
+ * A template that uses it names it on its "moegen:parts mg_vec" line: the generator
+ * inlines it after mg_common.cuh (whose mg_t, mg_to_f32 and mg_from_f32 it needs). Callers
+ * pass 16-byte aligned addresses (lm_params.h: buffers are; d_model is a multiple of 16). */
+#ifndef MG_VEC_CUH
+#define MG_VEC_CUH
+
+/* 16 bytes as four words; alignas lets the compiler emit one LDG.E.128 / STG.E.128. */
+struct alignas(16) mg_v16 { unsigned u[4]; };
+/* Storage-type elements per 16-byte vector: 8 for bf16/fp16, 4 for fp32. */
+static constexpr int MG_VEC = 16 / (int)sizeof(mg_t);
+
+MG_DEV mg_v16 mg_v16_ld(const void *p) { return *(const mg_v16 *)p; }
+MG_DEV void mg_v16_st(void *p, const mg_v16 &v) { *(mg_v16 *)p = v; }
+MG_DEV mg_v16 mg_v16_zero() { return mg_v16{{0u, 0u, 0u, 0u}}; }
+MG_DEV bool mg_aligned16(const void *p) { return ((unsigned long long)p & 15ull) == 0; }
+
+/* Element e of a vector of mg_t as fp32. (Templates so that the branch of the other
+ * storage width is discarded, not compiled.) */
+template <class T = mg_t> MG_DEV float mg_v16_get(const mg_v16 &v, int e)
+{
+    if constexpr (sizeof(T) == 4) return __uint_as_float(v.u[e]);
+    else {
+        const unsigned w = v.u[e >> 1];
+        T x;
+        x.u = (unsigned short)(e & 1 ? w >> 16 : w & 0xffffu);
+        return mg_to_f32(x);
+    }
+}
+
+/* All MG_VEC elements as fp32. */
+MG_DEV void mg_v16_unpack(const mg_v16 &v, float (&f)[MG_VEC])
+{
+#pragma unroll
+    for (int e = 0; e < MG_VEC; e++) f[e] = mg_v16_get(v, e);
+}
+
+/* MG_VEC fp32 values rounded to mg_t (mg_from_f32: round to nearest even). */
+template <class T = mg_t> MG_DEV mg_v16 mg_v16_pack(const float (&f)[MG_VEC])
+{
+    mg_v16 r;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) r.u[e] = __float_as_uint(f[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            r.u[e] = (unsigned)mg_from_f32<T>(f[2 * e]).u | (unsigned)mg_from_f32<T>(f[2 * e + 1]).u << 16;
+    }
+    return r;
+}
+
+/* Four fp32 values (fp32 workspaces such as the combine's z, the gradient buffer). */
+MG_DEV void mg_v16_f32(const mg_v16 &v, float (&f)[4])
+{
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = __uint_as_float(v.u[e]);
+}
+
+#endif
 #line 1 "templates/moe_router.cu"
 /* moe_router: routing and its losses and gradients.
- *   fwd:    logits = x·wgᵀ (fp32, one warp per token), softmax or sigmoid, top-k by score +
- *           selection bias (ties: lower expert id), weights from the un-biased scores
+ *   fwd:    logits = x·wgᵀ (fp32; a block's [MG_RF_TOKENS x E] tile by a tiled GEMM, tensor
+ *           cores for 16-bit dtypes), then per token (one warp): softmax or sigmoid, top-k by
+ *           score + selection bias (ties: lower expert id), weights from the un-biased scores
  *           (+ renormalization); writes logits, the aux-loss probs, lse, and per token the
  *           entropy −Σ p ln p and max p of the aux-loss probs (monitoring)
  *   stats:  psum[e] = Σ_t p[t,e], lse2 = Σ_t lse[t]², loss[2] = Σ_t entropy, loss[3] = Σ_t
@@ -1427,49 +1540,46 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
  *   dwg:    dwg = dlogitsᵀ·x as per-split partials (splits of MG_DWG_SPLIT tokens)
  *   dwgsum: dwg = Σ partials in split order (skipped when there is a single split)
  *   dx:     dxr = dlogits·wg (the router's share of dx, summed by combine/dx)
+ * dwg and dx multiply the fp32 dlogits by a dtype operand. bf16: on tensor cores, dlogits
+ * split into bf16 hi + lo (hi + lo = dlogits to 2^-16 relative, with fp32's range); fp16 and
+ * fp32: fp32 FFMA (fp16's range would flush small dlogits to zero).
  * No float atomics anywhere: every float sum has a fixed order. */
 // moegen:entries fwd stats loss bwd dwg dwgsum dx
-// moegen:grid fwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS threads, no dynamic smem
+// moegen:parts mg_vec
+// moegen:grid fwd: ceil(T/MG_RF_TOKENS) x 32*MG_RF_WARPS, dynamic smem MG_RF_SMEM_BYTES(E,esz)
 // moegen:grid stats: E+3 x 256
 // moegen:grid loss: 1 x 256
 // moegen:grid bwd: ceil(T/MG_ROUTER_WARPS) x 32*MG_ROUTER_WARPS
-// moegen:grid dwg: (ceil(d/128), ceil(E/8), ceil(T/MG_DWG_SPLIT)) x 128
-// moegen:grid dwgsum: ceil(E*d/256) x 256, only when ceil(T/MG_DWG_SPLIT) > 1
-// moegen:grid dx: ceil(T/MG_RDX_TOKENS) x 256
+// moegen:grid dwg: (ceil(E/MG_RDWG_EXPERTS), ceil(d/MG_RDWG_COLS), ceil(T/MG_DWG_SPLIT)) x 32*MG_RDL_WARPS
+// moegen:grid dwgsum: ceil(E*d/(256*MG_DWGSUM_VEC)) x 256, only when ceil(T/MG_DWG_SPLIT) > 1
+// moegen:grid dx: (ceil(T/MG_RDX_TOKENS), ceil(d/MG_RDX_COLS)) x 32*MG_RDL_WARPS
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
 #include "mg_common.cuh"
+#include "mg_vec.cuh"
 #endif
 
 #define MG_R_NPL ((MG_E + 31) / 32)   /* experts per lane: e = lane + 32*i */
 
-/* fwd. grid: ceil(T / MG_ROUTER_WARPS); block: 32*MG_ROUTER_WARPS (one warp per token). */
-extern "C" __global__ void __launch_bounds__(32 * MG_ROUTER_WARPS)
-moe_router_softmax_topk_rn_bf16_e8_k2_d512_fwd(const moe_router_fwd_params p)
-{
-    __shared__ float s_buf[MG_ROUTER_WARPS][MG_E];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int t = blockIdx.x * MG_ROUTER_WARPS + w;
-    if (t >= p.T) return;   /* warp-uniform; only warp-level sync below */
-    const mg_t *x = (const mg_t *)p.x + (long long)t * MG_D;
-    const mg_t *wg = (const mg_t *)p.wg;
+/* ------------------------------------------------------------------ fwd */
+static constexpr int MG_RF_ESZ = (int)sizeof(mg_t);
+typedef mg_gemm<mg_t, MG_RF_TOKENS, MG_RF_BN(MG_E), MG_RF_BK(MG_E, MG_RF_ESZ), MG_RF_STAGES(MG_E, MG_RF_ESZ),
+               MG_RF_WARPS, true, true>
+    moe_router_fwd_gemm;
+static_assert(moe_router_fwd_gemm::SMEM_BYTES == MG_RF_PIPE_BYTES(MG_E, MG_RF_ESZ), "host and device smem disagree");
 
-    for (int e = 0; e < MG_E; e++) {
-        const mg_t *wr = wg + (long long)e * MG_D;
-        float acc = 0.0f;
-        for (int c = lane; c < MG_D; c += 32) acc = fmaf(mg_to_f32(x[c]), mg_to_f32(wr[c]), acc);
-        acc = mg_warp_sum(acc);
-        if (lane == 0) s_buf[w][e] = acc;
-    }
-    __syncwarp();
+/* Routes token t from its fp32 logits row (shared memory, E floats; the row is reused for
+ * the raw top-k weights). One warp; lane the caller's lane. */
+MG_DEV void moe_router_token(const moe_router_fwd_params &p, int t, float *row, int lane)
+{
     float l[MG_R_NPL];
 #pragma unroll
     for (int i = 0; i < MG_R_NPL; i++) {
         int e = lane + 32 * i;
-        l[i] = e < MG_E ? s_buf[w][e] : -mg_inf();
+        l[i] = e < MG_E ? row[e] : -mg_inf();
     }
-    __syncwarp();   /* s_buf row is reused for the raw top-k weights below */
+    __syncwarp();   /* the row is reused for the raw top-k weights below */
 
     float mx = -mg_inf();
 #pragma unroll
@@ -1559,15 +1669,50 @@ moe_router_softmax_topk_rn_bf16_e8_k2_d512_fwd(const moe_router_fwd_params p)
         wsum += bw;
         if (lane == 0) {
             p.topk_idx[(long long)t * MG_TOPK + j] = bi;
-            s_buf[w][j] = bw;
+            row[j] = bw;
         }
     }
     __syncwarp();
     for (int j = lane; j < MG_TOPK; j += 32) {
-        float v = s_buf[w][j];
+        float v = row[j];
         if (MG_RENORM && MG_ROUTER != 2) v = v / wsum;
         p.topk_w[(long long)t * MG_TOPK + j] = v;
     }
+}
+
+/* fwd. grid: ceil(T / MG_RF_TOKENS); block: 32*MG_RF_WARPS; dynamic smem
+ * MG_RF_SMEM_BYTES(E, esz). The block's logits [MG_RF_TOKENS x E] come from the GEMM core
+ * (mg_gemm: A = its x rows, B = wg rows, K = d; one pass per MG_RF_BN experts) into shared
+ * memory; then each warp routes tokens w, w + WARPS, ... of the tile from there. x is read
+ * once (16-byte cp.async), wg once per block (from L2). */
+extern "C" __global__ void __launch_bounds__(32 * MG_RF_WARPS)
+moe_router_softmax_topk_rn_bf16_e8_k2_d512_fwd(const moe_router_fwd_params p)
+{
+    typedef moe_router_fwd_gemm G;
+    constexpr int BN = MG_RF_BN(MG_E), LD = MG_RF_LD(MG_E);
+    extern __shared__ __attribute__((aligned(16))) unsigned char mg_smem[];
+    __shared__ long long rowA[MG_RF_TOKENS], rowB[BN];
+    float *s_l = (float *)(mg_smem + MG_RF_LOGITS_OFF(MG_E, MG_RF_ESZ));
+    const int t0 = blockIdx.x * MG_RF_TOKENS;
+    for (int r = threadIdx.x; r < MG_RF_TOKENS; r += G::NT)
+        rowA[r] = t0 + r < p.T ? (long long)(t0 + r) * MG_D : -1;
+    const mg_opnd<mg_t> A = {(const mg_t *)p.x, rowA, 0, 0, 1, 0, 0};
+    const mg_opnd<mg_t> B = {(const mg_t *)p.wg, rowB, 0, 0, 1, 0, 0};
+    for (int n0 = 0; n0 < MG_E; n0 += BN) {
+        /* rowB is free: the previous pass's mainloop ended with its copies drained and a barrier */
+        for (int n = threadIdx.x; n < BN; n += G::NT) rowB[n] = n0 + n < MG_E ? (long long)(n0 + n) * MG_D : -1;
+        __syncthreads();
+        float acc[G::NACC];
+        G::mainloop((mg_t *)mg_smem, A, B, 0, MG_D, acc);
+        /* a single pass: s_l overlays the pipeline, free after mainloop's closing barrier */
+        G::foreach(acc, [&](int m, int n, float v) {
+            if (n0 + n < MG_E) s_l[m * LD + n0 + n] = v;
+        });
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int r = w; r < MG_RF_TOKENS && t0 + r < p.T; r += MG_RF_WARPS)   /* warp-uniform */
+        moe_router_token(p, t0 + r, s_l + r * LD, lane);
 }
 
 /* stats. grid: E + 3 (block e < E: psum[e]; block E: lse2; E+1: Σ entropy; E+2: Σ top-1);
@@ -1713,79 +1858,185 @@ moe_router_softmax_topk_rn_bf16_e8_k2_d512_bwd(const moe_router_bwd_params p)
     }
 }
 
-/* dwg. grid: (ceil(d/128), ceil(E/8), n_split = ceil(T/MG_DWG_SPLIT)); block: 128.
- * Block (cx, ey, s) sums tokens [s*SPLIT, (s+1)*SPLIT) in order into dwg (one split) or
- * part[s] (several). */
-extern "C" __global__ void __launch_bounds__(128)
-moe_router_softmax_topk_rn_bf16_e8_k2_d512_dwg(const moe_router_dwg_params p)
-{
-    __shared__ float s_dl[32][8];
-    const int c = blockIdx.x * 128 + threadIdx.x, e0 = blockIdx.y * 8;
-    const int tb = blockIdx.z * MG_DWG_SPLIT;
-    const int te = min(p.T, tb + MG_DWG_SPLIT);
-    const mg_t *x = (const mg_t *)p.x;
-    float acc[8];
+/* ------------------------------------------------------------------ dwg and dx */
+/* The compute type of the dlogits GEMMs: bf16 (hi + lo split) for bf16, else fp32 FFMA. */
+static constexpr bool MG_RDL_SPLIT = MG_DTYPE == 0;
+typedef mg_dtype_of<MG_RDL_SPLIT ? 0 : 2>::type mg_rc;
+/* k step: dwg's k runs over tokens, dx's over experts (16 when E <= 16: less zero padding).
+ * fp32 takes 16 so that the static shared memory stays under 48 KB. */
+static constexpr int MG_RDWG_BK = MG_RDL_SPLIT ? 32 : 16;
+static constexpr int MG_RDX_BK = MG_RDL_SPLIT && MG_E > 16 ? 32 : 16;
+static constexpr int MG_RDL_STAGES = 3;
+
+/* acc = Σ_k A[m,k]·B[n,k] over k in [kb, ke), A from the fp32 dlogits [T,E], B the
+ * MN-contiguous dtype matrix b [K][d] (columns c0 .. c0+BN). A_KC (dx): A = dlogits rows
+ * m0.. (tokens) by k (experts); else (dwg): A = dlogitsᵀ, rows m0.. (experts) by k (tokens).
+ * Tokens from tok_end on and experts from E on read as zeros. B runs through a STAGES-deep
+ * cp.async pipeline (fp16: converted to fp32 through registers); A is loaded one k step
+ * ahead into registers and stored (split or not) into one buffer. Fixed summation order. */
+template <int BM, int BN, int BK, bool A_KC> struct moe_router_dl_gemm {
+    typedef mg_gemm<mg_rc, BM, BN, BK, MG_RDL_STAGES, MG_RDL_WARPS, A_KC, false> G;
+    static constexpr int NT = G::NT;
+    /* A tile: tokens x experts, NR x NC, element (r, c) at r*A_LD + c in both layouts
+     * (A_KC: [m][k] = [token][expert]; else [k][m] = [token][expert]). */
+    static constexpr int NR = A_KC ? BM : BK, NC = A_KC ? BK : BM, NA = NR * NC / NT;
+    static constexpr int A_BUFS = MG_RDL_SPLIT ? 2 : 1;
+    static constexpr int ELEMS = A_BUFS * G::A_ELEMS + MG_RDL_STAGES * G::B_ELEMS;
+    static_assert(NR * NC % NT == 0, "A tile must split evenly over the threads");
+
+    MG_DEV static void load_a(float (&v)[NA], const float *dl, int tok0, int tok_end, int e0)
+    {
 #pragma unroll
-    for (int j = 0; j < 8; j++) acc[j] = 0.0f;
-    for (int t0 = tb; t0 < te; t0 += 32) {
-        for (int i = threadIdx.x; i < 256; i += 128) {
-            int tt = t0 + i / 8, ee = e0 + i % 8;
-            s_dl[i / 8][i % 8] = (tt < te && ee < MG_E) ? p.dlogits[(long long)tt * MG_E + ee] : 0.0f;
+        for (int j = 0; j < NA; j++) {
+            const int i = threadIdx.x + NT * j, r = i / NC, c = i % NC;
+            const int t = tok0 + r, e = e0 + c;
+            v[j] = t < tok_end && e < MG_E ? dl[(long long)t * MG_E + e] : 0.0f;
         }
-        __syncthreads();
-        const int nt = min(32, te - t0);
-        if (c < MG_D) {
-            for (int i = 0; i < nt; i++) {
-                float xv = mg_to_f32(x[(long long)(t0 + i) * MG_D + c]);
+    }
+    /* hi = bf16(v), lo = bf16(v − hi) (v − hi is exact); an infinite or NaN hi keeps lo 0 */
+    MG_DEV static void store_a(const float (&v)[NA], mg_rc *s)
+    {
 #pragma unroll
-                for (int j = 0; j < 8; j++) acc[j] = fmaf(s_dl[i][j], xv, acc[j]);
+        for (int j = 0; j < NA; j++) {
+            const int i = threadIdx.x + NT * j, o = (i / NC) * G::A_LD + i % NC;
+            const mg_rc h = mg_from_f32<mg_rc>(v[j]);
+            s[o] = h;
+            if constexpr (MG_RDL_SPLIT) {
+                const float r = v[j] - mg_to_f32(h);
+                s[G::A_ELEMS + o] = mg_from_f32<mg_rc>(r == r ? r : 0.0f);
             }
         }
-        __syncthreads();
     }
-    float *out = gridDim.z == 1 ? p.dwg : p.part + (long long)blockIdx.z * MG_E * MG_D;
-    if (c < MG_D) {
+    MG_DEV static void load_b(mg_rc *s, const mg_t *b, int c0, int k0, int ke)
+    {
+        if constexpr (sizeof(mg_rc) == sizeof(mg_t)) {   /* bf16 or fp32: 16-byte cp.async */
+            const mg_opnd<mg_rc> o = {(const mg_rc *)b, 0, MG_D, 0, 1, c0, MG_D};
+            G::load_mn(s, G::B_LD, BN, o, k0, ke);
+        } else {   /* fp16 -> fp32: one 16-byte load of MG_VEC elements, two 16-byte stores */
+            constexpr int CPR = BN / MG_VEC;
+            for (int i = threadIdx.x; i < BK * CPR; i += NT) {
+                const int kr = i / CPR, mc = (i % CPR) * MG_VEC, k = k0 + kr, c = c0 + mc;
+                float f[MG_VEC];
+                if (k < ke && c < MG_D) mg_v16_unpack(mg_v16_ld(b + (long long)k * MG_D + c), f);
+                else
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            if (e0 + j < MG_E) out[(long long)(e0 + j) * MG_D + c] = acc[j];
+                    for (int e = 0; e < MG_VEC; e++) f[e] = 0.0f;
+#pragma unroll
+                for (int h = 0; h < MG_VEC; h += 4) {
+                    mg_v16 q = {{__float_as_uint(f[h]), __float_as_uint(f[h + 1]), __float_as_uint(f[h + 2]),
+                                 __float_as_uint(f[h + 3])}};
+                    mg_v16_st((float *)s + kr * G::B_LD + mc + h, q);
+                }
+            }
+        }
     }
+
+    MG_DEV static void run(mg_rc *smem, const float *dl, const mg_t *b, int m0, int c0, int kb, int ke,
+                           int tok_end, float (&acc)[G::NACC])
+    {
+        mg_rc *sA = smem, *sB = smem + A_BUFS * G::A_ELEMS;
+#pragma unroll
+        for (int i = 0; i < G::NACC; i++) acc[i] = 0.0f;
+        const int nk = ke > kb ? (ke - kb + BK - 1) / BK : 0;
+#pragma unroll
+        for (int s = 0; s < MG_RDL_STAGES - 1; s++) {
+            if (s < nk) load_b(sB + s * G::B_ELEMS, b, c0, kb + s * BK, ke);
+            mg_cp_async_commit();
+        }
+        float av[NA];
+        if (nk > 0) load_a(av, dl, A_KC ? m0 : kb, tok_end, A_KC ? kb : m0);
+        for (int kt = 0; kt < nk; kt++) {
+            mg_cp_async_wait<MG_RDL_STAGES - 2>();
+            __syncthreads();   /* B stage kt landed; every warp is done with step kt-1 */
+            store_a(av, sA);
+            const int k1 = kb + (kt + 1) * BK;
+            if (kt + 1 < nk) load_a(av, dl, A_KC ? m0 : k1, tok_end, A_KC ? k1 : m0);
+            const int nx = kt + MG_RDL_STAGES - 1;
+            if (nx < nk) load_b(sB + (nx % MG_RDL_STAGES) * G::B_ELEMS, b, c0, kb + nx * BK, ke);
+            mg_cp_async_commit();
+            __syncthreads();   /* A of step kt visible */
+            const mg_rc *st = sB + (kt % MG_RDL_STAGES) * G::B_ELEMS;
+            G::compute_ab(sA, st, acc);
+            if constexpr (MG_RDL_SPLIT) G::compute_ab(sA + G::A_ELEMS, st, acc);
+        }
+        mg_cp_async_wait<0>();
+    }
+
+    /* out[(m0 + m)*MG_D + c0 + n] = acc for m0 + m < m_end (columns: d is a multiple of 16,
+     * so a column pair is inside or outside together); 8-byte stores where out allows. */
+    MG_DEV static void store(const float (&acc)[G::NACC], float *out, int m0, int m_end, int c0)
+    {
+        if constexpr (G::F32) {
+            G::foreach(acc, [&](int m, int n, float v) {
+                if (m0 + m < m_end && c0 + n < MG_D) out[(long long)(m0 + m) * MG_D + c0 + n] = v;
+            });
+        } else {
+            const bool v2 = ((unsigned long long)out & 7ull) == 0;
+            G::foreach_pair(acc, [&](int m, int n, float a, float b) {
+                const long long i = (long long)(m0 + m) * MG_D + c0 + n;
+                if (m0 + m < m_end && c0 + n < MG_D) {
+                    if (v2) mg_st2f(out, i, a, b);
+                    else { out[i] = a; out[i + 1] = b; }
+                }
+            });
+        }
+    }
+};
+typedef moe_router_dl_gemm<MG_RDWG_EXPERTS, MG_RDWG_COLS, MG_RDWG_BK, false> moe_router_dwg_gemm;
+typedef moe_router_dl_gemm<MG_RDX_TOKENS, MG_RDX_COLS, MG_RDX_BK, true> moe_router_dx_gemm;
+
+/* dwg. grid: (ceil(E/MG_RDWG_EXPERTS), ceil(d/MG_RDWG_COLS), n_split = ceil(T/MG_DWG_SPLIT));
+ * block: 32*MG_RDL_WARPS. Block (ex, cy, s) sums tokens [s*SPLIT, (s+1)*SPLIT) in order
+ * into its [experts x columns] tile of dwg (one split) or part[s] (several). The expert
+ * tiles of one x tile are neighbours in x, so x is read from HBM once. */
+extern "C" __global__ void __launch_bounds__(32 * MG_RDL_WARPS)
+moe_router_softmax_topk_rn_bf16_e8_k2_d512_dwg(const moe_router_dwg_params p)
+{
+    typedef moe_router_dwg_gemm R;
+    __shared__ __attribute__((aligned(16))) mg_rc smem[R::ELEMS];
+    const int e0 = blockIdx.x * MG_RDWG_EXPERTS, c0 = blockIdx.y * MG_RDWG_COLS;
+    const int tb = blockIdx.z * MG_DWG_SPLIT, te = min(p.T, tb + MG_DWG_SPLIT);
+    float acc[R::G::NACC];
+    R::run(smem, p.dlogits, (const mg_t *)p.x, e0, c0, tb, te, te, acc);
+    float *out = gridDim.z == 1 ? p.dwg : p.part + (long long)blockIdx.z * MG_E * MG_D;
+    R::store(acc, out, e0, MG_E, c0);
 }
 
-/* dwgsum. grid: ceil(E*d/256); block: 256. Only when ceil(T/MG_DWG_SPLIT) > 1. */
+/* dwgsum. grid: ceil(E*d / (256*MG_DWGSUM_VEC)); block: 256. Only when ceil(T/MG_DWG_SPLIT) > 1.
+ * Each thread sums MG_DWGSUM_VEC consecutive elements (E*d is a multiple of 16) over the
+ * splits in order. */
 extern "C" __global__ void __launch_bounds__(256)
 moe_router_softmax_topk_rn_bf16_e8_k2_d512_dwgsum(const moe_router_dwg_params p)
 {
-    const long long i = (long long)blockIdx.x * 256 + threadIdx.x;
+    const long long i = ((long long)blockIdx.x * 256 + threadIdx.x) * MG_DWGSUM_VEC;
     if (i >= (long long)MG_E * MG_D) return;
+    static_assert(MG_DWGSUM_VEC == 4, "one 16-byte vector of fp32 per thread");
     const int n_split = (p.T + MG_DWG_SPLIT - 1) / MG_DWG_SPLIT;
-    float acc = 0.0f;
-    for (int s = 0; s < n_split; s++) acc += p.part[(long long)s * MG_E * MG_D + i];
-    p.dwg[i] = acc;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int s = 0; s < n_split; s++) {   /* part is workspace: 16-byte aligned */
+        float v[4];
+        mg_v16_f32(mg_v16_ld(p.part + (long long)s * MG_E * MG_D + i), v);
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[e] += v[e];
+    }
+    if (mg_aligned16(p.dwg + i)) {
+        mg_v16 q = {{__float_as_uint(acc[0]), __float_as_uint(acc[1]), __float_as_uint(acc[2]), __float_as_uint(acc[3])}};
+        mg_v16_st(p.dwg + i, q);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++) p.dwg[i + e] = acc[e];
+    }
 }
 
-/* dx. grid: ceil(T / MG_RDX_TOKENS); block: 256. dxr[t, c] = Σ_e dlogits[t,e]·wg[e,c]. */
-extern "C" __global__ void __launch_bounds__(256)
+/* dx. grid: (ceil(T/MG_RDX_TOKENS), ceil(d/MG_RDX_COLS)); block: 32*MG_RDL_WARPS.
+ * dxr[t, c] = Σ_e dlogits[t,e]·wg[e,c] for the block's [tokens x columns] tile (K = E). */
+extern "C" __global__ void __launch_bounds__(32 * MG_RDL_WARPS)
 moe_router_softmax_topk_rn_bf16_e8_k2_d512_dx(const moe_router_dx_params p)
 {
-    __shared__ float s_dl[MG_RDX_TOKENS][MG_E];
-    const int t0 = blockIdx.x * MG_RDX_TOKENS;
-    for (int i = threadIdx.x; i < MG_RDX_TOKENS * MG_E; i += blockDim.x) {
-        int tt = t0 + i / MG_E;
-        s_dl[i / MG_E][i % MG_E] = tt < p.T ? p.dlogits[(long long)tt * MG_E + i % MG_E] : 0.0f;
-    }
-    __syncthreads();
-    const mg_t *wg = (const mg_t *)p.wg;
-    for (int c = threadIdx.x; c < MG_D; c += blockDim.x) {
-        float acc[MG_RDX_TOKENS];
-#pragma unroll
-        for (int i = 0; i < MG_RDX_TOKENS; i++) acc[i] = 0.0f;
-        for (int e = 0; e < MG_E; e++) {
-            float wv = mg_to_f32(wg[(long long)e * MG_D + c]);
-#pragma unroll
-            for (int i = 0; i < MG_RDX_TOKENS; i++) acc[i] = fmaf(s_dl[i][e], wv, acc[i]);
-        }
-#pragma unroll
-        for (int i = 0; i < MG_RDX_TOKENS; i++)
-            if (t0 + i < p.T) p.dxr[(long long)(t0 + i) * MG_D + c] = acc[i];
-    }
+    typedef moe_router_dx_gemm R;
+    __shared__ __attribute__((aligned(16))) mg_rc smem[R::ELEMS];
+    const int t0 = blockIdx.x * MG_RDX_TOKENS, c0 = blockIdx.y * MG_RDX_COLS;
+    float acc[R::G::NACC];
+    R::run(smem, p.dlogits, (const mg_t *)p.wg, t0, c0, 0, MG_E, p.T, acc);
+    R::store(acc, p.dxr, t0, p.T, c0);
 }
