@@ -59,15 +59,28 @@ static int mg_launch_tmap(const mg_launch *L, mg_tmap *m, const void *base, long
     return base && L->tmap_encode(m, MG_TM_UINT16, 3, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
                                   MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
 }
+/* The map of x [rows][cols] (16-bit) in one-row boxes of 64 columns with the 128-byte swizzle:
+ * the gathered operand of up fwd and up wgrad (MG_WG_TMA_GATHER), one box per token row,
+ * each landing at its tile row of a swizzled stage. Rank 2; columns past cols fill zeros. */
+static int mg_launch_tmap_rows(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows)
+{
+    const unsigned long long dims[2] = {(unsigned long long)cols, (unsigned long long)rows};
+    const unsigned long long strides[1] = {(unsigned long long)cols * 2};
+    const unsigned box[2] = {64, 1}, estr[2] = {1, 1};
+    return base && L->tmap_encode(m, MG_TM_UINT16, 2, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
+                                  MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
+}
 /* The maps of each Hopper GEMM (the operands mg_wgmma.cuh's problem structs read by TMA).
- * rows: slot rows of the per-slot tensors (T*k routed, T for identity routing). */
+ * rows: slot rows of the per-slot tensors (T*k routed, T for identity routing). x (T rows)
+ * is mapped whatever MG_WG_TMA_GATHER was compiled to: a device-only knob. */
 static long long mg_tm_rows(const mg_launch *L, const int *offsets, int T)
 {
     return offsets ? (long long)T * L->dim.k : T;
 }
 static int mg_tm_up_fwd(const mg_launch *L, moe_up_fwd_params *p)
 {
-    return mg_launch_tmap(L, &p->tm_b, p->w_up, L->dim.d, L->dim.f2, p->n_groups);
+    return mg_launch_tmap_rows(L, &p->tm_a, p->x, L->dim.d, p->T) &&
+           mg_launch_tmap(L, &p->tm_b, p->w_up, L->dim.d, L->dim.f2, p->n_groups);
 }
 static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
 {
@@ -76,7 +89,8 @@ static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
 }
 static int mg_tm_up_wgrad(const mg_launch *L, moe_up_wgrad_params *p)
 {
-    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1);
+    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1) &&
+           mg_launch_tmap_rows(L, &p->tm_b, p->x, L->dim.d, p->T);
 }
 static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
 {
@@ -247,7 +261,7 @@ static int mg_launch_one(const mg_launch *L, int k, unsigned gx, unsigned gy, un
 static int mg_launch_tmap_fail(const mg_launch *L, int k, char *msg, size_t n)
 {
     if (msg && n)
-        snprintf(msg, n, "%s: cannot encode a TMA tensor map (weights, workspace and dy must be 16-byte aligned)",
+        snprintf(msg, n, "%s: cannot encode a TMA tensor map (weights, workspace, x and dy must be 16-byte aligned)",
                  L->sym[k]);
     return MG_LAUNCH_EUSER;
 }
