@@ -100,7 +100,8 @@ static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
 static int mg_tm_down_dgrad(const mg_launch *L, moe_down_dgrad_params *p)
 {
     return mg_launch_tmap(L, &p->tm_a, p->dz, L->dim.d, mg_tm_rows(L, p->offsets, p->T), 1) &&
-           mg_launch_tmap(L, &p->tm_b, p->w_dn, L->dim.ff, L->dim.d, p->n_groups);
+           mg_launch_tmap(L, &p->tm_b, p->w_dn, L->dim.ff, L->dim.d, p->n_groups) &&
+           mg_launch_tmap(L, &p->tm_c, p->a, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1);
 }
 static int mg_tm_down_wgrad(const mg_launch *L, moe_down_wgrad_params *p)
 {
@@ -255,8 +256,10 @@ static int mg_launch_one(const mg_launch *L, int k, unsigned gx, unsigned gy, un
 #define LAUNCH(k, gx, gy, gz, block, smem, params) do { \
         int rc_ = mg_launch_one(L, (k), (gx), (gy), (gz), (block), (smem), stream, &(params), msg, n); \
         if (rc_) return rc_; } while (0)
-/* GEMM params initializers end with this: the maps, filled per launch on the Hopper path. */
+/* GEMM params initializers end with this: the maps, filled per launch on the Hopper path
+ * (down dgrad has a third, its epilogue's a). */
 #define MG_NO_TMAPS {{0}}, {{0}}
+#define MG_NO_TMAPS3 {{0}}, {{0}}, {{0}}
 
 static int mg_launch_tmap_fail(const mg_launch *L, int k, char *msg, size_t n)
 {
@@ -413,7 +416,7 @@ MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, 
     const mg_launch_dims *m = &L->dim;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
     const int d = m->d, ff = m->ff, f2 = m->f2;
-    moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R, MG_NO_TMAPS};
+    moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R, MG_NO_TMAPS3};
     moe_down_wgrad_params sdw = {dz, h, g_dn, NULL, 1, R, MG_NO_TMAPS};
     moe_up_dgrad_params sud = {da, w_up, dx, NULL, NULL, 1, R, MG_NO_TMAPS};
     moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R, MG_NO_TMAPS};
@@ -482,7 +485,8 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
     if ((rc = mg_launch_route_bwd(L, ws, stream, dy, T, msg, n))) return rc;
     /* routed experts */
     {
-        moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T, MG_NO_TMAPS};
+        moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T,
+                                    MG_NO_TMAPS3};
         moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T, MG_NO_TMAPS};
         moe_up_dgrad_params ud = {ws->da, w->w_up, ws->dxs, ws->offsets, ws->tile_off_up, E, T, MG_NO_TMAPS};
         moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T, MG_NO_TMAPS};

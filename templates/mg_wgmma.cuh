@@ -386,6 +386,20 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr unsigned MN_LBO = 64 * 128, SW_SBO = 1024;
     static_assert(BN == 128 || BN == 256, "BN must be 128 or 256");
     static_assert(SMEM_BYTES >= 1024 + STAGES * STAGE_BYTES + 16 * STAGES + (BM + BN) * 8, "smem layout");
+    /* A problem with an epilogue operand (P::EPI_BYTES > 0, MG_WG_EPI_TMA: down dgrad's a)
+     * gets one buffer of that size after the stages, 3 more mbarriers (efull[2], eempty), and
+     * as many stages as still fit in SMEM_BYTES (the host's size, unchanged): 4 at BN 128 with
+     * GLU's 64 KB. */
+    static constexpr int EPI_BARS = 24;
+    template <class P> static constexpr int NS = P::EPI_BYTES == 0 ? STAGES
+        : (SMEM_BYTES - 1024 - P::EPI_BYTES - EPI_BARS - (BM + BN) * 8) / (STAGE_BYTES + 16) < STAGES
+            ? (SMEM_BYTES - 1024 - P::EPI_BYTES - EPI_BARS - (BM + BN) * 8) / (STAGE_BYTES + 16) : STAGES;
+    /* Shared-memory addresses of one CTA (shared window; ebuf also as a generic pointer). */
+    struct smem_map {
+        unsigned sbase, full, empty, ebuf, efull, eempty;
+        const unsigned char *ebuf_p;
+        long long *rowsA, *rowsB;
+    };
 
     /* One operand's stage: rows [R] x 64 k, K-contiguous (rows from the table). */
     MG_DEV static void load_kc(unsigned dst, const long long *rows, const T *base, int R, int k0, int ke, int ptid)
@@ -480,9 +494,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      *    one per issuing warp, after every thread has added its cp.async arrival;
      *  - B's gather indices for a stage are read before the empty wait, so their latency hides
      *    behind it; A's are read once per tile. */
-    template <class P> MG_DEV static void producer(const P &pb, unsigned sbase, unsigned full, unsigned empty,
-                                                   long long *rowsA, long long *rowsB)
+    template <class P> MG_DEV static void producer(const P &pb, const smem_map &sm)
     {
+        const unsigned sbase = sm.sbase, full = sm.full, empty = sm.empty;
+        long long *rowsA = sm.rowsA, *rowsB = sm.rowsB;
+        constexpr int STAGES = NS<P>;
         constexpr bool ALL_TMA = P::A_TMA && P::B_TMA;
         constexpr bool GATHER = P::A_GATHER || P::B_GATHER;
         static_assert(!P::A_GATHER || (P::A_TMA && A_KC), "gathered A: K-contiguous token rows by TMA");
@@ -493,6 +509,15 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         constexpr int GA = P::A_GATHER ? BM / NI : 1;   /* gathered A rows per issuing thread */
         constexpr int GB = P::B_GATHER ? BK * (BN / 64) / NI : 1;   /* gathered B copies per thread */
         const int ptid = threadIdx.x;       /* warpgroup 0 */
+        if constexpr (P::EPI_BYTES > 0) {
+            /* warp 1 loads the epilogue operand; the others of warps 1..3 have nothing to do
+             * (no row tables, no jagged block, no gathering: no named barrier 1 here) */
+            static_assert(!TABLE_A && !TABLE_B && !P::K_JAGGED && !GATHER, "epilogue operand: plain TMA kernels only");
+            if (ptid >= 32) {
+                if (ptid == 32) epi_producer(pb, sm);
+                return;
+            }
+        }
         const int n_tiles = pb.n_tiles();
         int s = 0;
         unsigned ph = 0;
@@ -573,8 +598,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     }
                 } else {
                     if constexpr (ALL_TMA) {
-                        /* Jagged block, all other stages by TMA: only thread 0 has waited on
-                         * the empty barriers so far. The others skipped whole rounds and may
+                        /* Jagged block, all other stages by TMA: only thread 0 (and the
+                         * gathering warps' lane 0) has waited on the empty barriers so far.
+                         * The others skipped whole rounds and may
                          * be any number of phases ahead, where a parity wait cannot tell
                          * phase r-1 from r-3: it returned at once and their cp.asyncs
                          * overwrote a stage still being read (the v2 dw_dn race). Thread 0
@@ -628,8 +654,44 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr int MH = PP ? 2 : 1;            /* m64 halves per consumer */
     static constexpr unsigned EMPTY_COUNT = PP ? 4 : 8;   /* one arrive per owning warp */
 
-    template <class P> MG_DEV static void consumer(const P &pb, unsigned sbase, unsigned full, unsigned empty)
+    /* The epilogue operand (P::EPI_BYTES > 0: down dgrad's a, MG_WG_EPI_TMA): one buffer,
+     * loaded for tile j of the CTA's walk by thread 32 (producer warp 1) as soon as tile
+     * j-1's epilogue has released it, so it arrives while tile j's main loop runs (with
+     * ping-pong, tile j-1's epilogue overlaps tile j's main loop: the load waits for it, then
+     * has the rest of that main loop to land). Barriers, and why each parity wait is exact:
+     *  - efull[j & 1] (count 1 + the bytes) completes when tile j's load lands. Tile j's
+     *    consumer (both consumers without ping-pong) waits on it with parity (j >> 1) & 1.
+     *    Tiles j and j+2 share it; the load of j+2 needs tile j+1's release, which needs tile
+     *    j+1's load, which needs tile j's release, after tile j's wait: efull[j & 1] is never a
+     *    phase ahead of that wait. It is never two behind either: its previous use (j-2) was
+     *    waited for by the same consumer(s) before tile j. (One barrier for all tiles would
+     *    not do: with ping-pong a consumer could reach tile j's wait before tile j-1's load
+     *    landed, a phase behind, and pass on the parity.)
+     *  - eempty (EMPTY_COUNT: one arrive per warp that read the buffer) completes once per
+     *    tile, in tile order (tile j's release needs its load, which needs j-1's release).
+     *    The loader waits on it in every tile, for tile j-1's release (parity (j & 1) ^ 1; the
+     *    first passes on the fresh barrier), so it is at most one phase ahead of it.
+     * The epilogue reads the buffer with generic loads after the efull wait (TMA's writes are
+     * visible once the phase completes); each reading warp arrives on eempty after __syncwarp,
+     * so the next load (async proxy) is issued after all of the tile's reads. */
+    template <class P> MG_DEV static void epi_producer(const P &pb, const smem_map &sm)
     {
+        const int n_tiles = pb.n_tiles();
+        int j = 0;
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x, j++) {
+            mg_wtile w;
+            pb.tile(t, w);
+            const unsigned fb = sm.efull + 8 * (j & 1);
+            mg_mbar_wait(sm.eempty, (unsigned)(j & 1) ^ 1u);
+            mg_mbar_arrive_tx(fb, P::EPI_BYTES);
+            pb.tma_epi(w, sm.ebuf, fb);
+        }
+    }
+
+    template <class P> MG_DEV static void consumer(const P &pb, const smem_map &sm)
+    {
+        const unsigned sbase = sm.sbase, full = sm.full, empty = sm.empty;
+        constexpr int STAGES = NS<P>;
         constexpr bool ALL_TMA = P::A_TMA && P::B_TMA;
         const int c = threadIdx.x / 128 - 1, lane = threadIdx.x & 31;
         const int n_tiles = pb.n_tiles();
@@ -694,12 +756,19 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 #pragma unroll
             for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
             if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);
-            /* the epilogue sees a 64-row tile starting at this half's first row */
+            if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
+            /* the epilogue sees a 64-row tile starting at this half's first row (and the
+             * epilogue operand's rows from that row on: 128 bytes a row in every block) */
 #pragma unroll
             for (int h = 0; h < MH; h++) {
                 mg_wtile wh = w;
                 wh.m0 += 64 * (PP ? h : c);
-                pb.epilogue(wh, acc[h]);
+                if constexpr (P::EPI_BYTES > 0) pb.epilogue(wh, acc[h], sm.ebuf_p + 64 * (PP ? h : c) * 128);
+                else pb.epilogue(wh, acc[h]);
+            }
+            if constexpr (P::EPI_BYTES > 0) {
+                __syncwarp();               /* the warp's reads of the buffer are done */
+                if (lane == 0) mg_mbar_arrive(sm.eempty);
             }
         }
     }
@@ -707,10 +776,23 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
     template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
     {
+        /* [stages][epilogue buffer][full][empty][efull[2], eempty][row tables A, B] */
+        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES, EBARS = EB > 0 ? EPI_BARS : 0;
+        static_assert(STAGES >= 2 && SMEM_BYTES >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + EBARS + (BM + BN) * 8,
+                      "smem layout");
+        static_assert(EB % 1024 == 0, "epilogue buffer: whole 1 KB swizzle atoms");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
-        const unsigned full = sbase + STAGES * STAGE_BYTES, empty = full + 8 * STAGES;
-        long long *rowsA = (long long *)(smem + (sbase - raw) + STAGES * STAGE_BYTES + 16 * STAGES);
-        long long *rowsB = rowsA + BM;
+        smem_map sm;
+        sm.sbase = sbase;
+        sm.ebuf = sbase + STAGES * STAGE_BYTES;
+        sm.ebuf_p = smem + (sbase - raw) + STAGES * STAGE_BYTES;
+        sm.full = sm.ebuf + EB;
+        sm.empty = sm.full + 8 * STAGES;
+        sm.efull = sm.empty + 8 * STAGES;
+        sm.eempty = sm.efull + 16;
+        sm.rowsA = (long long *)(smem + (sbase - raw) + STAGES * (STAGE_BYTES + 16) + EB + EBARS);
+        sm.rowsB = sm.rowsA + BM;
+        const unsigned full = sm.full, empty = sm.empty;
         /* Producer arrivals a stage's full barrier expects: one (the TMA thread) when both
          * operands come by TMA, one per issuing warp (GW) when one of them is gathered x rows
          * (a jagged cp.async block then adds counted-in arrivals), else one per producer
@@ -721,15 +803,20 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_mbar_init(full + 8 * i, FULL_COUNT);
                 mg_mbar_init(empty + 8 * i, EMPTY_COUNT);
             }
+            if constexpr (EB > 0) {
+                mg_mbar_init(sm.efull, 1);
+                mg_mbar_init(sm.efull + 8, 1);
+                mg_mbar_init(sm.eempty, EMPTY_COUNT);
+            }
             mg_fence_mbar_init();
         }
         __syncthreads();
         if (threadIdx.x < 128) {
             mg_setmaxnreg_dec<56>();
-            producer(pb, sbase, full, empty, rowsA, rowsB);
+            producer(pb, sm);
         } else {
             mg_setmaxnreg_inc<224>();
-            consumer(pb, sbase, full, empty);
+            consumer(pb, sm);
         }
     }
 };
