@@ -59,15 +59,28 @@ static int mg_launch_tmap(const mg_launch *L, mg_tmap *m, const void *base, long
     return base && L->tmap_encode(m, MG_TM_UINT16, 3, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
                                   MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
 }
+/* The map of x [rows][cols] (16-bit) in one-row boxes of 64 columns with the 128-byte swizzle:
+ * the gathered operand of up fwd and up wgrad (MG_WG_TMA_GATHER), one box per token row,
+ * each landing at its tile row of a swizzled stage. Rank 2; columns past cols fill zeros. */
+static int mg_launch_tmap_rows(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows)
+{
+    const unsigned long long dims[2] = {(unsigned long long)cols, (unsigned long long)rows};
+    const unsigned long long strides[1] = {(unsigned long long)cols * 2};
+    const unsigned box[2] = {64, 1}, estr[2] = {1, 1};
+    return base && L->tmap_encode(m, MG_TM_UINT16, 2, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
+                                  MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
+}
 /* The maps of each Hopper GEMM (the operands mg_wgmma.cuh's problem structs read by TMA).
- * rows: slot rows of the per-slot tensors (T*k routed, T for identity routing). */
+ * rows: slot rows of the per-slot tensors (T*k routed, T for identity routing). x (T rows)
+ * is mapped whatever MG_WG_TMA_GATHER was compiled to: a device-only knob. */
 static long long mg_tm_rows(const mg_launch *L, const int *offsets, int T)
 {
     return offsets ? (long long)T * L->dim.k : T;
 }
 static int mg_tm_up_fwd(const mg_launch *L, moe_up_fwd_params *p)
 {
-    return mg_launch_tmap(L, &p->tm_b, p->w_up, L->dim.d, L->dim.f2, p->n_groups);
+    return mg_launch_tmap_rows(L, &p->tm_a, p->x, L->dim.d, p->T) &&
+           mg_launch_tmap(L, &p->tm_b, p->w_up, L->dim.d, L->dim.f2, p->n_groups);
 }
 static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
 {
@@ -76,7 +89,8 @@ static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
 }
 static int mg_tm_up_wgrad(const mg_launch *L, moe_up_wgrad_params *p)
 {
-    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1);
+    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1) &&
+           mg_launch_tmap_rows(L, &p->tm_b, p->x, L->dim.d, p->T);
 }
 static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
 {
@@ -86,7 +100,8 @@ static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
 static int mg_tm_down_dgrad(const mg_launch *L, moe_down_dgrad_params *p)
 {
     return mg_launch_tmap(L, &p->tm_a, p->dz, L->dim.d, mg_tm_rows(L, p->offsets, p->T), 1) &&
-           mg_launch_tmap(L, &p->tm_b, p->w_dn, L->dim.ff, L->dim.d, p->n_groups);
+           mg_launch_tmap(L, &p->tm_b, p->w_dn, L->dim.ff, L->dim.d, p->n_groups) &&
+           mg_launch_tmap(L, &p->tm_c, p->a, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1);
 }
 static int mg_tm_down_wgrad(const mg_launch *L, moe_down_wgrad_params *p)
 {
@@ -253,13 +268,15 @@ static int mg_launch_one(const mg_launch *L, int k, unsigned gx, unsigned gy, un
 #define LAUNCH(k, gx, gy, gz, block, smem, params) do { \
         int rc_ = mg_launch_one(L, (k), (gx), (gy), (gz), (block), (smem), stream, &(params), msg, n); \
         if (rc_) return rc_; } while (0)
-/* GEMM params initializers end with this: the maps, filled per launch on the Hopper path. */
+/* GEMM params initializers end with this: the maps, filled per launch on the Hopper path
+ * (down dgrad has a third, its epilogue's a). */
 #define MG_NO_TMAPS {{0}}, {{0}}
+#define MG_NO_TMAPS3 {{0}}, {{0}}, {{0}}
 
 static int mg_launch_tmap_fail(const mg_launch *L, int k, char *msg, size_t n)
 {
     if (msg && n)
-        snprintf(msg, n, "%s: cannot encode a TMA tensor map (weights, workspace and dy must be 16-byte aligned)",
+        snprintf(msg, n, "%s: cannot encode a TMA tensor map (weights, workspace, x and dy must be 16-byte aligned)",
                  L->sym[k]);
     return MG_LAUNCH_EUSER;
 }
@@ -418,7 +435,7 @@ MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, 
     const mg_launch_dims *m = &L->dim;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
     const int d = m->d, ff = m->ff, f2 = m->f2;
-    moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R, MG_NO_TMAPS};
+    moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R, MG_NO_TMAPS3};
     moe_down_wgrad_params sdw = {dz, h, g_dn, NULL, 1, R, MG_NO_TMAPS};
     moe_up_dgrad_params sud = {da, w_up, dx, NULL, NULL, 1, R, MG_NO_TMAPS};
     moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R, MG_NO_TMAPS};
@@ -490,7 +507,8 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
     if ((rc = mg_launch_route_bwd(L, ws, stream, dy, T, msg, n))) return rc;
     /* routed experts */
     {
-        moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T, MG_NO_TMAPS};
+        moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T,
+                                    MG_NO_TMAPS3};
         moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T, MG_NO_TMAPS};
         moe_up_dgrad_params ud = {ws->da, w->w_up, ws->dxs, ws->offsets, ws->tile_off_up, E, T, MG_NO_TMAPS};
         moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T, MG_NO_TMAPS};

@@ -27,7 +27,8 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_down_fwd_wg {
     static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
-    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
+    static constexpr int EPI_BYTES = 0;
     const moe_down_fwd_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
@@ -71,10 +72,27 @@ struct moe_down_fwd_wg {
 /* dgrad: A = dz rows (K = d), B = W_dn[g] MN-contiguous (rows k, columns FF); epilogue
  * applies the activation gradient. */
 struct moe_down_dgrad_wg {
-    static constexpr int BN = MG_WG_BN(MG_FF), NTN = (MG_FF + BN - 1) / BN;
+    /* 128 wide while MG_WG_EPI_TMA is on: its a buffer (64 KB) fits beside 4 stages only at
+     * BN 128, and a from shared memory is worth more here than the wider tile (bench/NOTES.md
+     * v5); the host's smem and 64 x 64 boxes serve either width. */
+    static constexpr int BN = MG_WG_EPI_TMA ? 128 : MG_WG_BN(MG_FF), NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
-    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
+    /* MG_WG_EPI_TMA: the tile's a (gate columns, then with GLU the up columns) in shared
+     * memory, [sub-tile][64-column block][128 rows][128 B], 128-byte swizzled like a stage:
+     * 32 KB a sub-tile. At BN 256 the buffer would leave one stage: global loads there. */
+    static constexpr bool EPI = MG_WG_EPI_TMA != 0 && BN == 128;
+    static constexpr int EPI_BYTES = EPI ? (MG_GLU ? 2 : 1) * 128 * BN * 2 : 0;
     const moe_down_dgrad_params &p;
+    MG_DEV void tma_epi(const mg_wtile &w, unsigned dst, unsigned bar) const
+    {
+#pragma unroll
+        for (int cb = 0; cb < BN / 64; cb++) {
+            mg_tma_rows<128>(dst + cb * (128 * 128), p.tm_c, w.nt * BN + 64 * cb, w.m0, 0, bar);
+            if constexpr (MG_GLU)
+                mg_tma_rows<128>(dst + 128 * BN * 2 + cb * (128 * 128), p.tm_c, MG_FF + w.nt * BN + 64 * cb, w.m0, 0, bar);
+        }
+    }
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
         mg_tma_rows<128>(dst, p.tm_a, k0, w.m0, 0, bar);
@@ -119,6 +137,29 @@ struct moe_down_dgrad_wg {
             mg_st2(da, s * MG_F2 + c, d0 * mg_act_df<MG_ACT>(g[0]), d1 * mg_act_df<MG_ACT>(g[1]));
         }
     }
+    /* MG_WG_EPI_TMA: a from the shared-memory buffer (ea: this 64-row half's first row).
+     * Element (m, n) of a sub-tile sits in 64-column block n / 64, row m, 16-byte chunk
+     * ((n % 64) / 8) ^ (m & 7): the 8 rows a warp's quarter reads hit 8 different chunks, so
+     * the 4-byte reads of a pair are free of bank conflicts. Reads in batches like the v4
+     * global ones (the stores to da may alias them as far as the compiler knows). */
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA], const unsigned char *ea) const
+    {
+        mg_t *da = (mg_t *)p.da;
+        constexpr int NB = MG_WG_EPI_BATCH > 0 ? MG_WG_EPI_BATCH : 1;
+        float g[2 * NB][2], u[2 * NB][2] = {};   /* (u: GLU only) */
+        mg_wg_foreach_pair_batched<NB>(
+            acc,
+            [&](int m, int n, int i) {
+                const unsigned char *e = ea + (n >> 6) * (128 * 128) + m * 128 + ((((n & 63) >> 3) ^ (m & 7)) << 4) + (n & 7) * 2;
+                mg_ld2((const mg_t *)e, 0, &g[i][0], &g[i][1]);
+                if constexpr (MG_GLU) mg_ld2((const mg_t *)(e + 128 * BN * 2), 0, &u[i][0], &u[i][1]);
+            },
+            [&](int m, int n, float d0, float d1, int i) {
+                long long s = w.m0 + m;
+                int c = w.nt * BN + n;
+                if (s < w.m_end && c < MG_FF) epi_store(da, s, c, d0, d1, g[i], u[i]);
+            });
+    }
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
         const mg_t *a = (const mg_t *)p.a;
@@ -156,7 +197,8 @@ struct moe_down_dgrad_wg {
 struct moe_down_wgrad_wg {
     static constexpr int BN = MG_WG_BN(MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
-    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false, B_GATHER = false;
+    static constexpr int EPI_BYTES = 0;
     const moe_down_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {

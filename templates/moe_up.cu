@@ -29,7 +29,10 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_up_fwd_wg {
     static constexpr int BN = MG_WG_BN(MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
     typedef mg_wg<mg_t, BN, true, true> G;
-    static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = false;   /* A: gathered x rows */
+    /* A: gathered x rows, by one-row TMA boxes of tm_a (MG_WG_TMA_GATHER) or by cp.async */
+    static constexpr bool GT = MG_WG_TMA_GATHER != 0;
+    static constexpr bool A_TMA = GT, B_TMA = true, K_JAGGED = false, A_GATHER = GT, B_GATHER = false;
+    static constexpr int EPI_BYTES = 0;
     const moe_up_fwd_params &p;
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
@@ -43,11 +46,18 @@ struct moe_up_fwd_wg {
     {
         return {(const mg_t *)p.w_up + (long long)w.g * MG_F2 * MG_D, 0, 0, 0, 1, 0, 0};
     }
-    MG_DEV long long row_a(const mg_wtile &w, int r) const
+    /* x row of tile row r (its slot's token), -1 past the group */
+    MG_DEV int gather_row_a(const mg_wtile &w, int r) const
     {
         int s = w.m0 + r;
-        return s < w.m_end ? (long long)(p.perm ? p.perm[s] / MG_TOPK : s) * MG_D : -1;
+        return s < w.m_end ? (p.perm ? p.perm[s] / MG_TOPK : s) : -1;
     }
+    MG_DEV long long row_a(const mg_wtile &w, int r) const
+    {
+        int x = gather_row_a(w, r);
+        return x >= 0 ? (long long)x * MG_D : -1;
+    }
+    MG_DEV const mg_tmap &tm_gather() const { return p.tm_a; }
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
     /* W_up[g] rows: the tile's HB gate rows (then, GLU, the matching HB up rows) */
     MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
@@ -90,7 +100,8 @@ struct moe_up_fwd_wg {
 struct moe_up_dgrad_wg {
     static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
-    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
+    static constexpr int EPI_BYTES = 0;
     const moe_up_dgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
@@ -131,8 +142,12 @@ struct moe_up_dgrad_wg {
 struct moe_up_wgrad_wg {
     static constexpr int BN = MG_WG_BN(MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
-    static constexpr bool A_TMA = true, B_TMA = false, K_JAGGED = true;    /* B: gathered x rows */
+    /* B: gathered x rows, by one-row TMA boxes of tm_b (MG_WG_TMA_GATHER) or by cp.async */
+    static constexpr bool GT = MG_WG_TMA_GATHER != 0;
+    static constexpr bool A_TMA = true, B_TMA = GT, K_JAGGED = true, A_GATHER = false, B_GATHER = GT;
+    static constexpr int EPI_BYTES = 0;
     const moe_up_wgrad_params &p;
+    MG_DEV const mg_tmap &tm_gather() const { return p.tm_b; }
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
         mg_tma_cols<128>(dst, p.tm_a, w.m0, k0, 0, bar);

@@ -109,8 +109,9 @@ static constexpr int MG_BM = 0, MG_BN = 0, MG_BK = 0, MG_STAGES = 0, MG_WARPS = 
 #define MG_WG_DIMS_OK(d, ff) ((d) % 8 == 0 && (ff) % 8 == 0)
 /* A TMA tensor map (CUtensorMap: 128 opaque bytes, 64-byte aligned), built on the host by
  * runtime/mg_launch.c and read by the kernel from its __grid_constant__ parameter. GEMM
- * parameter structs end with two (tm_a, tm_b: the A and B operands' tensors); zero when a
- * launch takes the mma.sync path or the operand is gathered. */
+ * parameter structs end with two (tm_a, tm_b: the A and B operands' tensors; for gathered x
+ * rows, x itself in one-row boxes), down dgrad's a third (tm_c: its epilogue's a); zero
+ * when a launch takes the mma.sync path. */
 #ifdef __cplusplus
 #define MG_ALIGN64 alignas(64)
 #else
@@ -161,6 +162,26 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
+#endif
+/* v5 (bench/NOTES.md v5), each with the v4 behaviour behind 0 for A/B:
+ * MG_WG_TMA_GATHER 1: gathered x rows (up fwd's A, up wgrad's B) arrive by one-row TMA
+ * copies (tm_a / tm_b: x [T, d], box 64 columns x 1 row) issued by the producer's first
+ * warps, so those two kernels are all-TMA too; 0: 16-byte cp.async from the warpgroup.
+ * MG_WG_EPI_TMA 1: down dgrad's epilogue operand a (the tile's gate and up columns, 64 KB
+ * with GLU) arrives by TMA (tm_c) into its own shared-memory buffer while the main loop runs,
+ * issued by a second producer warp; the epilogue reads a there, not from global memory. The
+ * buffer takes what two stages took (4 stages instead of 6, same MG_WG_SMEM_BYTES). 0: global
+ * loads (v4). Only at BN 128. */
+#ifndef MG_WG_TMA_GATHER
+#define MG_WG_TMA_GATHER 1
+#endif
+#ifndef MG_WG_EPI_TMA
+#define MG_WG_EPI_TMA 1
+#endif
+/* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
+ * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
+#ifndef MG_WG_GATHER_WARPS
+#define MG_WG_GATHER_WARPS 4
 #endif
 #define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
@@ -293,6 +314,7 @@ typedef struct moe_down_dgrad_params {
     const int *offsets, *tile_off;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
+    mg_tmap tm_c;            /* Hopper path: a, the epilogue's operand (MG_WG_EPI_TMA) */
 } moe_down_dgrad_params;
 
 typedef struct moe_down_wgrad_params {
@@ -789,10 +811,11 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
  * One CTA of three warpgroups per SM, persistent: warpgroup 0 produces, warpgroups 1 and 2
  * consume. Plain 2-D operand tiles (weights, contiguous slot rows) arrive by TMA
  * (cp.async.bulk.tensor, 64 x 64 boxes with the 128-byte swizzle, issued by one thread that
- * sets the stage's expected bytes on its "full" mbarrier); gathered x rows, and the last
- * K block of a weight-gradient group (which must stop at the group's end), arrive by 16-byte
- * cp.async from the whole warpgroup, completing on the same barrier through
- * cp.async.mbarrier.arrive. Consumers run wgmma m64nBNk16,
+ * sets the stage's expected bytes on its "full" mbarrier); gathered x rows arrive by one-row
+ * TMA boxes from the 32 lanes of the producer's first warp (MG_WG_TMA_GATHER; 0: by
+ * cp.async); the last K block of a weight-gradient group (which must stop at the group's
+ * end) arrives by 16-byte cp.async from the whole warpgroup, completing on the same barrier
+ * through cp.async.mbarrier.arrive. Consumers run wgmma m64nBNk16,
  * operands straight from shared memory, one wgmma group kept in flight, the stage released
  * on its "empty" mbarrier once the group reading it is done (wait_group 1). By default
  * (MG_WG_PINGPONG) the two consumers own alternate tiles, 128 rows each, so one's epilogue
@@ -814,7 +837,10 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
  * travel in the kernel's parameter struct, a __grid_constant__ parameter.
  * Operands are described per tile by the kernel's problem struct (see moe_up.cu):
  *   A_TMA / B_TMA (operand by TMA), K_JAGGED (K ranges end inside a tensor: the last partial
- *   K block goes by cp.async), tma_a(w, k0, dst, bar) / tma_b(...) (issue the boxes),
+ *   K block goes by cp.async), A_GATHER / B_GATHER (that TMA operand is gathered x rows, by
+ *   one-row boxes of tm_gather(): A's x row for tile row r is gather_row_a(w, r), -1 past
+ *   the group; B's rows come from opnd_b's gather), tma_a(w, k0, dst, bar) / tma_b(...)
+ *   (issue the boxes of a plain TMA operand),
  *   n_tiles(), tile(t, w), opnd_a(w) / opnd_b(w) (mg_opnd of mg_common.cuh: base, and for
  *   MN-contiguous operands ld, gather, gdiv, mn0, MN), row_a(w, r) / row_b(w, n) for
  *   K-contiguous operands (element offset of the row from base, -1 = zero row), and
@@ -972,6 +998,14 @@ MG_DEV void mg_mbar_arrive_cp_async_inc(unsigned bar)
 MG_DEV void mg_mbar_arrive_tx(unsigned bar, unsigned bytes)
 {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
+}
+/* One box of a rank-2 tensor map into shared memory, completing bytes on bar (gathered x:
+ * one row of 64 columns). */
+MG_DEV void mg_tma2(unsigned dst, const mg_tmap *map, int c0, int c1, unsigned bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];\n"
+                 :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 /* One box of a rank-3 tensor map into shared memory, completing bytes on bar. */
 MG_DEV void mg_tma3(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, unsigned bar)
@@ -1158,6 +1192,20 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr unsigned MN_LBO = 64 * 128, SW_SBO = 1024;
     static_assert(BN == 128 || BN == 256, "BN must be 128 or 256");
     static_assert(SMEM_BYTES >= 1024 + STAGES * STAGE_BYTES + 16 * STAGES + (BM + BN) * 8, "smem layout");
+    /* A problem with an epilogue operand (P::EPI_BYTES > 0, MG_WG_EPI_TMA: down dgrad's a)
+     * gets one buffer of that size after the stages, 3 more mbarriers (efull[2], eempty), and
+     * as many stages as still fit in SMEM_BYTES (the host's size, unchanged): 4 at BN 128 with
+     * GLU's 64 KB. */
+    static constexpr int EPI_BARS = 24;
+    template <class P> static constexpr int NS = P::EPI_BYTES == 0 ? STAGES
+        : (SMEM_BYTES - 1024 - P::EPI_BYTES - EPI_BARS - (BM + BN) * 8) / (STAGE_BYTES + 16) < STAGES
+            ? (SMEM_BYTES - 1024 - P::EPI_BYTES - EPI_BARS - (BM + BN) * 8) / (STAGE_BYTES + 16) : STAGES;
+    /* Shared-memory addresses of one CTA (shared window; ebuf also as a generic pointer). */
+    struct smem_map {
+        unsigned sbase, full, empty, ebuf, efull, eempty;
+        const unsigned char *ebuf_p;
+        long long *rowsA, *rowsB;
+    };
 
     /* One operand's stage: rows [R] x 64 k, K-contiguous (rows from the table). */
     MG_DEV static void load_kc(unsigned dst, const long long *rows, const T *base, int R, int k0, int ke, int ptid)
@@ -1213,20 +1261,77 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
     }
 
-    template <class P> MG_DEV static void producer(const P &pb, unsigned sbase, unsigned full, unsigned empty,
-                                                   long long *rowsA, long long *rowsB)
+    /* Gathered x rows by TMA (MG_WG_TMA_GATHER): issued by the first GW warps of the producer
+     * warpgroup. TMA takes its operands from uniform registers, so one warp's 32 lanes with 32
+     * different rows compile to a serial loop (ELECT a lane, R2UR its coordinates, UTMALDG,
+     * repeat: ~10 instructions a copy, SASS of bench-small); each warp has its own uniform
+     * datapath, so 4 warps issue 4 such loops side by side (128 one-row copies a stage, 32 a
+     * warp). MG_WG_GATHER_WARPS (1, 2 or 4) picks GW for A/B. */
+    static constexpr int GW = MG_WG_GATHER_WARPS;
+    static_assert(GW == 1 || GW == 2 || GW == 4, "MG_WG_GATHER_WARPS: 1, 2 or 4");
+    template <class P> static constexpr int ISSUERS = P::A_GATHER || P::B_GATHER ? GW : 1;   /* warps */
+
+    /* The producer warpgroup. Plain tiles: thread 0 alone waits for the stage, posts its
+     * expected bytes and issues the boxes. Gathered x rows (P::A_GATHER: up fwd's A, tile row r
+     * = one token row; P::B_GATHER: up wgrad's B, k row kr = one token's BN columns): one-row
+     * boxes of 64 columns from the 32·GW threads of the first GW warps, each thread its share
+     * of the stage's rows. The 128-byte swizzle of a TMA write is a function of the
+     * shared-memory address (CUDA C++ Programming Guide, 10.29.3.2 "The Swizzle Modes", Table
+     * 11: for SWIZZLE_128B, with offset = (smem_ptr / 128) % 8, element [y][x] of the box lands
+     * at 16-byte chunk ((y + offset) % 8) ^ x), so a one-row box (y = 0) written at row r of
+     * a 1024-byte-aligned stage (offset = r % 8) puts chunk x at x ^ (r & 7): where a 64-row
+     * box puts row r.
+     * Invariants of the gathered path (on top of those of the whole pipeline, bench/NOTES.md v3):
+     *  - the full barrier expects GW arrivals, one per issuing warp, each an arrive.expect_tx
+     *    carrying that warp's bytes, posted by its lane 0 before any of the warp's copies (its
+     *    own in program order, its lanes' after __syncwarp). So the bytes completed never
+     *    exceed the bytes posted (tx-count never goes negative), and the phase cannot complete
+     *    before every warp has posted, i.e. before the stage's total is known;
+     *  - lane 0 of every issuing warp waits on empty[s] in every stage, in order, so none can
+     *    be more than one phase ahead (a parity wait is exact); its lanes follow it through
+     *    __syncwarp (the v2 race was threads that skipped waits);
+     *  - bytes = the copies issued: gathered A rows past the group's end are not copied (those
+     *    tile rows only reach accumulator rows the epilogue drops; whatever bytes the stage
+     *    held there are harmless), so a warp counts 128 bytes per row of its share that exists,
+     *    the same in every stage of the tile; gathered B stages are never jagged (the jagged
+     *    last K block goes by masked cp.async, below), so all 64 k rows exist, and columns
+     *    past d are zero-filled by TMA and counted like any box's;
+     *  - the jagged block (cp.async, every producer thread) ends with GW counted arrivals,
+     *    one per issuing warp, after every thread has added its cp.async arrival;
+     *  - B's gather indices for a stage are read before the empty wait, so their latency hides
+     *    behind it; A's are read once per tile. */
+    template <class P> MG_DEV static void producer(const P &pb, const smem_map &sm)
     {
+        const unsigned sbase = sm.sbase, full = sm.full, empty = sm.empty;
+        long long *rowsA = sm.rowsA, *rowsB = sm.rowsB;
+        constexpr int STAGES = NS<P>;
         constexpr bool ALL_TMA = P::A_TMA && P::B_TMA;
+        constexpr bool GATHER = P::A_GATHER || P::B_GATHER;
+        static_assert(!P::A_GATHER || (P::A_TMA && A_KC), "gathered A: K-contiguous token rows by TMA");
+        static_assert(!P::B_GATHER || (P::B_TMA && !B_KC), "gathered B: MN-contiguous k rows by TMA");
         constexpr bool TABLE_A = A_KC && !P::A_TMA, TABLE_B = B_KC && !P::B_TMA;
         constexpr unsigned TX = (P::A_TMA ? A_BYTES : 0) + (P::B_TMA ? B_BYTES : 0);
+        constexpr int NI = ISSUERS<P> * 32;           /* issuing threads */
+        constexpr int GA = P::A_GATHER ? BM / NI : 1;   /* gathered A rows per issuing thread */
+        constexpr int GB = P::B_GATHER ? BK * (BN / 64) / NI : 1;   /* gathered B copies per thread */
         const int ptid = threadIdx.x;       /* warpgroup 0 */
+        if constexpr (P::EPI_BYTES > 0) {
+            /* warp 1 loads the epilogue operand; the others of warps 1..3 have nothing to do
+             * (no row tables, no jagged block, no gathering: no named barrier 1 here) */
+            static_assert(!TABLE_A && !TABLE_B && !P::K_JAGGED && !GATHER, "epilogue operand: plain TMA kernels only");
+            if (ptid >= 32) {
+                if (ptid == 32) epi_producer(pb, sm);
+                return;
+            }
+        }
         const int n_tiles = pb.n_tiles();
         int s = 0;
         unsigned ph = 0;
         for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
             mg_wtile w;
             pb.tile(t, w);
-            const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
+            /* (the operand descriptors are built where used, not kept across the tile: the
+             * producer has 56 registers) */
             if constexpr (TABLE_A || TABLE_B) {
                 mg_bar_named(1, 128);       /* everyone issued the last tile's copies */
                 if constexpr (TABLE_A)
@@ -1235,6 +1340,22 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     for (int r = ptid; r < BN; r += 128) rowsB[r] = pb.row_b(w, r);
                 mg_bar_named(1, 128);
             }
+            /* This warp's bytes a stage (lane 0 posts them). Gathered A: this thread's x rows
+             * (tile rows ptid + NI·i, -1 past the group), the same in every stage of the tile. */
+            int grow[GA];
+            unsigned tx = GATHER ? (ptid < 32 ? TX - (P::A_GATHER ? A_BYTES : B_BYTES) : 0) : TX;
+            if constexpr (P::A_GATHER) {
+                if (ptid < NI) {
+                    unsigned n = 0;
+#pragma unroll
+                    for (int i = 0; i < GA; i++) {
+                        grow[i] = pb.gather_row_a(w, ptid + NI * i);
+                        n += __popc(__ballot_sync(0xffffffffu, grow[i] >= 0));
+                    }
+                    tx += n * 128u;
+                }
+            }
+            if constexpr (P::B_GATHER) tx += GB * 32 * 128u;
             const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
@@ -1242,17 +1363,50 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 /* jagged last block: the TMA operands go by masked cp.async too */
                 const bool jag = P::K_JAGGED && k0 + BK > w.ke;
                 if (ALL_TMA && !jag) {
-                    /* one thread: expected bytes, then the boxes; the others skip the stage */
-                    if (ptid == 0) {
-                        mg_mbar_wait(empty + 8 * s, ph ^ 1);
-                        mg_mbar_arrive_tx(fb, TX);
-                        pb.tma_a(w, k0, sa, fb);
-                        pb.tma_b(w, k0, sb, fb);
+                    /* thread 0 (the first GW warps when gathering): expected bytes, then the
+                     * boxes; the others skip the stage */
+                    if (GATHER ? ptid < NI : ptid == 0) {
+                        int krow[GB];       /* gathered B: x rows of this thread's k rows */
+                        const mg_opnd<T> ob = pb.opnd_b(w);
+                        if constexpr (P::B_GATHER) {
+#pragma unroll
+                            for (int i = 0; i < GB; i++) {
+                                const int k = k0 + (ptid + NI * i) % BK;
+                                krow[i] = ob.gather ? ob.gather[k] / ob.gdiv : k;
+                            }
+                        }
+                        if ((ptid & 31) == 0) {
+                            mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                            if (tx) mg_mbar_arrive_tx(fb, tx);
+                            else mg_mbar_arrive(fb);   /* a warp whose A rows all lie past the group */
+                            if (ptid == 0) {
+                                if constexpr (!P::A_GATHER) pb.tma_a(w, k0, sa, fb);
+                                if constexpr (!P::B_GATHER) pb.tma_b(w, k0, sb, fb);
+                            }
+                        }
+                        if constexpr (GATHER) {
+                            __syncwarp();   /* lane 0 waited and posted the warp's bytes */
+                            const mg_tmap *xm = &pb.tm_gather();
+                            if constexpr (P::A_GATHER) {
+#pragma unroll
+                                for (int i = 0; i < GA; i++)
+                                    if (grow[i] >= 0) mg_tma2(sa + (ptid + NI * i) * 128, xm, k0, grow[i], fb);
+                            }
+                            if constexpr (P::B_GATHER) {
+                                /* copy q = ptid + NI·i: k row q % 64 of 64-column block q / 64 */
+#pragma unroll
+                                for (int i = 0; i < GB; i++) {
+                                    const int q = ptid + NI * i, kr = q % BK, j = q / BK;
+                                    mg_tma2(sb + j * (64 * 128) + kr * 128, xm, ob.mn0 + 64 * j, krow[i], fb);
+                                }
+                            }
+                        }
                     }
                 } else {
                     if constexpr (ALL_TMA) {
-                        /* Jagged block, all other stages by TMA: only thread 0 has waited on
-                         * the empty barriers so far. The others skipped whole rounds and may
+                        /* Jagged block, all other stages by TMA: only thread 0 (and the
+                         * gathering warps' lane 0) has waited on the empty barriers so far.
+                         * The others skipped whole rounds and may
                          * be any number of phases ahead, where a parity wait cannot tell
                          * phase r-1 from r-3: it returned at once and their cp.asyncs
                          * overwrote a stage still being read (the v2 dw_dn race). Thread 0
@@ -1271,6 +1425,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                             mg_mbar_arrive(fb);
                         }
                     }
+                    const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
                     if (!P::A_TMA || jag) {
                         if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
                         else load_mn<BM>(sa, oa, k0, w.ke, ptid);
@@ -1280,11 +1435,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                         else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {
-                        /* count of 1: every thread's arrive is added to the phase first, then
-                         * thread 0's counted arrive (after all added theirs) */
+                        /* count of 1 (GW when gathering): every thread's arrive is added to the
+                         * phase first, then the counted arrivals (after all added theirs) */
                         mg_mbar_arrive_cp_async_inc(fb);
                         mg_bar_named(1, 128);
-                        if (ptid == 0) mg_mbar_arrive(fb);
+                        if ((ptid & 31) == 0 && ptid < 32 * ISSUERS<P>) mg_mbar_arrive(fb);
                     } else {
                         mg_mbar_arrive_cp_async(fb);
                     }
@@ -1305,8 +1460,44 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr int MH = PP ? 2 : 1;            /* m64 halves per consumer */
     static constexpr unsigned EMPTY_COUNT = PP ? 4 : 8;   /* one arrive per owning warp */
 
-    template <class P> MG_DEV static void consumer(const P &pb, unsigned sbase, unsigned full, unsigned empty)
+    /* The epilogue operand (P::EPI_BYTES > 0: down dgrad's a, MG_WG_EPI_TMA): one buffer,
+     * loaded for tile j of the CTA's walk by thread 32 (producer warp 1) as soon as tile
+     * j-1's epilogue has released it, so it arrives while tile j's main loop runs (with
+     * ping-pong, tile j-1's epilogue overlaps tile j's main loop: the load waits for it, then
+     * has the rest of that main loop to land). Barriers, and why each parity wait is exact:
+     *  - efull[j & 1] (count 1 + the bytes) completes when tile j's load lands. Tile j's
+     *    consumer (both consumers without ping-pong) waits on it with parity (j >> 1) & 1.
+     *    Tiles j and j+2 share it; the load of j+2 needs tile j+1's release, which needs tile
+     *    j+1's load, which needs tile j's release, after tile j's wait: efull[j & 1] is never a
+     *    phase ahead of that wait. It is never two behind either: its previous use (j-2) was
+     *    waited for by the same consumer(s) before tile j. (One barrier for all tiles would
+     *    not do: with ping-pong a consumer could reach tile j's wait before tile j-1's load
+     *    landed, a phase behind, and pass on the parity.)
+     *  - eempty (EMPTY_COUNT: one arrive per warp that read the buffer) completes once per
+     *    tile, in tile order (tile j's release needs its load, which needs j-1's release).
+     *    The loader waits on it in every tile, for tile j-1's release (parity (j & 1) ^ 1; the
+     *    first passes on the fresh barrier), so it is at most one phase ahead of it.
+     * The epilogue reads the buffer with generic loads after the efull wait (TMA's writes are
+     * visible once the phase completes); each reading warp arrives on eempty after __syncwarp,
+     * so the next load (async proxy) is issued after all of the tile's reads. */
+    template <class P> MG_DEV static void epi_producer(const P &pb, const smem_map &sm)
     {
+        const int n_tiles = pb.n_tiles();
+        int j = 0;
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x, j++) {
+            mg_wtile w;
+            pb.tile(t, w);
+            const unsigned fb = sm.efull + 8 * (j & 1);
+            mg_mbar_wait(sm.eempty, (unsigned)(j & 1) ^ 1u);
+            mg_mbar_arrive_tx(fb, P::EPI_BYTES);
+            pb.tma_epi(w, sm.ebuf, fb);
+        }
+    }
+
+    template <class P> MG_DEV static void consumer(const P &pb, const smem_map &sm)
+    {
+        const unsigned sbase = sm.sbase, full = sm.full, empty = sm.empty;
+        constexpr int STAGES = NS<P>;
         constexpr bool ALL_TMA = P::A_TMA && P::B_TMA;
         const int c = threadIdx.x / 128 - 1, lane = threadIdx.x & 31;
         const int n_tiles = pb.n_tiles();
@@ -1371,12 +1562,19 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 #pragma unroll
             for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
             if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);
-            /* the epilogue sees a 64-row tile starting at this half's first row */
+            if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
+            /* the epilogue sees a 64-row tile starting at this half's first row (and the
+             * epilogue operand's rows from that row on: 128 bytes a row in every block) */
 #pragma unroll
             for (int h = 0; h < MH; h++) {
                 mg_wtile wh = w;
                 wh.m0 += 64 * (PP ? h : c);
-                pb.epilogue(wh, acc[h]);
+                if constexpr (P::EPI_BYTES > 0) pb.epilogue(wh, acc[h], sm.ebuf_p + 64 * (PP ? h : c) * 128);
+                else pb.epilogue(wh, acc[h]);
+            }
+            if constexpr (P::EPI_BYTES > 0) {
+                __syncwarp();               /* the warp's reads of the buffer are done */
+                if (lane == 0) mg_mbar_arrive(sm.eempty);
             }
         }
     }
@@ -1384,28 +1582,47 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
     template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
     {
+        /* [stages][epilogue buffer][full][empty][efull[2], eempty][row tables A, B] */
+        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES, EBARS = EB > 0 ? EPI_BARS : 0;
+        static_assert(STAGES >= 2 && SMEM_BYTES >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + EBARS + (BM + BN) * 8,
+                      "smem layout");
+        static_assert(EB % 1024 == 0, "epilogue buffer: whole 1 KB swizzle atoms");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
-        const unsigned full = sbase + STAGES * STAGE_BYTES, empty = full + 8 * STAGES;
-        long long *rowsA = (long long *)(smem + (sbase - raw) + STAGES * STAGE_BYTES + 16 * STAGES);
-        long long *rowsB = rowsA + BM;
+        smem_map sm;
+        sm.sbase = sbase;
+        sm.ebuf = sbase + STAGES * STAGE_BYTES;
+        sm.ebuf_p = smem + (sbase - raw) + STAGES * STAGE_BYTES;
+        sm.full = sm.ebuf + EB;
+        sm.empty = sm.full + 8 * STAGES;
+        sm.efull = sm.empty + 8 * STAGES;
+        sm.eempty = sm.efull + 16;
+        sm.rowsA = (long long *)(smem + (sbase - raw) + STAGES * (STAGE_BYTES + 16) + EB + EBARS);
+        sm.rowsB = sm.rowsA + BM;
+        const unsigned full = sm.full, empty = sm.empty;
         /* Producer arrivals a stage's full barrier expects: one (the TMA thread) when both
-         * operands come by TMA (a jagged cp.async block then adds counted-in arrivals), else
-         * one per producer thread (cp.async.mbarrier.arrive.noinc) plus the TMA thread's. */
-        constexpr unsigned FULL_COUNT = P::A_TMA && P::B_TMA ? 1 : 129;
+         * operands come by TMA, one per issuing warp (GW) when one of them is gathered x rows
+         * (a jagged cp.async block then adds counted-in arrivals), else one per producer
+         * thread (cp.async.mbarrier.arrive.noinc) plus the TMA thread's. */
+        constexpr unsigned FULL_COUNT = P::A_TMA && P::B_TMA ? ISSUERS<P> : 129;
         if (threadIdx.x == 0) {
             for (int i = 0; i < STAGES; i++) {
                 mg_mbar_init(full + 8 * i, FULL_COUNT);
                 mg_mbar_init(empty + 8 * i, EMPTY_COUNT);
+            }
+            if constexpr (EB > 0) {
+                mg_mbar_init(sm.efull, 1);
+                mg_mbar_init(sm.efull + 8, 1);
+                mg_mbar_init(sm.eempty, EMPTY_COUNT);
             }
             mg_fence_mbar_init();
         }
         __syncthreads();
         if (threadIdx.x < 128) {
             mg_setmaxnreg_dec<56>();
-            producer(pb, sbase, full, empty, rowsA, rowsB);
+            producer(pb, sm);
         } else {
             mg_setmaxnreg_inc<224>();
-            consumer(pb, sbase, full, empty);
+            consumer(pb, sm);
         }
     }
 };

@@ -93,8 +93,9 @@
 #define MG_WG_DIMS_OK(d, ff) ((d) % 8 == 0 && (ff) % 8 == 0)
 /* A TMA tensor map (CUtensorMap: 128 opaque bytes, 64-byte aligned), built on the host by
  * runtime/mg_launch.c and read by the kernel from its __grid_constant__ parameter. GEMM
- * parameter structs end with two (tm_a, tm_b: the A and B operands' tensors); zero when a
- * launch takes the mma.sync path or the operand is gathered. */
+ * parameter structs end with two (tm_a, tm_b: the A and B operands' tensors; for gathered x
+ * rows, x itself in one-row boxes), down dgrad's a third (tm_c: its epilogue's a); zero
+ * when a launch takes the mma.sync path. */
 #ifdef __cplusplus
 #define MG_ALIGN64 alignas(64)
 #else
@@ -145,6 +146,26 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
+#endif
+/* v5 (bench/NOTES.md v5), each with the v4 behaviour behind 0 for A/B:
+ * MG_WG_TMA_GATHER 1: gathered x rows (up fwd's A, up wgrad's B) arrive by one-row TMA
+ * copies (tm_a / tm_b: x [T, d], box 64 columns x 1 row) issued by the producer's first
+ * warps, so those two kernels are all-TMA too; 0: 16-byte cp.async from the warpgroup.
+ * MG_WG_EPI_TMA 1: down dgrad's epilogue operand a (the tile's gate and up columns, 64 KB
+ * with GLU) arrives by TMA (tm_c) into its own shared-memory buffer while the main loop runs,
+ * issued by a second producer warp; the epilogue reads a there, not from global memory. The
+ * buffer takes what two stages took (4 stages instead of 6, same MG_WG_SMEM_BYTES). 0: global
+ * loads (v4). Only at BN 128. */
+#ifndef MG_WG_TMA_GATHER
+#define MG_WG_TMA_GATHER 1
+#endif
+#ifndef MG_WG_EPI_TMA
+#define MG_WG_EPI_TMA 1
+#endif
+/* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
+ * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
+#ifndef MG_WG_GATHER_WARPS
+#define MG_WG_GATHER_WARPS 4
 #endif
 #define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
@@ -277,6 +298,7 @@ typedef struct moe_down_dgrad_params {
     const int *offsets, *tile_off;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
+    mg_tmap tm_c;            /* Hopper path: a, the epilogue's operand (MG_WG_EPI_TMA) */
 } moe_down_dgrad_params;
 
 typedef struct moe_down_wgrad_params {
