@@ -13,7 +13,7 @@
 # Predicted on an H100 (from bytes and FLOPs): olmoe fwd ~25-30 us (was 901), dx ~45-50 (270),
 # dwg + dwgsum ~35-40 (231); small fwd ~10, dx ~17, dwg ~10.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/router_v5}; L=/tmp/router_v5_logs; mkdir -p "$OUT" "$L" /tmp/rspecs
 export MOEGEN_CACHE_DIR=/tmp/mgc MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=${BUDGET:-1e9}
 S=$OUT/summary.txt
