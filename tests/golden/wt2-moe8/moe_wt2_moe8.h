@@ -155,12 +155,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * with GLU) arrives by TMA (tm_c) into its own shared-memory buffer while the main loop runs,
  * issued by a second producer warp; the epilogue reads a there, not from global memory. The
  * buffer takes what two stages took (4 stages instead of 6, same MG_WG_SMEM_BYTES). 0: global
- * loads (v4). Only at BN 128. */
+ * loads (v4). Only at BN 128 (down dgrad stays 128 wide while it is on).
+ * Both default to 0: measured on an H100 (bench/results/2026-11-26-s4, call 11, same call)
+ * they lose to v4 + 256-wide tiles: OLMoE fwd+bwd 17.98 ms with both on, 17.43 / 17.29 with
+ * one off, 16.58 with both off; small 5.95 / 5.86. The TMA gather is issue-bound (one
+ * copy at a time per warp from uniform registers: 1 or 2 issuing warps take small to 10.7 /
+ * 7.4 ms), and a 128-wide down dgrad with a in smem is slower than a 256-wide one reading a
+ * from global. Kept for the A/B and for the cluster work they would pair with. */
 #ifndef MG_WG_TMA_GATHER
-#define MG_WG_TMA_GATHER 1
+#define MG_WG_TMA_GATHER 0
 #endif
 #ifndef MG_WG_EPI_TMA
-#define MG_WG_EPI_TMA 1
+#define MG_WG_EPI_TMA 0
 #endif
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
