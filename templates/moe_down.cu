@@ -25,7 +25,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 /* ---- Hopper path (mg_wgmma.cuh): one problem struct per entry. */
 /* fwd: A = h rows, B = W_dn rows (K = FF). */
 struct moe_down_fwd_wg {
-    static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_FWD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0;
@@ -75,7 +75,7 @@ struct moe_down_dgrad_wg {
     /* 128 wide while MG_WG_EPI_TMA is on: its a buffer (64 KB) fits beside 4 stages only at
      * BN 128, and a from shared memory is worth more here than the wider tile (bench/NOTES.md
      * v5); the host's smem and 64 x 64 boxes serve either width. */
-    static constexpr int BN = MG_WG_EPI_TMA ? 128 : MG_WG_BN(MG_FF), NTN = (MG_FF + BN - 1) / BN;
+    static constexpr int BN = MG_WG_EPI_TMA ? 128 : MG_WG_BN_PICK(MG_WG_BN_DN_DGRAD, MG_FF), NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
     /* MG_WG_EPI_TMA: the tile's a (gate columns, then with GLU the up columns) in shared
@@ -195,7 +195,7 @@ struct moe_down_dgrad_wg {
 };
 /* wgrad: dW_dn[g] (M = d, N = FF), K = the group's slots; both operands MN-contiguous. */
 struct moe_down_wgrad_wg {
-    static constexpr int BN = MG_WG_BN(MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_WGRAD, MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0;

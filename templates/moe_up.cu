@@ -27,7 +27,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 /* fwd: A = x rows gathered through perm, B = W_up rows; GLU tiles load BN/2 gate rows then
  * the matching BN/2 up rows, so the epilogue holds gate and up of one h column. */
 struct moe_up_fwd_wg {
-    static constexpr int BN = MG_WG_BN(MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_FWD, MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
     typedef mg_wg<mg_t, BN, true, true> G;
     /* A: gathered x rows, by one-row TMA boxes of tm_a (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
@@ -98,7 +98,7 @@ struct moe_up_fwd_wg {
 };
 /* dgrad: A = da rows (K = F2), B = W_up[g] MN-contiguous (rows k, columns d). */
 struct moe_up_dgrad_wg {
-    static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_DGRAD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0;
@@ -140,7 +140,7 @@ struct moe_up_dgrad_wg {
 };
 /* wgrad: dW_up[g] (M = F2, N = d), K = the group's slots; both operands MN-contiguous. */
 struct moe_up_wgrad_wg {
-    static constexpr int BN = MG_WG_BN(MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
     /* B: gathered x rows, by one-row TMA boxes of tm_b (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;

@@ -131,6 +131,39 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_BN
 #define MG_WG_BN(n) (MG_WG_BN_DEV == 256 && (n) >= 256 ? 256 : 128)
 #endif
+/* Per-GEMM tile width, device-only knobs (NVRTC -D through env MOEGEN_JIT_DEFINES,
+ * runtime/mg_jit.c): MG_WG_BN_UP_FWD, _UP_DGRAD, _UP_WGRAD, _DN_FWD, _DN_DGRAD, _DN_WGRAD.
+ * 0 (default): MG_WG_BN(n), today's rule; 128 or 256: that width, 256 still only where
+ * n >= 256 (a 256-wide tile needs it), else 128. 256 wins most GEMMs on an H100 but not all:
+ * OLMoE's up wgrad 4.85 ms at 128 against 5.43 at 256, small's up fwd 1.07 against 1.23
+ * (bench/results/2026-11-26-s4); bench/dev/wg_probe.sh bn measures each. The host's smem
+ * size (MG_WG_SMEM_BYTES) and 64 x 64 TMA boxes serve either width. Down dgrad stays 128
+ * while MG_WG_EPI_TMA is on, whatever its knob. */
+#ifndef MG_WG_BN_UP_FWD
+#define MG_WG_BN_UP_FWD 0
+#endif
+#ifndef MG_WG_BN_UP_DGRAD
+#define MG_WG_BN_UP_DGRAD 0
+#endif
+#ifndef MG_WG_BN_UP_WGRAD
+#define MG_WG_BN_UP_WGRAD 0
+#endif
+#ifndef MG_WG_BN_DN_FWD
+#define MG_WG_BN_DN_FWD 0
+#endif
+#ifndef MG_WG_BN_DN_DGRAD
+#define MG_WG_BN_DN_DGRAD 0
+#endif
+#ifndef MG_WG_BN_DN_WGRAD
+#define MG_WG_BN_DN_WGRAD 0
+#endif
+#define MG_WG_BN_KNOB_OK(k) ((k) == 0 || (k) == 128 || (k) == 256)
+#if !(MG_WG_BN_KNOB_OK(MG_WG_BN_UP_FWD) && MG_WG_BN_KNOB_OK(MG_WG_BN_UP_DGRAD) && \
+      MG_WG_BN_KNOB_OK(MG_WG_BN_UP_WGRAD) && MG_WG_BN_KNOB_OK(MG_WG_BN_DN_FWD) && \
+      MG_WG_BN_KNOB_OK(MG_WG_BN_DN_DGRAD) && MG_WG_BN_KNOB_OK(MG_WG_BN_DN_WGRAD))
+#error "MG_WG_BN_{UP,DN}_{FWD,DGRAD,WGRAD}: 0, 128 or 256"
+#endif
+#define MG_WG_BN_PICK(knob, n) ((knob) == 0 ? MG_WG_BN(n) : (knob) == 256 && (n) >= 256 ? 256 : 128)
 /* dgrad/wgrad on the Hopper path: the default of host and device; env MOEGEN_WG_BWD=0|1
  * overrides both (runtime/mg_launch.c at load, runtime/mg_jit.c as -DMG_WG_BWD, since the
  * bwd entries carry the Hopper path only when compiled with it). On since v4: on an H100 the
@@ -1714,7 +1747,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 /* fwd: A = x rows gathered through perm, B = W_up rows; GLU tiles load BN/2 gate rows then
  * the matching BN/2 up rows, so the epilogue holds gate and up of one h column. */
 struct moe_up_fwd_wg {
-    static constexpr int BN = MG_WG_BN(MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_FWD, MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
     typedef mg_wg<mg_t, BN, true, true> G;
     /* A: gathered x rows, by one-row TMA boxes of tm_a (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
@@ -1785,7 +1818,7 @@ struct moe_up_fwd_wg {
 };
 /* dgrad: A = da rows (K = F2), B = W_up[g] MN-contiguous (rows k, columns d). */
 struct moe_up_dgrad_wg {
-    static constexpr int BN = MG_WG_BN(MG_D), NTN = (MG_D + BN - 1) / BN;
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_DGRAD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0;
@@ -1827,7 +1860,7 @@ struct moe_up_dgrad_wg {
 };
 /* wgrad: dW_up[g] (M = F2, N = d), K = the group's slots; both operands MN-contiguous. */
 struct moe_up_wgrad_wg {
-    static constexpr int BN = MG_WG_BN(MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
     /* B: gathered x rows, by one-row TMA boxes of tm_b (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;

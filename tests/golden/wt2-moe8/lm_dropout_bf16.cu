@@ -131,6 +131,39 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_BN
 #define MG_WG_BN(n) (MG_WG_BN_DEV == 256 && (n) >= 256 ? 256 : 128)
 #endif
+/* Per-GEMM tile width, device-only knobs (NVRTC -D through env MOEGEN_JIT_DEFINES,
+ * runtime/mg_jit.c): MG_WG_BN_UP_FWD, _UP_DGRAD, _UP_WGRAD, _DN_FWD, _DN_DGRAD, _DN_WGRAD.
+ * 0 (default): MG_WG_BN(n), today's rule; 128 or 256: that width, 256 still only where
+ * n >= 256 (a 256-wide tile needs it), else 128. 256 wins most GEMMs on an H100 but not all:
+ * OLMoE's up wgrad 4.85 ms at 128 against 5.43 at 256, small's up fwd 1.07 against 1.23
+ * (bench/results/2026-11-26-s4); bench/dev/wg_probe.sh bn measures each. The host's smem
+ * size (MG_WG_SMEM_BYTES) and 64 x 64 TMA boxes serve either width. Down dgrad stays 128
+ * while MG_WG_EPI_TMA is on, whatever its knob. */
+#ifndef MG_WG_BN_UP_FWD
+#define MG_WG_BN_UP_FWD 0
+#endif
+#ifndef MG_WG_BN_UP_DGRAD
+#define MG_WG_BN_UP_DGRAD 0
+#endif
+#ifndef MG_WG_BN_UP_WGRAD
+#define MG_WG_BN_UP_WGRAD 0
+#endif
+#ifndef MG_WG_BN_DN_FWD
+#define MG_WG_BN_DN_FWD 0
+#endif
+#ifndef MG_WG_BN_DN_DGRAD
+#define MG_WG_BN_DN_DGRAD 0
+#endif
+#ifndef MG_WG_BN_DN_WGRAD
+#define MG_WG_BN_DN_WGRAD 0
+#endif
+#define MG_WG_BN_KNOB_OK(k) ((k) == 0 || (k) == 128 || (k) == 256)
+#if !(MG_WG_BN_KNOB_OK(MG_WG_BN_UP_FWD) && MG_WG_BN_KNOB_OK(MG_WG_BN_UP_DGRAD) && \
+      MG_WG_BN_KNOB_OK(MG_WG_BN_UP_WGRAD) && MG_WG_BN_KNOB_OK(MG_WG_BN_DN_FWD) && \
+      MG_WG_BN_KNOB_OK(MG_WG_BN_DN_DGRAD) && MG_WG_BN_KNOB_OK(MG_WG_BN_DN_WGRAD))
+#error "MG_WG_BN_{UP,DN}_{FWD,DGRAD,WGRAD}: 0, 128 or 256"
+#endif
+#define MG_WG_BN_PICK(knob, n) ((knob) == 0 ? MG_WG_BN(n) : (knob) == 256 && (n) >= 256 ? 256 : 128)
 /* dgrad/wgrad on the Hopper path: the default of host and device; env MOEGEN_WG_BWD=0|1
  * overrides both (runtime/mg_launch.c at load, runtime/mg_jit.c as -DMG_WG_BWD, since the
  * bwd entries carry the Hopper path only when compiled with it). On since v4: on an H100 the
