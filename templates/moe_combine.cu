@@ -38,9 +38,10 @@ MG_DEV void mg_cmb_ld_t(const mg_t *r, bool vec, float (&f)[MG_CMB_CHUNK])
     if (vec) {
 #pragma unroll
         for (int h = 0; h < MG_CMB_CHUNK / MG_VEC; h++) {
-            const mg_v16 v = mg_v16_ld(r + h * MG_VEC);
+            float g[MG_VEC];
+            mg_v16_unpack(mg_v16_ld(r + h * MG_VEC), g);
 #pragma unroll
-            for (int e = 0; e < MG_VEC; e++) f[h * MG_VEC + e] = mg_v16_get(v, e);
+            for (int e = 0; e < MG_VEC; e++) f[h * MG_VEC + e] = g[e];
         }
     } else {
 #pragma unroll
