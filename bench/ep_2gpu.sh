@@ -14,7 +14,7 @@
 #       (same bounds, step-1 routing identical), and ep = 2 again with MOEGEN_EP_OVERLAP=0 (the shared
 #       experts before each exchange instead of beside it): its losses must equal the overlapped run's
 #       bit for bit (a race would show here), and the steady tokens/s of the two plus the exchanges'
-#       a2a_s / a2a_hidden_s per step tell what the overlap gains. Not yet run.
+#       a2a_s / a2a_hidden_s per step tell what the overlap gains (2x H200: bench/results/2026-11-26-s4).
 #
 #   here, once:  bench/train_wt2.sh prepare                  # data/shared/wikitext-2 for the device
 #   on the GPU:  run(command="bench/ep_2gpu.sh", carry=["data"], kind="nvidia-h100-x2")

@@ -1,5 +1,5 @@
 /* mg_gpu_ep: expert parallelism in the GPU trainer (see mg_gpu_ep.h). The shared experts' overlap
- * with the exchanges is not yet run on a GPU. */
+ * with the exchanges ran on 2x H200 (bench/ep_2gpu.sh s, bench/results/2026-11-26-s4). */
 #include "mg_gpu_ep.h"
 #include "mg_dist.h"
 #include "mg_cuda.h"

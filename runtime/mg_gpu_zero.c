@@ -1,4 +1,5 @@
-/* mg_gpu_zero: ZeRO-1 on the GPU model's buffers (see mg_gpu_zero.h). Not yet run on a GPU. */
+/* mg_gpu_zero: ZeRO-1 on the GPU model's buffers (see mg_gpu_zero.h). Checked on 2x H100 by
+ * bench/dist_2gpu.sh zero (bench/results/2026-11-26-s4). */
 #include "mg_gpu_zero.h"
 #include "mg_cuda.h"
 #include "mg_optim.h"     /* mg_clip_scale */
