@@ -166,6 +166,31 @@ template <class T> MG_DEV void mg_ld2(const T *p, long long i, float *a, float *
     }
 }
 
+/* Four adjacent elements (8 bytes of 16-bit storage) from / to p, 4-element aligned. */
+template <class T> MG_DEV void mg_ld4(const T *p, float (&f)[4])
+{
+    if constexpr (sizeof(T) == 2) {
+        const uint2 u = *(const uint2 *)p;
+        mg_ld2((const T *)&u.x, 0, &f[0], &f[1]);
+        mg_ld2((const T *)&u.y, 0, &f[2], &f[3]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++) f[e] = mg_to_f32(p[e]);
+    }
+}
+template <class T> MG_DEV void mg_st4(T *p, const float (&f)[4])
+{
+    if constexpr (sizeof(T) == 2) {
+        uint2 u;
+        mg_st2((T *)&u.x, 0, f[0], f[1]);
+        mg_st2((T *)&u.y, 0, f[2], f[3]);
+        *(uint2 *)p = u;
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++) p[e] = mg_from_f32<T>(f[e]);
+    }
+}
+
 #if MG_WG_ARCH
 /* ------------------------------------------------------------------ PTX wrappers (sm_90a) */
 MG_DEV void mg_mbar_init(unsigned bar, unsigned count)
@@ -205,6 +230,12 @@ MG_DEV void mg_tma3(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, un
     asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
                  " [%0], [%1, {%2, %3, %4}], [%5];\n"
                  :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
+}
+/* One box of a rank-3 tensor map prefetched into L2 (no shared memory, no barrier). */
+MG_DEV void mg_tma3_prefetch(const mg_tmap *map, int c0, int c1, int c2)
+{
+    asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n"
+                 :: "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2) : "memory");
 }
 MG_DEV void mg_mbar_wait(unsigned bar, unsigned parity)
 {
@@ -392,10 +423,14 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     template <class P> static constexpr int NS = P::EPI_BYTES == 0 ? STAGES
         : (SMEM_BYTES - 1024 - P::EPI_BYTES - EPI_BARS - (BM + BN) * 8) / (STAGE_BYTES + 16) < STAGES
             ? (SMEM_BYTES - 1024 - P::EPI_BYTES - EPI_BARS - (BM + BN) * 8) / (STAGE_BYTES + 16) : STAGES;
+    /* A problem with a consumer scratch (P::SCRATCH_BYTES > 0: down dgrad's dh staged for a
+     * coalesced epilogue, MG_WG_EPI_SMEM) gets it after the stages; the host launches that
+     * kernel with MG_WG_SMEM_BYTES + MG_WG_SCRATCH_BYTES, so the stages stay as they are. */
     /* Shared-memory addresses of one CTA (shared window; ebuf also as a generic pointer). */
     struct smem_map {
         unsigned sbase, full, empty, ebuf, efull, eempty;
         const unsigned char *ebuf_p;
+        float *scratch;
         long long *rowsA, *rowsB;
     };
 
@@ -417,11 +452,38 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * copies: cp.async's asm is a compiler memory barrier, so interleaved they serialize into
      * R/16 load round trips per stage (up wgrad's B, v3: 8 a stage against ~512 tensor-core
      * cycles of a 128 x 128 x 64 step). MG_WG_MN_BATCH 0: the v3 loop (A/B). */
-    template <int R> MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int k0, int ke, int ptid)
+    /* The memory rows of a stage's k rows, spread over lanes (MG_WG_MN_BATCH 2, LANE_ROWS: the
+     * operand gathered in every stage, up wgrad's x; jagged blocks keep the loop below): a warp's
+     * copies cover 16 k rows a stage (RPW = 32 / CPR rows an instruction, NCH instructions),
+     * so lane L < 16 holds the row of the warp's k row wp·RPW + L % RPW + KSTEP·(L / RPW)
+     * (-1 past ke) and load_mn takes each from its lane by a shuffle: one gather read a lane,
+     * not NCH, and one register, so the producer (56 registers) can read the next stage's
+     * rows before it waits for that stage (up wgrad's B: ncu found its producer waiting on
+     * these reads, L2 at 20% busy). */
+    template <int R> MG_DEV static int mn_row(const mg_opnd<T> &o, int k0, int ke, int ptid)
     {
-        constexpr int CPR = R / 8, NCH = 64 * CPR / 128, KSTEP = 128 / CPR;
+        constexpr int CPR = R / 8, RPW = 32 / CPR, KSTEP = 128 / CPR;
+        const int lane = ptid & 31, k = k0 + (ptid >> 5) * RPW + lane % RPW + KSTEP * (lane / RPW);
+        return lane >= 16 || k >= ke ? -1 : o.gather ? o.gather[k] / o.gdiv : k;
+    }
+    template <int R, bool LANE_ROWS = false>
+    MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int k0, int ke, int ptid, int lrow = -1)
+    {
+        constexpr int CPR = R / 8, NCH = 64 * CPR / 128, KSTEP = 128 / CPR, RPW = 32 / CPR;
         static_assert(64 * CPR % 128 == 0 && 128 % CPR == 0, "load_mn: R in {128, 256}");
-        if constexpr (MG_WG_MN_BATCH != 0) {
+        static_assert(RPW * NCH == 16, "mn_row: 16 k rows a warp");
+        if constexpr (LANE_ROWS) {
+            const int kr0 = ptid / CPR, mc = ptid - kr0 * CPR, mn = o.mn0 + mc * 8, sub = (ptid & 31) / CPR;
+            const bool mn_ok = mn < o.MN;
+#pragma unroll
+            for (int i = 0; i < NCH; i++) {
+                const int kr = kr0 + KSTEP * i;
+                const int row = __shfl_sync(0xffffffffu, lrow, i * RPW + sub);
+                const bool ok = mn_ok && row >= 0;
+                const T *src = ok ? o.base + (long long)row * o.ld + mn : o.base;
+                mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src, ok);
+            }
+        } else if constexpr (MG_WG_MN_BATCH != 0) {
             const int kr0 = ptid / CPR, mc = ptid - kr0 * CPR, mn = o.mn0 + mc * 8;
             const bool mn_ok = mn < o.MN;
             int row[NCH];
@@ -549,6 +611,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             }
             if constexpr (P::B_GATHER) tx += GB * 32 * 128u;
             const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
+            /* the epilogue's global operand into L2 now, a main loop before the epilogue reads it */
+            if constexpr (P::EPI_PREFETCH)
+                if (ptid == 0) pb.prefetch_epi(w);
+            /* B by cp.async in every stage (up wgrad's gathered x): this lane's k row of the
+             * next stage, read one stage ahead (mn_row) */
+            constexpr bool B_MN_EVERY = !P::B_TMA && !B_KC;
+            int brow = B_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BN>(pb.opnd_b(w), w.kb, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
@@ -624,7 +693,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     }
                     if (!P::B_TMA || jag) {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
-                        else load_mn<BN>(sb, ob, k0, w.ke, ptid);
+                        else if constexpr (B_MN_EVERY && MG_WG_MN_BATCH == 2) {
+                            load_mn<BN, true>(sb, ob, k0, w.ke, ptid, brow);
+                            if (kt + 1 < nk) brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
+                        } else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {
                         /* count of 1 (GW when gathering): every thread's arrive is added to the
@@ -762,6 +834,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_wtile wh = w;
                 wh.m0 += 64 * (PP ? h : c);
                 if constexpr (P::EPI_BYTES > 0) pb.epilogue(wh, acc[h], sm.ebuf_p + 64 * (PP ? h : c) * 128);
+                else if constexpr (P::SCRATCH_BYTES > 0) pb.epilogue(wh, acc[h], sm.scratch + c * (P::SCRATCH_BYTES / 8), 4 + c);
                 else pb.epilogue(wh, acc[h]);
             }
             if constexpr (P::EPI_BYTES > 0) {
@@ -774,21 +847,23 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
     template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
     {
-        /* [stages][epilogue buffer][full][empty][efull[2], eempty][row tables A, B] */
-        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES, EBARS = EB > 0 ? EPI_BARS : 0;
-        static_assert(STAGES >= 2 && SMEM_BYTES >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + EBARS + (BM + BN) * 8,
+        /* [stages][epilogue buffer][scratch][full][empty][efull[2], eempty][row tables A, B] */
+        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES, EBARS = EB > 0 ? EPI_BARS : 0, SB = P::SCRATCH_BYTES;
+        static_assert(STAGES >= 2 && SMEM_BYTES + SB >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + (BM + BN) * 8,
                       "smem layout");
-        static_assert(EB % 1024 == 0, "epilogue buffer: whole 1 KB swizzle atoms");
+        static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
+        static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;
         sm.ebuf = sbase + STAGES * STAGE_BYTES;
         sm.ebuf_p = smem + (sbase - raw) + STAGES * STAGE_BYTES;
-        sm.full = sm.ebuf + EB;
+        sm.scratch = (float *)(smem + (sbase - raw) + STAGES * STAGE_BYTES + EB);
+        sm.full = sm.ebuf + EB + SB;
         sm.empty = sm.full + 8 * STAGES;
         sm.efull = sm.empty + 8 * STAGES;
         sm.eempty = sm.efull + 16;
-        sm.rowsA = (long long *)(smem + (sbase - raw) + STAGES * (STAGE_BYTES + 16) + EB + EBARS);
+        sm.rowsA = (long long *)(smem + (sbase - raw) + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS);
         sm.rowsB = sm.rowsA + BM;
         const unsigned full = sm.full, empty = sm.empty;
         /* Producer arrivals a stage's full barrier expects: one (the TMA thread) when both

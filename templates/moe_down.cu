@@ -28,7 +28,8 @@ struct moe_down_fwd_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_FWD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
-    static constexpr int EPI_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool EPI_PREFETCH = false;
     const moe_down_fwd_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
@@ -83,6 +84,19 @@ struct moe_down_dgrad_wg {
      * 32 KB a sub-tile. At BN 256 the buffer would leave one stage: global loads there. */
     static constexpr bool EPI = MG_WG_EPI_TMA != 0 && BN == 128;
     static constexpr int EPI_BYTES = EPI ? (MG_GLU ? 2 : 1) * 128 * BN * 2 : 0;
+    static constexpr int SCRATCH_BYTES = !EPI && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
+    /* a of the tile into L2 when the producer starts it (MG_WG_EPI_PREFETCH; tm_c, 64 x 64 boxes) */
+    static constexpr bool EPI_PREFETCH = !EPI && MG_WG_EPI_PREFETCH;
+    MG_DEV void prefetch_epi(const mg_wtile &w) const
+    {
+#pragma unroll
+        for (int cb = 0; cb < BN / 64; cb++)
+#pragma unroll
+            for (int r = 0; r < 128; r += 64) {
+                mg_tma3_prefetch(&p.tm_c, w.nt * BN + 64 * cb, w.m0 + r, 0);
+                if constexpr (MG_GLU) mg_tma3_prefetch(&p.tm_c, MG_FF + w.nt * BN + 64 * cb, w.m0 + r, 0);
+            }
+    }
     const moe_down_dgrad_params &p;
     MG_DEV void tma_epi(const mg_wtile &w, unsigned dst, unsigned bar) const
     {
@@ -160,6 +174,71 @@ struct moe_down_dgrad_wg {
                 if (s < w.m_end && c < MG_FF) epi_store(da, s, c, d0, d1, g[i], u[i]);
             });
     }
+    /* MG_WG_EPI_SMEM: dh through this warpgroup's scratch scr ([64][MG_WG_SCRATCH_LD] fp32),
+     * 32 columns at a time; bar: the warpgroup's named barrier (128 threads). The accumulator's
+     * pairs go in as float2. Each thread then takes rows 16·warp + lane/8 + 4v (v < 4), columns
+     * 4·(lane % 8) .. +3 of the chunk: 8 lanes read one 128-byte scratch row (no bank
+     * conflicts) and 64 contiguous bytes of a row of a (and of da), 8 bytes a lane. A chunk's a
+     * loads are issued before the previous chunk's math and stores, so two chunks' loads are
+     * in flight. The arithmetic is the register epilogue's, on the same fp32 dh: the same da. */
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA], float *scr, int bar) const
+    {
+        constexpr int LD = MG_WG_SCRATCH_LD, NCH = BN / 32, NV = 4;
+        static_assert(NA == BN / 2, "one m64 accumulator");
+        const mg_t *a = (const mg_t *)p.a;
+        mg_t *da = (mg_t *)p.da;
+        const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+        const int wm = warp * 16 + (lane >> 2), wn = (lane & 3) * 2;   /* accumulator pairs */
+        const int rr = warp * 16 + (lane >> 3), rc = (lane & 7) * 4;    /* read side */
+        float g[2][NV][4], u[2][NV][4];
+        auto load = [&](int ch, int b) {
+#pragma unroll
+            for (int v = 0; v < NV; v++) {
+                const long long s = w.m0 + rr + 4 * v;
+                const int c = w.nt * BN + 32 * ch + rc;
+                if (s < w.m_end && c < MG_FF) {
+                    mg_ld4(a + s * MG_F2 + c, g[b][v]);
+                    if constexpr (MG_GLU) mg_ld4(a + s * MG_F2 + MG_FF + c, u[b][v]);
+                }
+            }
+        };
+        load(0, 0);
+#pragma unroll
+        for (int ch = 0; ch < NCH; ch++) {
+#pragma unroll
+            for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int i = 4 * (4 * ch + jj) + 2 * hh;
+                    *(float2 *)(scr + (wm + 8 * hh) * LD + 8 * jj + wn) = make_float2(acc[i], acc[i + 1]);
+                }
+            mg_bar_named(bar, 128);
+            if (ch + 1 < NCH) load(ch + 1, (ch + 1) & 1);
+            const int b = ch & 1;
+#pragma unroll
+            for (int v = 0; v < NV; v++) {
+                const long long s = w.m0 + rr + 4 * v;
+                const int c = w.nt * BN + 32 * ch + rc;
+                const float4 d4 = *(const float4 *)(scr + (rr + 4 * v) * LD + rc);
+                const float d[4] = {d4.x, d4.y, d4.z, d4.w};
+                if (s < w.m_end && c < MG_FF) {
+                    float o[4], q[4];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        if constexpr (MG_GLU) {
+                            o[e] = d[e] * mg_act_df<MG_ACT>(g[b][v][e]) * u[b][v][e];
+                            q[e] = d[e] * mg_act_f<MG_ACT>(g[b][v][e]);
+                        } else {
+                            o[e] = d[e] * mg_act_df<MG_ACT>(g[b][v][e]);
+                        }
+                    }
+                    mg_st4(da + s * MG_F2 + c, o);
+                    if constexpr (MG_GLU) mg_st4(da + s * MG_F2 + MG_FF + c, q);
+                }
+            }
+            mg_bar_named(bar, 128);         /* the chunk's reads are done before the next's writes */
+        }
+    }
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
         const mg_t *a = (const mg_t *)p.a;
@@ -198,7 +277,8 @@ struct moe_down_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_WGRAD, MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false, B_GATHER = false;
-    static constexpr int EPI_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool EPI_PREFETCH = false;
     const moe_down_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {

@@ -32,7 +32,8 @@ struct moe_up_fwd_wg {
     /* A: gathered x rows, by one-row TMA boxes of tm_a (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
     static constexpr bool A_TMA = GT, B_TMA = true, K_JAGGED = false, A_GATHER = GT, B_GATHER = false;
-    static constexpr int EPI_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool EPI_PREFETCH = false;
     const moe_up_fwd_params &p;
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
@@ -101,7 +102,8 @@ struct moe_up_dgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_DGRAD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
-    static constexpr int EPI_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool EPI_PREFETCH = false;
     const moe_up_dgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
@@ -145,7 +147,8 @@ struct moe_up_wgrad_wg {
     /* B: gathered x rows, by one-row TMA boxes of tm_b (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
     static constexpr bool A_TMA = true, B_TMA = GT, K_JAGGED = true, A_GATHER = false, B_GATHER = GT;
-    static constexpr int EPI_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool EPI_PREFETCH = false;
     const moe_up_wgrad_params &p;
     MG_DEV const mg_tmap &tm_gather() const { return p.tm_b; }
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const

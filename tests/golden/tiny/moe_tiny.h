@@ -170,12 +170,14 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 /* v4 fixes of the bwd kernels, each with its v3 behaviour behind 0 for A/B (bench/NOTES.md v3):
  * MG_WG_MN_BATCH 1: MN-contiguous cp.async loads read their gather indices for the whole
- * stage before issuing the copies (up wgrad's x). MG_WG_EPI_BATCH n: down dgrad's epilogue
+ * stage before issuing the copies (up wgrad's x); 2 (default): one index a lane, shared by
+ * shuffles, the next stage's read before the producer waits for that stage (mg_wgmma.cuh
+ * mn_row). MG_WG_EPI_BATCH n: down dgrad's epilogue
  * loads the pre-activations of n 8-column blocks (2n pairs: 4n loads in flight) before
  * computing and storing them; 0 = one pair at a time (v3: 64 serialized load round trips a
  * tile, since the stores to da may alias a). */
 #ifndef MG_WG_MN_BATCH
-#define MG_WG_MN_BATCH 1
+#define MG_WG_MN_BATCH 2
 #endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
@@ -201,6 +203,25 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_TMA
 #define MG_WG_EPI_TMA 0
 #endif
+/* MG_WG_EPI_SMEM 1 (default): down dgrad's epilogue stages dh through a consumer scratch in
+ * shared memory, 32 columns at a time (fp32, rows of MG_WG_SCRATCH_LD floats), so that a is
+ * read and da written in 8-byte pieces a lane, 8 lanes on 64 contiguous bytes of a row, from a
+ * short loop: ncu showed the register-layout epilogue (4-byte accesses at 8 rows a warp
+ * instruction, fully unrolled) issue-bound, at 35% of memory throughput with a third of its
+ * stalls on instruction fetch (bench/NOTES.md). 0: v4's epilogue (A/B). The host launches down
+ * dgrad with MG_WG_SCRATCH_BYTES more dynamic shared memory whatever the knob (it is
+ * device-only); the pad of 8 floats a row makes the accumulator's float2 writes free of bank
+ * conflicts (a half-warp's 4 rows land 8 banks apart). Off while MG_WG_EPI_TMA is on. */
+#ifndef MG_WG_EPI_SMEM
+#define MG_WG_EPI_SMEM 1
+#endif
+/* MG_WG_EPI_PREFETCH 1: the producer prefetches the tile's a into L2 (one bulk tensor prefetch
+ * a 64 x 64 box) when it starts the tile, a main loop before the epilogue reads it. */
+#ifndef MG_WG_EPI_PREFETCH
+#define MG_WG_EPI_PREFETCH 1
+#endif
+#define MG_WG_SCRATCH_LD 40
+#define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
 #ifndef MG_WG_GATHER_WARPS

@@ -1,0 +1,68 @@
+#!/bin/bash
+# s5: one GPU call for session 5's Hopper GEMM changes (bench/NOTES.md, "v6"), each behind a
+# device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) so the same call A/Bs it:
+#   - MG_WG_EPI_SMEM (1): down dgrad's epilogue through a shared-memory scratch, 8-byte
+#     coalesced a loads and da stores; 0 = v4's register-layout epilogue
+#   - MG_WG_EPI_PREFETCH (1): the tile's a prefetched into L2 by the producer; 0 = none
+#   - MG_WG_MN_BATCH (2): up wgrad's gather rows one a lane, the next stage's read ahead;
+#     1 = v4 (every lane reads its 8-16 rows in the stage)
+#   - the per-GEMM tile width knobs MG_WG_BN_UP_WGRAD / MG_WG_BN_UP_FWD at 128
+# usage: bench/dev/s5.sh [check] [ab] [bn]   (default: check ab), from the repo root after
+# `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
+set -u
+O=${OUT:-/tmp/s5}; mkdir -p "$O"
+export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
+T0=$(date +%s)
+S="$O/summary.txt"; : > "$S"
+note() { echo "$*" | tee -a "$S"; }
+step() { # name timeout log command...   (env assignments go through `env`)
+    local name=$1 t=$2 log=$3; shift 3
+    local el=$(( $(date +%s) - T0 ))
+    if (( el > DEADLINE )); then note "$(printf '%-44s skipped (%ds elapsed)' "$name" $el)"; return 99; fi
+    local s=$(date +%s)
+    (( t > LIMIT - el )) && t=$(( LIMIT - el ))
+    timeout "$t" "$@" > "$O/$log" 2>&1
+    local rc=$?
+    note "$(printf '%-44s rc=%-3d %4ds  %s' "$name" $rc $(( $(date +%s) - s )) \
+        "$(grep -ac PASS "$O/$log") PASS $(grep -ac FAIL "$O/$log") FAIL")"
+    return $rc
+}
+bench() { # tag shape env...   one mg_bench_layer run, medians into the summary
+    local tag=$1 sh=$2; shift 2
+    step "bench $sh $tag" 60 bench-$sh-$tag.log env "$@" build/bench/mg_bench_layer --shape $sh --runs 10 --warmup 3
+    grep -a median "$O/bench-$sh-$tag.log" | sed "s/^/$sh $tag /" | tee -a "$S"
+}
+note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
+PH=" ${*:-check ab} "
+st() { # tag defines spec [budget]
+    step "selftest $3 moe $1" 90 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
+        MOEGEN_SELFTEST_BUDGET=${4:-1e8} build/moegen selftest specs/$3.lua --seed 29
+    grep -a -m6 -A2 FAIL "$O/st-$3-$1.log" | tee -a "$S"
+}
+if [[ $PH == *" check "* ]]; then
+st default "" tiny
+st coop "-DMG_WG_PINGPONG=0" tiny
+st v4 "-DMG_WG_EPI_SMEM=0 -DMG_WG_MN_BATCH=1 -DMG_WG_EPI_PREFETCH=0" tiny
+st default "" bench-small
+st default "" wt2-moe8
+st default "" bench-olmoe 5e7
+step "racecheck tiny (moe part)" 120 racecheck.log env MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=5e7 \
+    compute-sanitizer --tool racecheck --error-exitcode 3 build/moegen selftest specs/tiny.lua --seed 23
+grep -a -m6 -i "hazard\|error" "$O/racecheck.log" | tee -a "$S"
+fi
+if [[ $PH == *" ab "* ]]; then   # same card, same call
+for sh in small olmoe; do
+    bench default $sh
+    bench epismem0 $sh MOEGEN_JIT_DEFINES=-DMG_WG_EPI_SMEM=0
+    bench pf0 $sh MOEGEN_JIT_DEFINES=-DMG_WG_EPI_PREFETCH=0
+    bench mnb1 $sh MOEGEN_JIT_DEFINES=-DMG_WG_MN_BATCH=1
+done
+fi
+if [[ $PH == *" bn "* ]]; then
+for sh in small olmoe finegrained; do
+    bench upw128 $sh MOEGEN_JIT_DEFINES=-DMG_WG_BN_UP_WGRAD=128
+    bench upf128 $sh MOEGEN_JIT_DEFINES=-DMG_WG_BN_UP_FWD=128
+done
+fi
+note "total $(( $(date +%s) - T0 ))s"
