@@ -232,9 +232,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_EPI_SMEM 1
 #endif
 /* MG_WG_EPI_PREFETCH 1: the producer prefetches the tile's a into L2 (one bulk tensor prefetch
- * a 64 x 64 box) when it starts the tile, a main loop before the epilogue reads it. */
+ * a 64 x 64 box) when it starts the tile, a main loop before the epilogue reads it. Off by
+ * default: on an H100 it cost small 0.25 ms and OLMoE 0.08 (bench/results/2026-11-26-s5,
+ * call 1); the lines it brings in evict operands the main loop still reads. */
 #ifndef MG_WG_EPI_PREFETCH
-#define MG_WG_EPI_PREFETCH 1
+#define MG_WG_EPI_PREFETCH 0
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
