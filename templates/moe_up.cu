@@ -82,7 +82,7 @@ struct moe_up_fwd_wg {
                 if (s < w.m_end && hc < MG_FF) {
                     mg_st2(a, s * MG_F2 + hc, g0, g1);
                     mg_st2(a, s * MG_F2 + MG_FF + hc, u0, u1);
-                    mg_st2(h, s * MG_FF + hc, mg_act_f<MG_ACT>(g0) * u0, mg_act_f<MG_ACT>(g1) * u1);
+                    mg_st2(h, s * MG_FF + hc, mg_act_f_fast<MG_ACT>(g0) * u0, mg_act_f_fast<MG_ACT>(g1) * u1);
                 }
             });
         } else {
@@ -91,7 +91,7 @@ struct moe_up_fwd_wg {
                 int c = w.nt * BN + n;
                 if (s < w.m_end && c < MG_FF) {
                     mg_st2(a, s * MG_F2 + c, v0, v1);
-                    mg_st2(h, s * MG_FF + c, mg_act_f<MG_ACT>(v0), mg_act_f<MG_ACT>(v1));
+                    mg_st2(h, s * MG_FF + c, mg_act_f_fast<MG_ACT>(v0), mg_act_f_fast<MG_ACT>(v1));
                 }
             });
         }

@@ -507,6 +507,28 @@ template <int ACT> MG_DEV float mg_act_df(float x)
     }
 }
 
+/* f (and f') for the Hopper GEMM epilogues, which ncu found issue-bound on the activation:
+ * expf and an IEEE divide (with its FCHK slow-path branch) cost ~20 instructions each. SiLU
+ * here takes one __expf (MUFU.EX2) and one __fdividef (MUFU.RCP): relative error ~1e-6,
+ * far below bf16's 4e-3; a huge 1 + e^-x (x < -87) gives s = 0, f = -0, as the exact form's
+ * limit. Other activations fall back to mg_act_f / mg_act_df. */
+template <int ACT> MG_DEV float mg_act_f_fast(float x)
+{
+    if constexpr (ACT == 0) return __fdividef(x, 1.0f + __expf(-x));
+    else return mg_act_f<ACT>(x);
+}
+template <int ACT> MG_DEV void mg_act_fdf_fast(float x, float *f, float *df)
+{
+    if constexpr (ACT == 0) {
+        const float s = __fdividef(1.0f, 1.0f + __expf(-x));
+        *f = x * s;
+        *df = s * (1.0f + x * (1.0f - s));
+    } else {
+        *f = mg_act_f<ACT>(x);
+        *df = mg_act_df<ACT>(x);
+    }
+}
+
 /* Butterfly reductions: every lane ends with the same, bitwise reproducible value. */
 MG_DEV float mg_warp_sum(float v)
 {

@@ -507,6 +507,28 @@ template <int ACT> MG_DEV float mg_act_df(float x)
     }
 }
 
+/* f (and f') for the Hopper GEMM epilogues, which ncu found issue-bound on the activation:
+ * expf and an IEEE divide (with its FCHK slow-path branch) cost ~20 instructions each. SiLU
+ * here takes one __expf (MUFU.EX2) and one __fdividef (MUFU.RCP): relative error ~1e-6,
+ * far below bf16's 4e-3; a huge 1 + e^-x (x < -87) gives s = 0, f = -0, as the exact form's
+ * limit. Other activations fall back to mg_act_f / mg_act_df. */
+template <int ACT> MG_DEV float mg_act_f_fast(float x)
+{
+    if constexpr (ACT == 0) return __fdividef(x, 1.0f + __expf(-x));
+    else return mg_act_f<ACT>(x);
+}
+template <int ACT> MG_DEV void mg_act_fdf_fast(float x, float *f, float *df)
+{
+    if constexpr (ACT == 0) {
+        const float s = __fdividef(1.0f, 1.0f + __expf(-x));
+        *f = x * s;
+        *df = s * (1.0f + x * (1.0f - s));
+    } else {
+        *f = mg_act_f<ACT>(x);
+        *df = mg_act_df<ACT>(x);
+    }
+}
+
 /* Butterfly reductions: every lane ends with the same, bitwise reproducible value. */
 MG_DEV float mg_warp_sum(float v)
 {
@@ -1997,8 +2019,9 @@ struct moe_down_dgrad_wg {
      * pairs go in as float2. Each thread then takes rows 16·warp + lane/8 + 4v (v < 4), columns
      * 4·(lane % 8) .. +3 of the chunk: 8 lanes read one 128-byte scratch row (no bank
      * conflicts) and 64 contiguous bytes of a row of a (and of da), 8 bytes a lane. A chunk's a
-     * loads are issued before the previous chunk's math and stores, so two chunks' loads are
-     * in flight. The arithmetic is the register epilogue's, on the same fp32 dh: the same da. */
+     * loads are issued two chunks ahead (PF), so three chunks' loads are in flight. The
+     * activation is mg_act_fdf_fast's (one exp, one reciprocal): the math, not memory, bound
+     * this epilogue on an H100 (ncu, bench/NOTES.md). */
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA], float *scr, int bar) const
     {
         constexpr int LD = MG_WG_SCRATCH_LD, NCH = BN / 32, NV = 4;
@@ -2008,19 +2031,23 @@ struct moe_down_dgrad_wg {
         const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
         const int wm = warp * 16 + (lane >> 2), wn = (lane & 3) * 2;   /* accumulator pairs */
         const int rr = warp * 16 + (lane >> 3), rc = (lane & 7) * 4;    /* read side */
-        float g[2][NV][4], u[2][NV][4];
+        /* a of chunks ch + 1 .. ch + PF - 1 in flight (packed, 8 bytes a load), in PF buffers */
+        constexpr int PF = 3;
+        struct alignas(4 * sizeof(mg_t)) q4 { mg_t e[4]; };
+        q4 g[PF][NV], u[PF][NV];
         auto load = [&](int ch, int b) {
 #pragma unroll
             for (int v = 0; v < NV; v++) {
                 const long long s = w.m0 + rr + 4 * v;
                 const int c = w.nt * BN + 32 * ch + rc;
                 if (s < w.m_end && c < MG_FF) {
-                    mg_ld4(a + s * MG_F2 + c, g[b][v]);
-                    if constexpr (MG_GLU) mg_ld4(a + s * MG_F2 + MG_FF + c, u[b][v]);
+                    g[b][v] = *(const q4 *)(a + s * MG_F2 + c);
+                    if constexpr (MG_GLU) u[b][v] = *(const q4 *)(a + s * MG_F2 + MG_FF + c);
                 }
             }
         };
-        load(0, 0);
+#pragma unroll
+        for (int ch = 0; ch < PF - 1 && ch < NCH; ch++) load(ch, ch);
 #pragma unroll
         for (int ch = 0; ch < NCH; ch++) {
 #pragma unroll
@@ -2031,8 +2058,8 @@ struct moe_down_dgrad_wg {
                     *(float2 *)(scr + (wm + 8 * hh) * LD + 8 * jj + wn) = make_float2(acc[i], acc[i + 1]);
                 }
             mg_bar_named(bar, 128);
-            if (ch + 1 < NCH) load(ch + 1, (ch + 1) & 1);
-            const int b = ch & 1;
+            if (ch + PF - 1 < NCH) load(ch + PF - 1, (ch + PF - 1) % PF);
+            const int b = ch % PF;
 #pragma unroll
             for (int v = 0; v < NV; v++) {
                 const long long s = w.m0 + rr + 4 * v;
@@ -2040,14 +2067,18 @@ struct moe_down_dgrad_wg {
                 const float4 d4 = *(const float4 *)(scr + (rr + 4 * v) * LD + rc);
                 const float d[4] = {d4.x, d4.y, d4.z, d4.w};
                 if (s < w.m_end && c < MG_FF) {
-                    float o[4], q[4];
+                    float gv[4], uv[4], o[4], q[4];
+                    mg_ld4(g[b][v].e, gv);
+                    if constexpr (MG_GLU) mg_ld4(u[b][v].e, uv);
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
+                        float f, df;
+                        mg_act_fdf_fast<MG_ACT>(gv[e], &f, &df);
                         if constexpr (MG_GLU) {
-                            o[e] = d[e] * mg_act_df<MG_ACT>(g[b][v][e]) * u[b][v][e];
-                            q[e] = d[e] * mg_act_f<MG_ACT>(g[b][v][e]);
+                            o[e] = d[e] * df * uv[e];
+                            q[e] = d[e] * f;
                         } else {
-                            o[e] = d[e] * mg_act_df<MG_ACT>(g[b][v][e]);
+                            o[e] = d[e] * df;
                         }
                     }
                     mg_st4(da + s * MG_F2 + c, o);
