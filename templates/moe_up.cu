@@ -27,7 +27,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 /* fwd: A = x rows gathered through perm, B = W_up rows; GLU tiles load BN/2 gate rows then
  * the matching BN/2 up rows, so the epilogue holds gate and up of one h column. */
 struct moe_up_fwd_wg {
-    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_FWD, MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
+    static constexpr int BN = MG_WG_BN_UP_FWD_PICK(MG_D, MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
     typedef mg_wg<mg_t, BN, true, true> G;
     /* A: gathered x rows, by one-row TMA boxes of tm_a (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;

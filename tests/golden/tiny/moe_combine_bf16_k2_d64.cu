@@ -164,6 +164,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #error "MG_WG_BN_{UP,DN}_{FWD,DGRAD,WGRAD}: 0, 128 or 256"
 #endif
 #define MG_WG_BN_PICK(knob, n) ((knob) == 0 ? MG_WG_BN(n) : (knob) == 256 && (n) >= 256 ? 256 : 128)
+/* Up fwd's default adds one rule: 128 (ping-pong consumers, one's epilogue beside the other's
+ * main loop) where K = d <= 1024, i.e. 16 k steps or fewer a tile, so its epilogue (a and h
+ * written) weighs as much as the main loop. On an H100 (bench/results/2026-11-26-s5, call 3):
+ * small (d 768) fwd 1.41 ms at 128 against 1.60 at 256; OLMoE (d 2048) 5.09 against 4.23. */
+#define MG_WG_BN_UP_FWD_PICK(d, f2) \
+    (MG_WG_BN_UP_FWD == 0 && (d) <= 1024 ? 128 : MG_WG_BN_PICK(MG_WG_BN_UP_FWD, f2))
 /* dgrad/wgrad on the Hopper path: the default of host and device; env MOEGEN_WG_BWD=0|1
  * overrides both (runtime/mg_launch.c at load, runtime/mg_jit.c as -DMG_WG_BWD, since the
  * bwd entries carry the Hopper path only when compiled with it). On since v4: on an H100 the
