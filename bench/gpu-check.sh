@@ -24,7 +24,8 @@ step() { # name timeout_s log command...
 has() { [[ " $sections " == *" $1 "* ]]; }
 
 note "gpu-check $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
-note "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+# (a clean export carries its commit in COMMIT: bench/device.sh, and has no .git of its own)
+note "commit $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 if has build; then
     make -j"$(nproc)" all bench > /tmp/build.log 2>&1 || { tail -40 /tmp/build.log; exit 1; }; note "build ok"

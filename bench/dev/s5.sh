@@ -7,7 +7,7 @@
 #   - MG_WG_MN_BATCH (2): up wgrad's gather rows one a lane, the next stage's read ahead;
 #     1 = v4 (every lane reads its 8-16 rows in the stage)
 #   - the per-GEMM tile width knobs MG_WG_BN_UP_WGRAD / MG_WG_BN_UP_FWD at 128
-# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [shapes] [prof]   (default: check ab), from the repo root after
+# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [shapes] [prof]   (default: check ab), from the repo root after
 # `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s5}; mkdir -p "$O"
@@ -79,6 +79,18 @@ for k in "small|down_swiglu.*_dgrad" "small|up_swiglu.*_fwd"; do
     sh=${k%%|*}; re=${k#*|}
     step "ncu $sh $re" 120 "ncu-$sh-${re//[^a-z]/}.txt" "$NCU" $sec --clock-control none -k "regex:$re" -s 2 -c 1 \
         build/bench/mg_bench_layer --shape $sh --runs 2 --warmup 1
+done
+fi
+if [[ $PH == *" mixtral "* ]]; then   # Mixtral: per-GEMM widths at 128, ncu of the two slowest
+for v in UP_WGRAD DN_WGRAD DN_DGRAD UP_DGRAD; do
+    bench bn128-$v mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BN_$v=128
+done
+bench stages3 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_STAGES_DEV=3
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+sec="--section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats"
+for re in "up_swiglu.*_wgrad" "up_swiglu.*_fwd" "down_swiglu.*_wgrad"; do
+    step "ncu mixtral $re" 120 "ncu-mixtral-${re//[^a-z]/}.txt" "$NCU" $sec --clock-control none -k "regex:$re" -s 2 -c 1 \
+        build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
 done
 fi
 if [[ $PH == *" shapes "* ]]; then
