@@ -177,10 +177,11 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
     for (k = MG_K_UP_FWD; k <= MG_K_DOWN_WGRAD; k++) {
         const mg_launch_tile *t = k <= MG_K_UP_WGRAD ? &dim->up : &dim->dn;
         const int *lay = mg_launch_gemm_layout[(k - MG_K_UP_FWD) % 3];
-        /* down dgrad: its epilogue's scratch on top (MG_WG_EPI_SMEM, templates/moe_params.h) */
+        /* down dgrad, up fwd: their epilogues' scratch on top (MG_WG_EPI_SMEM, _SMEM_UP,
+         * templates/moe_params.h) */
         const size_t sm = mg_launch_wg(L, t, k)
                               ? (size_t)MG_WG_SMEM_BYTES(MG_WG_BN(mg_launch_gemm_n(dim, k))) +
-                                    (k == MG_K_DOWN_DGRAD ? (size_t)MG_WG_SCRATCH_BYTES : 0)
+                                    (k == MG_K_DOWN_DGRAD || k == MG_K_UP_FWD ? (size_t)MG_WG_SCRATCH_BYTES : 0)
                               : (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
         int rc = mg_launch_smem(L, k, sm, optin, ": use a smaller tile (bk or stages)", msg, n);
         if (rc) return rc;

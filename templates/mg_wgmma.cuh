@@ -618,6 +618,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
              * next stage, read one stage ahead (mn_row) */
             constexpr bool B_MN_EVERY = !P::B_TMA && !B_KC;
             int brow = B_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BN>(pb.opnd_b(w), w.kb, w.ke, ptid) : -1;
+            /* MG_WG_MN_AHEAD 2: the stage after the next one's rows too (brow2) */
+            int brow2 = B_MN_EVERY && MG_WG_MN_BATCH == 2 && MG_WG_MN_AHEAD == 2 && nk > 1
+                            ? mn_row<BN>(pb.opnd_b(w), w.kb + BK, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
@@ -695,7 +698,12 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
                         else if constexpr (B_MN_EVERY && MG_WG_MN_BATCH == 2) {
                             load_mn<BN, true>(sb, ob, k0, w.ke, ptid, brow);
-                            if (kt + 1 < nk) brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
+                            if constexpr (MG_WG_MN_AHEAD == 2) {
+                                brow = brow2;
+                                if (kt + 2 < nk) brow2 = mn_row<BN>(ob, k0 + 2 * BK, w.ke, ptid);
+                            } else if (kt + 1 < nk) {
+                                brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
+                            }
                         } else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {

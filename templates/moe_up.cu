@@ -32,7 +32,8 @@ struct moe_up_fwd_wg {
     /* A: gathered x rows, by one-row TMA boxes of tm_a (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
     static constexpr bool A_TMA = GT, B_TMA = true, K_JAGGED = false, A_GATHER = GT, B_GATHER = false;
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    /* GLU: a and h stored through a shared-memory scratch (MG_WG_EPI_SMEM_UP) */
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_GLU && MG_WG_EPI_SMEM_UP ? MG_WG_SCRATCH_BYTES : 0;
     static constexpr bool EPI_PREFETCH = false;
     const moe_up_fwd_params &p;
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
@@ -71,6 +72,52 @@ struct moe_up_fwd_wg {
         int c = w.nt * HB + n % HB;
         if (c >= MG_FF) return -1;
         return (long long)(c + (MG_GLU && n >= HB ? MG_FF : 0)) * MG_D;
+    }
+    /* MG_WG_EPI_SMEM_UP (GLU): gate and up through this warpgroup's scratch scr ([64][40]
+     * fp32), 16 h columns at a time (gate in floats 0-15 of a row, up in 16-31: the
+     * accumulator's float2 writes land 8 banks apart per row, free of conflicts). Each thread
+     * then takes rows 16·warp + lane/4 + 8v (v < 2) and h columns 4·(lane % 4) .. +3 of the
+     * chunk, and writes 8 bytes each of a's gate, a's up and h: 4 lanes on 32 contiguous bytes
+     * (a whole sector) of a row, where the register epilogue wrote 4 bytes at 8 rows a warp
+     * instruction. The same fp32 values and the same arithmetic as the register epilogue. */
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA], float *scr, int bar) const
+    {
+        constexpr int LD = MG_WG_SCRATCH_LD, HJ = NA / 8, NCH = HB / 16;
+        static_assert(NA == BN / 2 && HB % 16 == 0 && LD >= 32, "one m64 GLU accumulator");
+        mg_t *a = (mg_t *)p.a, *h = (mg_t *)p.h;
+        const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+        const int wm = warp * 16 + (lane >> 2), wn = (lane & 3) * 2;   /* accumulator pairs */
+        const int rr = warp * 16 + (lane >> 2), rc = (lane & 3) * 4;    /* read side */
+#pragma unroll
+        for (int ch = 0; ch < NCH; ch++) {
+#pragma unroll
+            for (int jj = 0; jj < 2; jj++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int ig = 4 * (2 * ch + jj) + 2 * hh, iu = 4 * (HJ + 2 * ch + jj) + 2 * hh;
+                    float *row = scr + (wm + 8 * hh) * LD + 8 * jj + wn;
+                    *(float2 *)row = make_float2(acc[ig], acc[ig + 1]);
+                    *(float2 *)(row + 16) = make_float2(acc[iu], acc[iu + 1]);
+                }
+            mg_bar_named(bar, 128);
+#pragma unroll
+            for (int v = 0; v < 2; v++) {
+                const long long s = w.m0 + rr + 8 * v;
+                const int hc = w.nt * HB + 16 * ch + rc;
+                const float *row = scr + (rr + 8 * v) * LD + rc;
+                const float4 g4 = *(const float4 *)row, u4 = *(const float4 *)(row + 16);
+                if (s < w.m_end && hc < MG_FF) {
+                    const float g[4] = {g4.x, g4.y, g4.z, g4.w}, u[4] = {u4.x, u4.y, u4.z, u4.w};
+                    float hv[4];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) hv[e] = mg_act_f_fast<MG_ACT>(g[e]) * u[e];
+                    mg_st4(a + s * MG_F2 + hc, g);
+                    mg_st4(a + s * MG_F2 + MG_FF + hc, u);
+                    mg_st4(h + s * MG_FF + hc, hv);
+                }
+            }
+            mg_bar_named(bar, 128);         /* the chunk's reads are done before the next's writes */
+        }
     }
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {

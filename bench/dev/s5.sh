@@ -7,7 +7,7 @@
 #   - MG_WG_MN_BATCH (2): up wgrad's gather rows one a lane, the next stage's read ahead;
 #     1 = v4 (every lane reads its 8-16 rows in the stage)
 #   - the per-GEMM tile width knobs MG_WG_BN_UP_WGRAD / MG_WG_BN_UP_FWD at 128
-# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [shapes] [prof]   (default: check ab), from the repo root after
+# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [shapes] [prof]   (default: check ab), from the repo root after
 # `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s5}; mkdir -p "$O"
@@ -79,6 +79,21 @@ for k in "small|down_swiglu.*_dgrad" "small|up_swiglu.*_fwd"; do
     sh=${k%%|*}; re=${k#*|}
     step "ncu $sh $re" 120 "ncu-$sh-${re//[^a-z]/}.txt" "$NCU" $sec --clock-control none -k "regex:$re" -s 2 -c 1 \
         build/bench/mg_bench_layer --shape $sh --runs 2 --warmup 1
+done
+fi
+if [[ $PH == *" check3 "* ]]; then   # the up fwd scratch and the 2-stage gather lookahead, on
+K3="-DMG_WG_EPI_SMEM_UP=1 -DMG_WG_MN_AHEAD=2"
+st k3 "$K3" tiny
+st k3coop "$K3 -DMG_WG_PINGPONG=0" tiny
+st k3 "$K3" bench-small
+st k3 "$K3" wt2-moe8
+st k3 "$K3" switch-cf125 5e7
+fi
+if [[ $PH == *" ab3 "* ]]; then
+for sh in small olmoe finegrained mixtral; do
+    bench default $sh
+    bench smemup $sh MOEGEN_JIT_DEFINES=-DMG_WG_EPI_SMEM_UP=1
+    bench ahead2 $sh MOEGEN_JIT_DEFINES=-DMG_WG_MN_AHEAD=2
 done
 fi
 if [[ $PH == *" mixtral "* ]]; then   # Mixtral: per-GEMM widths at 128, ncu of the two slowest

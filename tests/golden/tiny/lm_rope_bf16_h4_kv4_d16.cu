@@ -204,6 +204,14 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
 #endif
+/* MG_WG_MN_AHEAD (1, 2): with MN_BATCH 2, how many stages ahead the producer reads up wgrad's
+ * gather rows (2 costs one more producer register). */
+#ifndef MG_WG_MN_AHEAD
+#define MG_WG_MN_AHEAD 1
+#endif
+#if MG_WG_MN_AHEAD != 1 && MG_WG_MN_AHEAD != 2
+#error "MG_WG_MN_AHEAD: 1 or 2"
+#endif
 /* v5 (bench/NOTES.md v5), each with the v4 behaviour behind 0 for A/B:
  * MG_WG_TMA_GATHER 1: gathered x rows (up fwd's A, up wgrad's B) arrive by one-row TMA
  * copies (tm_a / tm_b: x [T, d], box 64 columns x 1 row) issued by the producer's first
@@ -236,6 +244,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * conflicts (a half-warp's 4 rows land 8 banks apart). Off while MG_WG_EPI_TMA is on. */
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
+#endif
+/* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
+ * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
+ * gives up fwd the scratch too. */
+#ifndef MG_WG_EPI_SMEM_UP
+#define MG_WG_EPI_SMEM_UP 0
 #endif
 /* MG_WG_EPI_PREFETCH 1: the producer prefetches the tile's a into L2 (one bulk tensor prefetch
  * a 64 x 64 box) when it starts the tile, a main loop before the epilogue reads it. Off by
@@ -1516,6 +1530,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
              * next stage, read one stage ahead (mn_row) */
             constexpr bool B_MN_EVERY = !P::B_TMA && !B_KC;
             int brow = B_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BN>(pb.opnd_b(w), w.kb, w.ke, ptid) : -1;
+            /* MG_WG_MN_AHEAD 2: the stage after the next one's rows too (brow2) */
+            int brow2 = B_MN_EVERY && MG_WG_MN_BATCH == 2 && MG_WG_MN_AHEAD == 2 && nk > 1
+                            ? mn_row<BN>(pb.opnd_b(w), w.kb + BK, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
@@ -1593,7 +1610,12 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
                         else if constexpr (B_MN_EVERY && MG_WG_MN_BATCH == 2) {
                             load_mn<BN, true>(sb, ob, k0, w.ke, ptid, brow);
-                            if (kt + 1 < nk) brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
+                            if constexpr (MG_WG_MN_AHEAD == 2) {
+                                brow = brow2;
+                                if (kt + 2 < nk) brow2 = mn_row<BN>(ob, k0 + 2 * BK, w.ke, ptid);
+                            } else if (kt + 1 < nk) {
+                                brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
+                            }
                         } else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {
