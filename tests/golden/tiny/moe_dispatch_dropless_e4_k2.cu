@@ -205,7 +205,7 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_EPI_BATCH 4
 #endif
 /* MG_WG_MN_AHEAD (1, 2): with MN_BATCH 2, how many stages ahead the producer reads up wgrad's
- * gather rows (2 costs one more producer register). */
+ * gather rows (2 costs one more producer register; measured level or slower, call 6). */
 #ifndef MG_WG_MN_AHEAD
 #define MG_WG_MN_AHEAD 1
 #endif
@@ -247,9 +247,10 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
- * gives up fwd the scratch too. */
+ * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
+ * OLMoE 13.22 -> 12.71 ms, fine-grained 11.61 -> 11.27, small and Mixtral level. */
 #ifndef MG_WG_EPI_SMEM_UP
-#define MG_WG_EPI_SMEM_UP 0
+#define MG_WG_EPI_SMEM_UP 1
 #endif
 /* MG_WG_EPI_PREFETCH 1: the producer prefetches the tile's a into L2 (one bulk tensor prefetch
  * a 64 x 64 box) when it starts the tile, a main loop before the epilogue reads it. Off by
