@@ -77,7 +77,7 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
     if (strlen(arch) > MG_JIT_ARCH_MAX || !*arch)
         return mg_err_set(err, MG_EUSER, "jit: arch '%s': expected e.g. sm_90a", arch);
     snprintf(jo->arch_opt, sizeof jo->arch_opt, "--gpu-architecture=%s", arch);
-    jo->v = malloc(sizeof *jo->v * (size_t)(MG_JIT_BASE_OPTS + n_extra + MG_JIT_ENV_DEFS + 2));
+    jo->v = malloc(sizeof *jo->v * (size_t)(MG_JIT_BASE_OPTS + n_extra + MG_JIT_ENV_DEFS + 3));   /* + bwd, cluster, -v */
     if (!jo->v) return mg_err_set(err, MG_EINTERNAL, "jit: out of memory");
     int k = 0;
     jo->v[k++] = jo->arch_opt;
@@ -111,6 +111,10 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
      * occupancy (templates/mg_wgmma.cuh). Unset: the source's default, MG_WG_BWD. */
     const char *bwd = getenv("MOEGEN_WG_BWD");
     if (bwd && *bwd) jo->v[k++] = atoi(bwd) != 0 ? "-DMG_WG_BWD=1" : "-DMG_WG_BWD=0";
+    /* env MOEGEN_WG_CLUSTER=2: the row GEMMs in CTA pairs (templates/mg_wgmma.cuh); the
+     * launcher reads the same variable and launches them in clusters of 2 */
+    const char *cl = getenv("MOEGEN_WG_CLUSTER");
+    if (cl && *cl && atoi(cl) == 2) jo->v[k++] = "-DMG_WG_CLUSTER=2";
     jo->n = k;
     if (o && o->verbose_ptxas) jo->v[k++] = "--ptxas-options=-v";
     jo->n_all = k;

@@ -186,6 +186,31 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
         int rc = mg_launch_smem(L, k, sm, optin, ": use a smaller tile (bk or stages)", msg, n);
         if (rc) return rc;
     }
+    /* env MOEGEN_WG_CLUSTER=2 (runtime/mg_jit.c compiles the kernels for it): the row GEMMs in
+     * clusters of 2, over as many CTAs as pairs can be resident at once (a persistent grid
+     * larger than that would leave pairs waiting for a second wave) */
+    const char *env_cl = getenv("MOEGEN_WG_CLUSTER");
+    if (env_cl && *env_cl && atoi(env_cl) == 2) {
+        static const int rows_k[4] = {MG_K_UP_FWD, MG_K_UP_DGRAD, MG_K_DOWN_FWD, MG_K_DOWN_DGRAD};
+        for (int i = 0; i < 4; i++) {
+            const int kk = rows_k[i];
+            if (!mg_launch_wg(L, kk <= MG_K_UP_WGRAD ? &dim->up : &dim->dn, kk)) continue;
+            cudaLaunchConfig_t cfg;
+            cudaLaunchAttribute at;
+            int ncl = 0;
+            memset(&cfg, 0, sizeof cfg);
+            cfg.gridDim.x = (unsigned)L->nsm / 2 * 2, cfg.gridDim.y = 1, cfg.gridDim.z = 1;
+            cfg.blockDim.x = MG_WG_THREADS, cfg.blockDim.y = 1, cfg.blockDim.z = 1;
+            cfg.dynamicSmemBytes = L->smem[kk];
+            at.id = cudaLaunchAttributeClusterDimension;
+            at.val.clusterDim.x = 2, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
+            cfg.attrs = &at;
+            cfg.numAttrs = 1;
+            if ((e = cudaOccupancyMaxActiveClusters(&ncl, (const void *)L->kern[kk], &cfg)) != cudaSuccess)
+                return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaOccupancyMaxActiveClusters", L->sym[kk], e);
+            L->wg_cl_grid[kk] = ncl > 0 ? 2 * ncl : 0;
+        }
+    }
     /* router fwd: its logits GEMM's pipeline and the logits tile (fixed by E and the dtype) */
     return mg_launch_smem(L, MG_K_ROUTER_FWD, (size_t)MG_RF_SMEM_BYTES(dim->E, dim->esz), optin, "", msg, n);
 }
@@ -269,6 +294,32 @@ static int mg_launch_one(const mg_launch *L, int k, unsigned gx, unsigned gy, un
     }
     return MG_LAUNCH_OK;
 }
+/* Kernel k in clusters of 2 over gx CTAs (the Hopper row GEMMs, MOEGEN_WG_CLUSTER=2). */
+static int mg_launch_cluster2(const mg_launch *L, int k, unsigned gx, size_t smem, cudaStream_t st, void *params,
+                              char *msg, size_t n)
+{
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute at;
+    void *args[1] = {params};
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim.x = gx, cfg.gridDim.y = 1, cfg.gridDim.z = 1;
+    cfg.blockDim.x = MG_WG_THREADS, cfg.blockDim.y = 1, cfg.blockDim.z = 1;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    at.id = cudaLaunchAttributeClusterDimension;
+    at.val.clusterDim.x = 2, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
+    cfg.attrs = &at;
+    cfg.numAttrs = 1;
+    cudaError_t e = cudaLaunchKernelExC(&cfg, (const void *)L->kern[k], args);
+    if (e == cudaSuccess) e = cudaGetLastError();
+    if (e != cudaSuccess) {
+        if (msg && n)
+            snprintf(msg, n, "launch %s (clusters of 2, grid %u, smem %lu): %s", L->sym[k], gx, (unsigned long)smem,
+                     cudaGetErrorString(e));
+        return MG_LAUNCH_ECUDA;
+    }
+    return MG_LAUNCH_OK;
+}
 #define LAUNCH(k, gx, gy, gz, block, smem, params) do { \
         int rc_ = mg_launch_one(L, (k), (gx), (gy), (gz), (block), (smem), stream, &(params), msg, n); \
         if (rc_) return rc_; } while (0)
@@ -290,7 +341,10 @@ static int mg_launch_tmap_fail(const mg_launch *L, int k, char *msg, size_t n)
 #define GEMM(k, t, gx, gy, params, maps) do { \
         if (mg_launch_wg(L, (t), (k))) { \
             if (!maps(L, &(params))) return mg_launch_tmap_fail(L, (k), msg, n); \
-            LAUNCH((k), (unsigned)L->nsm, 1, 1, MG_WG_THREADS, L->smem[k], params); \
+            if (L->wg_cl_grid[k] > 0) { \
+                int rc_ = mg_launch_cluster2(L, (k), (unsigned)L->wg_cl_grid[k], L->smem[k], stream, &(params), msg, n); \
+                if (rc_) return rc_; \
+            } else LAUNCH((k), (unsigned)L->nsm, 1, 1, MG_WG_THREADS, L->smem[k], params); \
         } else LAUNCH((k), (gx), (gy), 1, 32 * (t)->warps, L->smem[k], params); } while (0)
 
 static int mg_launch_check_T(const mg_launch_ws *ws, int T, char *msg, size_t n)

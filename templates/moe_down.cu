@@ -29,15 +29,16 @@ struct moe_down_fwd_wg {
     typedef mg_wg<mg_t, BN, true, true> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     static constexpr bool EPI_PREFETCH = false;
     const moe_down_fwd_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
         mg_tma_rows<128>(dst, p.tm_a, k0, w.m0, 0, bar);
     }
-    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar, const mg_tsplit &sp = mg_tsplit{}) const
     {
-        mg_tma_rows<BN>(dst, p.tm_b, k0, w.nt * BN, w.g, bar);
+        mg_tma_rows<BN>(dst, p.tm_b, k0, w.nt * BN, w.g, bar, sp);
     }
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
@@ -45,6 +46,14 @@ struct moe_down_fwd_wg {
         mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
         w.kb = 0;
         w.ke = MG_FF;
+    }
+    MG_DEV int n_pairs() const { return mg_wg_rows_npairs(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV bool pair_tile(int t, int rank, mg_wtile &w) const
+    {
+        const bool mc = mg_wg_rows_pair(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, rank, w);
+        w.kb = 0;
+        w.ke = MG_FF;
+        return mc;
     }
     MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.h, 0, 0, 0, 1, 0, 0}; }
     MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
@@ -86,6 +95,7 @@ struct moe_down_dgrad_wg {
     static constexpr int EPI_BYTES = EPI ? (MG_GLU ? 2 : 1) * 128 * BN * 2 : 0;
     static constexpr int SCRATCH_BYTES = !EPI && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
     /* a of the tile into L2 when the producer starts it (MG_WG_EPI_PREFETCH; tm_c, 64 x 64 boxes) */
+    static constexpr bool PAIRS = !EPI;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs, not with EPI_TMA */
     static constexpr bool EPI_PREFETCH = !EPI && MG_WG_EPI_PREFETCH;
     MG_DEV void prefetch_epi(const mg_wtile &w) const
     {
@@ -111,9 +121,9 @@ struct moe_down_dgrad_wg {
     {
         mg_tma_rows<128>(dst, p.tm_a, k0, w.m0, 0, bar);
     }
-    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar, const mg_tsplit &sp = mg_tsplit{}) const
     {
-        mg_tma_cols<BN>(dst, p.tm_b, w.nt * BN, k0, w.g, bar);
+        mg_tma_cols<BN>(dst, p.tm_b, w.nt * BN, k0, w.g, bar, sp);
     }
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
@@ -121,6 +131,14 @@ struct moe_down_dgrad_wg {
         mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
         w.kb = 0;
         w.ke = MG_D;
+    }
+    MG_DEV int n_pairs() const { return mg_wg_rows_npairs(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV bool pair_tile(int t, int rank, mg_wtile &w) const
+    {
+        const bool mc = mg_wg_rows_pair(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, rank, w);
+        w.kb = 0;
+        w.ke = MG_D;
+        return mc;
     }
     MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.dz, 0, 0, 0, 1, 0, 0}; }
     MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
@@ -287,6 +305,7 @@ struct moe_down_wgrad_wg {
     typedef mg_wg<mg_t, BN, false, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool PAIRS = false;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     static constexpr bool EPI_PREFETCH = false;
     const moe_down_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const

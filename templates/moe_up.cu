@@ -34,6 +34,7 @@ struct moe_up_fwd_wg {
     static constexpr bool A_TMA = GT, B_TMA = true, K_JAGGED = false, A_GATHER = GT, B_GATHER = false;
     /* GLU: a and h stored through a shared-memory scratch (MG_WG_EPI_SMEM_UP) */
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_GLU && MG_WG_EPI_SMEM_UP ? MG_WG_SCRATCH_BYTES : 0;
+    static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     static constexpr bool EPI_PREFETCH = false;
     const moe_up_fwd_params &p;
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
@@ -42,6 +43,14 @@ struct moe_up_fwd_wg {
         mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
         w.kb = 0;
         w.ke = MG_D;
+    }
+    MG_DEV int n_pairs() const { return mg_wg_rows_npairs(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV bool pair_tile(int t, int rank, mg_wtile &w) const
+    {
+        const bool mc = mg_wg_rows_pair(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, rank, w);
+        w.kb = 0;
+        w.ke = MG_D;
+        return mc;
     }
     MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.x, 0, 0, 0, 1, 0, 0}; }
     MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
@@ -62,10 +71,11 @@ struct moe_up_fwd_wg {
     MG_DEV const mg_tmap &tm_gather() const { return p.tm_a; }
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
     /* W_up[g] rows: the tile's HB gate rows (then, GLU, the matching HB up rows) */
-    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar, mg_tsplit sp = mg_tsplit{}) const
     {
-        mg_tma_rows<HB>(dst, p.tm_b, k0, w.nt * HB, w.g, bar);
-        if constexpr (MG_GLU) mg_tma_rows<HB>(dst + HB * 128, p.tm_b, k0, MG_FF + w.nt * HB, w.g, bar);
+        mg_tma_rows<HB>(dst, p.tm_b, k0, w.nt * HB, w.g, bar, sp);
+        sp.i0 = HB / 64;   /* the up boxes continue the gate boxes' numbering (CTA-pair split) */
+        if constexpr (MG_GLU) mg_tma_rows<HB>(dst + HB * 128, p.tm_b, k0, MG_FF + w.nt * HB, w.g, bar, sp);
     }
     MG_DEV long long row_b(const mg_wtile &w, int n) const
     {
@@ -150,15 +160,16 @@ struct moe_up_dgrad_wg {
     typedef mg_wg<mg_t, BN, true, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     static constexpr bool EPI_PREFETCH = false;
     const moe_up_dgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
         mg_tma_rows<128>(dst, p.tm_a, k0, w.m0, 0, bar);
     }
-    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar, const mg_tsplit &sp = mg_tsplit{}) const
     {
-        mg_tma_cols<BN>(dst, p.tm_b, w.nt * BN, k0, w.g, bar);
+        mg_tma_cols<BN>(dst, p.tm_b, w.nt * BN, k0, w.g, bar, sp);
     }
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
@@ -166,6 +177,14 @@ struct moe_up_dgrad_wg {
         mg_wg_rows_tile(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, w);
         w.kb = 0;
         w.ke = MG_F2;
+    }
+    MG_DEV int n_pairs() const { return mg_wg_rows_npairs(p.tile_off, p.n_groups, p.T, NTN); }
+    MG_DEV bool pair_tile(int t, int rank, mg_wtile &w) const
+    {
+        const bool mc = mg_wg_rows_pair(p.offsets, p.tile_off, p.n_groups, p.T, NTN, t, rank, w);
+        w.kb = 0;
+        w.ke = MG_F2;
+        return mc;
     }
     MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &) const { return {(const mg_t *)p.da, 0, 0, 0, 1, 0, 0}; }
     MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
@@ -195,6 +214,7 @@ struct moe_up_wgrad_wg {
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
     static constexpr bool A_TMA = true, B_TMA = GT, K_JAGGED = true, A_GATHER = false, B_GATHER = GT;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool PAIRS = false;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     static constexpr bool EPI_PREFETCH = false;
     const moe_up_wgrad_params &p;
     MG_DEV const mg_tmap &tm_gather() const { return p.tm_b; }

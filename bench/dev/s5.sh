@@ -7,7 +7,7 @@
 #   - MG_WG_MN_BATCH (2): up wgrad's gather rows one a lane, the next stage's read ahead;
 #     1 = v4 (every lane reads its 8-16 rows in the stage)
 #   - the per-GEMM tile width knobs MG_WG_BN_UP_WGRAD / MG_WG_BN_UP_FWD at 128
-# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [shapes] [prof]   (default: check ab), from the repo root after
+# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [cl] [shapes] [prof]   (default: check ab), from the repo root after
 # `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s5}; mkdir -p "$O"
@@ -95,6 +95,24 @@ for sh in small olmoe finegrained mixtral; do
     bench smemup $sh MOEGEN_JIT_DEFINES=-DMG_WG_EPI_SMEM_UP=1
     bench ahead2 $sh MOEGEN_JIT_DEFINES=-DMG_WG_MN_AHEAD=2
 done
+fi
+if [[ $PH == *" cl "* ]]; then   # CTA pairs with the B tile multicast (env MOEGEN_WG_CLUSTER=2)
+stc() { # tag spec [env...]
+    local tag=$1 sp=$2; shift 2
+    step "selftest $sp moe cluster $tag" 75 st-cl-$sp-$tag.log env MOEGEN_WG_CLUSTER=2 MOEGEN_SELFTEST_PART=moe \
+        MOEGEN_SELFTEST_BUDGET=1e8 "$@" build/moegen selftest specs/$sp.lua --seed 37
+    grep -a -m6 -A2 FAIL "$O/st-cl-$sp-$tag.log" | tee -a "$S"
+}
+stc default tiny
+if grep -aq 'passed, 0 failed' "$O/st-cl-tiny-default.log"; then
+    stc coop tiny MOEGEN_JIT_DEFINES=-DMG_WG_PINGPONG=0
+    stc default bench-small
+    stc default wt2-moe8
+    for sh in small olmoe finegrained mixtral; do
+        bench default $sh
+        bench cluster $sh MOEGEN_WG_CLUSTER=2
+    done
+fi
 fi
 if [[ $PH == *" mixtral "* ]]; then   # Mixtral: per-GEMM widths at 128, ncu of the two slowest
 for v in UP_WGRAD DN_WGRAD DN_DGRAD UP_DGRAD; do

@@ -261,6 +261,15 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
+/* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
+ * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
+ * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. */
+#ifndef MG_WG_CLUSTER
+#define MG_WG_CLUSTER 1
+#endif
+#if MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
+#error "MG_WG_CLUSTER: 1 or 2"
+#endif
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
 #ifndef MG_WG_GATHER_WARPS
@@ -1041,6 +1050,43 @@ MG_DEV void mg_wg_rows_tile(const int *offsets, const int *tile_off, int G, int 
     w.m0 = r0 + w.mt * 128;
     w.m_end = r1;
 }
+/* Row GEMMs walked by CTA pairs (MG_WG_CLUSTER 2): pair tile t covers the global m tiles
+ * 2·mp and 2·mp + 1 (numbered over all groups, tile_off) and one n tile, in bands of 8 n
+ * tiles with n fastest; CTA rank r takes m tile 2·mp + r. Returns whether both m tiles are
+ * real and in one group (then the pair shares the B tile: multicast). A rank-1 tile past the
+ * last m tile is a phantom: group g0's weights, no rows (m0 = m_end), so it loads and
+ * computes in step with its partner and stores nothing. */
+MG_DEV int mg_wg_rows_npairs(const int *tile_off, int G, int T, int NTN)
+{
+    const int Q = tile_off ? tile_off[G] : (T + 127) / 128;
+    return (Q + 1) / 2 * NTN;
+}
+MG_DEV int mg_wg_group_of(const int *tile_off, int G, int q)
+{
+    int lo = 0, hi = G - 1;                  /* last group with tile_off[g] <= q */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (tile_off[mid] <= q) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+MG_DEV bool mg_wg_rows_pair(const int *offsets, const int *tile_off, int G, int T, int NTN, int t, int rank, mg_wtile &w)
+{
+    const int Q = tile_off ? tile_off[G] : (T + 127) / 128;
+    int mp, nt;
+    mg_wg_band(t, (Q + 1) / 2, NTN, &mp, &nt);
+    const int q0 = 2 * mp, q1 = q0 + 1;
+    const int g0 = tile_off ? mg_wg_group_of(tile_off, G, q0) : 0;
+    const int g1 = q1 >= Q ? -1 : tile_off ? mg_wg_group_of(tile_off, G, q1) : 0;
+    const int q = rank ? q1 : q0, g = rank && g1 < 0 ? g0 : rank ? g1 : g0;
+    const int mt0 = tile_off ? tile_off[g] : 0, r0 = tile_off ? offsets[g] : 0, r1 = tile_off ? offsets[g + 1] : T;
+    w.g = g;
+    w.nt = nt;
+    w.m_end = r1;
+    w.mt = q - mt0;
+    w.m0 = rank && g1 < 0 ? r1 : r0 + w.mt * 128;
+    return g0 == g1;
+}
 /* Weight-gradient GEMMs: per group MT x NTN output tiles, K = the group's slots. */
 MG_DEV void mg_wg_wgrad_tile(const int *offsets, int T, int MT, int NTN, int t, mg_wtile &w)
 {
@@ -1144,6 +1190,31 @@ MG_DEV void mg_tma3(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, un
                  " [%0], [%1, {%2, %3, %4}], [%5];\n"
                  :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
+/* The same box multicast to the CTAs of this cluster in mask: it lands at dst and completes
+ * its bytes on bar in each of them (the same shared-memory offsets there). */
+MG_DEV void mg_tma3_mc(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, unsigned bar, unsigned short mask)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3, %4}], [%5], %6;\n"
+                 :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"(mask)
+                 : "memory");
+}
+/* Arrive on the mbarrier at the same shared-memory offset in cluster CTA cta. */
+MG_DEV void mg_mbar_arrive_cta(unsigned bar, unsigned cta)
+{
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+                 "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n"
+                 :: "r"(bar), "r"(cta) : "memory");
+}
+MG_DEV unsigned mg_cluster_rank() { unsigned r; asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r)); return r; }
+MG_DEV unsigned mg_cluster_size() { unsigned r; asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(r)); return r; }
+MG_DEV unsigned mg_cluster_id() { unsigned r; asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r)); return r; }
+MG_DEV unsigned mg_cluster_count() { unsigned r; asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r)); return r; }
+/* All threads of all CTAs of the cluster (release what this CTA wrote, acquire the others'). */
+MG_DEV void mg_cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
 /* One box of a rank-3 tensor map prefetched into L2 (no shared memory, no barrier). */
 MG_DEV void mg_tma3_prefetch(const mg_tmap *map, int c0, int c1, int c2)
 {
@@ -1155,6 +1226,17 @@ MG_DEV void mg_mbar_wait(unsigned bar, unsigned parity)
     unsigned done;
     do {
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+/* The producer's wait for a stage that CTA-pair consumers release (remote arrives are
+ * release.cluster): acquire at cluster scope. */
+MG_DEV void mg_mbar_wait_cluster(unsigned bar, unsigned parity)
+{
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
                      "selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     } while (!done);
@@ -1306,15 +1388,26 @@ template <> struct mg_wgmma_op<256, mg_f16> {
 
 /* TMA boxes (64 x 64, 8 KB each) of one operand stage. K-contiguous: R rows from r0 at k0
  * (row-major tensor [.., K]); MN-contiguous: R columns from c0 at k rows from k0. */
-template <int R> MG_DEV void mg_tma_rows(unsigned dst, const mg_tmap &m, int k0, int r0, int g, unsigned bar)
+/* A stage's boxes split over a CTA pair (MG_WG_CLUSTER 2): this CTA issues the boxes with
+ * (i0 + i) % np == part, multicast to mask (0: no split, every box to this CTA alone). */
+struct mg_tsplit { int part = 0, np = 1, i0 = 0; unsigned short mask = 0; };
+MG_DEV void mg_tma3_split(unsigned dst, const mg_tmap *m, int c0, int c1, int c2, unsigned bar, const mg_tsplit &sp, int i)
 {
-#pragma unroll
-    for (int i = 0; i < R / 64; i++) mg_tma3(dst + i * 8192, &m, k0, r0 + 64 * i, g, bar);
+    if ((sp.i0 + i) % sp.np != sp.part) return;
+    if (sp.mask) mg_tma3_mc(dst, m, c0, c1, c2, bar, sp.mask);
+    else mg_tma3(dst, m, c0, c1, c2, bar);
 }
-template <int R> MG_DEV void mg_tma_cols(unsigned dst, const mg_tmap &m, int c0, int k0, int g, unsigned bar)
+template <int R> MG_DEV void mg_tma_rows(unsigned dst, const mg_tmap &m, int k0, int r0, int g, unsigned bar,
+                                         const mg_tsplit &sp = mg_tsplit{})
 {
 #pragma unroll
-    for (int i = 0; i < R / 64; i++) mg_tma3(dst + i * 8192, &m, c0 + 64 * i, k0, g, bar);
+    for (int i = 0; i < R / 64; i++) mg_tma3_split(dst + i * 8192, &m, k0, r0 + 64 * i, g, bar, sp, i);
+}
+template <int R> MG_DEV void mg_tma_cols(unsigned dst, const mg_tmap &m, int c0, int k0, int g, unsigned bar,
+                                         const mg_tsplit &sp = mg_tsplit{})
+{
+#pragma unroll
+    for (int i = 0; i < R / 64; i++) mg_tma3_split(dst + i * 8192, &m, c0 + 64 * i, k0, g, bar, sp, i);
 }
 
 /* ------------------------------------------------------------------ the core */
@@ -1345,7 +1438,64 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         const unsigned char *ebuf_p;
         float *scratch;
         long long *rowsA, *rowsB;
+        /* the tile walk: first, step; pairs: this CTA walks pair tiles with its cluster
+         * partner (rank ^ 1), MG_WG_CLUSTER 2 on a cluster launch of 2 */
+        int first, step, rank;
+        bool pairs;
     };
+    /* MG_WG_CLUSTER 2: row GEMMs (P::PAIRS) walk m-tile pairs on CTA pairs and multicast the
+     * shared B tile, each CTA issuing half its boxes (bench/NOTES.md v7). The pair runs in
+     * lockstep: the same pair tiles, the same k steps; a consumer releases a stage on both
+     * CTAs' empty barriers (EMPTY_COUNT doubles), since the partner's multicast writes it. */
+    template <class P> static constexpr bool CLP = MG_WG_CLUSTER == 2 && P::PAIRS;
+    template <class P> MG_DEV static int walk_n(const P &pb, const smem_map &sm)
+    {
+        if constexpr (CLP<P>)
+            if (sm.pairs) return pb.n_pairs();
+        return pb.n_tiles();
+    }
+    /* decodes walk item t into w; true when the pair shares (multicasts) the B tile */
+    template <class P> MG_DEV static bool walk_tile(const P &pb, const smem_map &sm, int t, mg_wtile &w)
+    {
+        if constexpr (CLP<P>)
+            if (sm.pairs) return pb.pair_tile(t, sm.rank, w);
+        pb.tile(t, w);
+        return false;
+    }
+    template <class P> MG_DEV static void issue_b(const P &pb, const smem_map &sm, const mg_wtile &w, int k0,
+                                                  unsigned sb, unsigned fb, bool mc)
+    {
+        if constexpr (CLP<P>) {
+            if (mc) {
+                mg_tsplit sp;
+                sp.part = sm.rank;
+                sp.np = 2;
+                sp.mask = 3;
+                pb.tma_b(w, k0, sb, fb, sp);
+                return;
+            }
+        }
+        pb.tma_b(w, k0, sb, fb);
+    }
+    /* (each of these compiles to the single-CTA code where P cannot pair: no cluster code, no
+     * extra registers in problems that never use it) */
+    template <class P> MG_DEV static void wait_empty(const smem_map &sm, unsigned bar, unsigned parity)
+    {
+        if constexpr (CLP<P>)
+            if (sm.pairs) {
+                mg_mbar_wait_cluster(bar, parity);
+                return;
+            }
+        mg_mbar_wait(bar, parity);
+    }
+    template <class P> MG_DEV static void release(const smem_map &sm, unsigned bar)
+    {
+        mg_mbar_arrive(bar);
+        if constexpr (CLP<P>)
+            if (sm.pairs) mg_mbar_arrive_cta(bar, (unsigned)sm.rank ^ 1u);
+    }
+    template <class P> MG_DEV static int walk_first(const smem_map &sm) { return CLP<P> ? sm.first : (int)blockIdx.x; }
+    template <class P> MG_DEV static int walk_step(const smem_map &sm) { return CLP<P> ? sm.step : (int)gridDim.x; }
 
     /* One operand's stage: rows [R] x 64 k, K-contiguous (rows from the table). */
     MG_DEV static void load_kc(unsigned dst, const long long *rows, const T *base, int R, int k0, int ke, int ptid)
@@ -1491,12 +1641,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 return;
             }
         }
-        const int n_tiles = pb.n_tiles();
+        static_assert(!CLP<P> || P::EPI_BYTES == 0, "CTA pairs: no epilogue operand buffer");
+        const int n_tiles = walk_n(pb, sm);
         int s = 0;
         unsigned ph = 0;
-        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+        for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm)) {
             mg_wtile w;
-            pb.tile(t, w);
+            const bool mc = walk_tile(pb, sm, t, w);
             /* (the operand descriptors are built where used, not kept across the tile: the
              * producer has 56 registers) */
             if constexpr (TABLE_A || TABLE_B) {
@@ -1553,12 +1704,12 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                             }
                         }
                         if ((ptid & 31) == 0) {
-                            mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                            wait_empty<P>(sm, empty + 8 * s, ph ^ 1);
                             if (tx) mg_mbar_arrive_tx(fb, tx);
                             else mg_mbar_arrive(fb);   /* a warp whose A rows all lie past the group */
                             if (ptid == 0) {
                                 if constexpr (!P::A_GATHER) pb.tma_a(w, k0, sa, fb);
-                                if constexpr (!P::B_GATHER) pb.tma_b(w, k0, sb, fb);
+                                if constexpr (!P::B_GATHER) issue_b(pb, sm, w, k0, sb, fb, mc);
                             }
                         }
                         if constexpr (GATHER) {
@@ -1588,16 +1739,16 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                          * phase r-1 from r-3: it returned at once and their cp.asyncs
                          * overwrote a stage still being read (the v2 dw_dn race). Thread 0
                          * waits, in order, then releases them through the named barrier. */
-                        if (ptid == 0) mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                        if (ptid == 0) wait_empty<P>(sm, empty + 8 * s, ph ^ 1);
                         mg_bar_named(1, 128);
                     } else {
-                        mg_mbar_wait(empty + 8 * s, ph ^ 1);
+                        wait_empty<P>(sm, empty + 8 * s, ph ^ 1);
                     }
                     if (ptid == 0 && !ALL_TMA) {
                         if (TX && !jag) {
                             mg_mbar_arrive_tx(fb, TX);
                             if constexpr (P::A_TMA) pb.tma_a(w, k0, sa, fb);
-                            if constexpr (P::B_TMA) pb.tma_b(w, k0, sb, fb);
+                            if constexpr (P::B_TMA) issue_b(pb, sm, w, k0, sb, fb, mc);
                         } else {
                             mg_mbar_arrive(fb);
                         }
@@ -1685,12 +1836,12 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         constexpr int STAGES = NS<P>;
         constexpr bool ALL_TMA = P::A_TMA && P::B_TMA;
         const int c = threadIdx.x / 128 - 1, lane = threadIdx.x & 31;
-        const int n_tiles = pb.n_tiles();
+        const int n_tiles = walk_n(pb, sm);
         int s = 0, j = 0;
         unsigned ph = 0;
-        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x, j++) {
+        for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm), j++) {
             mg_wtile w;
-            pb.tile(t, w);
+            walk_tile(pb, sm, t, w);
             const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
             if (PP && (j & 1) != c) {       /* the other consumer's tile: skip its stages */
                 s += nk;
@@ -1738,15 +1889,15 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_wgmma_wait<1>();         /* the previous k step's group is done ... */
 #pragma unroll
                 for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
-                if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);   /* ... so its stage is free */
+                if (prev >= 0 && lane == 0) release<P>(sm, empty + 8 * prev);   /* ... so its stage is free */
                 prev = s;
                 if (++s == STAGES) { s = 0; ph ^= 1; }
             }
-            if (PP && t + (int)gridDim.x < n_tiles) mg_bar_arrive(2 + (c ^ 1), 256);   /* its turn */
+            if (PP && t + walk_step<P>(sm) < n_tiles) mg_bar_arrive(2 + (c ^ 1), 256);   /* its turn */
             mg_wgmma_wait<0>();
 #pragma unroll
             for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
-            if (prev >= 0 && lane == 0) mg_mbar_arrive(empty + 8 * prev);
+            if (prev >= 0 && lane == 0) release<P>(sm, empty + 8 * prev);
             if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
             /* the epilogue sees a 64-row tile starting at this half's first row (and the
              * epilogue operand's rows from that row on: 128 bytes a row in every block) */
@@ -1787,6 +1938,18 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         sm.rowsA = (long long *)(smem + (sbase - raw) + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS);
         sm.rowsB = sm.rowsA + BM;
         const unsigned full = sm.full, empty = sm.empty;
+        sm.first = blockIdx.x;
+        sm.step = gridDim.x;
+        sm.rank = 0;
+        sm.pairs = false;
+        if constexpr (CLP<P>) {
+            if (mg_cluster_size() == 2) {   /* launched in clusters of 2 (runtime/mg_launch.c) */
+                sm.pairs = true;
+                sm.rank = (int)mg_cluster_rank();
+                sm.first = (int)mg_cluster_id();
+                sm.step = (int)mg_cluster_count();
+            }
+        }
         /* Producer arrivals a stage's full barrier expects: one (the TMA thread) when both
          * operands come by TMA, one per issuing warp (GW) when one of them is gathered x rows
          * (a jagged cp.async block then adds counted-in arrivals), else one per producer
@@ -1795,7 +1958,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         if (threadIdx.x == 0) {
             for (int i = 0; i < STAGES; i++) {
                 mg_mbar_init(full + 8 * i, FULL_COUNT);
-                mg_mbar_init(empty + 8 * i, EMPTY_COUNT);
+                mg_mbar_init(empty + 8 * i, CLP<P> && sm.pairs ? 2 * EMPTY_COUNT : EMPTY_COUNT);
             }
             if constexpr (EB > 0) {
                 mg_mbar_init(sm.efull, 1);
@@ -1804,7 +1967,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             }
             mg_fence_mbar_init();
         }
-        __syncthreads();
+        /* a pair's barriers are initialized before either CTA writes into the other */
+        if (CLP<P> && sm.pairs) mg_cluster_sync();
+        else __syncthreads();
         if (threadIdx.x < 128) {
             mg_setmaxnreg_dec<56>();
             producer(pb, sm);
@@ -1812,6 +1977,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             mg_setmaxnreg_inc<224>();
             consumer(pb, sm);
         }
+        /* neither CTA of a pair exits while the other may still multicast into it or arrive
+         * on its barriers */
+        if (CLP<P> && sm.pairs) mg_cluster_sync();
     }
 };
 

@@ -245,6 +245,15 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
+/* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
+ * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
+ * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. */
+#ifndef MG_WG_CLUSTER
+#define MG_WG_CLUSTER 1
+#endif
+#if MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
+#error "MG_WG_CLUSTER: 1 or 2"
+#endif
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
 #ifndef MG_WG_GATHER_WARPS
