@@ -209,7 +209,14 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
             if ((e = cudaOccupancyMaxActiveClusters(&ncl, (const void *)L->kern[kk], &cfg)) != cudaSuccess)
                 return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaOccupancyMaxActiveClusters", L->sym[kk], e);
             L->wg_cl_grid[kk] = ncl > 0 ? 2 * ncl : 0;
+            /* (A/B only: MOEGEN_WG_CLUSTER_GRID forces the grid, an even count) */
+            const char *env_g = getenv("MOEGEN_WG_CLUSTER_GRID");
+            if (ncl > 0 && env_g && atoi(env_g) >= 2) L->wg_cl_grid[kk] = atoi(env_g) / 2 * 2;
         }
+        fprintf(stderr, "moegen: MOEGEN_WG_CLUSTER=2: row GEMMs in clusters of 2 over %d / %d / %d / %d CTAs "
+                        "(up fwd, up dgrad, down fwd, down dgrad; %d SMs)\n",
+                L->wg_cl_grid[MG_K_UP_FWD], L->wg_cl_grid[MG_K_UP_DGRAD], L->wg_cl_grid[MG_K_DOWN_FWD],
+                L->wg_cl_grid[MG_K_DOWN_DGRAD], L->nsm);
     }
     /* router fwd: its logits GEMM's pipeline and the logits tile (fixed by E and the dtype) */
     return mg_launch_smem(L, MG_K_ROUTER_FWD, (size_t)MG_RF_SMEM_BYTES(dim->E, dim->esz), optin, "", msg, n);

@@ -7,7 +7,7 @@
 #   - MG_WG_MN_BATCH (2): up wgrad's gather rows one a lane, the next stage's read ahead;
 #     1 = v4 (every lane reads its 8-16 rows in the stage)
 #   - the per-GEMM tile width knobs MG_WG_BN_UP_WGRAD / MG_WG_BN_UP_FWD at 128
-# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [cl] [shapes] [prof]   (default: check ab), from the repo root after
+# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [cl] [cl2] [shapes] [prof]   (default: check ab), from the repo root after
 # `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s5}; mkdir -p "$O"
@@ -113,6 +113,16 @@ if grep -aq 'passed, 0 failed' "$O/st-cl-tiny-default.log"; then
         bench cluster $sh MOEGEN_WG_CLUSTER=2
     done
 fi
+fi
+if [[ $PH == *" cl2 "* ]]; then   # why pairs are slower: the grid, and ncu's view of one kernel
+bench cluster mixtral MOEGEN_WG_CLUSTER=2
+grep -a 'clusters of 2' "$O/bench-mixtral-cluster.log" | tee -a "$S"
+bench cluster132 mixtral MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_GRID=132
+bench default mixtral
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+sec="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis"
+step "ncu mixtral up fwd cluster" 120 ncu-mixtral-upfwd-cluster.txt env MOEGEN_WG_CLUSTER=2 "$NCU" $sec --clock-control none \
+    -k "regex:up_swiglu.*_fwd" -s 2 -c 1 build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
 fi
 if [[ $PH == *" mixtral "* ]]; then   # Mixtral: per-GEMM widths at 128, ncu of the two slowest
 for v in UP_WGRAD DN_WGRAD DN_DGRAD UP_DGRAD; do
