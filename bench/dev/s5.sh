@@ -7,7 +7,7 @@
 #   - MG_WG_MN_BATCH (2): up wgrad's gather rows one a lane, the next stage's read ahead;
 #     1 = v4 (every lane reads its 8-16 rows in the stage)
 #   - the per-GEMM tile width knobs MG_WG_BN_UP_WGRAD / MG_WG_BN_UP_FWD at 128
-# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [cl] [cl2] [shapes] [prof]   (default: check ab), from the repo root after
+# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [cl] [cl2] [cl3] [shapes] [prof]   (default: check ab), from the repo root after
 # `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s5}; mkdir -p "$O"
@@ -123,6 +123,21 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/
 sec="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis"
 step "ncu mixtral up fwd cluster" 120 ncu-mixtral-upfwd-cluster.txt env MOEGEN_WG_CLUSTER=2 "$NCU" $sec --clock-control none \
     -k "regex:up_swiglu.*_fwd" -s 2 -c 1 build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
+fi
+if [[ $PH == *" cl3 "* ]]; then   # pairs with CTA-scope remote arrives
+stc() { # tag spec [env...]
+    local tag=$1 sp=$2; shift 2
+    step "selftest $sp moe cluster $tag" 75 st-cl-$sp-$tag.log env MOEGEN_WG_CLUSTER=2 MOEGEN_SELFTEST_PART=moe \
+        MOEGEN_SELFTEST_BUDGET=1e8 "$@" build/moegen selftest specs/$sp.lua --seed 41
+    grep -a -m6 -A2 FAIL "$O/st-cl-$sp-$tag.log" | tee -a "$S"
+}
+for sh in mixtral olmoe small; do
+    bench default $sh
+    bench cluster $sh MOEGEN_WG_CLUSTER=2
+done
+bench clusteracq mixtral MOEGEN_WG_CLUSTER=2 MOEGEN_JIT_DEFINES=-DMG_WG_CLUSTER_ACQ=1
+stc default tiny
+stc default bench-small
 fi
 if [[ $PH == *" mixtral "* ]]; then   # Mixtral: per-GEMM widths at 128, ncu of the two slowest
 for v in UP_WGRAD DN_WGRAD DN_DGRAD UP_DGRAD; do

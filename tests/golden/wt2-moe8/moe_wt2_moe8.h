@@ -254,6 +254,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #if MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
 #error "MG_WG_CLUSTER: 1 or 2"
 #endif
+/* MG_WG_CLUSTER_ACQ 1: the producer's wait for a pair-released stage acquires at cluster
+ * scope; 0 (default): the plain CTA-scope wait, as CUTLASS's cluster pipelines do (the TMA
+ * write that follows is ordered after the partner's completed wgmma reads either way). */
+#ifndef MG_WG_CLUSTER_ACQ
+#define MG_WG_CLUSTER_ACQ 0
+#endif
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
 #ifndef MG_WG_GATHER_WARPS
