@@ -263,7 +263,9 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
- * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. */
+ * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
+ * with single CTAs (bench/results/2026-11-26-s5, call 10: Mixtral 36.62 vs 36.86 ms, OLMoE
+ * 12.92 vs 12.64), since DRAM re-reads, not L2-to-SM bytes, limit the big GEMMs. */
 #ifndef MG_WG_CLUSTER
 #define MG_WG_CLUSTER 1
 #endif
