@@ -158,6 +158,31 @@ static void test_nvcc_compiles_generated_sources(void **state)
     }
 }
 
+/* The Hopper GEMM's device knobs off their defaults still compile for sm_90a without spills
+ * (the A/B paths bench/dev/s5.sh measures, and the opt-in CTA pairs): NVRTC through `moegen
+ * compile -v`, no GPU. A knob path that stops compiling would otherwise only show on a device. */
+static void test_nvrtc_knob_variants(void **state)
+{
+    (void)state;
+    if (quick()) { print_message("skipped under MG_TEST_QUICK: NVRTC of the knob variants\n"); return; }
+    const char *envs[] = {
+        "MOEGEN_WG_CLUSTER=2",
+        "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_SMEM=0 -DMG_WG_EPI_SMEM_UP=0 -DMG_WG_MN_BATCH=1 -DMG_WG_EPI_PREFETCH=1'",
+        "MOEGEN_JIT_DEFINES='-DMG_WG_MN_AHEAD=2 -DMG_WG_PINGPONG=0 -DMG_WG_BN_UP_FWD=256 -DMG_WG_CLUSTER_ACQ=1' "
+        "MOEGEN_WG_CLUSTER=2",
+    };
+    for (int i = 0; i < 3; i++) {
+        mg_proc p;
+        /* exit 9: some entry spilled (ptxas -v: "N bytes spill stores" with N > 0) */
+        mg_run(&p, "%s %s compile specs/bench-small.lua --arch sm_90a -o %s/knob%d --no-cache -v > %s/knob%d.log 2>&1; "
+                   "rc=$?; grep -B2 -E ' [1-9][0-9]* bytes spill stores' %s/knob%d.log && exit 9; "
+                   "[ $rc = 0 ] || tail -40 %s/knob%d.log; exit $rc",
+               envs[i], mg_bin(), tmp, i, tmp, i, tmp, i, tmp, i);
+        if (p.code) print_error("compile under %s: exit %d\n%.4000s\n", envs[i], p.code, p.out);
+        assert_int_equal(p.code, 0);
+    }
+}
+
 static void test_template_error_points_at_template_line(void **state)
 {
     (void)state;
@@ -202,6 +227,7 @@ int main(void)
         cmocka_unit_test(test_template_error_points_at_template_line),
         cmocka_unit_test(test_nvrtc_every_spec),
         cmocka_unit_test(test_nvcc_compiles_generated_sources),
+        cmocka_unit_test(test_nvrtc_knob_variants),
     };
     return cmocka_run_group_tests_name("gen", tests, setup, teardown);
 }
