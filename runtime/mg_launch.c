@@ -115,6 +115,20 @@ static int mg_launch_gemm_n(const mg_launch_dims *m, int k)
     return n[k - MG_K_UP_FWD];
 }
 
+/* A launch of the Hopper GEMM (384 threads, smem bytes) over gx CTAs in clusters of 2. */
+static void mg_launch_cfg2(cudaLaunchConfig_t *cfg, cudaLaunchAttribute *at, unsigned gx, size_t smem, cudaStream_t st)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->gridDim.x = gx, cfg->gridDim.y = 1, cfg->gridDim.z = 1;
+    cfg->blockDim.x = MG_WG_THREADS, cfg->blockDim.y = 1, cfg->blockDim.z = 1;
+    cfg->dynamicSmemBytes = smem;
+    cfg->stream = st;
+    at->id = cudaLaunchAttributeClusterDimension;
+    at->val.clusterDim.x = 2, at->val.clusterDim.y = 1, at->val.clusterDim.z = 1;
+    cfg->attrs = at;
+    cfg->numAttrs = 1;
+}
+
 static int mg_launch_fail(char *msg, size_t n, int code, const char *what, const char *sym, cudaError_t e)
 {
     if (msg && n) snprintf(msg, n, "%s(%s): %s", what, sym, cudaGetErrorString(e));
@@ -198,14 +212,7 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
             cudaLaunchConfig_t cfg;
             cudaLaunchAttribute at;
             int ncl = 0;
-            memset(&cfg, 0, sizeof cfg);
-            cfg.gridDim.x = (unsigned)L->nsm / 2 * 2, cfg.gridDim.y = 1, cfg.gridDim.z = 1;
-            cfg.blockDim.x = MG_WG_THREADS, cfg.blockDim.y = 1, cfg.blockDim.z = 1;
-            cfg.dynamicSmemBytes = L->smem[kk];
-            at.id = cudaLaunchAttributeClusterDimension;
-            at.val.clusterDim.x = 2, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
-            cfg.attrs = &at;
-            cfg.numAttrs = 1;
+            mg_launch_cfg2(&cfg, &at, (unsigned)L->nsm / 2 * 2, L->smem[kk], 0);
             if ((e = cudaOccupancyMaxActiveClusters(&ncl, (const void *)L->kern[kk], &cfg)) != cudaSuccess)
                 return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaOccupancyMaxActiveClusters", L->sym[kk], e);
             L->wg_cl_grid[kk] = ncl > 0 ? 2 * ncl : 0;
@@ -308,15 +315,7 @@ static int mg_launch_cluster2(const mg_launch *L, int k, unsigned gx, size_t sme
     cudaLaunchConfig_t cfg;
     cudaLaunchAttribute at;
     void *args[1] = {params};
-    memset(&cfg, 0, sizeof cfg);
-    cfg.gridDim.x = gx, cfg.gridDim.y = 1, cfg.gridDim.z = 1;
-    cfg.blockDim.x = MG_WG_THREADS, cfg.blockDim.y = 1, cfg.blockDim.z = 1;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    at.id = cudaLaunchAttributeClusterDimension;
-    at.val.clusterDim.x = 2, at.val.clusterDim.y = 1, at.val.clusterDim.z = 1;
-    cfg.attrs = &at;
-    cfg.numAttrs = 1;
+    mg_launch_cfg2(&cfg, &at, gx, smem, st);
     cudaError_t e = cudaLaunchKernelExC(&cfg, (const void *)L->kern[k], args);
     if (e == cudaSuccess) e = cudaGetLastError();
     if (e != cudaSuccess) {
