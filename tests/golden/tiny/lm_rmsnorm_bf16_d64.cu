@@ -944,7 +944,12 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
  * overlaps the other's main loop. setmaxnreg moves registers from the producer to the
  * consumers.
  * Every role walks the same tile sequence t = blockIdx.x, +gridDim.x, ... and decodes t
- * into (group, m tile, n tile) from device-side offsets, so no host sync is needed.
+ * into (group, m tile, n tile) from device-side offsets, so no host sync is needed. With
+ * MG_WG_CLUSTER 2 on a cluster launch of 2 (opt-in), the row GEMMs walk m-tile pairs on CTA
+ * pairs instead and multicast the shared B tile (walk_tile, issue_b, release below).
+ * Epilogues that store much (up fwd's a and h, down dgrad's da from a) stage their tile
+ * through a consumer scratch after the stages (P::SCRATCH_BYTES), so global accesses are
+ * 8-byte coalesced rows, not the accumulator's 4-byte pairs at 8 rows a warp instruction.
  *
  * Tile: BM = 128 (64 rows per consumer), BN = MG_WG_BN(N), BK = 64 (one 128-byte swizzle
  * atom of 16-bit elements). Operand layouts in shared memory, both canonical GMMA layouts:
