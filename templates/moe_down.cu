@@ -75,7 +75,7 @@ struct moe_down_fwd_wg {
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             long long s = w.m0 + m;
             int c = w.nt * BN + n;
-            if (s < w.m_end && c < MG_D) mg_st2f(p.z, s * MG_D + c, v0, v1);
+            if (s < w.m_end && c < MG_D) mg_wg_st2f(p.z, s * MG_D + c, v0, v1);
         });
     }
 };
@@ -213,14 +213,28 @@ struct moe_down_dgrad_wg {
         constexpr int PF = 3;
         struct alignas(4 * sizeof(mg_t)) q4 { mg_t e[4]; };
         q4 g[PF][NV], u[PF][NV];
+        /* a is read once: a streaming load (ld.global.cs) under MG_WG_STORE_CS */
+        auto ld_a = [](const auto *q) {   /* (generic: the 16-bit branch is not instantiated for fp32) */
+            if constexpr (sizeof(*q) == 2 && MG_WG_STORE_CS) {
+                const uint2 v = __ldcs((const uint2 *)q);
+                q4 r;
+                r.e[0].u = (unsigned short)(v.x & 0xffffu);
+                r.e[1].u = (unsigned short)(v.x >> 16);
+                r.e[2].u = (unsigned short)(v.y & 0xffffu);
+                r.e[3].u = (unsigned short)(v.y >> 16);
+                return r;
+            } else {
+                return *(const q4 *)q;
+            }
+        };
         auto load = [&](int ch, int b) {
 #pragma unroll
             for (int v = 0; v < NV; v++) {
                 const long long s = w.m0 + rr + 4 * v;
                 const int c = w.nt * BN + 32 * ch + rc;
                 if (s < w.m_end && c < MG_FF) {
-                    g[b][v] = *(const q4 *)(a + s * MG_F2 + c);
-                    if constexpr (MG_GLU) u[b][v] = *(const q4 *)(a + s * MG_F2 + MG_FF + c);
+                    g[b][v] = ld_a(a + s * MG_F2 + c);
+                    if constexpr (MG_GLU) u[b][v] = ld_a(a + s * MG_F2 + MG_FF + c);
                 }
             }
         };
@@ -259,8 +273,8 @@ struct moe_down_dgrad_wg {
                             o[e] = d[e] * df;
                         }
                     }
-                    mg_st4(da + s * MG_F2 + c, o);
-                    if constexpr (MG_GLU) mg_st4(da + s * MG_F2 + MG_FF + c, q);
+                    mg_st4<mg_t, MG_WG_STORE_CS>(da + s * MG_F2 + c, o);
+                    if constexpr (MG_GLU) mg_st4<mg_t, MG_WG_STORE_CS>(da + s * MG_F2 + MG_FF + c, q);
                 }
             }
             mg_bar_named(bar, 128);         /* the chunk's reads are done before the next's writes */
@@ -330,7 +344,7 @@ struct moe_down_wgrad_wg {
         float *dw = p.dw_dn + (long long)w.g * MG_D * MG_FF;
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             int r = w.m0 + m, c = w.nt * BN + n;
-            if (r < MG_D && c < MG_FF) mg_st2f(dw, (long long)r * MG_FF + c, v0, v1);
+            if (r < MG_D && c < MG_FF) mg_wg_st2f(dw, (long long)r * MG_FF + c, v0, v1);
         });
     }
 };

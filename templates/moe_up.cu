@@ -121,9 +121,9 @@ struct moe_up_fwd_wg {
                     float hv[4];
 #pragma unroll
                     for (int e = 0; e < 4; e++) hv[e] = mg_act_f_fast<MG_ACT>(g[e]) * u[e];
-                    mg_st4(a + s * MG_F2 + hc, g);
-                    mg_st4(a + s * MG_F2 + MG_FF + hc, u);
-                    mg_st4(h + s * MG_FF + hc, hv);
+                    mg_st4<mg_t, MG_WG_STORE_CS>(a + s * MG_F2 + hc, g);
+                    mg_st4<mg_t, MG_WG_STORE_CS>(a + s * MG_F2 + MG_FF + hc, u);
+                    mg_st4<mg_t, MG_WG_STORE_CS>(h + s * MG_FF + hc, hv);
                 }
             }
             mg_bar_named(bar, 128);         /* the chunk's reads are done before the next's writes */
@@ -202,7 +202,7 @@ struct moe_up_dgrad_wg {
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             long long s = w.m0 + m;
             int c = w.nt * BN + n;
-            if (s < w.m_end && c < MG_D) mg_st2f(p.dxs, s * MG_D + c, v0, v1);
+            if (s < w.m_end && c < MG_D) mg_wg_st2f(p.dxs, s * MG_D + c, v0, v1);
         });
     }
 };
@@ -237,7 +237,7 @@ struct moe_up_wgrad_wg {
         float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D;
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             int r = w.m0 + m, c = w.nt * BN + n;
-            if (r < MG_F2 && c < MG_D) mg_st2f(dw, (long long)r * MG_D + c, v0, v1);
+            if (r < MG_F2 && c < MG_D) mg_wg_st2f(dw, (long long)r * MG_D + c, v0, v1);
         });
     }
 };

@@ -7,7 +7,7 @@
 #   - MG_WG_MN_BATCH (2): up wgrad's gather rows one a lane, the next stage's read ahead;
 #     1 = v4 (every lane reads its 8-16 rows in the stage)
 #   - the per-GEMM tile width knobs MG_WG_BN_UP_WGRAD / MG_WG_BN_UP_FWD at 128
-# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [cl] [cl2] [cl3] [shapes] [prof]   (default: check ab), from the repo root after
+# usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [cl] [cl2] [cl3] [cs] [shapes] [prof]   (default: check ab), from the repo root after
 # `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s5}; mkdir -p "$O"
@@ -138,6 +138,14 @@ done
 bench clusteracq mixtral MOEGEN_WG_CLUSTER=2 MOEGEN_JIT_DEFINES=-DMG_WG_CLUSTER_ACQ=1
 stc default tiny
 stc default bench-small
+fi
+if [[ $PH == *" cs "* ]]; then   # streaming (evict-first) epilogue stores and a loads
+st cs "-DMG_WG_STORE_CS=1" tiny 5e7
+st cs "-DMG_WG_STORE_CS=1" bench-small 5e7
+for sh in mixtral olmoe finegrained small; do
+    bench default $sh
+    bench cs $sh MOEGEN_JIT_DEFINES=-DMG_WG_STORE_CS=1
+done
 fi
 if [[ $PH == *" mixtral "* ]]; then   # Mixtral: per-GEMM widths at 128, ncu of the two slowest
 for v in UP_WGRAD DN_WGRAD DN_DGRAD UP_DGRAD; do

@@ -243,6 +243,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_PREFETCH
 #define MG_WG_EPI_PREFETCH 0
 #endif
+/* MG_WG_STORE_CS 1: the Hopper epilogues store their outputs (a, h, da, z, dxs, dW) with
+ * streaming stores and down dgrad reads a with streaming loads (evict-first in L2), so
+ * written-once data does not push out the operand tiles other CTAs still read; 0: plain. */
+#ifndef MG_WG_STORE_CS
+#define MG_WG_STORE_CS 0
+#endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c

@@ -259,6 +259,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_PREFETCH
 #define MG_WG_EPI_PREFETCH 0
 #endif
+/* MG_WG_STORE_CS 1: the Hopper epilogues store their outputs (a, h, da, z, dxs, dW) with
+ * streaming stores and down dgrad reads a with streaming loads (evict-first in L2), so
+ * written-once data does not push out the operand tiles other CTAs still read; 0: plain. */
+#ifndef MG_WG_STORE_CS
+#define MG_WG_STORE_CS 0
+#endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
@@ -1150,17 +1156,28 @@ template <class T> MG_DEV void mg_ld4(const T *p, float (&f)[4])
         for (int e = 0; e < 4; e++) f[e] = mg_to_f32(p[e]);
     }
 }
-template <class T> MG_DEV void mg_st4(T *p, const float (&f)[4])
+/* (CS: a streaming store, st.global.cs, evict-first in L2: the Hopper epilogues' outputs are
+ * written once and read by a later kernel, and MG_WG_STORE_CS keeps them from evicting the
+ * operands the other CTAs still read) */
+template <class T, bool CS = false> MG_DEV void mg_st4(T *p, const float (&f)[4])
 {
     if constexpr (sizeof(T) == 2) {
         uint2 u;
         mg_st2((T *)&u.x, 0, f[0], f[1]);
         mg_st2((T *)&u.y, 0, f[2], f[3]);
-        *(uint2 *)p = u;
+        if constexpr (CS) __stcs((uint2 *)p, u);
+        else *(uint2 *)p = u;
     } else {
 #pragma unroll
         for (int e = 0; e < 4; e++) p[e] = mg_from_f32<T>(f[e]);
     }
+}
+
+/* Two adjacent fp32 outputs of a Hopper epilogue (z, dxs, dW), streaming under MG_WG_STORE_CS. */
+MG_DEV void mg_wg_st2f(float *p, long long i, float a, float b)
+{
+    if constexpr (MG_WG_STORE_CS) __stcs((float2 *)(p + i), make_float2(a, b));
+    else mg_st2f(p, i, a, b);
 }
 
 #if MG_WG_ARCH
@@ -2174,9 +2191,9 @@ struct moe_up_fwd_wg {
                     float hv[4];
 #pragma unroll
                     for (int e = 0; e < 4; e++) hv[e] = mg_act_f_fast<MG_ACT>(g[e]) * u[e];
-                    mg_st4(a + s * MG_F2 + hc, g);
-                    mg_st4(a + s * MG_F2 + MG_FF + hc, u);
-                    mg_st4(h + s * MG_FF + hc, hv);
+                    mg_st4<mg_t, MG_WG_STORE_CS>(a + s * MG_F2 + hc, g);
+                    mg_st4<mg_t, MG_WG_STORE_CS>(a + s * MG_F2 + MG_FF + hc, u);
+                    mg_st4<mg_t, MG_WG_STORE_CS>(h + s * MG_FF + hc, hv);
                 }
             }
             mg_bar_named(bar, 128);         /* the chunk's reads are done before the next's writes */
@@ -2255,7 +2272,7 @@ struct moe_up_dgrad_wg {
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             long long s = w.m0 + m;
             int c = w.nt * BN + n;
-            if (s < w.m_end && c < MG_D) mg_st2f(p.dxs, s * MG_D + c, v0, v1);
+            if (s < w.m_end && c < MG_D) mg_wg_st2f(p.dxs, s * MG_D + c, v0, v1);
         });
     }
 };
@@ -2290,7 +2307,7 @@ struct moe_up_wgrad_wg {
         float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D;
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             int r = w.m0 + m, c = w.nt * BN + n;
-            if (r < MG_F2 && c < MG_D) mg_st2f(dw, (long long)r * MG_D + c, v0, v1);
+            if (r < MG_F2 && c < MG_D) mg_wg_st2f(dw, (long long)r * MG_D + c, v0, v1);
         });
     }
 };

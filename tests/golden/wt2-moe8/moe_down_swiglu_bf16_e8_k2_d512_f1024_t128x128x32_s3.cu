@@ -259,6 +259,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_PREFETCH
 #define MG_WG_EPI_PREFETCH 0
 #endif
+/* MG_WG_STORE_CS 1: the Hopper epilogues store their outputs (a, h, da, z, dxs, dW) with
+ * streaming stores and down dgrad reads a with streaming loads (evict-first in L2), so
+ * written-once data does not push out the operand tiles other CTAs still read; 0: plain. */
+#ifndef MG_WG_STORE_CS
+#define MG_WG_STORE_CS 0
+#endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
@@ -1150,17 +1156,28 @@ template <class T> MG_DEV void mg_ld4(const T *p, float (&f)[4])
         for (int e = 0; e < 4; e++) f[e] = mg_to_f32(p[e]);
     }
 }
-template <class T> MG_DEV void mg_st4(T *p, const float (&f)[4])
+/* (CS: a streaming store, st.global.cs, evict-first in L2: the Hopper epilogues' outputs are
+ * written once and read by a later kernel, and MG_WG_STORE_CS keeps them from evicting the
+ * operands the other CTAs still read) */
+template <class T, bool CS = false> MG_DEV void mg_st4(T *p, const float (&f)[4])
 {
     if constexpr (sizeof(T) == 2) {
         uint2 u;
         mg_st2((T *)&u.x, 0, f[0], f[1]);
         mg_st2((T *)&u.y, 0, f[2], f[3]);
-        *(uint2 *)p = u;
+        if constexpr (CS) __stcs((uint2 *)p, u);
+        else *(uint2 *)p = u;
     } else {
 #pragma unroll
         for (int e = 0; e < 4; e++) p[e] = mg_from_f32<T>(f[e]);
     }
+}
+
+/* Two adjacent fp32 outputs of a Hopper epilogue (z, dxs, dW), streaming under MG_WG_STORE_CS. */
+MG_DEV void mg_wg_st2f(float *p, long long i, float a, float b)
+{
+    if constexpr (MG_WG_STORE_CS) __stcs((float2 *)(p + i), make_float2(a, b));
+    else mg_st2f(p, i, a, b);
 }
 
 #if MG_WG_ARCH
@@ -2128,7 +2145,7 @@ struct moe_down_fwd_wg {
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             long long s = w.m0 + m;
             int c = w.nt * BN + n;
-            if (s < w.m_end && c < MG_D) mg_st2f(p.z, s * MG_D + c, v0, v1);
+            if (s < w.m_end && c < MG_D) mg_wg_st2f(p.z, s * MG_D + c, v0, v1);
         });
     }
 };
@@ -2266,14 +2283,28 @@ struct moe_down_dgrad_wg {
         constexpr int PF = 3;
         struct alignas(4 * sizeof(mg_t)) q4 { mg_t e[4]; };
         q4 g[PF][NV], u[PF][NV];
+        /* a is read once: a streaming load (ld.global.cs) under MG_WG_STORE_CS */
+        auto ld_a = [](const auto *q) {   /* (generic: the 16-bit branch is not instantiated for fp32) */
+            if constexpr (sizeof(*q) == 2 && MG_WG_STORE_CS) {
+                const uint2 v = __ldcs((const uint2 *)q);
+                q4 r;
+                r.e[0].u = (unsigned short)(v.x & 0xffffu);
+                r.e[1].u = (unsigned short)(v.x >> 16);
+                r.e[2].u = (unsigned short)(v.y & 0xffffu);
+                r.e[3].u = (unsigned short)(v.y >> 16);
+                return r;
+            } else {
+                return *(const q4 *)q;
+            }
+        };
         auto load = [&](int ch, int b) {
 #pragma unroll
             for (int v = 0; v < NV; v++) {
                 const long long s = w.m0 + rr + 4 * v;
                 const int c = w.nt * BN + 32 * ch + rc;
                 if (s < w.m_end && c < MG_FF) {
-                    g[b][v] = *(const q4 *)(a + s * MG_F2 + c);
-                    if constexpr (MG_GLU) u[b][v] = *(const q4 *)(a + s * MG_F2 + MG_FF + c);
+                    g[b][v] = ld_a(a + s * MG_F2 + c);
+                    if constexpr (MG_GLU) u[b][v] = ld_a(a + s * MG_F2 + MG_FF + c);
                 }
             }
         };
@@ -2312,8 +2343,8 @@ struct moe_down_dgrad_wg {
                             o[e] = d[e] * df;
                         }
                     }
-                    mg_st4(da + s * MG_F2 + c, o);
-                    if constexpr (MG_GLU) mg_st4(da + s * MG_F2 + MG_FF + c, q);
+                    mg_st4<mg_t, MG_WG_STORE_CS>(da + s * MG_F2 + c, o);
+                    if constexpr (MG_GLU) mg_st4<mg_t, MG_WG_STORE_CS>(da + s * MG_F2 + MG_FF + c, q);
                 }
             }
             mg_bar_named(bar, 128);         /* the chunk's reads are done before the next's writes */
@@ -2383,7 +2414,7 @@ struct moe_down_wgrad_wg {
         float *dw = p.dw_dn + (long long)w.g * MG_D * MG_FF;
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             int r = w.m0 + m, c = w.nt * BN + n;
-            if (r < MG_D && c < MG_FF) mg_st2f(dw, (long long)r * MG_FF + c, v0, v1);
+            if (r < MG_D && c < MG_FF) mg_wg_st2f(dw, (long long)r * MG_FF + c, v0, v1);
         });
     }
 };
