@@ -167,7 +167,8 @@ static void test_nvrtc_knob_variants(void **state)
     if (quick()) { print_message("skipped under MG_TEST_QUICK: NVRTC of the knob variants\n"); return; }
     const char *envs[] = {
         "MOEGEN_WG_CLUSTER=2",
-        "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_SMEM=0 -DMG_WG_EPI_SMEM_UP=0 -DMG_WG_MN_BATCH=1 -DMG_WG_EPI_PREFETCH=1'",
+        "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_SMEM=0 -DMG_WG_EPI_SMEM_UP=0 -DMG_WG_MN_BATCH=1 -DMG_WG_EPI_PREFETCH=1 "
+        "-DMG_WG_STORE_CS=0'",
         "MOEGEN_JIT_DEFINES='-DMG_WG_MN_AHEAD=2 -DMG_WG_PINGPONG=0 -DMG_WG_BN_UP_FWD=256 -DMG_WG_CLUSTER_ACQ=1' "
         "MOEGEN_WG_CLUSTER=2",
     };
