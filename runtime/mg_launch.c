@@ -216,9 +216,6 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
             if ((e = cudaOccupancyMaxActiveClusters(&ncl, (const void *)L->kern[kk], &cfg)) != cudaSuccess)
                 return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaOccupancyMaxActiveClusters", L->sym[kk], e);
             L->wg_cl_grid[kk] = ncl > 0 ? 2 * ncl : 0;
-            /* (A/B only: MOEGEN_WG_CLUSTER_GRID forces the grid, an even count) */
-            const char *env_g = getenv("MOEGEN_WG_CLUSTER_GRID");
-            if (ncl > 0 && env_g && atoi(env_g) >= 2) L->wg_cl_grid[kk] = atoi(env_g) / 2 * 2;
         }
         fprintf(stderr, "moegen: MOEGEN_WG_CLUSTER=2: row GEMMs in clusters of 2 over %d / %d / %d / %d CTAs "
                         "(up fwd, up dgrad, down fwd, down dgrad; %d SMs)\n",

@@ -30,7 +30,6 @@ struct moe_down_fwd_wg {
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
-    static constexpr bool EPI_PREFETCH = false;
     const moe_down_fwd_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
@@ -94,19 +93,7 @@ struct moe_down_dgrad_wg {
     static constexpr bool EPI = MG_WG_EPI_TMA != 0 && BN == 128;
     static constexpr int EPI_BYTES = EPI ? (MG_GLU ? 2 : 1) * 128 * BN * 2 : 0;
     static constexpr int SCRATCH_BYTES = !EPI && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
-    /* a of the tile into L2 when the producer starts it (MG_WG_EPI_PREFETCH; tm_c, 64 x 64 boxes) */
     static constexpr bool PAIRS = !EPI;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs, not with EPI_TMA */
-    static constexpr bool EPI_PREFETCH = !EPI && MG_WG_EPI_PREFETCH;
-    MG_DEV void prefetch_epi(const mg_wtile &w) const
-    {
-#pragma unroll
-        for (int cb = 0; cb < BN / 64; cb++)
-#pragma unroll
-            for (int r = 0; r < 128; r += 64) {
-                mg_tma3_prefetch(&p.tm_c, w.nt * BN + 64 * cb, w.m0 + r, 0);
-                if constexpr (MG_GLU) mg_tma3_prefetch(&p.tm_c, MG_FF + w.nt * BN + 64 * cb, w.m0 + r, 0);
-            }
-    }
     const moe_down_dgrad_params &p;
     MG_DEV void tma_epi(const mg_wtile &w, unsigned dst, unsigned bar) const
     {
@@ -320,7 +307,6 @@ struct moe_down_wgrad_wg {
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = false;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
-    static constexpr bool EPI_PREFETCH = false;
     const moe_down_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {

@@ -172,14 +172,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
 #endif
-/* MG_WG_MN_AHEAD (1, 2): with MN_BATCH 2, how many stages ahead the producer reads up wgrad's
- * gather rows (2 costs one more producer register; measured level or slower, call 6). */
-#ifndef MG_WG_MN_AHEAD
-#define MG_WG_MN_AHEAD 1
-#endif
-#if MG_WG_MN_AHEAD != 1 && MG_WG_MN_AHEAD != 2
-#error "MG_WG_MN_AHEAD: 1 or 2"
-#endif
 /* v5 (bench/NOTES.md v5), each with the v4 behaviour behind 0 for A/B:
  * MG_WG_TMA_GATHER 1: gathered x rows (up fwd's A, up wgrad's B) arrive by one-row TMA
  * copies (tm_a / tm_b: x [T, d], box 64 columns x 1 row) issued by the producer's first
@@ -220,13 +212,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM_UP
 #define MG_WG_EPI_SMEM_UP 1
 #endif
-/* MG_WG_EPI_PREFETCH 1: the producer prefetches the tile's a into L2 (one bulk tensor prefetch
- * a 64 x 64 box) when it starts the tile, a main loop before the epilogue reads it. Off by
- * default: on an H100 it cost small 0.25 ms and OLMoE 0.08 (bench/results/2026-11-26-s5,
- * call 1); the lines it brings in evict operands the main loop still reads. */
-#ifndef MG_WG_EPI_PREFETCH
-#define MG_WG_EPI_PREFETCH 0
-#endif
 /* MG_WG_STORE_CS 1 (default): the Hopper epilogues store their outputs (a, h, da, z, dxs,
  * dW) with streaming stores and down dgrad reads a with streaming loads (evict-first in L2),
  * so written-once data does not push out the operand tiles other CTAs still read; 0: plain.
@@ -248,12 +233,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #if MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
 #error "MG_WG_CLUSTER: 1 or 2"
-#endif
-/* MG_WG_CLUSTER_ACQ 1: the producer's wait for a pair-released stage acquires at cluster
- * scope; 0 (default): the plain CTA-scope wait, as CUTLASS's cluster pipelines do (the TMA
- * write that follows is ordered after the partner's completed wgmma reads either way). */
-#ifndef MG_WG_CLUSTER_ACQ
-#define MG_WG_CLUSTER_ACQ 0
 #endif
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */

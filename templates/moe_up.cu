@@ -35,7 +35,6 @@ struct moe_up_fwd_wg {
     /* GLU: a and h stored through a shared-memory scratch (MG_WG_EPI_SMEM_UP) */
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_GLU && MG_WG_EPI_SMEM_UP ? MG_WG_SCRATCH_BYTES : 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
-    static constexpr bool EPI_PREFETCH = false;
     const moe_up_fwd_params &p;
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
     MG_DEV void tile(int t, mg_wtile &w) const
@@ -161,7 +160,6 @@ struct moe_up_dgrad_wg {
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
-    static constexpr bool EPI_PREFETCH = false;
     const moe_up_dgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
@@ -215,7 +213,6 @@ struct moe_up_wgrad_wg {
     static constexpr bool A_TMA = true, B_TMA = GT, K_JAGGED = true, A_GATHER = false, B_GATHER = GT;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = false;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
-    static constexpr bool EPI_PREFETCH = false;
     const moe_up_wgrad_params &p;
     MG_DEV const mg_tmap &tm_gather() const { return p.tm_b; }
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const

@@ -159,7 +159,7 @@ static void test_nvcc_compiles_generated_sources(void **state)
 }
 
 /* The Hopper GEMM's device knobs off their defaults still compile for sm_90a without spills
- * (the A/B paths bench/dev/s5.sh measures, and the opt-in CTA pairs): NVRTC through `moegen
+ * (the A/B paths kept for bench/dev/s5.sh, and the opt-in CTA pairs): NVRTC through `moegen
  * compile -v`, no GPU. A knob path that stops compiling would otherwise only show on a device. */
 static void test_nvrtc_knob_variants(void **state)
 {
@@ -167,9 +167,9 @@ static void test_nvrtc_knob_variants(void **state)
     if (quick()) { print_message("skipped under MG_TEST_QUICK: NVRTC of the knob variants\n"); return; }
     const char *envs[] = {
         "MOEGEN_WG_CLUSTER=2",
-        "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_SMEM=0 -DMG_WG_EPI_SMEM_UP=0 -DMG_WG_MN_BATCH=1 -DMG_WG_EPI_PREFETCH=1 "
+        "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_SMEM=0 -DMG_WG_EPI_SMEM_UP=0 -DMG_WG_MN_BATCH=1 "
         "-DMG_WG_STORE_CS=0'",
-        "MOEGEN_JIT_DEFINES='-DMG_WG_MN_AHEAD=2 -DMG_WG_PINGPONG=0 -DMG_WG_BN_UP_FWD=256 -DMG_WG_CLUSTER_ACQ=1' "
+        "MOEGEN_JIT_DEFINES='-DMG_WG_PINGPONG=0 -DMG_WG_BN_UP_FWD=256' "
         "MOEGEN_WG_CLUSTER=2",
     };
     for (int i = 0; i < 3; i++) {

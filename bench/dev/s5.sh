@@ -7,6 +7,9 @@
 #   - MG_WG_MN_BATCH (2): up wgrad's gather rows one a lane, the next stage's read ahead;
 #     1 = v4 (every lane reads its 8-16 rows in the stage)
 #   - the per-GEMM tile width knobs MG_WG_BN_UP_WGRAD / MG_WG_BN_UP_FWD at 128
+# (The knobs MG_WG_EPI_PREFETCH, MG_WG_MN_AHEAD, MG_WG_CLUSTER_ACQ and MOEGEN_WG_CLUSTER_GRID that
+# sections ab, check3, ab3, cl2 and cl3 set were measured and then removed in the session's review;
+# there those settings are now no-ops, and bench/results/2026-11-26-s5 keeps what they measured.)
 # usage: bench/dev/s5.sh [check] [ab] [ab2] [ncu] [bn] [mixtral] [check3] [ab3] [cl] [cl2] [cl3] [cs] [shapes] [prof]   (default: check ab), from the repo root after
 # `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u

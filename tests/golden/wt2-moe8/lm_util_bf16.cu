@@ -204,14 +204,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
 #endif
-/* MG_WG_MN_AHEAD (1, 2): with MN_BATCH 2, how many stages ahead the producer reads up wgrad's
- * gather rows (2 costs one more producer register; measured level or slower, call 6). */
-#ifndef MG_WG_MN_AHEAD
-#define MG_WG_MN_AHEAD 1
-#endif
-#if MG_WG_MN_AHEAD != 1 && MG_WG_MN_AHEAD != 2
-#error "MG_WG_MN_AHEAD: 1 or 2"
-#endif
 /* v5 (bench/NOTES.md v5), each with the v4 behaviour behind 0 for A/B:
  * MG_WG_TMA_GATHER 1: gathered x rows (up fwd's A, up wgrad's B) arrive by one-row TMA
  * copies (tm_a / tm_b: x [T, d], box 64 columns x 1 row) issued by the producer's first
@@ -252,13 +244,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM_UP
 #define MG_WG_EPI_SMEM_UP 1
 #endif
-/* MG_WG_EPI_PREFETCH 1: the producer prefetches the tile's a into L2 (one bulk tensor prefetch
- * a 64 x 64 box) when it starts the tile, a main loop before the epilogue reads it. Off by
- * default: on an H100 it cost small 0.25 ms and OLMoE 0.08 (bench/results/2026-11-26-s5,
- * call 1); the lines it brings in evict operands the main loop still reads. */
-#ifndef MG_WG_EPI_PREFETCH
-#define MG_WG_EPI_PREFETCH 0
-#endif
 /* MG_WG_STORE_CS 1 (default): the Hopper epilogues store their outputs (a, h, da, z, dxs,
  * dW) with streaming stores and down dgrad reads a with streaming loads (evict-first in L2),
  * so written-once data does not push out the operand tiles other CTAs still read; 0: plain.
@@ -280,12 +265,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #if MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
 #error "MG_WG_CLUSTER: 1 or 2"
-#endif
-/* MG_WG_CLUSTER_ACQ 1: the producer's wait for a pair-released stage acquires at cluster
- * scope; 0 (default): the plain CTA-scope wait, as CUTLASS's cluster pipelines do (the TMA
- * write that follows is ordered after the partner's completed wgmma reads either way). */
-#ifndef MG_WG_CLUSTER_ACQ
-#define MG_WG_CLUSTER_ACQ 0
 #endif
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
@@ -1044,6 +1023,16 @@ MG_DEV void mg_wg_band(int l, int Mg, int NTN, int *mt, int *nt)
     *mt = r / bw;
     *nt = nb * BW + r % bw;
 }
+/* The group of global m tile q: the last g with tile_off[g] <= q. */
+MG_DEV int mg_wg_group_of(const int *tile_off, int G, int q)
+{
+    int lo = 0, hi = G - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (tile_off[mid] <= q) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
 /* Slot-row GEMMs (fwd, dgrad): tiles of 128 slots of one group x NTN n tiles. */
 MG_DEV int mg_wg_rows_ntiles(const int *tile_off, int G, int T, int NTN)
 {
@@ -1053,13 +1042,7 @@ MG_DEV void mg_wg_rows_tile(const int *offsets, const int *tile_off, int G, int 
 {
     int g = 0, mt0 = 0, Mg, r0 = 0, r1 = T;
     if (tile_off) {
-        const int q = t / NTN;
-        int lo = 0, hi = G - 1;              /* last group with tile_off[g] <= q */
-        while (lo < hi) {
-            int mid = (lo + hi + 1) >> 1;
-            if (tile_off[mid] <= q) lo = mid; else hi = mid - 1;
-        }
-        g = lo;
+        g = mg_wg_group_of(tile_off, G, t / NTN);
         mt0 = tile_off[g];
         Mg = tile_off[g + 1] - mt0;
         r0 = offsets[g];
@@ -1082,15 +1065,6 @@ MG_DEV int mg_wg_rows_npairs(const int *tile_off, int G, int T, int NTN)
 {
     const int Q = tile_off ? tile_off[G] : (T + 127) / 128;
     return (Q + 1) / 2 * NTN;
-}
-MG_DEV int mg_wg_group_of(const int *tile_off, int G, int q)
-{
-    int lo = 0, hi = G - 1;                  /* last group with tile_off[g] <= q */
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (tile_off[mid] <= q) lo = mid; else hi = mid - 1;
-    }
-    return lo;
 }
 MG_DEV bool mg_wg_rows_pair(const int *offsets, const int *tile_off, int G, int T, int NTN, int t, int rank, mg_wtile &w)
 {
@@ -1251,28 +1225,11 @@ MG_DEV void mg_cluster_sync()
 {
     asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
-/* One box of a rank-3 tensor map prefetched into L2 (no shared memory, no barrier). */
-MG_DEV void mg_tma3_prefetch(const mg_tmap *map, int c0, int c1, int c2)
-{
-    asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n"
-                 :: "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2) : "memory");
-}
 MG_DEV void mg_mbar_wait(unsigned bar, unsigned parity)
 {
     unsigned done;
     do {
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-    } while (!done);
-}
-/* The producer's wait for a stage that CTA-pair consumers release (remote arrives are
- * release.cluster): acquire at cluster scope. */
-MG_DEV void mg_mbar_wait_cluster(unsigned bar, unsigned parity)
-{
-    unsigned done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
                      "selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     } while (!done);
@@ -1515,15 +1472,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     }
     /* (each of these compiles to the single-CTA code where P cannot pair: no cluster code, no
      * extra registers in problems that never use it) */
-    template <class P> MG_DEV static void wait_empty(const smem_map &sm, unsigned bar, unsigned parity)
-    {
-        if constexpr (CLP<P> && MG_WG_CLUSTER_ACQ)
-            if (sm.pairs) {
-                mg_mbar_wait_cluster(bar, parity);
-                return;
-            }
-        mg_mbar_wait(bar, parity);
-    }
     template <class P> MG_DEV static void release(const smem_map &sm, unsigned bar)
     {
         mg_mbar_arrive(bar);
@@ -1711,16 +1659,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             }
             if constexpr (P::B_GATHER) tx += GB * 32 * 128u;
             const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
-            /* the epilogue's global operand into L2 now, a main loop before the epilogue reads it */
-            if constexpr (P::EPI_PREFETCH)
-                if (ptid == 0) pb.prefetch_epi(w);
             /* B by cp.async in every stage (up wgrad's gathered x): this lane's k row of the
              * next stage, read one stage ahead (mn_row) */
             constexpr bool B_MN_EVERY = !P::B_TMA && !B_KC;
             int brow = B_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BN>(pb.opnd_b(w), w.kb, w.ke, ptid) : -1;
-            /* MG_WG_MN_AHEAD 2: the stage after the next one's rows too (brow2) */
-            int brow2 = B_MN_EVERY && MG_WG_MN_BATCH == 2 && MG_WG_MN_AHEAD == 2 && nk > 1
-                            ? mn_row<BN>(pb.opnd_b(w), w.kb + BK, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
@@ -1740,7 +1682,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                             }
                         }
                         if ((ptid & 31) == 0) {
-                            wait_empty<P>(sm, empty + 8 * s, ph ^ 1);
+                            mg_mbar_wait(empty + 8 * s, ph ^ 1);
                             if (tx) mg_mbar_arrive_tx(fb, tx);
                             else mg_mbar_arrive(fb);   /* a warp whose A rows all lie past the group */
                             if (ptid == 0) {
@@ -1775,10 +1717,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                          * phase r-1 from r-3: it returned at once and their cp.asyncs
                          * overwrote a stage still being read (the v2 dw_dn race). Thread 0
                          * waits, in order, then releases them through the named barrier. */
-                        if (ptid == 0) wait_empty<P>(sm, empty + 8 * s, ph ^ 1);
+                        if (ptid == 0) mg_mbar_wait(empty + 8 * s, ph ^ 1);
                         mg_bar_named(1, 128);
                     } else {
-                        wait_empty<P>(sm, empty + 8 * s, ph ^ 1);
+                        mg_mbar_wait(empty + 8 * s, ph ^ 1);
                     }
                     if (ptid == 0 && !ALL_TMA) {
                         if (TX && !jag) {
@@ -1798,12 +1740,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
                         else if constexpr (B_MN_EVERY && MG_WG_MN_BATCH == 2) {
                             load_mn<BN, true>(sb, ob, k0, w.ke, ptid, brow);
-                            if constexpr (MG_WG_MN_AHEAD == 2) {
-                                brow = brow2;
-                                if (kt + 2 < nk) brow2 = mn_row<BN>(ob, k0 + 2 * BK, w.ke, ptid);
-                            } else if (kt + 1 < nk) {
-                                brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
-                            }
+                            if (kt + 1 < nk) brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
                         } else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {
