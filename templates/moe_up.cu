@@ -204,6 +204,46 @@ struct moe_up_dgrad_wg {
         });
     }
 };
+#if MG_WG_UP_WGRAD_T
+/* wgrad, transposed: dW_up[g]ᵀ (M = d, N = F2), K = the group's slots; both operands
+ * MN-contiguous. A = gathered x rows by cp.async (the 128-wide operand: 16 KB a stage), B = da
+ * by TMA (the map of tm_a); the epilogue writes row c of dW_up[g] from column c of the tile. */
+struct moe_up_wgrad_wg {
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_F2), MT = (MG_D + 127) / 128, NTN = (MG_F2 + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, false, false> G;
+    static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = true, A_GATHER = false, B_GATHER = false;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool PAIRS = false;
+    const moe_up_wgrad_params &p;
+    MG_DEV const mg_tmap &tm_gather() const { return p.tm_b; }
+    MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_cols<BN>(dst, p.tm_a, w.nt * BN, k0, 0, bar);
+    }
+    MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
+    MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &w) const { return {(const mg_t *)p.x, 0, MG_D, p.perm, MG_TOPK, w.m0, MG_D}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.da, 0, MG_F2, 0, 1, w.nt * BN, MG_F2};
+    }
+    MG_DEV long long row_a(const mg_wtile &, int) const { return -1; }
+    MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
+    /* (a warp's store covers 8 consecutive d columns of 4 dW rows: whole 32-byte sectors) */
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D;
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+            int r = w.m0 + m, c = w.nt * BN + n;
+            if (r < MG_D && c < MG_F2) {
+                mg_wg_st1f(dw, (long long)c * MG_D + r, v0);
+                mg_wg_st1f(dw, (long long)(c + 1) * MG_D + r, v1);
+            }
+        });
+    }
+};
+#else
 /* wgrad: dW_up[g] (M = F2, N = d), K = the group's slots; both operands MN-contiguous. */
 struct moe_up_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
@@ -238,6 +278,7 @@ struct moe_up_wgrad_wg {
         });
     }
 };
+#endif /* MG_WG_UP_WGRAD_T */
 #endif
 
 /* fwd. grid: x = ceil(T*k/BM) + E when routed (blocks past tile_off[E] exit), ceil(T/BM)

@@ -1,0 +1,67 @@
+#!/bin/bash
+# s6: one GPU call for session 6's Hopper GEMM changes (bench/NOTES.md, "v9"), each behind a
+# device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) so the same call A/Bs it:
+#   - MG_WG_UP_WGRAD_T (0): up wgrad as dW_upᵀ tiles, gathered x the 128-wide operand
+#   - MG_WG_BAND (8): n tiles a band of the persistent raster
+# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu]   (default: check ab), from the repo
+# root after `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
+set -u
+O=${OUT:-/tmp/s6}; mkdir -p "$O"
+export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
+T0=$(date +%s)
+S="$O/summary.txt"; : > "$S"
+note() { echo "$*" | tee -a "$S"; }
+step() { # name timeout log command...   (env assignments go through `env`)
+    local name=$1 t=$2 log=$3; shift 3
+    local el=$(( $(date +%s) - T0 ))
+    if (( el > DEADLINE )); then note "$(printf '%-44s skipped (%ds elapsed)' "$name" $el)"; return 99; fi
+    local s=$(date +%s)
+    (( t > LIMIT - el )) && t=$(( LIMIT - el ))
+    timeout "$t" "$@" > "$O/$log" 2>&1
+    local rc=$?
+    note "$(printf '%-44s rc=%-3d %4ds  %s' "$name" $rc $(( $(date +%s) - s )) \
+        "$(grep -ac PASS "$O/$log") PASS $(grep -ac FAIL "$O/$log") FAIL")"
+    return $rc
+}
+bench() { # tag shape env...   one mg_bench_layer run, medians into the summary
+    local tag=$1 sh=$2; shift 2
+    step "bench $sh $tag" 60 bench-$sh-$tag.log env "$@" build/bench/mg_bench_layer --shape $sh --runs 10 --warmup 3
+    grep -a median "$O/bench-$sh-$tag.log" | sed "s/^/$sh $tag /" | tee -a "$S"
+}
+note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
+PH=" ${*:-check ab} "
+st() { # tag defines spec [budget]
+    step "selftest $3 moe $1" 90 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
+        MOEGEN_SELFTEST_BUDGET=${4:-1e8} build/moegen selftest specs/$3.lua --seed 31
+    grep -a -m6 -A2 FAIL "$O/st-$3-$1.log" | tee -a "$S"
+}
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+sec="--section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats"
+WT="-DMG_WG_UP_WGRAD_T=1"
+if [[ $PH == *" check "* ]]; then
+st wgt "$WT" tiny 5e7
+st wgtcoop "$WT -DMG_WG_PINGPONG=0" tiny 5e7
+st wgt "$WT" bench-small 5e7
+st wgt "$WT" switch-cf125 5e7
+fi
+if [[ $PH == *" ab "* ]]; then   # same card, same call
+for sh in mixtral olmoe finegrained small; do
+    bench default $sh
+    bench wgt $sh MOEGEN_JIT_DEFINES="$WT"
+done
+fi
+if [[ $PH == *" band "* ]]; then
+bench band4 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BAND=4
+bench band16 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BAND=16
+fi
+if [[ $PH == *" prof "* ]]; then
+step "prof_layer mixtral wgt" 150 prof.log env OUT="$O/prof" MOEGEN_JIT_DEFINES="$WT" bench/prof_layer.sh mixtral
+cat "$O"/prof/prof-*.txt 2>/dev/null | head -12 | tee -a "$S"
+fi
+if [[ $PH == *" ncu "* ]]; then
+step "ncu mixtral up wgrad wgt" 120 ncu-mixtral-upwgrad-wgt.txt env MOEGEN_JIT_DEFINES="$WT" "$NCU" $sec \
+    --clock-control none -k "regex:up_swiglu.*_wgrad" -s 2 -c 1 build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
+grep -a "Duration\|DRAM Throughput\|L2 Cache Throughput\|Compute (SM)\|L2 Hit" "$O/ncu-mixtral-upwgrad-wgt.txt" | tee -a "$S"
+fi
+note "total $(( $(date +%s) - T0 ))s"
