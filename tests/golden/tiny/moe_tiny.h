@@ -237,6 +237,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
+/* MG_WG_UP_WGRAD_T 1: up wgrad computes dW_upᵀ tiles (M = d, N = F2): the gathered x rows
+ * are the 128-wide operand, by cp.async (16 KB a stage, half of what they are as the 256-wide
+ * one), da the 256-wide one by TMA, and the epilogue stores the tile transposed (4-byte
+ * stores, 32 contiguous bytes a row segment). 0: M = F2, N = d (x gathered as B). */
+#ifndef MG_WG_UP_WGRAD_T
+#define MG_WG_UP_WGRAD_T 0
+#endif
+/* MG_WG_BAND: n tiles a band of the persistent raster (mg_wgmma.cuh mg_wg_band); the CTAs
+ * in flight cover about SMs / BAND m tiles of BAND n tiles. */
+#ifndef MG_WG_BAND
+#define MG_WG_BAND 8
+#endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c

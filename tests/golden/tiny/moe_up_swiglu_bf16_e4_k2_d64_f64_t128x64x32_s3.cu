@@ -253,6 +253,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
+/* MG_WG_UP_WGRAD_T 1: up wgrad computes dW_upᵀ tiles (M = d, N = F2): the gathered x rows
+ * are the 128-wide operand, by cp.async (16 KB a stage, half of what they are as the 256-wide
+ * one), da the 256-wide one by TMA, and the epilogue stores the tile transposed (4-byte
+ * stores, 32 contiguous bytes a row segment). 0: M = F2, N = d (x gathered as B). */
+#ifndef MG_WG_UP_WGRAD_T
+#define MG_WG_UP_WGRAD_T 0
+#endif
+/* MG_WG_BAND: n tiles a band of the persistent raster (mg_wgmma.cuh mg_wg_band); the CTAs
+ * in flight cover about SMs / BAND m tiles of BAND n tiles. */
+#ifndef MG_WG_BAND
+#define MG_WG_BAND 8
+#endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
@@ -1017,7 +1029,7 @@ struct mg_wtile { int g, m0, m_end, mt, nt, kb, ke; };
  * in flight share a few B (weight) tiles and a few A row tiles in L2. */
 MG_DEV void mg_wg_band(int l, int Mg, int NTN, int *mt, int *nt)
 {
-    const int BW = 8;
+    const int BW = MG_WG_BAND;
     int nb = l / (Mg * BW), r = l - nb * Mg * BW;
     int bw = NTN - nb * BW < BW ? NTN - nb * BW : BW;
     *mt = r / bw;
@@ -1150,6 +1162,12 @@ template <class T, bool CS = false> MG_DEV void mg_st4(T *p, const float (&f)[4]
     }
 }
 
+/* One fp32 output of a Hopper epilogue (the transposed dW of MG_WG_UP_WGRAD_T). */
+MG_DEV void mg_wg_st1f(float *p, long long i, float a)
+{
+    if constexpr (MG_WG_STORE_CS) __stcs(p + i, a);
+    else p[i] = a;
+}
 /* Two adjacent fp32 outputs of a Hopper epilogue (z, dxs, dW), streaming under MG_WG_STORE_CS. */
 MG_DEV void mg_wg_st2f(float *p, long long i, float a, float b)
 {
@@ -1663,6 +1681,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
              * next stage, read one stage ahead (mn_row) */
             constexpr bool B_MN_EVERY = !P::B_TMA && !B_KC;
             int brow = B_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BN>(pb.opnd_b(w), w.kb, w.ke, ptid) : -1;
+            /* A the same way (up wgrad transposed, MG_WG_UP_WGRAD_T: gathered x as A) */
+            constexpr bool A_MN_EVERY = !P::A_TMA && !A_KC;
+            int arow = A_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BM>(pb.opnd_a(w), w.kb, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
@@ -1734,7 +1755,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
                     if (!P::A_TMA || jag) {
                         if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
-                        else load_mn<BM>(sa, oa, k0, w.ke, ptid);
+                        else if constexpr (A_MN_EVERY && MG_WG_MN_BATCH == 2) {
+                            load_mn<BM, true>(sa, oa, k0, w.ke, ptid, arow);
+                            if (kt + 1 < nk) arow = mn_row<BM>(oa, k0 + BK, w.ke, ptid);
+                        } else load_mn<BM>(sa, oa, k0, w.ke, ptid);
                     }
                     if (!P::B_TMA || jag) {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
@@ -2214,6 +2238,46 @@ struct moe_up_dgrad_wg {
         });
     }
 };
+#if MG_WG_UP_WGRAD_T
+/* wgrad, transposed: dW_up[g]ᵀ (M = d, N = F2), K = the group's slots; both operands
+ * MN-contiguous. A = gathered x rows by cp.async (the 128-wide operand: 16 KB a stage), B = da
+ * by TMA (the map of tm_a); the epilogue writes row c of dW_up[g] from column c of the tile. */
+struct moe_up_wgrad_wg {
+    static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_F2), MT = (MG_D + 127) / 128, NTN = (MG_F2 + BN - 1) / BN;
+    typedef mg_wg<mg_t, BN, false, false> G;
+    static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = true, A_GATHER = false, B_GATHER = false;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr bool PAIRS = false;
+    const moe_up_wgrad_params &p;
+    MG_DEV const mg_tmap &tm_gather() const { return p.tm_b; }
+    MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
+    {
+        mg_tma_cols<BN>(dst, p.tm_a, w.nt * BN, k0, 0, bar);
+    }
+    MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
+    MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }
+    MG_DEV mg_opnd<mg_t> opnd_a(const mg_wtile &w) const { return {(const mg_t *)p.x, 0, MG_D, p.perm, MG_TOPK, w.m0, MG_D}; }
+    MG_DEV mg_opnd<mg_t> opnd_b(const mg_wtile &w) const
+    {
+        return {(const mg_t *)p.da, 0, MG_F2, 0, 1, w.nt * BN, MG_F2};
+    }
+    MG_DEV long long row_a(const mg_wtile &, int) const { return -1; }
+    MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
+    /* (a warp's store covers 8 consecutive d columns of 4 dW rows: whole 32-byte sectors) */
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    {
+        float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D;
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
+            int r = w.m0 + m, c = w.nt * BN + n;
+            if (r < MG_D && c < MG_F2) {
+                mg_wg_st1f(dw, (long long)c * MG_D + r, v0);
+                mg_wg_st1f(dw, (long long)(c + 1) * MG_D + r, v1);
+            }
+        });
+    }
+};
+#else
 /* wgrad: dW_up[g] (M = F2, N = d), K = the group's slots; both operands MN-contiguous. */
 struct moe_up_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_D), MT = (MG_F2 + 127) / 128, NTN = (MG_D + BN - 1) / BN;
@@ -2248,6 +2312,7 @@ struct moe_up_wgrad_wg {
         });
     }
 };
+#endif /* MG_WG_UP_WGRAD_T */
 #endif
 
 /* fwd. grid: x = ceil(T*k/BM) + E when routed (blocks past tile_off[E] exit), ceil(T/BM)

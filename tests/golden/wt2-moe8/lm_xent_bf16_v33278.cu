@@ -253,6 +253,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
+/* MG_WG_UP_WGRAD_T 1: up wgrad computes dW_upᵀ tiles (M = d, N = F2): the gathered x rows
+ * are the 128-wide operand, by cp.async (16 KB a stage, half of what they are as the 256-wide
+ * one), da the 256-wide one by TMA, and the epilogue stores the tile transposed (4-byte
+ * stores, 32 contiguous bytes a row segment). 0: M = F2, N = d (x gathered as B). */
+#ifndef MG_WG_UP_WGRAD_T
+#define MG_WG_UP_WGRAD_T 0
+#endif
+/* MG_WG_BAND: n tiles a band of the persistent raster (mg_wgmma.cuh mg_wg_band); the CTAs
+ * in flight cover about SMs / BAND m tiles of BAND n tiles. */
+#ifndef MG_WG_BAND
+#define MG_WG_BAND 8
+#endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
@@ -1017,7 +1029,7 @@ struct mg_wtile { int g, m0, m_end, mt, nt, kb, ke; };
  * in flight share a few B (weight) tiles and a few A row tiles in L2. */
 MG_DEV void mg_wg_band(int l, int Mg, int NTN, int *mt, int *nt)
 {
-    const int BW = 8;
+    const int BW = MG_WG_BAND;
     int nb = l / (Mg * BW), r = l - nb * Mg * BW;
     int bw = NTN - nb * BW < BW ? NTN - nb * BW : BW;
     *mt = r / bw;
@@ -1150,6 +1162,12 @@ template <class T, bool CS = false> MG_DEV void mg_st4(T *p, const float (&f)[4]
     }
 }
 
+/* One fp32 output of a Hopper epilogue (the transposed dW of MG_WG_UP_WGRAD_T). */
+MG_DEV void mg_wg_st1f(float *p, long long i, float a)
+{
+    if constexpr (MG_WG_STORE_CS) __stcs(p + i, a);
+    else p[i] = a;
+}
 /* Two adjacent fp32 outputs of a Hopper epilogue (z, dxs, dW), streaming under MG_WG_STORE_CS. */
 MG_DEV void mg_wg_st2f(float *p, long long i, float a, float b)
 {
@@ -1663,6 +1681,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
              * next stage, read one stage ahead (mn_row) */
             constexpr bool B_MN_EVERY = !P::B_TMA && !B_KC;
             int brow = B_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BN>(pb.opnd_b(w), w.kb, w.ke, ptid) : -1;
+            /* A the same way (up wgrad transposed, MG_WG_UP_WGRAD_T: gathered x as A) */
+            constexpr bool A_MN_EVERY = !P::A_TMA && !A_KC;
+            int arow = A_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BM>(pb.opnd_a(w), w.kb, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
@@ -1734,7 +1755,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
                     if (!P::A_TMA || jag) {
                         if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
-                        else load_mn<BM>(sa, oa, k0, w.ke, ptid);
+                        else if constexpr (A_MN_EVERY && MG_WG_MN_BATCH == 2) {
+                            load_mn<BM, true>(sa, oa, k0, w.ke, ptid, arow);
+                            if (kt + 1 < nk) arow = mn_row<BM>(oa, k0 + BK, w.ke, ptid);
+                        } else load_mn<BM>(sa, oa, k0, w.ke, ptid);
                     }
                     if (!P::B_TMA || jag) {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
