@@ -3,7 +3,7 @@
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) so the same call A/Bs it:
 #   - MG_WG_UP_WGRAD_T (0): up wgrad as dW_upᵀ tiles, gathered x the 128-wide operand
 #   - MG_WG_BAND (8): n tiles a band of the persistent raster
-# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu]   (default: check ab), from the repo
+# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src]   (default: check ab), from the repo
 # root after `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s6}; mkdir -p "$O"
@@ -26,7 +26,7 @@ step() { # name timeout log command...   (env assignments go through `env`)
 }
 bench() { # tag shape env...   one mg_bench_layer run, medians into the summary
     local tag=$1 sh=$2; shift 2
-    step "bench $sh $tag" 60 bench-$sh-$tag.log env "$@" build/bench/mg_bench_layer --shape $sh --runs 10 --warmup 3
+    step "bench $sh $tag" 60 bench-$sh-$tag.log env "$@" build/bench/mg_bench_layer --shape $sh --runs ${RUNS:-10} --warmup 3
     grep -a median "$O/bench-$sh-$tag.log" | sed "s/^/$sh $tag /" | tee -a "$S"
 }
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
@@ -63,5 +63,24 @@ if [[ $PH == *" ncu "* ]]; then
 step "ncu mixtral up wgrad wgt" 120 ncu-mixtral-upwgrad-wgt.txt env MOEGEN_JIT_DEFINES="$WT" "$NCU" $sec \
     --clock-control none -k "regex:up_swiglu.*_wgrad" -s 2 -c 1 build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
 grep -a "Duration\|DRAM Throughput\|L2 Cache Throughput\|Compute (SM)\|L2 Hit" "$O/ncu-mixtral-upwgrad-wgt.txt" | tee -a "$S"
+fi
+if [[ $PH == *" ab2 "* ]]; then   # on top of the transposed up wgrad: raster bands, its width
+for sh in mixtral olmoe finegrained small; do
+    RUNS=20 bench wgt $sh MOEGEN_JIT_DEFINES="$WT"
+    RUNS=20 bench wgt-band4 $sh MOEGEN_JIT_DEFINES="$WT -DMG_WG_BAND=4"
+    RUNS=20 bench wgt-band2 $sh MOEGEN_JIT_DEFINES="$WT -DMG_WG_BAND=2"
+    RUNS=20 bench wgt-bnw128 $sh MOEGEN_JIT_DEFINES="$WT -DMG_WG_BN_UP_WGRAD=128"
+done
+fi
+if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's gathered GEMMs stall, per SASS line
+for k in "upwgrad|up_swiglu.*_wgrad" "upfwd|up_swiglu.*_fwd" "dndgrad|down_swiglu.*_dgrad"; do
+    tag=${k%%|*}; re=${k#*|}
+    step "ncu src mixtral $tag" 150 ncu-src-$tag.txt env MOEGEN_JIT_DEFINES="$WT" "$NCU" --section WarpStateStats \
+        --section SourceCounters --section SpeedOfLight --clock-control none -k "regex:$re" -s 2 -c 1 -f -o "$O/rep-$tag" \
+        build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
+    "$NCU" -i "$O/rep-$tag.ncu-rep" --page source --csv --print-source sass > "$O/sass-$tag.csv" 2> "$O/sass-$tag.err"
+    "$NCU" -i "$O/rep-$tag.ncu-rep" --page details --print-details all > "$O/details-$tag.txt" 2>&1
+    rm -f "$O/rep-$tag.ncu-rep"
+done
 fi
 note "total $(( $(date +%s) - T0 ))s"
