@@ -20,7 +20,7 @@ LOGS=$(mktemp -d /tmp/devlogs.XXXX); mkdir -p "$ROOT"
 # A file back from $OUT may hold 16 MiB: files over 3 MiB (per-step metrics of many experts) stay
 # out of the archive, named in big.txt, and each part's own summary.txt is also copied to parts.txt.
 pack() {
-    (cd "$LOGS" && find . -type f -size -3M | sort > /tmp/devpack.list && find . -type f -size +3M -printf '%s %p\n' > "$ROOT/big.txt")
+    (cd "$LOGS" && find . -type f -size -3145729c | sort > /tmp/devpack.list && find . -type f -size +3145728c -printf '%s %p\n' > "$ROOT/big.txt")
     tar czf "$ROOT/logs.tgz.tmp" -C "$LOGS" -T /tmp/devpack.list && mv "$ROOT/logs.tgz.tmp" "$ROOT/logs.tgz"
     for f in "$LOGS"/p*/summary.txt; do [ -f "$f" ] && { echo "== ${f#$LOGS/}"; cat "$f"; }; done > "$ROOT/parts.txt"
 }

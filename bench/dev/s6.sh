@@ -3,7 +3,7 @@
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) so the same call A/Bs it:
 #   - MG_WG_UP_WGRAD_T (0): up wgrad as dW_upᵀ tiles, gathered x the 128-wide operand
 #   - MG_WG_BAND (8): n tiles a band of the persistent raster
-# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src]   (default: check ab), from the repo
+# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3]   (default: check ab), from the repo
 # root after `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s6}; mkdir -p "$O"
@@ -72,8 +72,20 @@ for sh in mixtral olmoe finegrained small; do
     RUNS=20 bench wgt-bnw128 $sh MOEGEN_JIT_DEFINES="$WT -DMG_WG_BN_UP_WGRAD=128"
 done
 fi
+if [[ $PH == *" ab3 "* ]]; then   # the gather index divided at use; CTA pairs on top
+for sh in mixtral olmoe finegrained small; do
+    RUNS=20 bench default $sh
+    RUNS=20 bench wgt $sh MOEGEN_JIT_DEFINES="$WT"
+    RUNS=20 bench wgt-band2 $sh MOEGEN_JIT_DEFINES="$WT -DMG_WG_BAND=2"
+done
+RUNS=20 bench wgt-cl mixtral MOEGEN_JIT_DEFINES="$WT" MOEGEN_WG_CLUSTER=2
+RUNS=20 bench wgt-cl olmoe MOEGEN_JIT_DEFINES="$WT" MOEGEN_WG_CLUSTER=2
+st wgt "$WT" tiny 5e7
+st wgt "$WT" bench-small 5e7
+st default "" bench-small 5e7
+fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's gathered GEMMs stall, per SASS line
-for k in "upwgrad|up_swiglu.*_wgrad" "upfwd|up_swiglu.*_fwd" "dndgrad|down_swiglu.*_dgrad"; do
+for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "upfwd|up_swiglu.*_fwd" "dndgrad|down_swiglu.*_dgrad"}; do
     tag=${k%%|*}; re=${k#*|}
     step "ncu src mixtral $tag" 150 ncu-src-$tag.txt env MOEGEN_JIT_DEFINES="$WT" "$NCU" --section WarpStateStats \
         --section SourceCounters --section SpeedOfLight --clock-control none -k "regex:$re" -s 2 -c 1 -f -o "$O/rep-$tag" \
