@@ -1525,11 +1525,14 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * not NCH, and one register, so the producer (56 registers) can read the next stage's
      * rows before it waits for that stage (up wgrad's B: ncu found its producer waiting on
      * these reads, L2 at 20% busy). */
+    /* (it returns the raw gather entry: load_mn divides it by gdiv after the shuffle, a stage
+     * later, so the load's latency hides behind the empty wait; divided here, the producer sat
+     * on it every stage: ncu of Mixtral's up wgrad, s6 call 2, 29% of the producer's samples) */
     template <int R> MG_DEV static int mn_row(const mg_opnd<T> &o, int k0, int ke, int ptid)
     {
         constexpr int CPR = R / 8, RPW = 32 / CPR, KSTEP = 128 / CPR;
         const int lane = ptid & 31, k = k0 + (ptid >> 5) * RPW + lane % RPW + KSTEP * (lane / RPW);
-        return lane >= 16 || k >= ke ? -1 : o.gather ? o.gather[k] / o.gdiv : k;
+        return lane >= 16 || k >= ke ? -1 : o.gather ? o.gather[k] : k;
     }
     template <int R, bool LANE_ROWS = false>
     MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int k0, int ke, int ptid, int lrow = -1)
@@ -1543,7 +1546,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 #pragma unroll
             for (int i = 0; i < NCH; i++) {
                 const int kr = kr0 + KSTEP * i;
-                const int row = __shfl_sync(0xffffffffu, lrow, i * RPW + sub);
+                const int raw = __shfl_sync(0xffffffffu, lrow, i * RPW + sub);
+                const int row = raw >= 0 && o.gather ? raw / o.gdiv : raw;
                 const bool ok = mn_ok && row >= 0;
                 const T *src = ok ? o.base + (long long)row * o.ld + mn : o.base;
                 mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src, ok);
