@@ -171,8 +171,10 @@ static void test_nvrtc_knob_variants(void **state)
         "-DMG_WG_STORE_CS=0'",
         "MOEGEN_JIT_DEFINES='-DMG_WG_PINGPONG=0 -DMG_WG_BN_UP_FWD=256' "
         "MOEGEN_WG_CLUSTER=2",
+        "MOEGEN_JIT_DEFINES='-DMG_WG_UP_WGRAD_T=0 -DMG_WG_MN_AHEAD=1 -DMG_WG_BAND=8'",
+        "MOEGEN_JIT_DEFINES='-DMG_WG_MN_AHEAD=3' MOEGEN_WG_CLUSTER=1",
     };
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < (int)(sizeof envs / sizeof envs[0]); i++) {
         mg_proc p;
         /* exit 9: some entry spilled (ptxas -v: "N bytes spill stores" with N > 0) */
         mg_run(&p, "%s %s compile specs/bench-small.lua --arch sm_90a -o %s/knob%d --no-cache -v > %s/knob%d.log 2>&1; "

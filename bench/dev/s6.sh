@@ -3,7 +3,9 @@
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) so the same call A/Bs it:
 #   - MG_WG_UP_WGRAD_T (0): up wgrad as dW_upᵀ tiles, gathered x the 128-wide operand
 #   - MG_WG_BAND (8): n tiles a band of the persistent raster
-# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3]   (default: check ab), from the repo
+# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3] [check4] [ab4] [prof4]
+# (from ab4 on, the defaults are the candidates: transposed up wgrad, band 2, gather rows 2 stages
+# ahead, CTA pairs by MG_WG_PAIRS_AUTO; each is A/B'd by setting it back)   (default: check ab), from the repo
 # root after `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s6}; mkdir -p "$O"
@@ -83,6 +85,30 @@ RUNS=20 bench wgt-cl olmoe MOEGEN_JIT_DEFINES="$WT" MOEGEN_WG_CLUSTER=2
 st wgt "$WT" tiny 5e7
 st wgt "$WT" bench-small 5e7
 st default "" bench-small 5e7
+fi
+if [[ $PH == *" check4 "* ]]; then
+st default "" tiny 5e7
+st coop "-DMG_WG_PINGPONG=0" tiny 5e7
+st ahead3 "-DMG_WG_MN_AHEAD=3" tiny 5e7
+st default "" bench-small 5e7
+st default "" switch-cf125 5e7
+step "selftest tiny moe pairs" 90 st-tiny-pairs.log env MOEGEN_WG_CLUSTER=2 MOEGEN_SELFTEST_PART=moe \
+    MOEGEN_SELFTEST_BUDGET=5e7 build/moegen selftest specs/tiny.lua --seed 43
+grep -a -m6 -A2 FAIL "$O/st-tiny-pairs.log" | tee -a "$S"
+fi
+if [[ $PH == *" ab4 "* ]]; then
+for sh in mixtral olmoe finegrained small; do
+    RUNS=20 bench default $sh
+    RUNS=20 bench ahead1 $sh MOEGEN_JIT_DEFINES=-DMG_WG_MN_AHEAD=1
+    RUNS=20 bench ahead3 $sh MOEGEN_JIT_DEFINES=-DMG_WG_MN_AHEAD=3
+done
+RUNS=20 bench nopairs mixtral MOEGEN_WG_CLUSTER=1
+RUNS=20 bench band8 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BAND=8
+RUNS=20 bench default mixtral
+fi
+if [[ $PH == *" prof4 "* ]]; then
+step "prof_layer mixtral" 150 prof.log env OUT="$O/prof" bench/prof_layer.sh mixtral
+cat "$O"/prof/prof-*.txt 2>/dev/null | head -12 | tee -a "$S"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's gathered GEMMs stall, per SASS line
 for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "upfwd|up_swiglu.*_fwd" "dndgrad|down_swiglu.*_dgrad"}; do
