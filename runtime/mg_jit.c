@@ -111,10 +111,10 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
      * occupancy (templates/mg_wgmma.cuh). Unset: the source's default, MG_WG_BWD. */
     const char *bwd = getenv("MOEGEN_WG_BWD");
     if (bwd && *bwd) jo->v[k++] = atoi(bwd) != 0 ? "-DMG_WG_BWD=1" : "-DMG_WG_BWD=0";
-    /* env MOEGEN_WG_CLUSTER=1|2: the row GEMMs in CTA pairs or not (templates/mg_wgmma.cuh),
-     * whatever the dims rule MG_WG_PAIRS_AUTO says; the launcher reads the same variable */
+    /* env MOEGEN_WG_CLUSTER=2: the row GEMMs in CTA pairs (templates/mg_wgmma.cuh); the
+     * launcher reads the same variable and launches them in clusters of 2 */
     const char *cl = getenv("MOEGEN_WG_CLUSTER");
-    if (cl && *cl) jo->v[k++] = atoi(cl) == 2 ? "-DMG_WG_CLUSTER=2" : "-DMG_WG_CLUSTER=1";
+    if (cl && *cl && atoi(cl) == 2) jo->v[k++] = "-DMG_WG_CLUSTER=2";
     jo->n = k;
     if (o && o->verbose_ptxas) jo->v[k++] = "--ptxas-options=-v";
     jo->n_all = k;

@@ -200,14 +200,11 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
         int rc = mg_launch_smem(L, k, sm, optin, ": use a smaller tile (bk or stages)", msg, n);
         if (rc) return rc;
     }
-    /* CTA pairs (templates/moe_params.h, MG_WG_PAIRS_AUTO; env MOEGEN_WG_CLUSTER=1|2 overrides,
-     * and runtime/mg_jit.c compiles the kernels for the same choice): the row GEMMs in
+    /* env MOEGEN_WG_CLUSTER=2 (runtime/mg_jit.c compiles the kernels for it): the row GEMMs in
      * clusters of 2, over as many CTAs as pairs can be resident at once (a persistent grid
-     * larger than that would leave pairs waiting for a second wave). A kernel launched in
-     * clusters but compiled without pairs, or the reverse, walks single tiles. */
+     * larger than that would leave pairs waiting for a second wave) */
     const char *env_cl = getenv("MOEGEN_WG_CLUSTER");
-    const int pairs = env_cl && *env_cl ? atoi(env_cl) == 2 : MG_WG_PAIRS_AUTO(dim->d, dim->f2, dim->esz);
-    if (pairs) {
+    if (env_cl && *env_cl && atoi(env_cl) == 2) {
         static const int rows_k[4] = {MG_K_UP_FWD, MG_K_UP_DGRAD, MG_K_DOWN_FWD, MG_K_DOWN_DGRAD};
         for (int i = 0; i < 4; i++) {
             const int kk = rows_k[i];
@@ -220,8 +217,7 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
                 return mg_launch_fail(msg, n, MG_LAUNCH_ECUDA, "cudaOccupancyMaxActiveClusters", L->sym[kk], e);
             L->wg_cl_grid[kk] = ncl > 0 ? 2 * ncl : 0;
         }
-        if (env_cl && *env_cl)
-            fprintf(stderr, "moegen: CTA pairs: row GEMMs in clusters of 2 over %d / %d / %d / %d CTAs "
+        fprintf(stderr, "moegen: MOEGEN_WG_CLUSTER=2: row GEMMs in clusters of 2 over %d / %d / %d / %d CTAs "
                         "(up fwd, up dgrad, down fwd, down dgrad; %d SMs)\n",
                 L->wg_cl_grid[MG_K_UP_FWD], L->wg_cl_grid[MG_K_UP_DGRAD], L->wg_cl_grid[MG_K_DOWN_FWD],
                 L->wg_cl_grid[MG_K_DOWN_DGRAD], L->nsm);

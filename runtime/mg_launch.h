@@ -73,9 +73,8 @@ typedef struct mg_launch {
                                   clears it when the driver offers no tensor-map encoder */
     int wg_bwd;                /* dgrad/wgrad on the Hopper path too: MG_WG_BWD, or env MOEGEN_WG_BWD=0|1 */
     int wg_cl_grid[MG_K_COUNT];   /* > 0: launch kernel k in clusters of 2 over this many CTAs
-                                  (CTA pairs: MG_WG_PAIRS_AUTO or env MOEGEN_WG_CLUSTER=2, the
-                                  four row GEMMs on the Hopper path; 2 x the device's active
-                                  clusters of 2) */
+                                  (env MOEGEN_WG_CLUSTER=2, the four row GEMMs on the Hopper
+                                  path; 2 x the device's active clusters of 2) */
     mg_launch_tmap_encode_fn tmap_encode;   /* the Hopper path's TMA maps, rebuilt at every launch
                                   from that launch's pointers (host arithmetic, no device call) */
 } mg_launch;

@@ -201,14 +201,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_MN_BATCH
 #define MG_WG_MN_BATCH 2
 #endif
-/* MG_WG_MN_AHEAD (1, 2 or 3): stages ahead that the producer reads the gather rows of
- * MG_WG_MN_BATCH 2 (the loads in flight a lane). */
-#ifndef MG_WG_MN_AHEAD
-#define MG_WG_MN_AHEAD 2
-#endif
-#if MG_WG_MN_AHEAD < 1 || MG_WG_MN_AHEAD > 3
-#error "MG_WG_MN_AHEAD: 1, 2 or 3"
-#endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
 #endif
@@ -280,20 +272,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
-/* CTA pairs (mg_wgmma.cuh): the four row GEMMs run on clusters of 2 that share (multicast) the B
- * tile of an m-tile pair. MG_WG_CLUSTER 2: on; 1: off; 0 (default): the rule below, which the
- * launcher applies to the same dims (runtime/mg_launch.c). Env MOEGEN_WG_CLUSTER=1|2 sets it
- * for both (runtime/mg_jit.c passes the define). The rule, MG_WG_PAIRS_AUTO: one expert's W_up
- * (d x F2) is larger than 64 MB, more than an H100's or H200's L2 (50 MB), so its tiles are
- * re-read from DRAM by the m tiles that drift apart, and a pair reads each once. On an H100
- * (bench/results/2026-11-26-s6): Mixtral (235 MB) 33.53 -> 32.19 ms with pairs, OLMoE (8 MB)
- * 11.70 -> 12.12 (call 3); session 5 had them level before the transposed up wgrad (v7). */
-#define MG_WG_PAIRS_AUTO(d, f2, esz) ((long long)(d) * (long long)(f2) * (esz) > (64ll << 20))
+/* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
+ * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
+ * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
+ * with single CTAs (bench/results/2026-11-26-s5, call 10: Mixtral 36.62 vs 36.86 ms, OLMoE
+ * 12.92 vs 12.64), since DRAM re-reads, not L2-to-SM bytes, limit the big GEMMs; again with
+ * the transposed up wgrad (bench/results/2026-11-26-s6, call 4: Mixtral 33.42 / 33.54 with
+ * pairs, 33.55 without; ncu: up fwd 7.06 ms against 7.20, up dgrad 6.03 against 5.56). */
 #ifndef MG_WG_CLUSTER
-#define MG_WG_CLUSTER 0
+#define MG_WG_CLUSTER 1
 #endif
-#if MG_WG_CLUSTER != 0 && MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
-#error "MG_WG_CLUSTER: 0 (by MG_WG_PAIRS_AUTO), 1 or 2"
+#if MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
+#error "MG_WG_CLUSTER: 1 or 2"
 #endif
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
@@ -1471,13 +1461,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         int first, step, rank;
         bool pairs;
     };
-    /* CTA pairs (CL2: MG_WG_CLUSTER 2, or 0 where MG_WG_PAIRS_AUTO holds; on a cluster launch of
-     * 2, runtime/mg_launch.c): row GEMMs (P::PAIRS) walk m-tile pairs on CTA pairs and multicast the
+    /* MG_WG_CLUSTER 2: row GEMMs (P::PAIRS) walk m-tile pairs on CTA pairs and multicast the
      * shared B tile, each CTA issuing half its boxes (bench/NOTES.md v7). The pair runs in
      * lockstep: the same pair tiles, the same k steps; a consumer releases a stage on both
      * CTAs' empty barriers (EMPTY_COUNT doubles), since the partner's multicast writes it. */
-    static constexpr bool CL2 = MG_WG_CLUSTER == 2 || (MG_WG_CLUSTER == 0 && MG_WG_PAIRS_AUTO(MG_D, MG_F2, (int)sizeof(T)));
-    template <class P> static constexpr bool CLP = CL2 && P::PAIRS;
+    template <class P> static constexpr bool CLP = MG_WG_CLUSTER == 2 && P::PAIRS;
     template <class P> MG_DEV static int walk_n(const P &pb, const smem_map &sm)
     {
         if constexpr (CLP<P>)
@@ -1552,16 +1540,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         constexpr int CPR = R / 8, RPW = 32 / CPR, KSTEP = 128 / CPR;
         const int lane = ptid & 31, k = k0 + (ptid >> 5) * RPW + lane % RPW + KSTEP * (lane / RPW);
         return lane >= 16 || k >= ke ? -1 : o.gather ? o.gather[k] : k;
-    }
-    /* The lane's rows of the next MG_WG_MN_AHEAD stages: stage kt's is used, the rest move up
-     * and the stage AH ahead is read (AH loads in flight a lane: with the producer behind, the
-     * empty wait is short and one stage of slack did not cover the load, s6 call 3) */
-    template <int R, int AH>
-    MG_DEV static void next_rows(int (&row)[AH], const mg_opnd<T> &o, int kt, int nk, int k0, int ke, int ptid)
-    {
-#pragma unroll
-        for (int i = 0; i + 1 < AH; i++) row[i] = row[i + 1];
-        row[AH - 1] = kt + AH < nk ? mn_row<R>(o, k0 + AH * BK, ke, ptid) : -1;
     }
     template <int R, bool LANE_ROWS = false>
     MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int k0, int ke, int ptid, int lrow = -1)
@@ -1710,19 +1688,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             }
             if constexpr (P::B_GATHER) tx += GB * 32 * 128u;
             const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
-            /* B by cp.async in every stage (up wgrad's gathered x): this lane's k rows of the
-             * next MG_WG_MN_AHEAD stages, read ahead (mn_row, next_rows) */
+            /* B by cp.async in every stage (up wgrad's gathered x): this lane's k row of the
+             * next stage, read one stage ahead (mn_row) */
             constexpr bool B_MN_EVERY = !P::B_TMA && !B_KC;
-            constexpr int AH = MG_WG_MN_AHEAD;
-            int brow[AH], arow[AH];
-#pragma unroll
-            for (int i = 0; i < AH; i++)
-                brow[i] = B_MN_EVERY && MG_WG_MN_BATCH == 2 && i < nk ? mn_row<BN>(pb.opnd_b(w), w.kb + i * BK, w.ke, ptid) : -1;
+            int brow = B_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BN>(pb.opnd_b(w), w.kb, w.ke, ptid) : -1;
             /* A the same way (up wgrad transposed, MG_WG_UP_WGRAD_T: gathered x as A) */
             constexpr bool A_MN_EVERY = !P::A_TMA && !A_KC;
-#pragma unroll
-            for (int i = 0; i < AH; i++)
-                arow[i] = A_MN_EVERY && MG_WG_MN_BATCH == 2 && i < nk ? mn_row<BM>(pb.opnd_a(w), w.kb + i * BK, w.ke, ptid) : -1;
+            int arow = A_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BM>(pb.opnd_a(w), w.kb, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
@@ -1795,15 +1767,15 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     if (!P::A_TMA || jag) {
                         if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
                         else if constexpr (A_MN_EVERY && MG_WG_MN_BATCH == 2) {
-                            load_mn<BM, true>(sa, oa, k0, w.ke, ptid, arow[0]);
-                            next_rows<BM>(arow, oa, kt, nk, k0, w.ke, ptid);
+                            load_mn<BM, true>(sa, oa, k0, w.ke, ptid, arow);
+                            if (kt + 1 < nk) arow = mn_row<BM>(oa, k0 + BK, w.ke, ptid);
                         } else load_mn<BM>(sa, oa, k0, w.ke, ptid);
                     }
                     if (!P::B_TMA || jag) {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
                         else if constexpr (B_MN_EVERY && MG_WG_MN_BATCH == 2) {
-                            load_mn<BN, true>(sb, ob, k0, w.ke, ptid, brow[0]);
-                            next_rows<BN>(brow, ob, kt, nk, k0, w.ke, ptid);
+                            load_mn<BN, true>(sb, ob, k0, w.ke, ptid, brow);
+                            if (kt + 1 < nk) brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
                         } else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {

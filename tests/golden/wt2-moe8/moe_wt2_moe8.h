@@ -185,14 +185,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_MN_BATCH
 #define MG_WG_MN_BATCH 2
 #endif
-/* MG_WG_MN_AHEAD (1, 2 or 3): stages ahead that the producer reads the gather rows of
- * MG_WG_MN_BATCH 2 (the loads in flight a lane). */
-#ifndef MG_WG_MN_AHEAD
-#define MG_WG_MN_AHEAD 2
-#endif
-#if MG_WG_MN_AHEAD < 1 || MG_WG_MN_AHEAD > 3
-#error "MG_WG_MN_AHEAD: 1, 2 or 3"
-#endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
 #endif
@@ -264,20 +256,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
-/* CTA pairs (mg_wgmma.cuh): the four row GEMMs run on clusters of 2 that share (multicast) the B
- * tile of an m-tile pair. MG_WG_CLUSTER 2: on; 1: off; 0 (default): the rule below, which the
- * launcher applies to the same dims (runtime/mg_launch.c). Env MOEGEN_WG_CLUSTER=1|2 sets it
- * for both (runtime/mg_jit.c passes the define). The rule, MG_WG_PAIRS_AUTO: one expert's W_up
- * (d x F2) is larger than 64 MB, more than an H100's or H200's L2 (50 MB), so its tiles are
- * re-read from DRAM by the m tiles that drift apart, and a pair reads each once. On an H100
- * (bench/results/2026-11-26-s6): Mixtral (235 MB) 33.53 -> 32.19 ms with pairs, OLMoE (8 MB)
- * 11.70 -> 12.12 (call 3); session 5 had them level before the transposed up wgrad (v7). */
-#define MG_WG_PAIRS_AUTO(d, f2, esz) ((long long)(d) * (long long)(f2) * (esz) > (64ll << 20))
+/* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
+ * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
+ * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
+ * with single CTAs (bench/results/2026-11-26-s5, call 10: Mixtral 36.62 vs 36.86 ms, OLMoE
+ * 12.92 vs 12.64), since DRAM re-reads, not L2-to-SM bytes, limit the big GEMMs; again with
+ * the transposed up wgrad (bench/results/2026-11-26-s6, call 4: Mixtral 33.42 / 33.54 with
+ * pairs, 33.55 without; ncu: up fwd 7.06 ms against 7.20, up dgrad 6.03 against 5.56). */
 #ifndef MG_WG_CLUSTER
-#define MG_WG_CLUSTER 0
+#define MG_WG_CLUSTER 1
 #endif
-#if MG_WG_CLUSTER != 0 && MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
-#error "MG_WG_CLUSTER: 0 (by MG_WG_PAIRS_AUTO), 1 or 2"
+#if MG_WG_CLUSTER != 1 && MG_WG_CLUSTER != 2
+#error "MG_WG_CLUSTER: 1 or 2"
 #endif
 /* MG_WG_GATHER_WARPS (1, 2, 4): producer warps that issue the gathered rows' copies (a warp
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
