@@ -6,8 +6,8 @@
 # usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3] [check4] [ab4] [prof4]
 # (from ab4 on, the defaults are the candidates: transposed up wgrad, band 2, gather rows 2 stages
 # ahead, CTA pairs by MG_WG_PAIRS_AUTO; each is A/B'd by setting it back. After call 4 the look-ahead
-# (MG_WG_MN_AHEAD) and the pairs rule were removed, both level: their settings here are now no-ops)   (default: check ab), from the repo
-# root after `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
+# (MG_WG_MN_AHEAD) and the pairs rule were removed, both level: their settings here are now no-ops)
+# (default: check ab), from the repo root after `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s6}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
