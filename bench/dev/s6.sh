@@ -3,7 +3,7 @@
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) so the same call A/Bs it:
 #   - MG_WG_UP_WGRAD_T (0): up wgrad as dW_upᵀ tiles, gathered x the 128-wide operand
 #   - MG_WG_BAND (8): n tiles a band of the persistent raster
-# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3] [check4] [ab4] [prof4]
+# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3] [check4] [ab4] [prof4] [check5]
 # (from ab4 on, the defaults are the candidates: transposed up wgrad, band 2, gather rows 2 stages
 # ahead, CTA pairs by MG_WG_PAIRS_AUTO; each is A/B'd by setting it back. After call 4 the look-ahead
 # (MG_WG_MN_AHEAD) and the pairs rule were removed, both level: their settings here are now no-ops)
@@ -96,6 +96,9 @@ st default "" switch-cf125 5e7
 step "selftest tiny moe pairs" 90 st-tiny-pairs.log env MOEGEN_WG_CLUSTER=2 MOEGEN_SELFTEST_PART=moe \
     MOEGEN_SELFTEST_BUDGET=5e7 build/moegen selftest specs/tiny.lua --seed 43
 grep -a -m6 -A2 FAIL "$O/st-tiny-pairs.log" | tee -a "$S"
+fi
+if [[ $PH == *" check5 "* ]]; then   # the other specs' MoE parts with the final defaults
+for sp in wt2-moe8 olmoe-1b-7b sweep-experts wt2-dense ci-cpu fine128; do st default "" $sp 5e7; done
 fi
 if [[ $PH == *" ab4 "* ]]; then
 for sh in mixtral olmoe finegrained small; do
