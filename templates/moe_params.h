@@ -187,6 +187,8 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * copy at a time per warp from uniform registers: 1 or 2 issuing warps take small to 10.7 /
  * 7.4 ms), and a 128-wide down dgrad with a in smem is slower than a 256-wide one reading a
  * from global. Kept for the A/B and for the cluster work they would pair with. */
+/* (with MG_WG_UP_WGRAD_T 1, up wgrad's gathered x is the MN-contiguous A, always by cp.async:
+ * MG_WG_TMA_GATHER then applies to up fwd alone) */
 #ifndef MG_WG_TMA_GATHER
 #define MG_WG_TMA_GATHER 0
 #endif

@@ -10,7 +10,7 @@
 // moegen:grid fwd: (ceil(T*k/BM)+E routed | ceil(T/BM) identity, ceil(F2/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1)
 // moegen:grid dgrad: (ceil(T*k/BM)+E | ceil(T/BM), ceil(d/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,1,0)
 // moegen:grid wgrad: (ceil(F2/BM)*ceil(d/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0)
-// moegen:grid sm_90a (16-bit, BM 128), every entry: (SMs) x 384 persistent, smem MG_WG_SMEM_BYTES(MG_WG_BN(N)), N = F2 | d | d
+// moegen:grid sm_90a (16-bit, BM 128), every entry: (SMs) x 384 persistent, smem MG_WG_SMEM_BYTES(MG_WG_BN(N)), N = F2 | d | d (the same bytes for either width: wgrad's tile is F2-wide by default, MG_WG_UP_WGRAD_T)
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
@@ -215,7 +215,6 @@ struct moe_up_wgrad_wg {
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = false;
     const moe_up_wgrad_params &p;
-    MG_DEV const mg_tmap &tm_gather() const { return p.tm_b; }
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
     MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {

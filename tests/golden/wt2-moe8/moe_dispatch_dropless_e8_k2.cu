@@ -219,6 +219,8 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * copy at a time per warp from uniform registers: 1 or 2 issuing warps take small to 10.7 /
  * 7.4 ms), and a 128-wide down dgrad with a in smem is slower than a 256-wide one reading a
  * from global. Kept for the A/B and for the cluster work they would pair with. */
+/* (with MG_WG_UP_WGRAD_T 1, up wgrad's gathered x is the MN-contiguous A, always by cp.async:
+ * MG_WG_TMA_GATHER then applies to up fwd alone) */
 #ifndef MG_WG_TMA_GATHER
 #define MG_WG_TMA_GATHER 0
 #endif
@@ -1531,10 +1533,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * (-1 past ke) and load_mn takes each from its lane by a shuffle: one gather read a lane,
      * not NCH, and one register, so the producer (56 registers) can read the next stage's
      * rows before it waits for that stage (up wgrad's B: ncu found its producer waiting on
-     * these reads, L2 at 20% busy). */
-    /* (it returns the raw gather entry: load_mn divides it by gdiv after the shuffle, a stage
-     * later, so the load's latency hides behind the empty wait; divided here, the producer sat
-     * on it every stage: ncu of Mixtral's up wgrad, s6 call 2, 29% of the producer's samples) */
+     * these reads, L2 at 20% busy). mn_row returns the raw gather entry: load_mn divides it by
+     * gdiv after the shuffle, a stage later, so the load's latency hides behind the empty wait
+     * (divided here, the producer sat on it every stage: ncu of Mixtral's up wgrad, s6 call 2,
+     * 29% of the producer's samples). Up wgrad's x is A with MG_WG_UP_WGRAD_T, B without. */
     template <int R> MG_DEV static int mn_row(const mg_opnd<T> &o, int k0, int ke, int ptid)
     {
         constexpr int CPR = R / 8, RPW = 32 / CPR, KSTEP = 128 / CPR;

@@ -219,6 +219,8 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * copy at a time per warp from uniform registers: 1 or 2 issuing warps take small to 10.7 /
  * 7.4 ms), and a 128-wide down dgrad with a in smem is slower than a 256-wide one reading a
  * from global. Kept for the A/B and for the cluster work they would pair with. */
+/* (with MG_WG_UP_WGRAD_T 1, up wgrad's gathered x is the MN-contiguous A, always by cp.async:
+ * MG_WG_TMA_GATHER then applies to up fwd alone) */
 #ifndef MG_WG_TMA_GATHER
 #define MG_WG_TMA_GATHER 0
 #endif
@@ -1531,10 +1533,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * (-1 past ke) and load_mn takes each from its lane by a shuffle: one gather read a lane,
      * not NCH, and one register, so the producer (56 registers) can read the next stage's
      * rows before it waits for that stage (up wgrad's B: ncu found its producer waiting on
-     * these reads, L2 at 20% busy). */
-    /* (it returns the raw gather entry: load_mn divides it by gdiv after the shuffle, a stage
-     * later, so the load's latency hides behind the empty wait; divided here, the producer sat
-     * on it every stage: ncu of Mixtral's up wgrad, s6 call 2, 29% of the producer's samples) */
+     * these reads, L2 at 20% busy). mn_row returns the raw gather entry: load_mn divides it by
+     * gdiv after the shuffle, a stage later, so the load's latency hides behind the empty wait
+     * (divided here, the producer sat on it every stage: ncu of Mixtral's up wgrad, s6 call 2,
+     * 29% of the producer's samples). Up wgrad's x is A with MG_WG_UP_WGRAD_T, B without. */
     template <int R> MG_DEV static int mn_row(const mg_opnd<T> &o, int k0, int ke, int ptid)
     {
         constexpr int CPR = R / 8, RPW = 32 / CPR, KSTEP = 128 / CPR;
@@ -2055,7 +2057,7 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
 // moegen:grid fwd: (ceil(T*k/BM)+E routed | ceil(T/BM) identity, ceil(F2/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1)
 // moegen:grid dgrad: (ceil(T*k/BM)+E | ceil(T/BM), ceil(d/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,1,0)
 // moegen:grid wgrad: (ceil(F2/BM)*ceil(d/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0)
-// moegen:grid sm_90a (16-bit, BM 128), every entry: (SMs) x 384 persistent, smem MG_WG_SMEM_BYTES(MG_WG_BN(N)), N = F2 | d | d
+// moegen:grid sm_90a (16-bit, BM 128), every entry: (SMs) x 384 persistent, smem MG_WG_SMEM_BYTES(MG_WG_BN(N)), N = F2 | d | d (the same bytes for either width: wgrad's tile is F2-wide by default, MG_WG_UP_WGRAD_T)
 #ifndef MOEGEN_GENERATED
 #include "mg_defaults.cuh"
 #include "moe_params.h"
@@ -2260,7 +2262,6 @@ struct moe_up_wgrad_wg {
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = false;
     const moe_up_wgrad_params &p;
-    MG_DEV const mg_tmap &tm_gather() const { return p.tm_b; }
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
     MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
