@@ -3,7 +3,7 @@
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) so the same call A/Bs it:
 #   - MG_WG_UP_WGRAD_T (0): up wgrad as dW_upᵀ tiles, gathered x the 128-wide operand
 #   - MG_WG_BAND (8): n tiles a band of the persistent raster
-# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3] [check4] [ab4] [prof4] [check5]
+# usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3] [check4] [ab4] [prof4] [check5] [lean]
 # (from ab4 on, the defaults are the candidates: transposed up wgrad, band 2, gather rows 2 stages
 # ahead, CTA pairs by MG_WG_PAIRS_AUTO; each is A/B'd by setting it back. After call 4 the look-ahead
 # (MG_WG_MN_AHEAD) and the pairs rule were removed, both level: their settings here are now no-ops)
@@ -99,6 +99,19 @@ grep -a -m6 -A2 FAIL "$O/st-tiny-pairs.log" | tee -a "$S"
 fi
 if [[ $PH == *" check5 "* ]]; then   # the other specs' MoE parts with the final defaults
 for sp in wt2-moe8 olmoe-1b-7b sweep-experts wt2-dense ci-cpu fine128; do st default "" $sp 5e7; done
+fi
+if [[ $PH == *" lean "* ]]; then   # MG_WG_PROD_LEAN (not yet run on a GPU when written): check, then A/B
+LN="-DMG_WG_PROD_LEAN=1"
+st lean "$LN" tiny 5e7
+st leancoop "$LN -DMG_WG_PINGPONG=0" tiny 5e7
+st lean "$LN" bench-small 5e7
+st leanold "$LN -DMG_WG_UP_WGRAD_T=0" tiny 5e7
+if grep -aq 'passed, 0 failed' "$O/st-tiny-lean.log" && grep -aq 'passed, 0 failed' "$O/st-bench-small-lean.log"; then
+    for sh in mixtral olmoe finegrained small; do
+        RUNS=20 bench default $sh
+        RUNS=20 bench lean $sh MOEGEN_JIT_DEFINES="$LN"
+    done
+fi
 fi
 if [[ $PH == *" ab4 "* ]]; then
 for sh in mixtral olmoe finegrained small; do
