@@ -90,7 +90,10 @@ static int barrier(cpu_comm *c, mg_err *err)
     }
     double deadline = mg_dist_now() + c->base.timeout_s;
     for (long spin = 0; atomic_load(&b->gen) == g; spin++) {
-        if (atomic_load(&h->aborted))
+        /* An abort seen after the generation moved on came after this barrier completed (the
+         * others left it, went on and gave up later, while this rank was descheduled between
+         * its two loads): the barrier holds, and the abort is for the next collective to see. */
+        if (atomic_load(&h->aborted) && atomic_load(&b->gen) == g)
             return mg_err_set(err, MG_EUSER, "comm cpu: rank %d: another rank aborted the communicator", c->base.rank);
         if (spin < 1000) continue;
         if (spin < 2000) {
