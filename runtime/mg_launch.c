@@ -60,7 +60,7 @@ static int mg_launch_tmap(const mg_launch *L, mg_tmap *m, const void *base, long
                                   MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
 }
 /* The map of x [rows][cols] (16-bit) in one-row boxes of 64 columns with the 128-byte swizzle:
- * the gathered operand of up fwd and up wgrad (MG_WG_TMA_GATHER), one box per token row,
+ * the gathered operand of up fwd (MG_WG_TMA_GATHER), one box per token row,
  * each landing at its tile row of a swizzled stage. Rank 2; columns past cols fill zeros. */
 static int mg_launch_tmap_rows(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows)
 {
@@ -89,8 +89,7 @@ static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
 }
 static int mg_tm_up_wgrad(const mg_launch *L, moe_up_wgrad_params *p)
 {
-    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1) &&
-           mg_launch_tmap_rows(L, &p->tm_b, p->x, L->dim.d, p->T);
+    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1);
 }
 static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
 {
@@ -191,11 +190,9 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
     for (k = MG_K_UP_FWD; k <= MG_K_DOWN_WGRAD; k++) {
         const mg_launch_tile *t = k <= MG_K_UP_WGRAD ? &dim->up : &dim->dn;
         const int *lay = mg_launch_gemm_layout[(k - MG_K_UP_FWD) % 3];
-        /* down dgrad, up fwd: their epilogues' scratch on top (MG_WG_EPI_SMEM, _SMEM_UP,
-         * templates/moe_params.h) */
         const size_t sm = mg_launch_wg(L, t, k)
                               ? (size_t)MG_WG_SMEM_BYTES(MG_WG_BN(mg_launch_gemm_n(dim, k))) +
-                                    (k == MG_K_DOWN_DGRAD || k == MG_K_UP_FWD ? (size_t)MG_WG_SCRATCH_BYTES : 0)
+                                    (size_t)MG_WG_EXTRA_SMEM(k > MG_K_UP_WGRAD, (k - MG_K_UP_FWD) % 3)
                               : (size_t)MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dim->esz, lay[0], lay[1]);
         int rc = mg_launch_smem(L, k, sm, optin, ": use a smaller tile (bk or stages)", msg, n);
         if (rc) return rc;
@@ -328,6 +325,7 @@ static int mg_launch_cluster2(const mg_launch *L, int k, unsigned gx, size_t sme
         if (rc_) return rc_; } while (0)
 /* GEMM params initializers end with this: the maps, filled per launch on the Hopper path
  * (down dgrad has a third, its epilogue's a). */
+#define MG_NO_TMAPS1 {{0}}
 #define MG_NO_TMAPS {{0}}, {{0}}
 #define MG_NO_TMAPS3 {{0}}, {{0}}, {{0}}
 
@@ -499,7 +497,7 @@ MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, 
     moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R, MG_NO_TMAPS3};
     moe_down_wgrad_params sdw = {dz, h, g_dn, NULL, 1, R, MG_NO_TMAPS};
     moe_up_dgrad_params sud = {da, w_up, dx, NULL, NULL, 1, R, MG_NO_TMAPS};
-    moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R, MG_NO_TMAPS};
+    moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R, MG_NO_TMAPS1};
     GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(R, td->bm), mg_launch_cdiv(ff, td->bn), sdd, mg_tm_down_dgrad);
     GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, sdw, mg_tm_down_wgrad);
     GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(R, tu->bm), mg_launch_cdiv(d, tu->bn), sud, mg_tm_up_dgrad);
@@ -572,7 +570,7 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
                                     MG_NO_TMAPS3};
         moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T, MG_NO_TMAPS};
         moe_up_dgrad_params ud = {ws->da, w->w_up, ws->dxs, ws->offsets, ws->tile_off_up, E, T, MG_NO_TMAPS};
-        moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T, MG_NO_TMAPS};
+        moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T, MG_NO_TMAPS1};
         GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(ff, td->bn), dd, mg_tm_down_dgrad);
         GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), E, dw, mg_tm_down_wgrad);
         GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(d, tu->bn), ud, mg_tm_up_dgrad);

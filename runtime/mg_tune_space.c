@@ -169,11 +169,10 @@ int mg_tune_prune(const mg_tune_dims *dm, mg_family_id fam, const mg_tune_hw *hw
     for (int i = 0; i < 3; i++) {
         int b = MG_GEMM_SMEM_BYTES(t->bm, t->bn, t->bk, t->stages, dm->esz, g[i].a_kc, g[i].b_kc) + g[i].static_smem;
 #ifdef MG_WG_SMEM_BYTES
-        /* Hopper: 16-bit tiles with BM = 128 run the wgmma path, sized by its own macro, plus
-         * the epilogue scratch of up fwd and down dgrad (runtime/mg_launch.c) */
+        /* Hopper: 16-bit tiles with BM = 128 run the wgmma path, sized by its own macros (as
+         * runtime/mg_launch.c sizes them) */
         if (hw->cc_major == 9 && dm->esz == 2 && t->bm == 128)
-            b = MG_WG_SMEM_BYTES(MG_WG_BN(g[i].n)) +
-                ((fam == MG_FAM_UP && i == 0) || (fam == MG_FAM_DOWN && i == 1) ? MG_WG_SCRATCH_BYTES : 0);
+            b = MG_WG_SMEM_BYTES(MG_WG_BN(g[i].n)) + MG_WG_EXTRA_SMEM(fam == MG_FAM_DOWN, i);
 #endif
         if (b > c->smem) c->smem = b;
     }

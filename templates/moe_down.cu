@@ -27,7 +27,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_down_fwd_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_FWD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
-    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_down_fwd_params &p;
@@ -86,7 +86,7 @@ struct moe_down_dgrad_wg {
      * v5); the host's smem and 64 x 64 boxes serve either width. */
     static constexpr int BN = MG_WG_EPI_TMA ? 128 : MG_WG_BN_PICK(MG_WG_BN_DN_DGRAD, MG_FF), NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
-    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false, B_GATHER = false;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
     /* MG_WG_EPI_TMA: the tile's a (gate columns, then with GLU the up columns) in shared
      * memory, [sub-tile][64-column block][128 rows][128 B], 128-byte swizzled like a stage:
      * 32 KB a sub-tile. At BN 256 the buffer would leave one stage: global loads there. */
@@ -304,7 +304,7 @@ struct moe_down_dgrad_wg {
 struct moe_down_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_WGRAD, MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
-    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false, B_GATHER = false;
+    static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = false;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_down_wgrad_params &p;

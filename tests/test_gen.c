@@ -171,9 +171,8 @@ static void test_nvrtc_knob_variants(void **state)
         "-DMG_WG_STORE_CS=0'",
         "MOEGEN_JIT_DEFINES='-DMG_WG_PINGPONG=0 -DMG_WG_BN_UP_FWD=256' "
         "MOEGEN_WG_CLUSTER=2",
-        "MOEGEN_JIT_DEFINES='-DMG_WG_UP_WGRAD_T=0 -DMG_WG_BAND=8'",
+        "MOEGEN_JIT_DEFINES='-DMG_WG_BAND=8 -DMG_WG_TMA_GATHER=1'",
         "MOEGEN_JIT_DEFINES='-DMG_WG_PROD_LEAN=1'",
-        "MOEGEN_JIT_DEFINES='-DMG_WG_PROD_LEAN=1 -DMG_WG_UP_WGRAD_T=0'",
     };
     for (int i = 0; i < (int)(sizeof envs / sizeof envs[0]); i++) {
         mg_proc p;

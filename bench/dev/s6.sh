@@ -6,7 +6,8 @@
 # usage: bench/dev/s6.sh [check] [ab] [band] [prof] [ncu] [ab2] [src] [ab3] [check4] [ab4] [prof4] [check5] [lean]
 # (from ab4 on, the defaults are the candidates: transposed up wgrad, band 2, gather rows 2 stages
 # ahead, CTA pairs by MG_WG_PAIRS_AUTO; each is A/B'd by setting it back. After call 4 the look-ahead
-# (MG_WG_MN_AHEAD) and the pairs rule were removed, both level: their settings here are now no-ops)
+# (MG_WG_MN_AHEAD) and the pairs rule were removed, both level: their settings here are now no-ops;
+# so is MG_WG_UP_WGRAD_T since the review that made the transposed up wgrad the only one)
 # (default: check ab), from the repo root after `make -j all bench`; logs under $OUT. Steps have timeouts cut to what is left of LIMIT.
 set -u
 O=${OUT:-/tmp/s6}; mkdir -p "$O"
@@ -105,7 +106,6 @@ LN="-DMG_WG_PROD_LEAN=1"
 st lean "$LN" tiny 5e7
 st leancoop "$LN -DMG_WG_PINGPONG=0" tiny 5e7
 st lean "$LN" bench-small 5e7
-st leanold "$LN -DMG_WG_UP_WGRAD_T=0" tiny 5e7
 if grep -aq 'passed, 0 failed' "$O/st-tiny-lean.log" && grep -aq 'passed, 0 failed' "$O/st-bench-small-lean.log"; then
     for sh in mixtral olmoe finegrained small; do
         RUNS=20 bench default $sh

@@ -205,9 +205,10 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_EPI_BATCH 4
 #endif
 /* v5 (bench/NOTES.md v5), each with the v4 behaviour behind 0 for A/B:
- * MG_WG_TMA_GATHER 1: gathered x rows (up fwd's A, up wgrad's B) arrive by one-row TMA
- * copies (tm_a / tm_b: x [T, d], box 64 columns x 1 row) issued by the producer's first
- * warps, so those two kernels are all-TMA too; 0: 16-byte cp.async from the warpgroup.
+ * MG_WG_TMA_GATHER 1: up fwd's gathered x rows (its A) arrive by one-row TMA copies (tm_a:
+ * x [T, d], box 64 columns x 1 row) issued by the producer's first warps, so that kernel is
+ * all-TMA too; 0: 16-byte cp.async from the warpgroup. (Up wgrad's x, its B then, had the
+ * same path until session 6 made it the cp.async A of a transposed tile.)
  * MG_WG_EPI_TMA 1: down dgrad's epilogue operand a (the tile's gate and up columns, 64 KB
  * with GLU) arrives by TMA (tm_c) into its own shared-memory buffer while the main loop runs,
  * issued by a second producer warp; the epilogue reads a there, not from global memory. The
@@ -219,8 +220,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * copy at a time per warp from uniform registers: 1 or 2 issuing warps take small to 10.7 /
  * 7.4 ms), and a 128-wide down dgrad with a in smem is slower than a 256-wide one reading a
  * from global. Kept for the A/B and for the cluster work they would pair with. */
-/* (with MG_WG_UP_WGRAD_T 1, up wgrad's gathered x is the MN-contiguous A, always by cp.async:
- * MG_WG_TMA_GATHER then applies to up fwd alone) */
 #ifndef MG_WG_TMA_GATHER
 #define MG_WG_TMA_GATHER 0
 #endif
@@ -255,15 +254,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
-/* MG_WG_UP_WGRAD_T 1 (default): up wgrad computes dW_upᵀ tiles (M = d, N = F2): the gathered
- * x rows are the 128-wide operand, by cp.async (16 KB a stage, half of what they are as the
- * 256-wide one), da the 256-wide one by TMA, and the epilogue stores the tile transposed
- * (4-byte stores, 32 contiguous bytes a row segment). 0: M = F2, N = d (x gathered as B). On an
- * H100 (bench/results/2026-11-26-s6, call 1, same call): Mixtral 35.77 -> 34.07 ms, OLMoE
- * 12.28 -> 11.76, fine-grained 10.44 -> 10.28, small 3.78 -> 3.65. */
-#ifndef MG_WG_UP_WGRAD_T
-#define MG_WG_UP_WGRAD_T 1
-#endif
 /* MG_WG_PROD_LEAN 1: the producer's cp.async loops (gathered x: up fwd's row table, up
  * wgrad's lane rows) with fewer instructions a copy (mg_wgmma.cuh load_kc, load_mn); 0
  * (default): as measured through session 6. Not yet run on a GPU (bench/NOTES.md v9). */
@@ -280,6 +270,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
+/* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES: the epilogue scratch
+ * of up fwd (MG_WG_EPI_SMEM_UP) and down dgrad (MG_WG_EPI_SMEM), whatever those device-only
+ * knobs. down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's
+ * estimate both size kernels by it. */
+#define MG_WG_EXTRA_SMEM(down, gemm) \
+    ((!(down) && (gemm) == 0) || ((down) && (gemm) == 1) ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -408,7 +404,7 @@ typedef struct moe_up_wgrad_params {
     float *dw_up;            /* [G,F2,d] (every group written, zeros for empty ones) */
     const int *offsets, *perm;
     int n_groups, T;
-    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
+    mg_tmap tm_a;            /* Hopper path: da's tensor map (mg_launch.c; x is gathered by cp.async) */
 } moe_up_wgrad_params;
 
 /* ---------------------------------------------------------------- down: h -> z */
@@ -979,9 +975,10 @@ MG_DEV bool mg_sched_mtile(const int *offsets, const int *tile_off, int n_groups
  * travel in the kernel's parameter struct, a __grid_constant__ parameter.
  * Operands are described per tile by the kernel's problem struct (see moe_up.cu):
  *   A_TMA / B_TMA (operand by TMA), K_JAGGED (K ranges end inside a tensor: the last partial
- *   K block goes by cp.async), A_GATHER / B_GATHER (that TMA operand is gathered x rows, by
+ *   K block goes by cp.async), A_GATHER (A is gathered x rows by TMA, by
  *   one-row boxes of tm_gather(): A's x row for tile row r is gather_row_a(w, r), -1 past
- *   the group; B's rows come from opnd_b's gather), tma_a(w, k0, dst, bar) / tma_b(...)
+ *   the group; MN-contiguous operands by cp.async gather through opnd's gather),
+ *   tma_a(w, k0, dst, bar) / tma_b(...)
  *   (issue the boxes of a plain TMA operand),
  *   n_tiles(), tile(t, w), opnd_a(w) / opnd_b(w) (mg_opnd of mg_common.cuh: base, and for
  *   MN-contiguous operands ld, gather, gdiv, mn0, MN), row_a(w, r) / row_b(w, n) for
@@ -1555,19 +1552,19 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * thread copies R/16 chunks (one column chunk mc, k rows kr0 + 128/CPR * i). The gather
      * reads (perm, a dependent global load per k row) go first, all of them, then the
      * copies: cp.async's asm is a compiler memory barrier, so interleaved they serialize into
-     * R/16 load round trips per stage (up wgrad's B, v3: 8 a stage against ~512 tensor-core
-     * cycles of a 128 x 128 x 64 step). MG_WG_MN_BATCH 0: the v3 loop (A/B). */
+     * R/16 load round trips per stage (up wgrad's x, then its B, v3: 8 a stage against ~512
+     * tensor-core cycles of a 128 x 128 x 64 step). MG_WG_MN_BATCH 0: the v3 loop (A/B). */
     /* The memory rows of a stage's k rows, spread over lanes (MG_WG_MN_BATCH 2, LANE_ROWS: the
      * operand gathered in every stage, up wgrad's x; jagged blocks keep the loop below): a warp's
      * copies cover 16 k rows a stage (RPW = 32 / CPR rows an instruction, NCH instructions),
      * so lane L < 16 holds the row of the warp's k row wp·RPW + L % RPW + KSTEP·(L / RPW)
      * (-1 past ke) and load_mn takes each from its lane by a shuffle: one gather read a lane,
      * not NCH, and one register, so the producer (56 registers) can read the next stage's
-     * rows before it waits for that stage (up wgrad's B: ncu found its producer waiting on
-     * these reads, L2 at 20% busy). mn_row returns the raw gather entry: load_mn divides it by
+     * rows before it waits for that stage (up wgrad, x then its B: ncu found its producer
+     * waiting on these reads, L2 at 20% busy). mn_row returns the raw gather entry: load_mn divides it by
      * gdiv after the shuffle, a stage later, so the load's latency hides behind the empty wait
      * (divided here, the producer sat on it every stage: ncu of Mixtral's up wgrad, s6 call 2,
-     * 29% of the producer's samples). Up wgrad's x is A with MG_WG_UP_WGRAD_T, B without. */
+     * 29% of the producer's samples). Up wgrad's x is its A since session 6. */
     template <int R> MG_DEV static int mn_row(const mg_opnd<T> &o, int k0, int ke, int ptid)
     {
         constexpr int CPR = R / 8, RPW = 32 / CPR, KSTEP = 128 / CPR;
@@ -1651,12 +1648,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * warp). MG_WG_GATHER_WARPS (1, 2 or 4) picks GW for A/B. */
     static constexpr int GW = MG_WG_GATHER_WARPS;
     static_assert(GW == 1 || GW == 2 || GW == 4, "MG_WG_GATHER_WARPS: 1, 2 or 4");
-    template <class P> static constexpr int ISSUERS = P::A_GATHER || P::B_GATHER ? GW : 1;   /* warps */
+    template <class P> static constexpr int ISSUERS = P::A_GATHER ? GW : 1;   /* warps */
 
     /* The producer warpgroup. Plain tiles: thread 0 alone waits for the stage, posts its
-     * expected bytes and issues the boxes. Gathered x rows (P::A_GATHER: up fwd's A, tile row r
-     * = one token row; P::B_GATHER: up wgrad's B, k row kr = one token's BN columns): one-row
-     * boxes of 64 columns from the 32·GW threads of the first GW warps, each thread its share
+     * expected bytes and issues the boxes. Gathered x rows (P::A_GATHER: up fwd's A under
+     * MG_WG_TMA_GATHER, tile row r = one token row): one-row boxes of 64 columns from the 32·GW threads of the first GW warps, each thread its share
      * of the stage's rows. The 128-byte swizzle of a TMA write is a function of the
      * shared-memory address (CUDA C++ Programming Guide, 10.29.3.2 "The Swizzle Modes", Table
      * 11: for SWIZZLE_128B, with offset = (smem_ptr / 128) % 8, element [y][x] of the box lands
@@ -1675,27 +1671,22 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      *  - bytes = the copies issued: gathered A rows past the group's end are not copied (those
      *    tile rows only reach accumulator rows the epilogue drops; whatever bytes the stage
      *    held there are harmless), so a warp counts 128 bytes per row of its share that exists,
-     *    the same in every stage of the tile; gathered B stages are never jagged (the jagged
-     *    last K block goes by masked cp.async, below), so all 64 k rows exist, and columns
-     *    past d are zero-filled by TMA and counted like any box's;
+     *    the same in every stage of the tile;
      *  - the jagged block (cp.async, every producer thread) ends with GW counted arrivals,
      *    one per issuing warp, after every thread has added its cp.async arrival;
-     *  - B's gather indices for a stage are read before the empty wait, so their latency hides
-     *    behind it; A's are read once per tile. */
+     *  - A's gather indices are read once per tile. */
     template <class P> MG_DEV static void producer(const P &pb, const smem_map &sm)
     {
         const unsigned sbase = sm.sbase, full = sm.full, empty = sm.empty;
         long long *rowsA = sm.rowsA, *rowsB = sm.rowsB;
         constexpr int STAGES = NS<P>;
         constexpr bool ALL_TMA = P::A_TMA && P::B_TMA;
-        constexpr bool GATHER = P::A_GATHER || P::B_GATHER;
+        constexpr bool GATHER = P::A_GATHER;
         static_assert(!P::A_GATHER || (P::A_TMA && A_KC), "gathered A: K-contiguous token rows by TMA");
-        static_assert(!P::B_GATHER || (P::B_TMA && !B_KC), "gathered B: MN-contiguous k rows by TMA");
         constexpr bool TABLE_A = A_KC && !P::A_TMA, TABLE_B = B_KC && !P::B_TMA;
         constexpr unsigned TX = (P::A_TMA ? A_BYTES : 0) + (P::B_TMA ? B_BYTES : 0);
         constexpr int NI = ISSUERS<P> * 32;           /* issuing threads */
         constexpr int GA = P::A_GATHER ? BM / NI : 1;   /* gathered A rows per issuing thread */
-        constexpr int GB = P::B_GATHER ? BK * (BN / 64) / NI : 1;   /* gathered B copies per thread */
         const int ptid = threadIdx.x;       /* warpgroup 0 */
         if constexpr (P::EPI_BYTES > 0) {
             /* warp 1 loads the epilogue operand; the others of warps 1..3 have nothing to do
@@ -1726,7 +1717,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             /* This warp's bytes a stage (lane 0 posts them). Gathered A: this thread's x rows
              * (tile rows ptid + NI·i, -1 past the group), the same in every stage of the tile. */
             int grow[GA];
-            unsigned tx = GATHER ? (ptid < 32 ? TX - (P::A_GATHER ? A_BYTES : B_BYTES) : 0) : TX;
+            unsigned tx = GATHER ? (ptid < 32 ? TX - A_BYTES : 0) : TX;
             if constexpr (P::A_GATHER) {
                 if (ptid < NI) {
                     unsigned n = 0;
@@ -1738,13 +1729,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     tx += n * 128u;
                 }
             }
-            if constexpr (P::B_GATHER) tx += GB * 32 * 128u;
             const int nk = w.ke > w.kb ? (w.ke - w.kb + BK - 1) / BK : 0;
-            /* B by cp.async in every stage (up wgrad's gathered x): this lane's k row of the
+            /* A by cp.async in every stage (up wgrad's gathered x): this lane's k row of the
              * next stage, read one stage ahead (mn_row) */
-            constexpr bool B_MN_EVERY = !P::B_TMA && !B_KC;
-            int brow = B_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BN>(pb.opnd_b(w), w.kb, w.ke, ptid) : -1;
-            /* A the same way (up wgrad transposed, MG_WG_UP_WGRAD_T: gathered x as A) */
             constexpr bool A_MN_EVERY = !P::A_TMA && !A_KC;
             int arow = A_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BM>(pb.opnd_a(w), w.kb, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
@@ -1756,40 +1743,21 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     /* thread 0 (the first GW warps when gathering): expected bytes, then the
                      * boxes; the others skip the stage */
                     if (GATHER ? ptid < NI : ptid == 0) {
-                        int krow[GB];       /* gathered B: x rows of this thread's k rows */
-                        const mg_opnd<T> ob = pb.opnd_b(w);
-                        if constexpr (P::B_GATHER) {
-#pragma unroll
-                            for (int i = 0; i < GB; i++) {
-                                const int k = k0 + (ptid + NI * i) % BK;
-                                krow[i] = ob.gather ? ob.gather[k] / ob.gdiv : k;
-                            }
-                        }
                         if ((ptid & 31) == 0) {
                             mg_mbar_wait(empty + 8 * s, ph ^ 1);
                             if (tx) mg_mbar_arrive_tx(fb, tx);
                             else mg_mbar_arrive(fb);   /* a warp whose A rows all lie past the group */
                             if (ptid == 0) {
                                 if constexpr (!P::A_GATHER) pb.tma_a(w, k0, sa, fb);
-                                if constexpr (!P::B_GATHER) issue_b(pb, sm, w, k0, sb, fb, mc);
+                                issue_b(pb, sm, w, k0, sb, fb, mc);
                             }
                         }
                         if constexpr (GATHER) {
                             __syncwarp();   /* lane 0 waited and posted the warp's bytes */
                             const mg_tmap *xm = &pb.tm_gather();
-                            if constexpr (P::A_GATHER) {
 #pragma unroll
-                                for (int i = 0; i < GA; i++)
-                                    if (grow[i] >= 0) mg_tma2(sa + (ptid + NI * i) * 128, xm, k0, grow[i], fb);
-                            }
-                            if constexpr (P::B_GATHER) {
-                                /* copy q = ptid + NI·i: k row q % 64 of 64-column block q / 64 */
-#pragma unroll
-                                for (int i = 0; i < GB; i++) {
-                                    const int q = ptid + NI * i, kr = q % BK, j = q / BK;
-                                    mg_tma2(sb + j * (64 * 128) + kr * 128, xm, ob.mn0 + 64 * j, krow[i], fb);
-                                }
-                            }
+                            for (int i = 0; i < GA; i++)
+                                if (grow[i] >= 0) mg_tma2(sa + (ptid + NI * i) * 128, xm, k0, grow[i], fb);
                         }
                     }
                 } else {
@@ -1825,10 +1793,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     }
                     if (!P::B_TMA || jag) {
                         if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
-                        else if constexpr (B_MN_EVERY && MG_WG_MN_BATCH == 2) {
-                            load_mn<BN, true>(sb, ob, k0, w.ke, ptid, brow);
-                            if (kt + 1 < nk) brow = mn_row<BN>(ob, k0 + BK, w.ke, ptid);
-                        } else load_mn<BN>(sb, ob, k0, w.ke, ptid);
+                        else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {
                         /* count of 1 (GW when gathering): every thread's arrive is added to the

@@ -189,9 +189,10 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_EPI_BATCH 4
 #endif
 /* v5 (bench/NOTES.md v5), each with the v4 behaviour behind 0 for A/B:
- * MG_WG_TMA_GATHER 1: gathered x rows (up fwd's A, up wgrad's B) arrive by one-row TMA
- * copies (tm_a / tm_b: x [T, d], box 64 columns x 1 row) issued by the producer's first
- * warps, so those two kernels are all-TMA too; 0: 16-byte cp.async from the warpgroup.
+ * MG_WG_TMA_GATHER 1: up fwd's gathered x rows (its A) arrive by one-row TMA copies (tm_a:
+ * x [T, d], box 64 columns x 1 row) issued by the producer's first warps, so that kernel is
+ * all-TMA too; 0: 16-byte cp.async from the warpgroup. (Up wgrad's x, its B then, had the
+ * same path until session 6 made it the cp.async A of a transposed tile.)
  * MG_WG_EPI_TMA 1: down dgrad's epilogue operand a (the tile's gate and up columns, 64 KB
  * with GLU) arrives by TMA (tm_c) into its own shared-memory buffer while the main loop runs,
  * issued by a second producer warp; the epilogue reads a there, not from global memory. The
@@ -203,8 +204,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * copy at a time per warp from uniform registers: 1 or 2 issuing warps take small to 10.7 /
  * 7.4 ms), and a 128-wide down dgrad with a in smem is slower than a 256-wide one reading a
  * from global. Kept for the A/B and for the cluster work they would pair with. */
-/* (with MG_WG_UP_WGRAD_T 1, up wgrad's gathered x is the MN-contiguous A, always by cp.async:
- * MG_WG_TMA_GATHER then applies to up fwd alone) */
 #ifndef MG_WG_TMA_GATHER
 #define MG_WG_TMA_GATHER 0
 #endif
@@ -239,15 +238,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
-/* MG_WG_UP_WGRAD_T 1 (default): up wgrad computes dW_upᵀ tiles (M = d, N = F2): the gathered
- * x rows are the 128-wide operand, by cp.async (16 KB a stage, half of what they are as the
- * 256-wide one), da the 256-wide one by TMA, and the epilogue stores the tile transposed
- * (4-byte stores, 32 contiguous bytes a row segment). 0: M = F2, N = d (x gathered as B). On an
- * H100 (bench/results/2026-11-26-s6, call 1, same call): Mixtral 35.77 -> 34.07 ms, OLMoE
- * 12.28 -> 11.76, fine-grained 10.44 -> 10.28, small 3.78 -> 3.65. */
-#ifndef MG_WG_UP_WGRAD_T
-#define MG_WG_UP_WGRAD_T 1
-#endif
 /* MG_WG_PROD_LEAN 1: the producer's cp.async loops (gathered x: up fwd's row table, up
  * wgrad's lane rows) with fewer instructions a copy (mg_wgmma.cuh load_kc, load_mn); 0
  * (default): as measured through session 6. Not yet run on a GPU (bench/NOTES.md v9). */
@@ -264,6 +254,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
+/* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES: the epilogue scratch
+ * of up fwd (MG_WG_EPI_SMEM_UP) and down dgrad (MG_WG_EPI_SMEM), whatever those device-only
+ * knobs. down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's
+ * estimate both size kernels by it. */
+#define MG_WG_EXTRA_SMEM(down, gemm) \
+    ((!(down) && (gemm) == 0) || ((down) && (gemm) == 1) ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -392,7 +388,7 @@ typedef struct moe_up_wgrad_params {
     float *dw_up;            /* [G,F2,d] (every group written, zeros for empty ones) */
     const int *offsets, *perm;
     int n_groups, T;
-    mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
+    mg_tmap tm_a;            /* Hopper path: da's tensor map (mg_launch.c; x is gathered by cp.async) */
 } moe_up_wgrad_params;
 
 /* ---------------------------------------------------------------- down: h -> z */
