@@ -101,7 +101,7 @@ fi
 if [[ $PH == *" check5 "* ]]; then   # the other specs' MoE parts with the final defaults
 for sp in wt2-moe8 olmoe-1b-7b sweep-experts wt2-dense ci-cpu fine128; do st default "" $sp 5e7; done
 fi
-if [[ $PH == *" lean "* ]]; then   # MG_WG_PROD_LEAN (not yet run on a GPU when written): check, then A/B
+if [[ $PH == *" lean "* ]]; then   # MG_WG_PROD_LEAN (s7 call 1; the default since, the knob removed): check, then A/B
 LN="-DMG_WG_PROD_LEAN=1"
 st lean "$LN" tiny 5e7
 st leancoop "$LN -DMG_WG_PINGPONG=0" tiny 5e7

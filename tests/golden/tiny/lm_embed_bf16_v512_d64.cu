@@ -254,12 +254,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
-/* MG_WG_PROD_LEAN 1: the producer's cp.async loops (gathered x: up fwd's row table, up
- * wgrad's lane rows) with fewer instructions a copy (mg_wgmma.cuh load_kc, load_mn); 0
- * (default): as measured through session 6. Not yet run on a GPU (bench/NOTES.md v9). */
-#ifndef MG_WG_PROD_LEAN
-#define MG_WG_PROD_LEAN 0
-#endif
 /* MG_WG_BAND: n tiles a band of the persistent raster (mg_wgmma.cuh mg_wg_band); the CTAs
  * in flight cover about SMs / BAND m tiles of BAND n tiles. 2 (default) against 8 on an H100
  * (bench/results/2026-11-26-s6, calls 2 and 3, transposed up wgrad): level or up to 3% faster
@@ -1511,41 +1505,30 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     template <class P> MG_DEV static int walk_first(const smem_map &sm) { return CLP<P> ? sm.first : (int)blockIdx.x; }
     template <class P> MG_DEV static int walk_step(const smem_map &sm) { return CLP<P> ? sm.step : (int)gridDim.x; }
 
-    /* A row table entry: the row's element offset from base (-1: no row), or with
-     * MG_WG_PROD_LEAN its address (0: no row). */
+    /* A row table entry: the row's address (0: no row), so a copy adds its k offset and
+     * nothing else (ro: the row's element offset from base, -1 for none). */
     MG_DEV static long long table_entry(const T *base, long long ro)
     {
-        if constexpr (MG_WG_PROD_LEAN) return ro >= 0 ? (long long)(base + ro) : 0;
-        else return ro;
+        return ro >= 0 ? (long long)(base + ro) : 0;
     }
-    /* One operand's stage: rows [R] x 64 k, K-contiguous (rows from the table).
-     * MG_WG_PROD_LEAN: the table holds each row's address (0: no row), and the thread's copies
-     * share their chunk kc = ptid & 7, hence their k, their k check and their swizzle (rows r0 +
-     * 16 i all have r & 7 = r0 & 7): a copy is a table read, a 64-bit add and the cp.async at a
-     * constant offset (ncu of Mixtral's gathered GEMMs, s6 call 3: ~20 instructions a copy,
-     * the producer the pace setter). */
+    /* One operand's stage: rows [R] x 64 k, K-contiguous (row addresses from the table). The
+     * thread's R/16 copies share their chunk kc = ptid & 7, hence their k, their k check and
+     * their swizzle (rows r0 + 16 i all have r & 7 = r0 & 7): a copy is a table read, a 64-bit
+     * add and the cp.async at a constant offset. The loop it replaced recomputed all of that
+     * per copy, ~20 instructions a copy, and ncu found this producer setting the pace of
+     * Mixtral's gathered GEMMs (s6 call 3); cut to ~11 (v10), up fwd got faster on every
+     * bench shape (s7 call 1). */
     MG_DEV static void load_kc(unsigned dst, const long long *rows, const T *base, int R, int k0, int ke, int ptid)
     {
-        if constexpr (MG_WG_PROD_LEAN) {
-            const int kc = ptid & 7, r0 = ptid >> 3, k = k0 + kc * 8;
-            const bool k_ok = k < ke;
-            const long long kb = (long long)k * (long long)sizeof(T);
-            const unsigned d0 = dst + r0 * 128 + ((kc ^ (r0 & 7)) << 4);
+        const int kc = ptid & 7, r0 = ptid >> 3, k = k0 + kc * 8;
+        const bool k_ok = k < ke;
+        const long long kb = (long long)k * (long long)sizeof(T);
+        const unsigned d0 = dst + r0 * 128 + ((kc ^ (r0 & 7)) << 4);
 #pragma unroll
-            for (int i = 0; i < R / 16; i++) {
-                const long long a = rows[r0 + 16 * i];
-                const bool ok = a != 0 && k_ok;
-                mg_cp_async16_u32(d0 + i * 2048, ok ? (const void *)(a + kb) : (const void *)base, ok);
-            }
-            return;
-        }
-#pragma unroll 4
-        for (int c = ptid; c < R * 8; c += 128) {
-            int r = c >> 3, kc = c & 7;
-            long long ro = rows[r];
-            int k = k0 + kc * 8;
-            bool ok = ro >= 0 && k < ke;
-            mg_cp_async16_u32(dst + r * 128 + ((kc ^ (r & 7)) << 4), ok ? (const void *)(base + ro + k) : (const void *)base, ok);
+        for (int i = 0; i < R / 16; i++) {
+            const long long a = rows[r0 + 16 * i];
+            const bool ok = a != 0 && k_ok;
+            mg_cp_async16_u32(d0 + i * 2048, ok ? (const void *)(a + kb) : (const void *)base, ok);
         }
     }
     /* MN-contiguous: 64 k rows x R columns, k row -> memory row through the gather. Each
@@ -1577,12 +1560,12 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         constexpr int CPR = R / 8, NCH = 64 * CPR / 128, KSTEP = 128 / CPR, RPW = 32 / CPR;
         static_assert(64 * CPR % 128 == 0 && 128 % CPR == 0, "load_mn: R in {128, 256}");
         static_assert(RPW * NCH == 16, "mn_row: 16 k rows a warp");
-        if constexpr (LANE_ROWS && MG_WG_PROD_LEAN) {
-            /* MG_WG_PROD_LEAN: the lane divides its own row once (not each of the NCH copies
+        if constexpr (LANE_ROWS) {
+            /* The lane divides its own row once (not each of the NCH copies
              * that take it), a copy's source is one multiply-add from its column's address, and
              * its destination a constant offset: k rows kr0 + KSTEP i (KSTEP 4 or 8) keep
              * kr & 7 = (kr0 & 7) ^ (KSTEP i & 7), so the swizzle is known per i */
-            static_assert(KSTEP % 4 == 0, "load_mn lean: KSTEP 4 or 8");
+            static_assert(KSTEP % 4 == 0, "load_mn lane rows: KSTEP 4 or 8");
             const int kr0 = ptid / CPR, mc = ptid - kr0 * CPR, mn = o.mn0 + mc * 8, sub = (ptid & 31) / CPR;
             const bool mn_ok = mn < o.MN;
             const int lr = lrow >= 0 && o.gather ? lrow / o.gdiv : lrow;
@@ -1595,18 +1578,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 const bool ok = mn_ok && row >= 0;
                 const char *src = col + (long long)(ok ? row : 0) * ldb;
                 mg_cp_async16_u32(d0 + KSTEP * i * 128 + (sw ^ (((KSTEP * i) & 7) << 4)), src, ok);
-            }
-        } else if constexpr (LANE_ROWS) {
-            const int kr0 = ptid / CPR, mc = ptid - kr0 * CPR, mn = o.mn0 + mc * 8, sub = (ptid & 31) / CPR;
-            const bool mn_ok = mn < o.MN;
-#pragma unroll
-            for (int i = 0; i < NCH; i++) {
-                const int kr = kr0 + KSTEP * i;
-                const int raw = __shfl_sync(0xffffffffu, lrow, i * RPW + sub);
-                const int row = raw >= 0 && o.gather ? raw / o.gdiv : raw;
-                const bool ok = mn_ok && row >= 0;
-                const T *src = ok ? o.base + (long long)row * o.ld + mn : o.base;
-                mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src, ok);
             }
         } else if constexpr (MG_WG_MN_BATCH != 0) {
             const int kr0 = ptid / CPR, mc = ptid - kr0 * CPR, mn = o.mn0 + mc * 8;

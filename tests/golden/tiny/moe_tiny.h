@@ -238,12 +238,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
-/* MG_WG_PROD_LEAN 1: the producer's cp.async loops (gathered x: up fwd's row table, up
- * wgrad's lane rows) with fewer instructions a copy (mg_wgmma.cuh load_kc, load_mn); 0
- * (default): as measured through session 6. Not yet run on a GPU (bench/NOTES.md v9). */
-#ifndef MG_WG_PROD_LEAN
-#define MG_WG_PROD_LEAN 0
-#endif
 /* MG_WG_BAND: n tiles a band of the persistent raster (mg_wgmma.cuh mg_wg_band); the CTAs
  * in flight cover about SMs / BAND m tiles of BAND n tiles. 2 (default) against 8 on an H100
  * (bench/results/2026-11-26-s6, calls 2 and 3, transposed up wgrad): level or up to 3% faster
