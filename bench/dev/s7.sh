@@ -1,0 +1,68 @@
+#!/bin/bash
+# s7: one GPU call for session 7's Hopper GEMM work (bench/NOTES.md, "v10"); every candidate is a
+# device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) or env, so one call A/Bs it.
+# usage: bench/dev/s7.sh [prof] [src] [ab] ...   from the repo root after `make -j all bench`;
+# logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
+# smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from
+# power capping. Steps have timeouts cut to what is left of LIMIT.
+set -u
+O=${OUT:-/tmp/s7}; mkdir -p "$O"
+export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
+T0=$(date +%s)
+S="$O/summary.txt"; : > "$S"
+Q=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
+(nvidia-smi --query-gpu=$Q,clocks_event_reasons.active --format=csv -lms 200 ||
+    nvidia-smi --query-gpu=$Q --format=csv -lms 200) > "$O/smi.csv" 2>&1 &
+trap 'pkill -f "nvidia-smi --query-gpu=timestamp" 2>/dev/null' EXIT
+note() { echo "$*" | tee -a "$S"; }
+step() { # name timeout log command...   (env assignments go through `env`)
+    local name=$1 t=$2 log=$3; shift 3
+    local el=$(( $(date +%s) - T0 ))
+    if (( el > DEADLINE )); then note "$(printf '%-44s skipped (%ds elapsed)' "$name" $el)"; return 99; fi
+    local s=$(date +%s)
+    echo "$(date -u +%T.%N | cut -c1-12) $name" >> "$O/marks.txt"
+    (( t > LIMIT - el )) && t=$(( LIMIT - el ))
+    timeout "$t" "$@" > "$O/$log" 2>&1
+    local rc=$?
+    note "$(printf '%-44s rc=%-3d %4ds  %s' "$name" $rc $(( $(date +%s) - s )) \
+        "$(grep -ac PASS "$O/$log") PASS $(grep -ac FAIL "$O/$log") FAIL")"
+    return $rc
+}
+bench() { # tag shape env...   one mg_bench_layer run, medians into the summary
+    local tag=$1 sh=$2; shift 2
+    step "bench $sh $tag" 60 bench-$sh-$tag.log env "$@" build/bench/mg_bench_layer --shape $sh --runs ${RUNS:-20} --warmup 3
+    grep -a median "$O/bench-$sh-$tag.log" | sed "s/^/$sh $tag /" | tee -a "$S"
+}
+st() { # tag defines spec [budget]
+    step "selftest $3 moe $1" 90 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
+        MOEGEN_SELFTEST_BUDGET=${4:-5e7} build/moegen selftest specs/$3.lua --seed 37
+    grep -a -m6 -A2 FAIL "$O/st-$3-$1.log" | tee -a "$S"
+}
+note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
+PH=" ${*:-prof} "
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+if [[ $PH == *" prof "* ]]; then   # Mixtral's kernels one by one (ncu, clocks not locked)
+step "prof_layer mixtral" 150 prof.log env OUT="$O/prof" bench/prof_layer.sh mixtral
+cat "$O"/prof/prof-*.txt 2>/dev/null | head -12 | tee -a "$S"
+fi
+if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line
+for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "upfwd|up_swiglu.*_fwd" "dndgrad|down_swiglu.*_dgrad"}; do
+    tag=${k%%|*}; re=${k#*|}
+    step "ncu src mixtral $tag" 150 ncu-src-$tag.txt "$NCU" --section WarpStateStats \
+        --section SourceCounters --section SpeedOfLight --section MemoryWorkloadAnalysis --clock-control none \
+        -k "regex:$re" -s 2 -c 1 -f -o "$O/rep-$tag" build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
+    "$NCU" -i "$O/rep-$tag.ncu-rep" --page source --csv --print-source sass > "$O/sass-$tag.csv" 2> "$O/sass-$tag.err"
+    "$NCU" -i "$O/rep-$tag.ncu-rep" --page details --print-details all > "$O/details-$tag.txt" 2>&1
+    rm -f "$O/rep-$tag.ncu-rep"
+done
+fi
+if [[ $PH == *" ab "* ]]; then   # Mixtral: the existing knobs again, on the lean producer
+bench default mixtral
+bench dd128 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BN_DN_DGRAD=128
+bench uf128 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BN_UP_FWD=128
+bench pairs mixtral MOEGEN_WG_CLUSTER=2
+bench band8 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BAND=8
+bench default mixtral
+fi
+note "total $(( $(date +%s) - T0 ))s"
