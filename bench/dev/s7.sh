@@ -1,7 +1,7 @@
 #!/bin/bash
 # s7: one GPU call for session 7's Hopper GEMM work (bench/NOTES.md, "v10"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) or env, so one call A/Bs it.
-# usage: bench/dev/s7.sh [prof] [src] [ab] ...   from the repo root after `make -j all bench`;
+# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] ...   from the repo root after `make -j all bench`;
 # logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
 # smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from
 # power capping. Steps have timeouts cut to what is left of LIMIT.
@@ -64,5 +64,32 @@ bench uf128 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BN_UP_FWD=128
 bench pairs mixtral MOEGEN_WG_CLUSTER=2
 bench band8 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BAND=8
 bench default mixtral
+fi
+if [[ $PH == *" ah "* ]]; then   # up wgrad's gather rows read further ahead (MG_WG_MN_AHEAD), clamped rows (MG_WG_MN_CLAMP)
+A2="-DMG_WG_MN_AHEAD=2 -DMG_WG_MN_CLAMP=1"; A3="-DMG_WG_MN_AHEAD=3 -DMG_WG_MN_CLAMP=1"
+st ah2c "$A2" tiny
+st ah3c "$A3" tiny
+st ah3ccoop "$A3 -DMG_WG_PINGPONG=0" tiny
+st ah3c "$A3" bench-small
+bench default mixtral
+bench clamp mixtral MOEGEN_JIT_DEFINES=-DMG_WG_MN_CLAMP=1
+bench ah2 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_MN_AHEAD=2
+bench ah2c mixtral MOEGEN_JIT_DEFINES="$A2"
+bench ah3c mixtral MOEGEN_JIT_DEFINES="$A3"
+bench ah4c mixtral MOEGEN_JIT_DEFINES="-DMG_WG_MN_AHEAD=4 -DMG_WG_MN_CLAMP=1"
+bench default mixtral
+for sh in olmoe finegrained small; do
+    bench default $sh
+    bench ah2c $sh MOEGEN_JIT_DEFINES="$A2"
+    bench ah3c $sh MOEGEN_JIT_DEFINES="$A3"
+done
+fi
+if [[ $PH == *" srcw "* ]]; then   # up wgrad's stalls with the candidate
+step "ncu src mixtral upwgrad ah3c" 150 ncu-src-upwgrad-ah3c.txt env MOEGEN_JIT_DEFINES="-DMG_WG_MN_AHEAD=3 -DMG_WG_MN_CLAMP=1" \
+    "$NCU" --section WarpStateStats --section SourceCounters --section SpeedOfLight --clock-control none \
+    -k "regex:up_swiglu.*_wgrad" -s 2 -c 1 -f -o "$O/rep-ah3c" build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
+"$NCU" -i "$O/rep-ah3c.ncu-rep" --page source --csv --print-source sass > "$O/sass-upwgrad-ah3c.csv" 2>&1
+"$NCU" -i "$O/rep-ah3c.ncu-rep" --page details --print-details all > "$O/details-upwgrad-ah3c.txt" 2>&1
+rm -f "$O/rep-ah3c.ncu-rep"
 fi
 note "total $(( $(date +%s) - T0 ))s"

@@ -185,6 +185,19 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_MN_BATCH
 #define MG_WG_MN_BATCH 2
 #endif
+/* MG_WG_MN_AHEAD n: up wgrad's producer reads the lane's gather row n stages ahead, before the
+ * stage's copies (the index load queued behind them returned after them: ncu of Mixtral's up
+ * wgrad with the lean producer, s7 call 2, 22% of the producer's samples on its first use).
+ * 1: the next stage's, read after the stage's copies (sessions 5-6, where 2 measured level
+ * with the older producer). */
+#ifndef MG_WG_MN_AHEAD
+#define MG_WG_MN_AHEAD 1
+#endif
+/* MG_WG_MN_CLAMP 1: up wgrad's lane-row copies clamp a missing row to 0 (max) instead of
+ * selecting the address (two SELs on 64 bits a copy in the SASS). */
+#ifndef MG_WG_MN_CLAMP
+#define MG_WG_MN_CLAMP 0
+#endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
 #endif
