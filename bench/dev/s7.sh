@@ -1,7 +1,7 @@
 #!/bin/bash
 # s7: one GPU call for session 7's Hopper GEMM work (bench/NOTES.md, "v10"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) or env, so one call A/Bs it.
-# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] ...   from the repo root after `make -j all bench`;
+# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] ...   from the repo root after `make -j all bench`;
 # logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
 # smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from
 # power capping. Steps have timeouts cut to what is left of LIMIT.
@@ -91,5 +91,25 @@ step "ncu src mixtral upwgrad ah3c" 150 ncu-src-upwgrad-ah3c.txt env MOEGEN_JIT_
 "$NCU" -i "$O/rep-ah3c.ncu-rep" --page source --csv --print-source sass > "$O/sass-upwgrad-ah3c.csv" 2>&1
 "$NCU" -i "$O/rep-ah3c.ncu-rep" --page details --print-details all > "$O/details-upwgrad-ah3c.txt" 2>&1
 rm -f "$O/rep-ah3c.ncu-rep"
+fi
+if [[ $PH == *" pf "* ]]; then   # down dgrad's a prefetched into L2 before the epilogue (MG_WG_EPI_L2PF), with the clamp on
+C="-DMG_WG_MN_CLAMP=1"
+st pf6 "$C -DMG_WG_EPI_L2PF=6" tiny
+st pf6coop "$C -DMG_WG_EPI_L2PF=6 -DMG_WG_PINGPONG=0" tiny
+st pf6 "$C -DMG_WG_EPI_L2PF=6" bench-small
+for v in 0 4 8 16; do   # down dgrad alone, ncu's duration of 4 launches (clocks not locked)
+    step "ncu dndgrad pf$v" 60 ncu-dndgrad-pf$v.csv env MOEGEN_JIT_DEFINES="$C -DMG_WG_EPI_L2PF=$v" "$NCU" --csv --page raw \
+        --metrics gpu__time_duration.sum --clock-control none -k "regex:down_swiglu.*_dgrad" -c 4 \
+        build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
+    grep -a "dgrad" "$O/ncu-dndgrad-pf$v.csv" | awk -F'","' '{print $NF}' | tr -d '"' | tr '\n' ' ' | sed "s/^/dndgrad pf$v us: /" | tee -a "$S"; echo | tee -a "$S"
+done
+bench clamp mixtral MOEGEN_JIT_DEFINES="$C"
+bench pf8 mixtral MOEGEN_JIT_DEFINES="$C -DMG_WG_EPI_L2PF=8"
+bench pf16 mixtral MOEGEN_JIT_DEFINES="$C -DMG_WG_EPI_L2PF=16"
+bench clamp mixtral MOEGEN_JIT_DEFINES="$C"
+for sh in olmoe finegrained small; do
+    bench clamp $sh MOEGEN_JIT_DEFINES="$C"
+    bench pf8 $sh MOEGEN_JIT_DEFINES="$C -DMG_WG_EPI_L2PF=8"
+done
 fi
 note "total $(( $(date +%s) - T0 ))s"

@@ -210,9 +210,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_MN_AHEAD 1
 #endif
 /* MG_WG_MN_CLAMP 1: up wgrad's lane-row copies clamp a missing row to 0 (max) instead of
- * selecting the address (two SELs on 64 bits a copy in the SASS). */
+ * selecting the address (two SELs on 64 bits a copy in the SASS); 2: also the stage's
+ * shuffles all first, in flight together (s7 call 3, ncu: the lean producer's copies wait on
+ * one shuffle each, and consumers wait on full barriers while it waits on empty ones). */
 #ifndef MG_WG_MN_CLAMP
 #define MG_WG_MN_CLAMP 0
+#endif
+/* MG_WG_EPI_L2PF n > 0: down dgrad's consumers prefetch their tile's a into L2 n k steps
+ * before their main loop ends, so the epilogue's reads of a hit L2 (ncu of Mixtral's down
+ * dgrad, s7 call 2: 40% of the warps' cycles on long-scoreboard waits, tensor pipe 60% busy,
+ * 1 ms slower than down fwd for the same FLOPs). 0: off. */
+#ifndef MG_WG_EPI_L2PF
+#define MG_WG_EPI_L2PF 0
 #endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
@@ -1600,9 +1609,19 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 #endif
             const int ldb = (int)(o.ld * (long long)sizeof(T));
             const unsigned d0 = dst + (mc >> 3) * (64 * 128) + kr0 * 128, sw = ((mc & 7) ^ (kr0 & 7)) << 4;
+#if MG_WG_MN_CLAMP >= 2
+            /* all the stage's rows first: NCH independent shuffles in flight, not one a copy */
+            int rws[NCH];
+#pragma unroll
+            for (int i = 0; i < NCH; i++) rws[i] = __shfl_sync(0xffffffffu, lr, i * RPW + sub);
+#endif
 #pragma unroll
             for (int i = 0; i < NCH; i++) {
+#if MG_WG_MN_CLAMP >= 2
+                const int row = rws[i];
+#else
                 const int row = __shfl_sync(0xffffffffu, lr, i * RPW + sub);
+#endif
                 const bool ok = mn_ok && row >= 0;
 #if MG_WG_MN_CLAMP
                 /* row -1 (past ke) reads row 0 with zero bytes: max, not a select, keeps the
@@ -1872,6 +1891,24 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
     }
 
+    /* P::epi_l2pf(w, rows, i, n): the epilogue operand's lines of the consumer's rows, which the
+     * consumer prefetches into L2 MG_WG_EPI_L2PF k steps before its main loop ends (down dgrad's
+     * a: its epilogue otherwise waits on DRAM, a chunk at a time) */
+    template <class Q> static constexpr auto has_l2pf(int) -> decltype(&Q::epi_l2pf, true) { return true; }
+    template <class Q> static constexpr bool has_l2pf(...) { return false; }
+    template <class P> MG_DEV static void l2pf(const P &pb, const mg_wtile &w, int c)
+    {
+        if constexpr (MG_WG_EPI_L2PF > 0 && has_l2pf<P>(0)) {
+            const int ctid = threadIdx.x & 127;
+#pragma unroll
+            for (int h = 0; h < MH; h++) {
+                mg_wtile wh = w;
+                wh.m0 += 64 * (PP ? h : c);
+                pb.epi_l2pf(wh, ctid);
+            }
+        }
+    }
+
     template <class P> MG_DEV static void consumer(const P &pb, const smem_map &sm)
     {
         const unsigned sbase = sm.sbase, full = sm.full, empty = sm.empty;
@@ -1907,6 +1944,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             }
             int prev = -1;
             for (int kt = 0; kt < nk; kt++) {
+                if (MG_WG_EPI_L2PF > 0 && kt == (nk > MG_WG_EPI_L2PF ? nk - MG_WG_EPI_L2PF : 0)) l2pf(pb, w, c);
                 mg_mbar_wait(full + 8 * s, ph);
                 /* generic-proxy (cp.async) writes in this stage: order them before the
                  * wgmma reads (async proxy); stages filled by TMA alone need no fence */
