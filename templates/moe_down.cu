@@ -179,21 +179,6 @@ struct moe_down_dgrad_wg {
                 if (s < w.m_end && c < MG_FF) epi_store(da, s, c, d0, d1, g[i], u[i]);
             });
     }
-    /* MG_WG_EPI_L2PF: the 64 rows' a (gate and, with GLU, up columns of the tile) into L2, a
-     * 128-byte line a prefetch, spread over the warpgroup's 128 threads */
-    MG_DEV void epi_l2pf(const mg_wtile &w, int ctid) const
-    {
-        constexpr int LPR = BN * (int)sizeof(mg_t) / 128, SEGS = MG_GLU ? 2 : 1;   /* lines a row segment */
-        const char *a = (const char *)p.a;
-#pragma unroll
-        for (int i = ctid; i < 64 * SEGS * LPR; i += 128) {
-            const int r = i / (SEGS * LPR), sg = (i / LPR) % SEGS, l = i % LPR;
-            const long long s = w.m0 + r;
-            const int c = w.nt * BN + sg * MG_FF;
-            if (s < w.m_end)
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(a + (s * MG_F2 + c) * (long long)sizeof(mg_t) + l * 128));
-        }
-    }
     /* MG_WG_EPI_SMEM: dh through this warpgroup's scratch scr ([64][MG_WG_SCRATCH_LD] fp32),
      * 32 columns at a time; bar: the warpgroup's named barrier (128 threads). The accumulator's
      * pairs go in as float2. Each thread then takes rows 16·warp + lane/8 + 4v (v < 4), columns

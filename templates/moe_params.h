@@ -169,28 +169,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_MN_BATCH
 #define MG_WG_MN_BATCH 2
 #endif
-/* MG_WG_MN_AHEAD n: up wgrad's producer reads the lane's gather row n stages ahead, before the
- * stage's copies (the index load queued behind them returned after them: ncu of Mixtral's up
- * wgrad with the lean producer, s7 call 2, 22% of the producer's samples on its first use).
- * 1: the next stage's, read after the stage's copies (sessions 5-6, where 2 measured level
- * with the older producer). */
-#ifndef MG_WG_MN_AHEAD
-#define MG_WG_MN_AHEAD 1
-#endif
-/* MG_WG_MN_CLAMP 1: up wgrad's lane-row copies clamp a missing row to 0 (max) instead of
- * selecting the address (two SELs on 64 bits a copy in the SASS); 2: also the stage's
- * shuffles all first, in flight together (s7 call 3, ncu: the lean producer's copies wait on
- * one shuffle each, and consumers wait on full barriers while it waits on empty ones). */
-#ifndef MG_WG_MN_CLAMP
-#define MG_WG_MN_CLAMP 0
-#endif
-/* MG_WG_EPI_L2PF n > 0: down dgrad's consumers prefetch their tile's a into L2 n k steps
- * before their main loop ends, so the epilogue's reads of a hit L2 (ncu of Mixtral's down
- * dgrad, s7 call 2: 40% of the warps' cycles on long-scoreboard waits, tensor pipe 60% busy,
- * 1 ms slower than down fwd for the same FLOPs). 0: off. */
-#ifndef MG_WG_EPI_L2PF
-#define MG_WG_EPI_L2PF 0
-#endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
 #endif

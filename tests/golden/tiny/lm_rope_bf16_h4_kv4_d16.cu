@@ -201,28 +201,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_MN_BATCH
 #define MG_WG_MN_BATCH 2
 #endif
-/* MG_WG_MN_AHEAD n: up wgrad's producer reads the lane's gather row n stages ahead, before the
- * stage's copies (the index load queued behind them returned after them: ncu of Mixtral's up
- * wgrad with the lean producer, s7 call 2, 22% of the producer's samples on its first use).
- * 1: the next stage's, read after the stage's copies (sessions 5-6, where 2 measured level
- * with the older producer). */
-#ifndef MG_WG_MN_AHEAD
-#define MG_WG_MN_AHEAD 1
-#endif
-/* MG_WG_MN_CLAMP 1: up wgrad's lane-row copies clamp a missing row to 0 (max) instead of
- * selecting the address (two SELs on 64 bits a copy in the SASS); 2: also the stage's
- * shuffles all first, in flight together (s7 call 3, ncu: the lean producer's copies wait on
- * one shuffle each, and consumers wait on full barriers while it waits on empty ones). */
-#ifndef MG_WG_MN_CLAMP
-#define MG_WG_MN_CLAMP 0
-#endif
-/* MG_WG_EPI_L2PF n > 0: down dgrad's consumers prefetch their tile's a into L2 n k steps
- * before their main loop ends, so the epilogue's reads of a hit L2 (ncu of Mixtral's down
- * dgrad, s7 call 2: 40% of the warps' cycles on long-scoreboard waits, tensor pipe 60% busy,
- * 1 ms slower than down fwd for the same FLOPs). 0: off. */
-#ifndef MG_WG_EPI_L2PF
-#define MG_WG_EPI_L2PF 0
-#endif
 #ifndef MG_WG_EPI_BATCH
 #define MG_WG_EPI_BATCH 4
 #endif
@@ -1576,15 +1554,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         const int lane = ptid & 31, k = k0 + (ptid >> 5) * RPW + lane % RPW + KSTEP * (lane / RPW);
         return lane >= 16 || k >= ke ? -1 : o.gather ? o.gather[k] : k;
     }
-    /* The lane's rows of the next AH stages (row[0]: this stage's): the rest move up and the
-     * stage AH ahead is read */
-    template <int R, int AH>
-    MG_DEV static void next_rows(int (&row)[AH], const mg_opnd<T> &o, int kt, int nk, int k0, int ke, int ptid)
-    {
-#pragma unroll
-        for (int i = 0; i + 1 < AH; i++) row[i] = row[i + 1];
-        row[AH - 1] = kt + AH < nk ? mn_row<R>(o, k0 + AH * BK, ke, ptid) : -1;
-    }
     template <int R, bool LANE_ROWS = false>
     MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int k0, int ke, int ptid, int lrow = -1)
     {
@@ -1593,43 +1562,27 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         static_assert(RPW * NCH == 16, "mn_row: 16 k rows a warp");
         if constexpr (LANE_ROWS) {
             /* The lane divides its own row once (not each of the NCH copies
-             * that take it), a copy's source is one multiply-add from its column's address, and
+             * that take it), a copy's source is one multiply-add from its column's address (5
+             * SASS instructions a copy with the shuffle and the check, s7; 8 before), and
              * its destination a constant offset: k rows kr0 + KSTEP i (KSTEP 4 or 8) keep
              * kr & 7 = (kr0 & 7) ^ (KSTEP i & 7), so the swizzle is known per i */
             static_assert(KSTEP % 4 == 0, "load_mn lane rows: KSTEP 4 or 8");
             const int kr0 = ptid / CPR, mc = ptid - kr0 * CPR, mn = o.mn0 + mc * 8, sub = (ptid & 31) / CPR;
             const bool mn_ok = mn < o.MN;
             const int lr = lrow >= 0 && o.gather ? lrow / o.gdiv : lrow;
-            const char *col = (const char *)(o.base + (mn_ok ? mn : 0));
-#if MG_WG_MN_CLAMP
-            /* opaque to the compiler, which otherwise re-derives every copy's address from the
-             * base and the element index (two more instructions a copy) */
-            unsigned long long colp = (unsigned long long)col;
-            asm("" : "+l"(colp));
-#endif
+            /* the column's address, opaque to the compiler, which otherwise re-derives each
+             * copy's address from the base and an element index (two more instructions a copy) */
+            unsigned long long col = (unsigned long long)(o.base + (mn_ok ? mn : 0));
+            asm("" : "+l"(col));
             const int ldb = (int)(o.ld * (long long)sizeof(T));
             const unsigned d0 = dst + (mc >> 3) * (64 * 128) + kr0 * 128, sw = ((mc & 7) ^ (kr0 & 7)) << 4;
-#if MG_WG_MN_CLAMP >= 2
-            /* all the stage's rows first: NCH independent shuffles in flight, not one a copy */
-            int rws[NCH];
-#pragma unroll
-            for (int i = 0; i < NCH; i++) rws[i] = __shfl_sync(0xffffffffu, lr, i * RPW + sub);
-#endif
 #pragma unroll
             for (int i = 0; i < NCH; i++) {
-#if MG_WG_MN_CLAMP >= 2
-                const int row = rws[i];
-#else
                 const int row = __shfl_sync(0xffffffffu, lr, i * RPW + sub);
-#endif
                 const bool ok = mn_ok && row >= 0;
-#if MG_WG_MN_CLAMP
-                /* row -1 (past ke) reads row 0 with zero bytes: max, not a select, keeps the
-                 * address one IMAD.WIDE with the column as its addend */
-                const char *src = (const char *)(colp + (unsigned long long)((long long)max(row, 0) * ldb));
-#else
-                const char *src = col + (long long)(ok ? row : 0) * ldb;
-#endif
+                /* row -1 (past ke) reads row 0 with zero bytes: max, not a select of the
+                 * address, keeps it one IMAD.WIDE with the column as its addend */
+                const char *src = (const char *)(col + (unsigned long long)((long long)max(row, 0) * ldb));
                 mg_cp_async16_u32(d0 + KSTEP * i * 128 + (sw ^ (((KSTEP * i) & 7) << 4)), src, ok);
             }
         } else if constexpr (MG_WG_MN_BATCH != 0) {
@@ -1757,12 +1710,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             /* A by cp.async in every stage (up wgrad's gathered x): this lane's k row of the
              * next stage, read one stage ahead (mn_row) */
             constexpr bool A_MN_EVERY = !P::A_TMA && !A_KC;
-            constexpr int AH = MG_WG_MN_AHEAD;
-            static_assert(AH >= 1 && AH <= 4, "MG_WG_MN_AHEAD: 1 to 4");
-            int arow[AH];
-#pragma unroll
-            for (int i = 0; i < AH; i++)
-                arow[i] = A_MN_EVERY && MG_WG_MN_BATCH == 2 && i < nk ? mn_row<BM>(pb.opnd_a(w), w.kb + i * BK, w.ke, ptid) : -1;
+            int arow = A_MN_EVERY && MG_WG_MN_BATCH == 2 && nk > 0 ? mn_row<BM>(pb.opnd_a(w), w.kb, w.ke, ptid) : -1;
             for (int kt = 0; kt < nk; kt++) {
                 const unsigned sa = sbase + s * STAGE_BYTES, sb = sa + A_BYTES, fb = full + 8 * s;
                 const int k0 = w.kb + kt * BK;
@@ -1816,15 +1764,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     if (!P::A_TMA || jag) {
                         if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
                         else if constexpr (A_MN_EVERY && MG_WG_MN_BATCH == 2) {
-                            if constexpr (AH == 1) {
-                                load_mn<BM, true>(sa, oa, k0, w.ke, ptid, arow[0]);
-                                if (kt + 1 < nk) arow[0] = mn_row<BM>(oa, k0 + BK, w.ke, ptid);
-                            } else {
-                                /* the read goes out before this stage's copies, not behind them */
-                                const int cur = arow[0];
-                                next_rows<BM>(arow, oa, kt, nk, k0, w.ke, ptid);
-                                load_mn<BM, true>(sa, oa, k0, w.ke, ptid, cur);
-                            }
+                            load_mn<BM, true>(sa, oa, k0, w.ke, ptid, arow);
+                            if (kt + 1 < nk) arow = mn_row<BM>(oa, k0 + BK, w.ke, ptid);
                         } else load_mn<BM>(sa, oa, k0, w.ke, ptid);
                     }
                     if (!P::B_TMA || jag) {
@@ -1891,24 +1832,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
     }
 
-    /* P::epi_l2pf(w, rows, i, n): the epilogue operand's lines of the consumer's rows, which the
-     * consumer prefetches into L2 MG_WG_EPI_L2PF k steps before its main loop ends (down dgrad's
-     * a: its epilogue otherwise waits on DRAM, a chunk at a time) */
-    template <class Q> static constexpr auto has_l2pf(int) -> decltype(&Q::epi_l2pf, true) { return true; }
-    template <class Q> static constexpr bool has_l2pf(...) { return false; }
-    template <class P> MG_DEV static void l2pf(const P &pb, const mg_wtile &w, int c)
-    {
-        if constexpr (MG_WG_EPI_L2PF > 0 && has_l2pf<P>(0)) {
-            const int ctid = threadIdx.x & 127;
-#pragma unroll
-            for (int h = 0; h < MH; h++) {
-                mg_wtile wh = w;
-                wh.m0 += 64 * (PP ? h : c);
-                pb.epi_l2pf(wh, ctid);
-            }
-        }
-    }
-
     template <class P> MG_DEV static void consumer(const P &pb, const smem_map &sm)
     {
         const unsigned sbase = sm.sbase, full = sm.full, empty = sm.empty;
@@ -1944,7 +1867,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             }
             int prev = -1;
             for (int kt = 0; kt < nk; kt++) {
-                if (MG_WG_EPI_L2PF > 0 && kt == (nk > MG_WG_EPI_L2PF ? nk - MG_WG_EPI_L2PF : 0)) l2pf(pb, w, c);
                 mg_mbar_wait(full + 8 * s, ph);
                 /* generic-proxy (cp.async) writes in this stage: order them before the
                  * wgmma reads (async proxy); stages filled by TMA alone need no fence */
