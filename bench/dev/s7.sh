@@ -3,7 +3,7 @@
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) or env, so one call A/Bs it.
 # (after call 4 the clamp is the only path and MG_WG_MN_AHEAD, MG_WG_EPI_L2PF and MG_WG_MN_CLAMP were
 # removed, each measured level: in ah and pf their settings are now no-ops)
-# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] ...   from the repo root after `make -j all bench`;
+# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] ...   from the repo root after `make -j all bench`;
 # logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
 # smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from
 # power capping. Steps have timeouts cut to what is left of LIMIT.
@@ -113,5 +113,13 @@ for sh in olmoe finegrained small; do
     bench clamp $sh MOEGEN_JIT_DEFINES="$C"
     bench pf8 $sh MOEGEN_JIT_DEFINES="$C -DMG_WG_EPI_L2PF=8"
 done
+fi
+if [[ $PH == *" bandk "* ]]; then   # Mixtral's kernels one by one under each raster band width, and with CTA pairs
+for b in 1 2 4 8 16; do
+    step "prof_layer mixtral band$b" 60 prof-band$b.log env OUT="$O/prof-band$b" MOEGEN_JIT_DEFINES=-DMG_WG_BAND=$b bench/prof_layer.sh mixtral
+    sed -n 3,8p "$O"/prof-band$b/prof-mixtral.txt 2>/dev/null | awk -v b=$b '{print "band" b, $1, $NF}' | tee -a "$S"
+done
+step "prof_layer mixtral pairs" 60 prof-pairs.log env OUT="$O/prof-pairs" MOEGEN_WG_CLUSTER=2 bench/prof_layer.sh mixtral
+sed -n 3,8p "$O"/prof-pairs/prof-mixtral.txt 2>/dev/null | awk '{print "pairs", $1, $NF}' | tee -a "$S"
 fi
 note "total $(( $(date +%s) - T0 ))s"
