@@ -3,7 +3,7 @@
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) or env, so one call A/Bs it.
 # (after call 4 the clamp is the only path and MG_WG_MN_AHEAD, MG_WG_EPI_L2PF and MG_WG_MN_CLAMP were
 # removed, each measured level: in ah and pf their settings are now no-ops)
-# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] ...   from the repo root after `make -j all bench`;
+# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] [gl] ...   from the repo root after `make -j all bench`;
 # logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
 # smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from
 # power capping. Steps have timeouts cut to what is left of LIMIT.
@@ -121,5 +121,21 @@ for b in 1 2 4 8 16; do
 done
 step "prof_layer mixtral pairs" 60 prof-pairs.log env OUT="$O/prof-pairs" MOEGEN_WG_CLUSTER=2 bench/prof_layer.sh mixtral
 sed -n 3,8p "$O"/prof-pairs/prof-mixtral.txt 2>/dev/null | awk '{print "pairs", $1, $NF}' | tee -a "$S"
+fi
+if [[ $PH == *" gl "* ]]; then   # gathered x rows evict-last in L2 (MG_WG_GATHER_L2 1: up fwd and up wgrad, 2: up wgrad)
+st gl1 "-DMG_WG_GATHER_L2=1" tiny
+for v in 0 1 2; do
+    step "prof_layer mixtral gl$v" 60 prof-gl$v.log env OUT="$O/prof-gl$v" MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=$v bench/prof_layer.sh mixtral
+    sed -n 3,8p "$O"/prof-gl$v/prof-mixtral.txt 2>/dev/null | awk -v b=$v '{print "gl" b, $1, $NF}' | tee -a "$S"
+done
+bench default mixtral
+bench gl1 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=1
+bench gl2 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=2
+bench default mixtral
+for sh in olmoe finegrained small; do
+    bench default $sh
+    bench gl1 $sh MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=1
+    bench gl2 $sh MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=2
+done
 fi
 note "total $(( $(date +%s) - T0 ))s"
