@@ -122,15 +122,19 @@ done
 step "prof_layer mixtral pairs" 60 prof-pairs.log env OUT="$O/prof-pairs" MOEGEN_WG_CLUSTER=2 bench/prof_layer.sh mixtral
 sed -n 3,8p "$O"/prof-pairs/prof-mixtral.txt 2>/dev/null | awk '{print "pairs", $1, $NF}' | tee -a "$S"
 fi
-if [[ $PH == *" gl "* ]]; then   # gathered x rows evict-last in L2 (MG_WG_GATHER_L2 1: up fwd and up wgrad, 2: up wgrad)
+if [[ $PH == *" gl "* ]]; then   # evict-last L2 policies: gathered x rows (MG_WG_GATHER_L2 1: up fwd and up wgrad, 2: up wgrad), TMA boxes (MG_WG_TMA_L2 1: rows, 2: columns)
 st gl1 "-DMG_WG_GATHER_L2=1" tiny
-for v in 0 1 2; do
-    step "prof_layer mixtral gl$v" 60 prof-gl$v.log env OUT="$O/prof-gl$v" MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=$v bench/prof_layer.sh mixtral
-    sed -n 3,8p "$O"/prof-gl$v/prof-mixtral.txt 2>/dev/null | awk -v b=$v '{print "gl" b, $1, $NF}' | tee -a "$S"
+for v in gl0:-DMG_WG_GATHER_L2=0 gl1:-DMG_WG_GATHER_L2=1 gl2:-DMG_WG_GATHER_L2=2 tl1:-DMG_WG_TMA_L2=1 tl2:-DMG_WG_TMA_L2=2; do
+    tag=${v%%:*}
+    step "prof_layer mixtral $tag" 60 prof-$tag.log env OUT="$O/prof-$tag" MOEGEN_JIT_DEFINES=${v#*:} bench/prof_layer.sh mixtral
+    sed -n 3,8p "$O"/prof-$tag/prof-mixtral.txt 2>/dev/null | awk -v b=$tag '{print b, $1, $NF}' | tee -a "$S"
 done
+st tl "-DMG_WG_TMA_L2=1" tiny
 bench default mixtral
 bench gl1 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=1
 bench gl2 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=2
+bench tl1 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_TMA_L2=1
+bench tl2 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_TMA_L2=2
 bench default mixtral
 for sh in olmoe finegrained small; do
     bench default $sh

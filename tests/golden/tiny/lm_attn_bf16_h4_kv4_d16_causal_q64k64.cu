@@ -261,6 +261,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_GATHER_L2
 #define MG_WG_GATHER_L2 0
 #endif
+/* MG_WG_TMA_L2: TMA boxes with an evict-last L2 policy; 1: row boxes (mg_tma_rows: the
+ * activation rows, re-read for every n tile), 2: column boxes (mg_tma_cols); 0 (default): none.
+ * Mixtral's down dgrad read ~6 GB from DRAM against ~3 GB compulsory (ncu, s7 call 6). */
+#ifndef MG_WG_TMA_L2
+#define MG_WG_TMA_L2 0
+#endif
 /* MG_WG_BAND: n tiles a band of the persistent raster (mg_wgmma.cuh mg_wg_band); the CTAs
  * in flight cover about SMs / BAND m tiles of BAND n tiles. 2 (default) against 8 on an H100
  * (bench/results/2026-11-26-s6, calls 2 and 3, transposed up wgrad): level or up to 3% faster
@@ -1228,6 +1234,13 @@ MG_DEV void mg_tma3(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, un
                  " [%0], [%1, {%2, %3, %4}], [%5];\n"
                  :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
+/* The same with an L2 eviction-priority policy (MG_WG_TMA_L2). */
+MG_DEV void mg_tma3_pol(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, unsigned bar, unsigned long long pol)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
+                 " [%0], [%1, {%2, %3, %4}], [%5], %6;\n"
+                 :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "l"(pol) : "memory");
+}
 /* The same box multicast to the CTAs of this cluster in mask: it lands at dst and completes
  * its bytes on bar in each of them (the same shared-memory offsets there). */
 MG_DEV void mg_tma3_mc(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, unsigned bar, unsigned short mask)
@@ -1436,23 +1449,28 @@ template <> struct mg_wgmma_op<256, mg_f16> {
 /* A stage's boxes split over a CTA pair (MG_WG_CLUSTER 2): this CTA issues the boxes with
  * (i0 + i) % np == part, multicast to mask (0: no split, every box to this CTA alone). */
 struct mg_tsplit { int part = 0, np = 1, i0 = 0; unsigned short mask = 0; };
+template <bool EL = false>
 MG_DEV void mg_tma3_split(unsigned dst, const mg_tmap *m, int c0, int c1, int c2, unsigned bar, const mg_tsplit &sp, int i)
 {
     if ((sp.i0 + i) % sp.np != sp.part) return;
     if (sp.mask) mg_tma3_mc(dst, m, c0, c1, c2, bar, sp.mask);
-    else mg_tma3(dst, m, c0, c1, c2, bar);
+    else if constexpr (EL) {
+        unsigned long long pol;
+        asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+        mg_tma3_pol(dst, m, c0, c1, c2, bar, pol);
+    } else mg_tma3(dst, m, c0, c1, c2, bar);
 }
 template <int R> MG_DEV void mg_tma_rows(unsigned dst, const mg_tmap &m, int k0, int r0, int g, unsigned bar,
                                          const mg_tsplit &sp = mg_tsplit{})
 {
 #pragma unroll
-    for (int i = 0; i < R / 64; i++) mg_tma3_split(dst + i * 8192, &m, k0, r0 + 64 * i, g, bar, sp, i);
+    for (int i = 0; i < R / 64; i++) mg_tma3_split<MG_WG_TMA_L2 == 1>(dst + i * 8192, &m, k0, r0 + 64 * i, g, bar, sp, i);
 }
 template <int R> MG_DEV void mg_tma_cols(unsigned dst, const mg_tmap &m, int c0, int k0, int g, unsigned bar,
                                          const mg_tsplit &sp = mg_tsplit{})
 {
 #pragma unroll
-    for (int i = 0; i < R / 64; i++) mg_tma3_split(dst + i * 8192, &m, c0 + 64 * i, k0, g, bar, sp, i);
+    for (int i = 0; i < R / 64; i++) mg_tma3_split<MG_WG_TMA_L2 == 2>(dst + i * 8192, &m, c0 + 64 * i, k0, g, bar, sp, i);
 }
 
 /* ------------------------------------------------------------------ the core */
