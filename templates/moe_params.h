@@ -222,19 +222,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
-/* MG_WG_GATHER_L2: the gathered x rows' cp.async copies with an evict-last L2 policy; 1: up
- * fwd's and up wgrad's, 2: up wgrad's only, 0 (default): none. Mixtral's up wgrad read 8.4 GB
- * from DRAM against 4.8 GB of compulsory traffic (ncu, s7 call 2), and a stage waits for its
- * slowest row. */
-#ifndef MG_WG_GATHER_L2
-#define MG_WG_GATHER_L2 0
-#endif
-/* MG_WG_TMA_L2: TMA boxes with an evict-last L2 policy; 1: row boxes (mg_tma_rows: the
- * activation rows, re-read for every n tile), 2: column boxes (mg_tma_cols); 0 (default): none.
- * Mixtral's down dgrad read ~6 GB from DRAM against ~3 GB compulsory (ncu, s7 call 6). */
-#ifndef MG_WG_TMA_L2
-#define MG_WG_TMA_L2 0
-#endif
 /* MG_WG_BAND: n tiles a band of the persistent raster (mg_wgmma.cuh mg_wg_band); the CTAs
  * in flight cover about SMs / BAND m tiles of BAND n tiles. 2 (default) against 8 on an H100
  * (bench/results/2026-11-26-s6, calls 2 and 3, transposed up wgrad): level or up to 3% faster

@@ -2,7 +2,8 @@
 # s7: one GPU call for session 7's Hopper GEMM work (bench/NOTES.md, "v10"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c) or env, so one call A/Bs it.
 # (after call 4 the clamp is the only path and MG_WG_MN_AHEAD, MG_WG_EPI_L2PF and MG_WG_MN_CLAMP were
-# removed, each measured level: in ah and pf their settings are now no-ops)
+# removed, each measured level: in ah and pf their settings are now no-ops; so are gl's
+# MG_WG_GATHER_L2 and MG_WG_TMA_L2, removed after call 8, level)
 # usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] [gl] ...   from the repo root after `make -j all bench`;
 # logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
 # smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from

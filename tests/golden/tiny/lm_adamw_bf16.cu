@@ -254,19 +254,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_STORE_CS
 #define MG_WG_STORE_CS 1
 #endif
-/* MG_WG_GATHER_L2: the gathered x rows' cp.async copies with an evict-last L2 policy; 1: up
- * fwd's and up wgrad's, 2: up wgrad's only, 0 (default): none. Mixtral's up wgrad read 8.4 GB
- * from DRAM against 4.8 GB of compulsory traffic (ncu, s7 call 2), and a stage waits for its
- * slowest row. */
-#ifndef MG_WG_GATHER_L2
-#define MG_WG_GATHER_L2 0
-#endif
-/* MG_WG_TMA_L2: TMA boxes with an evict-last L2 policy; 1: row boxes (mg_tma_rows: the
- * activation rows, re-read for every n tile), 2: column boxes (mg_tma_cols); 0 (default): none.
- * Mixtral's down dgrad read ~6 GB from DRAM against ~3 GB compulsory (ncu, s7 call 6). */
-#ifndef MG_WG_TMA_L2
-#define MG_WG_TMA_L2 0
-#endif
 /* MG_WG_BAND: n tiles a band of the persistent raster (mg_wgmma.cuh mg_wg_band); the CTAs
  * in flight cover about SMs / BAND m tiles of BAND n tiles. 2 (default) against 8 on an H100
  * (bench/results/2026-11-26-s6, calls 2 and 3, transposed up wgrad): level or up to 3% faster
@@ -1234,13 +1221,6 @@ MG_DEV void mg_tma3(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, un
                  " [%0], [%1, {%2, %3, %4}], [%5];\n"
                  :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
-/* The same with an L2 eviction-priority policy (MG_WG_TMA_L2). */
-MG_DEV void mg_tma3_pol(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, unsigned bar, unsigned long long pol)
-{
-    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint"
-                 " [%0], [%1, {%2, %3, %4}], [%5], %6;\n"
-                 :: "r"(dst), "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "l"(pol) : "memory");
-}
 /* The same box multicast to the CTAs of this cluster in mask: it lands at dst and completes
  * its bytes on bar in each of them (the same shared-memory offsets there). */
 MG_DEV void mg_tma3_mc(unsigned dst, const mg_tmap *map, int c0, int c1, int c2, unsigned bar, unsigned short mask)
@@ -1297,27 +1277,6 @@ template <int N> MG_DEV void mg_wg_fence_acc(float (&d)[N])
 MG_DEV void mg_cp_async16_u32(unsigned dst, const void *src, bool pred)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" :: "r"(dst), "l"(src), "r"(pred ? 16 : 0) : "memory");
-}
-/* The same with an L2 eviction-priority policy (createpolicy; MG_WG_GATHER_L2). */
-MG_DEV void mg_cp_async16_pol(unsigned dst, const void *src, bool pred, unsigned long long pol)
-{
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" :: "r"(dst), "l"(src),
-                 "r"(pred ? 16 : 0), "l"(pol) : "memory");
-}
-MG_DEV unsigned long long mg_l2_evict_last()
-{
-    unsigned long long pol;
-    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
-    return pol;
-}
-/* A gathered-row copy: evict-last in L2 where MG_WG_GATHER_L2 asks for it (x rows are re-read
- * for every n tile of their group; the stage waits for its slowest row). */
-template <bool LANE> MG_DEV void mg_cp_async16_gather(unsigned dst, const void *src, bool pred)
-{
-    if constexpr (MG_WG_GATHER_L2 == 1 || (MG_WG_GATHER_L2 == 2 && LANE))
-        mg_cp_async16_pol(dst, src, pred, mg_l2_evict_last());
-    else
-        mg_cp_async16_u32(dst, src, pred);
 }
 /* Shared-memory matrix descriptor, 128-byte swizzle. */
 MG_DEV unsigned long long mg_wg_desc(unsigned addr, unsigned lbo, unsigned sbo)
@@ -1449,28 +1408,23 @@ template <> struct mg_wgmma_op<256, mg_f16> {
 /* A stage's boxes split over a CTA pair (MG_WG_CLUSTER 2): this CTA issues the boxes with
  * (i0 + i) % np == part, multicast to mask (0: no split, every box to this CTA alone). */
 struct mg_tsplit { int part = 0, np = 1, i0 = 0; unsigned short mask = 0; };
-template <bool EL = false>
 MG_DEV void mg_tma3_split(unsigned dst, const mg_tmap *m, int c0, int c1, int c2, unsigned bar, const mg_tsplit &sp, int i)
 {
     if ((sp.i0 + i) % sp.np != sp.part) return;
     if (sp.mask) mg_tma3_mc(dst, m, c0, c1, c2, bar, sp.mask);
-    else if constexpr (EL) {
-        unsigned long long pol;
-        asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
-        mg_tma3_pol(dst, m, c0, c1, c2, bar, pol);
-    } else mg_tma3(dst, m, c0, c1, c2, bar);
+    else mg_tma3(dst, m, c0, c1, c2, bar);
 }
 template <int R> MG_DEV void mg_tma_rows(unsigned dst, const mg_tmap &m, int k0, int r0, int g, unsigned bar,
                                          const mg_tsplit &sp = mg_tsplit{})
 {
 #pragma unroll
-    for (int i = 0; i < R / 64; i++) mg_tma3_split<MG_WG_TMA_L2 == 1>(dst + i * 8192, &m, k0, r0 + 64 * i, g, bar, sp, i);
+    for (int i = 0; i < R / 64; i++) mg_tma3_split(dst + i * 8192, &m, k0, r0 + 64 * i, g, bar, sp, i);
 }
 template <int R> MG_DEV void mg_tma_cols(unsigned dst, const mg_tmap &m, int c0, int k0, int g, unsigned bar,
                                          const mg_tsplit &sp = mg_tsplit{})
 {
 #pragma unroll
-    for (int i = 0; i < R / 64; i++) mg_tma3_split<MG_WG_TMA_L2 == 2>(dst + i * 8192, &m, c0 + 64 * i, k0, g, bar, sp, i);
+    for (int i = 0; i < R / 64; i++) mg_tma3_split(dst + i * 8192, &m, c0 + 64 * i, k0, g, bar, sp, i);
 }
 
 /* ------------------------------------------------------------------ the core */
@@ -1574,7 +1528,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         for (int i = 0; i < R / 16; i++) {
             const long long a = rows[r0 + 16 * i];
             const bool ok = a != 0 && k_ok;
-            mg_cp_async16_gather<false>(d0 + i * 2048, ok ? (const void *)(a + kb) : (const void *)base, ok);
+            mg_cp_async16_u32(d0 + i * 2048, ok ? (const void *)(a + kb) : (const void *)base, ok);
         }
     }
     /* MN-contiguous: 64 k rows x R columns, k row -> memory row through the gather. Each
@@ -1629,7 +1583,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 /* row -1 (past ke) reads row 0 with zero bytes: max, not a select of the
                  * address, keeps it one IMAD.WIDE with the column as its addend */
                 const char *src = (const char *)(col + (unsigned long long)((long long)max(row, 0) * ldb));
-                mg_cp_async16_gather<true>(d0 + KSTEP * i * 128 + (sw ^ (((KSTEP * i) & 7) << 4)), src, ok);
+                mg_cp_async16_u32(d0 + KSTEP * i * 128 + (sw ^ (((KSTEP * i) & 7) << 4)), src, ok);
             }
         } else if constexpr (MG_WG_MN_BATCH != 0) {
             const int kr0 = ptid / CPR, mc = ptid - kr0 * CPR, mn = o.mn0 + mc * 8;
