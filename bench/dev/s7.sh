@@ -4,7 +4,7 @@
 # (after call 4 the clamp is the only path and MG_WG_MN_AHEAD, MG_WG_EPI_L2PF and MG_WG_MN_CLAMP were
 # removed, each measured level: in ah and pf their settings are now no-ops; so are gl's
 # MG_WG_GATHER_L2 and MG_WG_TMA_L2, removed after call 8, level)
-# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] [gl] ...   from the repo root after `make -j all bench`;
+# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] [gl] [bk] ...   from the repo root after `make -j all bench`;
 # logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
 # smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from
 # power capping. Steps have timeouts cut to what is left of LIMIT.
@@ -142,5 +142,23 @@ for sh in olmoe finegrained small; do
     bench gl1 $sh MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=1
     bench gl2 $sh MOEGEN_JIT_DEFINES=-DMG_WG_GATHER_L2=2
 done
+fi
+if [[ $PH == *" bk "* ]]; then   # up wgrad's stage depth (MG_WG_BK_WGRAD: 64, 48, 32 k rows; more stages below 64)
+st bk48 "-DMG_WG_BK_WGRAD=48" tiny
+st bk32coop "-DMG_WG_BK_WGRAD=32 -DMG_WG_PINGPONG=0" tiny
+st bk48 "-DMG_WG_BK_WGRAD=48" bench-small
+st bk32 "-DMG_WG_BK_WGRAD=32" switch-cf125
+for v in 64 48 32; do
+    step "prof_layer mixtral bk$v" 60 prof-bk$v.log env OUT="$O/prof-bk$v" MOEGEN_JIT_DEFINES=-DMG_WG_BK_WGRAD=$v bench/prof_layer.sh mixtral
+    sed -n 3,8p "$O"/prof-bk$v/prof-mixtral.txt 2>/dev/null | awk -v b=bk$v '{print b, $1, $NF}' | tee -a "$S"
+done
+for sh in mixtral olmoe finegrained small; do
+    bench bk64 $sh
+    bench bk48 $sh MOEGEN_JIT_DEFINES=-DMG_WG_BK_WGRAD=48
+    bench bk32 $sh MOEGEN_JIT_DEFINES=-DMG_WG_BK_WGRAD=32
+done
+bench bk64 mixtral
+bench bk48 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BK_WGRAD=48
+bench bk32 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BK_WGRAD=32
 fi
 note "total $(( $(date +%s) - T0 ))s"
