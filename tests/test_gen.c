@@ -185,6 +185,24 @@ static void test_nvrtc_knob_variants(void **state)
     }
 }
 
+/* Bad Hopper knobs in the environment: one clear line and exit 1, before any compile (an
+ * invalid MOEGEN_JIT_DEFINES once aborted in a double free). */
+static void test_bad_jit_env_is_one_line(void **state)
+{
+    (void)state;
+    const char *cases[][2] = {
+        {"MOEGEN_WG_BK_WGRAD=40", "MOEGEN_WG_BK_WGRAD = '40': expected 64, 48, 32 or 16"},
+        {"MOEGEN_JIT_DEFINES=bad", "MOEGEN_JIT_DEFINES = 'bad': expected up to 8 -DNAME[=VALUE] words"},
+    };
+    for (int i = 0; i < 2; i++) {
+        mg_proc p;
+        mg_run(&p, "%s %s compile specs/tiny.lua --arch sm_90a -o %s/badenv%d --no-cache", cases[i][0], mg_bin(), tmp, i);
+        if (p.code != 1 || !strstr(p.out, cases[i][1])) print_error("%s: exit %d\n%s\n", cases[i][0], p.code, p.out);
+        assert_int_equal(p.code, 1);
+        assert_non_null(strstr(p.out, cases[i][1]));
+    }
+}
+
 static void test_template_error_points_at_template_line(void **state)
 {
     (void)state;
@@ -227,6 +245,7 @@ int main(void)
         cmocka_unit_test(test_sources_have_constants_and_line_directives),
         cmocka_unit_test(test_tile_override_changes_name),
         cmocka_unit_test(test_template_error_points_at_template_line),
+        cmocka_unit_test(test_bad_jit_env_is_one_line),
         cmocka_unit_test(test_nvrtc_every_spec),
         cmocka_unit_test(test_nvcc_compiles_generated_sources),
         cmocka_unit_test(test_nvrtc_knob_variants),

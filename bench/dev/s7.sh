@@ -5,7 +5,7 @@
 # removed, each measured level: in ah and pf their settings are now no-ops; so are gl's
 # MG_WG_GATHER_L2 and MG_WG_TMA_L2, removed after call 8, level, and bk's MG_WG_BK_WGRAD, removed
 # after call 9: more, shallower stages level, its 64 x 16 da boxes 0.6 ms slower)
-# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] [gl] [bk] ...   from the repo root after `make -j all bench`;
+# usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] [gl] [bk] [bkb] ...   from the repo root after `make -j all bench`;
 # logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
 # smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from
 # power capping. Steps have timeouts cut to what is left of LIMIT.
@@ -161,5 +161,22 @@ done
 bench bk64 mixtral
 bench bk48 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BK_WGRAD=48
 bench bk32 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BK_WGRAD=32
+fi
+if [[ $PH == *" bkb "* ]]; then   # up wgrad's stage depth with da boxes of as many rows (env MOEGEN_WG_BK_WGRAD)
+stb() { # bk pp spec
+    step "selftest $3 moe bk$1 pp$2" 120 st-$3-bk$1-pp$2.log env MOEGEN_WG_BK_WGRAD=$1 MOEGEN_JIT_DEFINES=-DMG_WG_PINGPONG=$2 \
+        MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=5e7 build/moegen selftest specs/$3.lua --seed 38
+    grep -a -m6 -A2 FAIL "$O/st-$3-bk$1-pp$2.log" | tee -a "$S"
+}
+stb 48 1 tiny; stb 32 0 tiny; stb 48 1 bench-small; stb 32 1 switch-cf125
+for v in 64 48 32; do
+    step "prof_layer mixtral bkb$v" 60 prof-bkb$v.log env OUT="$O/prof-bkb$v" MOEGEN_WG_BK_WGRAD=$v bench/prof_layer.sh mixtral
+    sed -n 3,8p "$O"/prof-bkb$v/prof-mixtral.txt 2>/dev/null | awk -v b=bkb$v '{print b, $1, $NF}' | tee -a "$S"
+done
+for sh in mixtral olmoe finegrained small mixtral; do
+    bench bk64 $sh
+    bench bk48 $sh MOEGEN_WG_BK_WGRAD=48
+    bench bk32 $sh MOEGEN_WG_BK_WGRAD=32
+done
 fi
 note "total $(( $(date +%s) - T0 ))s"
