@@ -6,7 +6,6 @@
 #include "mg_jit.h"
 #include "mg_sb.h"
 #include "mg_tmpl.h"
-#include "moe_params.h"   /* MG_WG_BK_WGRAD */
 
 #include <ctype.h>
 #include <stdio.h>
@@ -388,12 +387,6 @@ static int write_bundle(bundle *b, mg_genout *out, const char *dir, mg_err *err)
 
 int mg_bundle_write(mg_plan *plan, const mg_bundle_opts *o, const char *dir, mg_err *err)
 {
-    /* a bundle's launcher builds up wgrad's da map for the source's stage depth: its kernels
-     * must be compiled for the same (the env knob is for moegen's own runs) */
-    const char *bk = getenv("MOEGEN_WG_BK_WGRAD");
-    if (bk && *bk && atoi(bk) != MG_WG_BK_WGRAD)
-        return mg_err_set(err, MG_EUSER, "bundle: MOEGEN_WG_BK_WGRAD = '%s': bundles take the default (%d); unset it",
-                          bk, MG_WG_BK_WGRAD);
     bundle *b = calloc(1, sizeof *b);
     if (!b) return mg_err_set(err, MG_EINTERNAL, "bundle: out of memory");
     b->plan = plan;

@@ -1,7 +1,6 @@
 /* mg_jit: NVRTC compilation of generated sources into cubins, through the on-disk cache. */
 #include "mg_jit.h"
 #include "mg_cache.h"
-#include "mg_launch.h"   /* mg_wg_env_bk_wgrad */
 
 #include <nvrtc.h>
 
@@ -78,7 +77,7 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
     if (strlen(arch) > MG_JIT_ARCH_MAX || !*arch)
         return mg_err_set(err, MG_EUSER, "jit: arch '%s': expected e.g. sm_90a", arch);
     snprintf(jo->arch_opt, sizeof jo->arch_opt, "--gpu-architecture=%s", arch);
-    jo->v = malloc(sizeof *jo->v * (size_t)(MG_JIT_BASE_OPTS + n_extra + MG_JIT_ENV_DEFS + 4));   /* + bwd, cluster, bk, -v */
+    jo->v = malloc(sizeof *jo->v * (size_t)(MG_JIT_BASE_OPTS + n_extra + MG_JIT_ENV_DEFS + 3));   /* + bwd, cluster, -v */
     if (!jo->v) return mg_err_set(err, MG_EINTERNAL, "jit: out of memory");
     int k = 0;
     jo->v[k++] = jo->arch_opt;
@@ -99,11 +98,6 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
         strcpy(jo->env_defs, env);
         int nd = 0;
         for (char *save = NULL, *tok = strtok_r(jo->env_defs, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
-            if (!strncmp(tok, "-DMG_WG_BK_WGRAD", 16)) {   /* the launcher must know it too */
-                free(jo->v);
-                jo->v = NULL;   /* (the caller frees jo->v too) */
-                return mg_err_set(err, MG_EUSER, "MOEGEN_JIT_DEFINES: set MG_WG_BK_WGRAD through MOEGEN_WG_BK_WGRAD");
-            }
             if (strncmp(tok, "-D", 2) != 0 || !tok[2] || ++nd > MG_JIT_ENV_DEFS) {
                 free(jo->v);
                 jo->v = NULL;   /* (the caller frees jo->v too) */
@@ -123,20 +117,6 @@ static int opts_build(jit_opts *jo, const mg_jit_opts *o, const char *arch, mg_e
      * launcher reads the same variable and launches them in clusters of 2 */
     const char *cl = getenv("MOEGEN_WG_CLUSTER");
     if (cl && *cl && atoi(cl) == 2) jo->v[k++] = "-DMG_WG_CLUSTER=2";
-    /* env MOEGEN_WG_BK_WGRAD: up wgrad's stage depth; the launcher builds its da map to match */
-    const int bk = mg_wg_env_bk_wgrad();
-    switch (bk == MG_WG_BK_WGRAD ? 0 : bk) {   /* (the default adds nothing: same cache key) */
-    case 0: break;
-    case 64: jo->v[k++] = "-DMG_WG_BK_WGRAD=64"; break;
-    case 48: jo->v[k++] = "-DMG_WG_BK_WGRAD=48"; break;
-    case 32: jo->v[k++] = "-DMG_WG_BK_WGRAD=32"; break;
-    case 16: jo->v[k++] = "-DMG_WG_BK_WGRAD=16"; break;
-    default:
-        free(jo->v);
-        jo->v = NULL;   /* (the caller frees jo->v too) */
-        return mg_err_set(err, MG_EUSER, "MOEGEN_WG_BK_WGRAD = '%s': expected 64, 48, 32 or 16",
-                          getenv("MOEGEN_WG_BK_WGRAD"));
-    }
     jo->n = k;
     if (o && o->verbose_ptxas) jo->v[k++] = "--ptxas-options=-v";
     jo->n_all = k;

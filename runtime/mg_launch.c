@@ -51,18 +51,13 @@ static mg_launch_tmap_encode_fn mg_launch_encoder(void)
 /* The map of a row-major 16-bit tensor [G][rows][cols] in 64 x 64 boxes with the 128-byte
  * swizzle (the layout of templates/mg_wgmma.cuh's stages); reads past rows or cols (and
  * past a group's rows) fill zeros. 1 on success. */
-static int mg_launch_tmap_box(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows, int G,
-                              unsigned box_rows)
+static int mg_launch_tmap(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows, int G)
 {
     const unsigned long long dims[3] = {(unsigned long long)cols, (unsigned long long)rows, (unsigned long long)G};
     const unsigned long long strides[2] = {(unsigned long long)cols * 2, (unsigned long long)(cols * rows) * 2};
-    const unsigned box[3] = {64, box_rows, 1}, estr[3] = {1, 1, 1};
+    const unsigned box[3] = {64, 64, 1}, estr[3] = {1, 1, 1};
     return base && L->tmap_encode(m, MG_TM_UINT16, 3, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
                                   MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
-}
-static int mg_launch_tmap(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows, int G)
-{
-    return mg_launch_tmap_box(L, m, base, cols, rows, G, 64);
 }
 /* The map of x [rows][cols] (16-bit) in one-row boxes of 64 columns with the 128-byte swizzle:
  * the gathered operand of up fwd (MG_WG_TMA_GATHER), one box per token row,
@@ -92,11 +87,9 @@ static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
     return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1) &&
            mg_launch_tmap(L, &p->tm_b, p->w_up, L->dim.d, L->dim.f2, p->n_groups);
 }
-/* (da in boxes of the stage's k rows, MOEGEN_WG_BK_WGRAD: mg_wgmma.cuh mg_tma_cols_bk) */
 static int mg_tm_up_wgrad(const mg_launch *L, moe_up_wgrad_params *p)
 {
-    return mg_launch_tmap_box(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1,
-                              (unsigned)L->wg_bk_wgrad);
+    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1);
 }
 static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
 {
@@ -174,11 +167,6 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
     L->tmap_encode = wg ? mg_launch_encoder() : NULL;
     L->wg = wg && L->tmap_encode;   /* no encoder (driver older than 12.0): mma.sync */
     L->wg_bwd = env_bwd && *env_bwd ? atoi(env_bwd) != 0 : MG_WG_BWD;
-    L->wg_bk_wgrad = mg_wg_env_bk_wgrad();
-    if (L->wg_bk_wgrad < 0) {
-        if (msg && n) snprintf(msg, n, "MOEGEN_WG_BK_WGRAD = '%s': expected 64, 48, 32 or 16", getenv("MOEGEN_WG_BK_WGRAD"));
-        return MG_LAUNCH_EUSER;
-    }
     dim = &L->dim;
     if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
         (e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess ||

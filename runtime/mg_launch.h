@@ -15,26 +15,6 @@
 #include <cuda_runtime_api.h>
 #include <stddef.h>
 #include "moe_params.h"   /* the kernels' parameter structs, shared with the device */
-#include <stdlib.h>
-#include <string.h>
-
-/* MOEGEN_WG_BK_WGRAD: k rows a stage of up wgrad (templates/moe_params.h MG_WG_BK_WGRAD): the
- * kernels are compiled with it and da's tensor map is built in boxes of that many rows. Unset
- * or empty: 64. Returns 64, 48, 32 or 16, or -1 for any other value (the caller reports it).
- * The compiler (runtime/mg_jit.c) and the launcher both read it here, so they agree. */
-static inline int mg_wg_env_bk_wgrad(void)
-{
-#ifdef MG_LAUNCH_BUNDLE
-    return MG_WG_BK_WGRAD;   /* a bundle's kernels were built with the default (gen/mg_bundle.c) */
-#endif
-    const char *v = getenv("MOEGEN_WG_BK_WGRAD");
-    if (!v || !*v) return MG_WG_BK_WGRAD;
-    if (!strcmp(v, "64")) return 64;
-    if (!strcmp(v, "48")) return 48;
-    if (!strcmp(v, "32")) return 32;
-    if (!strcmp(v, "16")) return 16;
-    return -1;
-}
 
 #ifndef MG_LAUNCH_API
 #define MG_LAUNCH_API
@@ -92,7 +72,6 @@ typedef struct mg_launch {
                                   (templates/mg_wgmma.cuh); 0: mma.sync launches. mg_launch_load
                                   clears it when the driver offers no tensor-map encoder */
     int wg_bwd;                /* dgrad/wgrad on the Hopper path too: MG_WG_BWD, or env MOEGEN_WG_BWD=0|1 */
-    int wg_bk_wgrad;           /* up wgrad's k rows a stage (env MOEGEN_WG_BK_WGRAD): da's box rows */
     int wg_cl_grid[MG_K_COUNT];   /* > 0: launch kernel k in clusters of 2 over this many CTAs
                                   (env MOEGEN_WG_CLUSTER=2, the four row GEMMs on the Hopper
                                   path; 2 x the device's active clusters of 2) */

@@ -13,7 +13,6 @@
 #endif
 
 #define MG_LAUNCH_API static
-#define MG_LAUNCH_BUNDLE 1   /* (no environment knobs: the kernels are built already) */
 #include "mg_launch.c"   /* kernel lookup, workspace carving, grid rules, launch order */
 
 #include <stdint.h>

@@ -212,7 +212,7 @@ struct moe_up_dgrad_wg {
  * 12.28 -> 11.76, fine-grained 10.44 -> 10.28, small 3.78 -> 3.65. */
 struct moe_up_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_F2), MT = (MG_D + 127) / 128, NTN = (MG_F2 + BN - 1) / BN;
-    typedef mg_wg<mg_t, BN, false, false, MG_WG_BK_WGRAD> G;
+    typedef mg_wg<mg_t, BN, false, false> G;
     static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = true, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
     static constexpr bool PAIRS = false;
@@ -220,7 +220,7 @@ struct moe_up_wgrad_wg {
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
     MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
-        mg_tma_cols_bk<BN, G::BK>(dst, p.tm_a, w.nt * BN, k0, 0, bar);
+        mg_tma_cols<BN>(dst, p.tm_a, w.nt * BN, k0, 0, bar);
     }
     MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
     MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }

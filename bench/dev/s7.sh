@@ -4,7 +4,8 @@
 # (after call 4 the clamp is the only path and MG_WG_MN_AHEAD, MG_WG_EPI_L2PF and MG_WG_MN_CLAMP were
 # removed, each measured level: in ah and pf their settings are now no-ops; so are gl's
 # MG_WG_GATHER_L2 and MG_WG_TMA_L2, removed after call 8, level, and bk's MG_WG_BK_WGRAD, removed
-# after call 9: more, shallower stages level, its 64 x 16 da boxes 0.6 ms slower)
+# after call 9: more, shallower stages level, its 64 x 16 da boxes 0.6 ms slower; bkb's env
+# MOEGEN_WG_BK_WGRAD, da boxes of the stage's rows, removed after call 11, level)
 # usage: bench/dev/s7.sh [prof] [src] [ab] [ah] [srcw] [pf] [bandk] [gl] [bk] [bkb] ...   from the repo root after `make -j all bench`;
 # logs under $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into
 # smi.csv while it runs (marks.txt: when each step started), to tell run-to-run noise from

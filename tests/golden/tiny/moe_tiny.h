@@ -248,29 +248,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
-/* MG_WG_BK_WGRAD: k rows a stage of up wgrad (64, 48, 32 or 16; env MOEGEN_WG_BK_WGRAD sets it
- * for both the compiler and the launcher, which builds da's map in boxes of that many rows,
- * runtime/mg_jit.c and mg_launch.c). Both its
- * operands are MN-contiguous, so a stage can be shallower, and with MG_WG_BK_SMEM more shared
- * memory there are more of them: at BN 256, 4 stages of 64 (3 in flight while one is read,
- * 192 k rows), 6 of 48 (240) or 9 of 32 (256). Mixtral's up wgrad waits on its gathered x rows
- * with the producer waiting on empty stages too (ncu, s7 calls 2-3): the bytes in flight, not
- * the copy rate, bound it. */
-#ifndef MG_WG_BK_WGRAD
-#define MG_WG_BK_WGRAD 64
-#endif
-#if MG_WG_BK_WGRAD != 64 && MG_WG_BK_WGRAD != 48 && MG_WG_BK_WGRAD != 32 && MG_WG_BK_WGRAD != 16
-#error "MG_WG_BK_WGRAD: 64, 48, 32 or 16"
-#endif
-/* up wgrad's shared memory on top of MG_WG_SMEM_BYTES (the stages of a BK below 64; 231,488
- * bytes in all, under the 232,448 an H100 or H200 block may take) */
-#define MG_WG_BK_SMEM 30720
 /* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES: the epilogue scratch
  * of up fwd (MG_WG_EPI_SMEM_UP) and down dgrad (MG_WG_EPI_SMEM), whatever those device-only
- * knobs, and up wgrad's MG_WG_BK_SMEM. down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad.
- * The launcher and the tuner's estimate both size kernels by it. */
+ * knobs. down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's
+ * estimate both size kernels by it. */
 #define MG_WG_EXTRA_SMEM(down, gemm) \
-    ((!(down) && (gemm) == 0) || ((down) && (gemm) == 1) ? MG_WG_SCRATCH_BYTES : !(down) && (gemm) == 2 ? MG_WG_BK_SMEM : 0)
+    ((!(down) && (gemm) == 0) || ((down) && (gemm) == 1) ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level

@@ -264,29 +264,12 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
-/* MG_WG_BK_WGRAD: k rows a stage of up wgrad (64, 48, 32 or 16; env MOEGEN_WG_BK_WGRAD sets it
- * for both the compiler and the launcher, which builds da's map in boxes of that many rows,
- * runtime/mg_jit.c and mg_launch.c). Both its
- * operands are MN-contiguous, so a stage can be shallower, and with MG_WG_BK_SMEM more shared
- * memory there are more of them: at BN 256, 4 stages of 64 (3 in flight while one is read,
- * 192 k rows), 6 of 48 (240) or 9 of 32 (256). Mixtral's up wgrad waits on its gathered x rows
- * with the producer waiting on empty stages too (ncu, s7 calls 2-3): the bytes in flight, not
- * the copy rate, bound it. */
-#ifndef MG_WG_BK_WGRAD
-#define MG_WG_BK_WGRAD 64
-#endif
-#if MG_WG_BK_WGRAD != 64 && MG_WG_BK_WGRAD != 48 && MG_WG_BK_WGRAD != 32 && MG_WG_BK_WGRAD != 16
-#error "MG_WG_BK_WGRAD: 64, 48, 32 or 16"
-#endif
-/* up wgrad's shared memory on top of MG_WG_SMEM_BYTES (the stages of a BK below 64; 231,488
- * bytes in all, under the 232,448 an H100 or H200 block may take) */
-#define MG_WG_BK_SMEM 30720
 /* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES: the epilogue scratch
  * of up fwd (MG_WG_EPI_SMEM_UP) and down dgrad (MG_WG_EPI_SMEM), whatever those device-only
- * knobs, and up wgrad's MG_WG_BK_SMEM. down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad.
- * The launcher and the tuner's estimate both size kernels by it. */
+ * knobs. down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's
+ * estimate both size kernels by it. */
 #define MG_WG_EXTRA_SMEM(down, gemm) \
-    ((!(down) && (gemm) == 0) || ((down) && (gemm) == 1) ? MG_WG_SCRATCH_BYTES : !(down) && (gemm) == 2 ? MG_WG_BK_SMEM : 0)
+    ((!(down) && (gemm) == 0) || ((down) && (gemm) == 1) ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -1444,33 +1427,15 @@ template <int R> MG_DEV void mg_tma_cols(unsigned dst, const mg_tmap &m, int c0,
     for (int i = 0; i < R / 64; i++) mg_tma3_split(dst + i * 8192, &m, c0 + 64 * i, k0, g, bar, sp, i);
 }
 
-/* An MN-contiguous operand's stage of BK k rows from a map of 64 x BK boxes (one box a 64-column
- * block, blocks BK * 128 bytes apart): up wgrad's da, whose map the launcher builds with the
- * box rows of MOEGEN_WG_BK_WGRAD (runtime/mg_launch.c). At BK 64, mg_tma_cols. */
-template <int R, int BK> MG_DEV void mg_tma_cols_bk(unsigned dst, const mg_tmap &m, int c0, int k0, int g, unsigned bar)
-{
-#pragma unroll
-    for (int i = 0; i < R / 64; i++) mg_tma3(dst + i * (BK * 128), &m, c0 + 64 * i, k0, g, bar);
-}
-
 /* ------------------------------------------------------------------ the core */
-/* BKT: k rows a stage. 64 (one swizzle atom of 16-bit K-contiguous rows) unless both operands
- * are MN-contiguous, where a stage is BKT k rows of 128-byte MN blocks and any multiple of 16
- * works: shallower stages, more of them in the same bytes (the wgrads, MG_WG_BK_WGRAD). */
-template <class T, int BN, bool A_KC, bool B_KC, int BKT = 64> struct mg_wg {
-    static constexpr int BM = 128, BK = BKT;
-    static_assert(BK == 64 || (!A_KC && !B_KC && BK % 16 == 0 && BK >= 16 && BK < 64),
-                  "BK: 64, or a multiple of 16 below 64 with both operands MN-contiguous");
-    static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
-    /* below 64 k rows the kernel has MG_WG_BK_SMEM more shared memory (the host gives it to
-     * the wgrad entries, MG_WG_EXTRA_SMEM) and as many stages as fit */
-    static constexpr int SMEM_BYTES = MG_WG_SMEM_BYTES(BN) + (BK == 64 ? 0 : MG_WG_BK_SMEM);
-    static constexpr int STAGES_FIT = (SMEM_BYTES - 1024 - (BM + BN) * 8) / (STAGE_BYTES + 16);
-    static constexpr int STAGES_BK = BK == 64 ? MG_WG_STAGES(BN) : STAGES_FIT;
-    static constexpr int STAGES = MG_WG_STAGES_DEV < STAGES_BK ? MG_WG_STAGES_DEV : STAGES_BK;
+template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
+    static constexpr int BM = 128, BK = 64;
+    static constexpr int STAGES = MG_WG_STAGES_DEV < MG_WG_STAGES(BN) ? MG_WG_STAGES_DEV : MG_WG_STAGES(BN);
     static_assert(STAGES >= 2, "MG_WG_STAGES_DEV: at least 2 stages");
+    static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
     static constexpr int NACC = BN / 2;              /* fp32 accumulators per consumer thread */
-    static constexpr unsigned MN_LBO = BK * 128, SW_SBO = 1024;
+    static constexpr int SMEM_BYTES = MG_WG_SMEM_BYTES(BN);
+    static constexpr unsigned MN_LBO = 64 * 128, SW_SBO = 1024;
     static_assert(BN == 128 || BN == 256, "BN must be 128 or 256");
     static_assert(SMEM_BYTES >= 1024 + STAGES * STAGE_BYTES + 16 * STAGES + (BM + BN) * 8, "smem layout");
     /* A problem with an epilogue operand (P::EPI_BYTES > 0, MG_WG_EPI_TMA: down dgrad's a)
@@ -1587,14 +1552,14 @@ template <class T, int BN, bool A_KC, bool B_KC, int BKT = 64> struct mg_wg {
     {
         constexpr int CPR = R / 8, RPW = 32 / CPR, KSTEP = 128 / CPR;
         const int lane = ptid & 31, k = k0 + (ptid >> 5) * RPW + lane % RPW + KSTEP * (lane / RPW);
-        return lane >= BK / 4 || k >= ke ? -1 : o.gather ? o.gather[k] : k;
+        return lane >= 16 || k >= ke ? -1 : o.gather ? o.gather[k] : k;
     }
     template <int R, bool LANE_ROWS = false>
     MG_DEV static void load_mn(unsigned dst, const mg_opnd<T> &o, int k0, int ke, int ptid, int lrow = -1)
     {
-        constexpr int CPR = R / 8, NCH = BK * CPR / 128, KSTEP = 128 / CPR, RPW = 32 / CPR;
-        static_assert(BK * CPR % 128 == 0 && 128 % CPR == 0, "load_mn: R in {128, 256}");
-        static_assert(RPW * NCH == BK / 4, "mn_row: BK / 4 k rows a warp");
+        constexpr int CPR = R / 8, NCH = 64 * CPR / 128, KSTEP = 128 / CPR, RPW = 32 / CPR;
+        static_assert(64 * CPR % 128 == 0 && 128 % CPR == 0, "load_mn: R in {128, 256}");
+        static_assert(RPW * NCH == 16, "mn_row: 16 k rows a warp");
         if constexpr (LANE_ROWS) {
             /* The lane divides its own row once (not each of the NCH copies
              * that take it), a copy's source is one multiply-add from its column's address (5
@@ -1610,7 +1575,7 @@ template <class T, int BN, bool A_KC, bool B_KC, int BKT = 64> struct mg_wg {
             unsigned long long col = (unsigned long long)(o.base + (mn_ok ? mn : 0));
             asm("" : "+l"(col));
             const int ldb = (int)(o.ld * (long long)sizeof(T));
-            const unsigned d0 = dst + (mc >> 3) * MN_LBO + kr0 * 128, sw = ((mc & 7) ^ (kr0 & 7)) << 4;
+            const unsigned d0 = dst + (mc >> 3) * (64 * 128) + kr0 * 128, sw = ((mc & 7) ^ (kr0 & 7)) << 4;
 #pragma unroll
             for (int i = 0; i < NCH; i++) {
                 const int row = __shfl_sync(0xffffffffu, lr, i * RPW + sub);
@@ -1633,12 +1598,12 @@ template <class T, int BN, bool A_KC, bool B_KC, int BKT = 64> struct mg_wg {
             for (int i = 0; i < NCH; i++) {
                 const int kr = kr0 + KSTEP * i;
                 const T *src = row[i] >= 0 ? o.base + (long long)row[i] * o.ld + mn : o.base;
-                mg_cp_async16_u32(dst + (mc >> 3) * MN_LBO + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src,
+                mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src,
                                   row[i] >= 0);
             }
         } else {
 #pragma unroll 4
-            for (int c = ptid; c < BK * CPR; c += 128) {
+            for (int c = ptid; c < 64 * CPR; c += 128) {
                 int kr = c / CPR, mc = c - kr * CPR;
                 int k = k0 + kr, mn = o.mn0 + mc * 8;
                 bool ok = k < ke && mn < o.MN;
@@ -1647,7 +1612,7 @@ template <class T, int BN, bool A_KC, bool B_KC, int BKT = 64> struct mg_wg {
                     long long row = o.gather ? (long long)(o.gather[k] / o.gdiv) : (long long)k;
                     src = o.base + row * o.ld + mn;
                 }
-                mg_cp_async16_u32(dst + (mc >> 3) * MN_LBO + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src, ok);
+                mg_cp_async16_u32(dst + (mc >> 3) * (64 * 128) + kr * 128 + (((mc & 7) ^ (kr & 7)) << 4), src, ok);
             }
         }
     }
@@ -1914,9 +1879,9 @@ template <class T, int BN, bool A_KC, bool B_KC, int BKT = 64> struct mg_wg {
                                                  : mg_wg_desc(sb + kk * 2048, MN_LBO, SW_SBO);
 #pragma unroll
                     for (int h = 0; h < MH; h++) {
-                        /* rows 64h.. of the A stage (K-contiguous: +64 rows of 128 B;
-                         * MN-contiguous: the second 64-wide MN block, +MN_LBO) */
-                        const unsigned sa = st + (PP ? h : c) * (A_KC ? 64 * 128 : MN_LBO);
+                        /* rows 64h.. of the A stage: +8 KB in both layouts (K-contiguous: 64
+                         * rows of 128 B; MN-contiguous: the second 64-wide MN block) */
+                        const unsigned sa = st + (PP ? h : c) * (64 * 128);
                         unsigned long long da = A_KC ? mg_wg_desc(sa + kk * 32, 16, SW_SBO)
                                                      : mg_wg_desc(sa + kk * 2048, MN_LBO, SW_SBO);
                         mg_wgmma_op<BN, T>::template mma<A_KC ? 0 : 1, B_KC ? 0 : 1>(acc[h], da, db);
