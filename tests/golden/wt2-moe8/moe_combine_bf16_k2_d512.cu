@@ -1544,8 +1544,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * (-1 past ke) and load_mn takes each from its lane by a shuffle: one gather read a lane,
      * not NCH, and one register, so the producer (56 registers) can read the next stage's
      * rows before it waits for that stage (up wgrad, x then its B: ncu found its producer
-     * waiting on these reads, L2 at 20% busy). mn_row returns the raw gather entry: load_mn divides it by
-     * gdiv after the shuffle, a stage later, so the load's latency hides behind the empty wait
+     * waiting on these reads, L2 at 20% busy). mn_row returns the raw gather entry: load_mn's lane
+     * divides it by gdiv before the shuffles, a stage later, so the load's latency hides behind the empty wait
      * (divided here, the producer sat on it every stage: ncu of Mixtral's up wgrad, s6 call 2,
      * 29% of the producer's samples). Up wgrad's x is its A since session 6. */
     template <int R> MG_DEV static int mn_row(const mg_opnd<T> &o, int k0, int ke, int ptid)
