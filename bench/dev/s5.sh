@@ -16,26 +16,7 @@ set -u
 O=${OUT:-/tmp/s5}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
-T0=$(date +%s)
-S="$O/summary.txt"; : > "$S"
-note() { echo "$*" | tee -a "$S"; }
-step() { # name timeout log command...   (env assignments go through `env`)
-    local name=$1 t=$2 log=$3; shift 3
-    local el=$(( $(date +%s) - T0 ))
-    if (( el > DEADLINE )); then note "$(printf '%-44s skipped (%ds elapsed)' "$name" $el)"; return 99; fi
-    local s=$(date +%s)
-    (( t > LIMIT - el )) && t=$(( LIMIT - el ))
-    timeout "$t" "$@" > "$O/$log" 2>&1
-    local rc=$?
-    note "$(printf '%-44s rc=%-3d %4ds  %s' "$name" $rc $(( $(date +%s) - s )) \
-        "$(grep -ac PASS "$O/$log") PASS $(grep -ac FAIL "$O/$log") FAIL")"
-    return $rc
-}
-bench() { # tag shape env...   one mg_bench_layer run, medians into the summary
-    local tag=$1 sh=$2; shift 2
-    step "bench $sh $tag" 60 bench-$sh-$tag.log env "$@" build/bench/mg_bench_layer --shape $sh --runs 10 --warmup 3
-    grep -a median "$O/bench-$sh-$tag.log" | sed "s/^/$sh $tag /" | tee -a "$S"
-}
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench; T0, S
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-check ab} "
 st() { # tag defines spec [budget]

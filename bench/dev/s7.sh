@@ -14,31 +14,12 @@ set -u
 O=${OUT:-/tmp/s7}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
-T0=$(date +%s)
-S="$O/summary.txt"; : > "$S"
+BENCH_RUNS=20
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench; T0, S
 Q=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
 (nvidia-smi --query-gpu=$Q,clocks_event_reasons.active --format=csv -lms 200 ||
     nvidia-smi --query-gpu=$Q --format=csv -lms 200) > "$O/smi.csv" 2>&1 &
 trap 'pkill -f "nvidia-smi --query-gpu=timestamp" 2>/dev/null' EXIT
-note() { echo "$*" | tee -a "$S"; }
-step() { # name timeout log command...   (env assignments go through `env`)
-    local name=$1 t=$2 log=$3; shift 3
-    local el=$(( $(date +%s) - T0 ))
-    if (( el > DEADLINE )); then note "$(printf '%-44s skipped (%ds elapsed)' "$name" $el)"; return 99; fi
-    local s=$(date +%s)
-    echo "$(date -u +%T.%N | cut -c1-12) $name" >> "$O/marks.txt"
-    (( t > LIMIT - el )) && t=$(( LIMIT - el ))
-    timeout "$t" "$@" > "$O/$log" 2>&1
-    local rc=$?
-    note "$(printf '%-44s rc=%-3d %4ds  %s' "$name" $rc $(( $(date +%s) - s )) \
-        "$(grep -ac PASS "$O/$log") PASS $(grep -ac FAIL "$O/$log") FAIL")"
-    return $rc
-}
-bench() { # tag shape env...   one mg_bench_layer run, medians into the summary
-    local tag=$1 sh=$2; shift 2
-    step "bench $sh $tag" 60 bench-$sh-$tag.log env "$@" build/bench/mg_bench_layer --shape $sh --runs ${RUNS:-20} --warmup 3
-    grep -a median "$O/bench-$sh-$tag.log" | sed "s/^/$sh $tag /" | tee -a "$S"
-}
 st() { # tag defines spec [budget]
     step "selftest $3 moe $1" 90 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
         MOEGEN_SELFTEST_BUDGET=${4:-5e7} build/moegen selftest specs/$3.lua --seed 37
