@@ -256,6 +256,23 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_GATHER_WARPS
 #define MG_WG_GATHER_WARPS 4
 #endif
+/* MG_WG_PROD_ILP 1: up fwd's producer takes its gathered A rows' addresses into registers once
+ * a tile (the same 8 rows every stage), not from the row table every stage: an LDS that ptxas
+ * keeps behind the previous copy (the LDGSTS may write the same shared memory), so each copy
+ * waited a shared-memory round trip. 0: the v10 loop (A/B). */
+#ifndef MG_WG_PROD_ILP
+#define MG_WG_PROD_ILP 1
+#endif
+/* Registers a thread of the producer / of a consumer warpgroup keeps after setmaxnreg
+ * (multiples of 8, 128 · PROD + 256 · CONS <= 65536). At 56 ptxas schedules up wgrad's lane-row
+ * shuffles one or two ahead of their copies to fit (SASS, bench-mixtral); at 72 it issues them
+ * five at a time. */
+#ifndef MG_WG_PROD_REGS
+#define MG_WG_PROD_REGS 56
+#endif
+#ifndef MG_WG_CONS_REGS
+#define MG_WG_CONS_REGS 224
+#endif
 #define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
 /* the larger of the two widths' needs (200,768 bytes), whatever the width */

@@ -288,6 +288,23 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_GATHER_WARPS
 #define MG_WG_GATHER_WARPS 4
 #endif
+/* MG_WG_PROD_ILP 1: up fwd's producer takes its gathered A rows' addresses into registers once
+ * a tile (the same 8 rows every stage), not from the row table every stage: an LDS that ptxas
+ * keeps behind the previous copy (the LDGSTS may write the same shared memory), so each copy
+ * waited a shared-memory round trip. 0: the v10 loop (A/B). */
+#ifndef MG_WG_PROD_ILP
+#define MG_WG_PROD_ILP 1
+#endif
+/* Registers a thread of the producer / of a consumer warpgroup keeps after setmaxnreg
+ * (multiples of 8, 128 · PROD + 256 · CONS <= 65536). At 56 ptxas schedules up wgrad's lane-row
+ * shuffles one or two ahead of their copies to fit (SASS, bench-mixtral); at 72 it issues them
+ * five at a time. */
+#ifndef MG_WG_PROD_REGS
+#define MG_WG_PROD_REGS 56
+#endif
+#ifndef MG_WG_CONS_REGS
+#define MG_WG_CONS_REGS 224
+#endif
 #define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
 /* the larger of the two widths' needs (200,768 bytes), whatever the width */
@@ -1518,6 +1535,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * per copy, ~20 instructions a copy, and ncu found this producer setting the pace of
      * Mixtral's gathered GEMMs (s6 call 3); cut to ~11 (v10), up fwd got faster on every
      * bench shape (s7 call 1). */
+    template <int RS>
     MG_DEV static void load_kc(unsigned dst, const long long *rows, const T *base, int R, int k0, int ke, int ptid)
     {
         const int kc = ptid & 7, r0 = ptid >> 3, k = k0 + kc * 8;
@@ -1526,7 +1544,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         const unsigned d0 = dst + r0 * 128 + ((kc ^ (r0 & 7)) << 4);
 #pragma unroll
         for (int i = 0; i < R / 16; i++) {
-            const long long a = rows[r0 + 16 * i];
+            const long long a = rows[RS * i];
             const bool ok = a != 0 && k_ok;
             mg_cp_async16_u32(d0 + i * 2048, ok ? (const void *)(a + kb) : (const void *)base, ok);
         }
@@ -1678,6 +1696,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         const int n_tiles = walk_n(pb, sm);
         int s = 0;
         unsigned ph = 0;
+        /* MG_WG_PROD_ILP: this thread's A row addresses (TABLE_A), read from the table once a
+         * tile: the same 8 rows in every stage, where a per-stage table read (LDS) sat between
+         * each copy and the next (ptxas keeps an LDS after an LDGSTS that may write the same
+         * shared memory), 8 exposed LDS latencies a stage */
+        long long ra[TABLE_A ? BM / 16 : 1];
         for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm)) {
             mg_wtile w;
             const bool mc = walk_tile(pb, sm, t, w);
@@ -1690,6 +1713,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 if constexpr (TABLE_B)
                     for (int r = ptid; r < BN; r += 128) rowsB[r] = table_entry(pb.opnd_b(w).base, pb.row_b(w, r));
                 mg_bar_named(1, 128);
+                if constexpr (TABLE_A && MG_WG_PROD_ILP)
+#pragma unroll
+                    for (int i = 0; i < BM / 16; i++) ra[i] = rowsA[(ptid >> 3) + 16 * i];
             }
             /* This warp's bytes a stage (lane 0 posts them). Gathered A: this thread's x rows
              * (tile rows ptid + NI·i, -1 past the group), the same in every stage of the tile. */
@@ -1762,14 +1788,17 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     }
                     const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
                     if (!P::A_TMA || jag) {
-                        if constexpr (A_KC) load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
+                        if constexpr (A_KC) {
+                            if constexpr (MG_WG_PROD_ILP) load_kc<1>(sa, ra, oa.base, BM, k0, w.ke, ptid);
+                            else load_kc<16>(sa, rowsA + (ptid >> 3), oa.base, BM, k0, w.ke, ptid);
+                        }
                         else if constexpr (A_MN_EVERY && MG_WG_MN_BATCH == 2) {
                             load_mn<BM, true>(sa, oa, k0, w.ke, ptid, arow);
                             if (kt + 1 < nk) arow = mn_row<BM>(oa, k0 + BK, w.ke, ptid);
                         } else load_mn<BM>(sa, oa, k0, w.ke, ptid);
                     }
                     if (!P::B_TMA || jag) {
-                        if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
+                        if constexpr (B_KC) load_kc<16>(sb, rowsB + (ptid >> 3), ob.base, BN, k0, w.ke, ptid);
                         else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {
@@ -1973,10 +2002,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         if (CLP<P> && sm.pairs) mg_cluster_sync();
         else __syncthreads();
         if (threadIdx.x < 128) {
-            mg_setmaxnreg_dec<56>();
+            mg_setmaxnreg_dec<MG_WG_PROD_REGS>();
             producer(pb, sm);
         } else {
-            mg_setmaxnreg_inc<224>();
+            mg_setmaxnreg_inc<MG_WG_CONS_REGS>();
             consumer(pb, sm);
         }
         /* neither CTA of a pair exits while the other may still multicast into it or arrive

@@ -1,0 +1,61 @@
+#!/bin/bash
+# s8: one GPU call for session 8's Hopper GEMM work (bench/NOTES.md, "v11"); every candidate is a
+# device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
+# usage: bench/dev/s8.sh [ilp] [src] ...   from the repo root after `make -j all bench`; logs under
+# $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt:
+# when each step started). Steps have timeouts cut to what is left of LIMIT.
+set -u
+O=${OUT:-/tmp/s8}; mkdir -p "$O"
+export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
+BENCH_RUNS=20
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench; T0, S
+Q=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
+(nvidia-smi --query-gpu=$Q,clocks_event_reasons.active --format=csv -lms 200 ||
+    nvidia-smi --query-gpu=$Q --format=csv -lms 200) > "$O/smi.csv" 2>&1 &
+trap 'pkill -f "nvidia-smi --query-gpu=timestamp" 2>/dev/null' EXIT
+st() { # tag defines spec [budget]
+    step "selftest $3 moe $1" 120 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
+        MOEGEN_SELFTEST_BUDGET=${4:-5e7} build/moegen selftest specs/$3.lua --seed 41
+    grep -a -m6 -A2 FAIL "$O/st-$3-$1.log" | tee -a "$S"
+}
+prof() { # tag defines: Mixtral's kernels one by one (ncu µs a launch, clocks not locked)
+    step "prof_layer mixtral $1" 90 prof-$1.log env OUT="$O/prof-$1" MOEGEN_JIT_DEFINES="$2" bench/prof_layer.sh mixtral
+    sed -n 3,8p "$O"/prof-$1/prof-mixtral.txt 2>/dev/null | awk -v b=$1 '{print b, $1, $NF}' | tee -a "$S"
+}
+note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
+PH=" ${*:-ilp} "
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+if [[ $PH == *" ilp "* ]]; then   # up fwd's rows in registers (MG_WG_PROD_ILP), producer registers (MG_WG_PROD_REGS / CONS_REGS)
+B="-DMG_WG_PROD_ILP=0"; R72="-DMG_WG_PROD_REGS=72 -DMG_WG_CONS_REGS=216"; R80="-DMG_WG_PROD_REGS=80 -DMG_WG_CONS_REGS=216"
+st ilp "" tiny
+st r72 "$R72" tiny
+st r72coop "$R72 -DMG_WG_PINGPONG=0" tiny
+st r72 "$R72" bench-small
+for i in 1 2; do
+    bench base mixtral MOEGEN_JIT_DEFINES="$B"
+    bench ilp mixtral
+    bench r72 mixtral MOEGEN_JIT_DEFINES="$R72"
+    bench r80 mixtral MOEGEN_JIT_DEFINES="$R80"
+done
+for sh in olmoe finegrained small; do
+    bench base $sh MOEGEN_JIT_DEFINES="$B"
+    bench ilp $sh
+    bench r72 $sh MOEGEN_JIT_DEFINES="$R72"
+done
+prof base "$B"
+prof ilp ""
+prof r72 "$R72"
+fi
+if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line (SRC_D: defines)
+for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}; do
+    tag=${k%%|*}; re=${k#*|}
+    step "ncu src mixtral $tag" 150 ncu-src-$tag.txt env MOEGEN_JIT_DEFINES="${SRC_D:-}" "$NCU" --section WarpStateStats \
+        --section SourceCounters --section SpeedOfLight --section MemoryWorkloadAnalysis --clock-control none \
+        -k "regex:$re" -s 2 -c 1 -f -o "$O/rep-$tag" build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
+    "$NCU" -i "$O/rep-$tag.ncu-rep" --page source --csv --print-source sass | gzip > "$O/sass-$tag.csv.gz" 2> "$O/sass-$tag.err"
+    "$NCU" -i "$O/rep-$tag.ncu-rep" --page details --print-details all > "$O/details-$tag.txt" 2>&1
+    rm -f "$O/rep-$tag.ncu-rep"
+done
+fi
+note "total $(( $(date +%s) - T0 ))s"
