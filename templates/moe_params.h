@@ -263,6 +263,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_PROD_ILP
 #define MG_WG_PROD_ILP 1
 #endif
+/* MG_WG_TMA_SPREAD 1: the cp.async producer's TMA boxes issued by all four producer warps
+ * (mg_wgmma.cuh SPREAD); 0: by thread 0 (v10). */
+#ifndef MG_WG_TMA_SPREAD
+#define MG_WG_TMA_SPREAD 1
+#endif
 /* Registers a thread of the producer / of a consumer warpgroup keeps after setmaxnreg
  * (multiples of 8, 128 · PROD + 256 · CONS <= 65536). At 56 ptxas schedules up wgrad's lane-row
  * shuffles one or two ahead of their copies to fit (SASS, bench-mixtral); at 72 it issues them

@@ -1,7 +1,7 @@
 #!/bin/bash
 # s8: one GPU call for session 8's Hopper GEMM work (bench/NOTES.md, "v11"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s8.sh [ilp] [src] ...   from the repo root after `make -j all bench`; logs under
+# usage: bench/dev/s8.sh [ilp] [spr] [src] ...   from the repo root after `make -j all bench`; logs under
 # $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt:
 # when each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -46,6 +46,29 @@ done
 prof base "$B"
 prof ilp ""
 prof r72 "$R72"
+fi
+if [[ $PH == *" spr "* ]]; then   # B's boxes from all producer warps (MG_WG_TMA_SPREAD), with 56 / 72 / 88 producer registers
+B="-DMG_WG_PROD_ILP=0 -DMG_WG_TMA_SPREAD=0"; R72="-DMG_WG_PROD_REGS=72 -DMG_WG_CONS_REGS=216"; R88="-DMG_WG_PROD_REGS=88 -DMG_WG_CONS_REGS=208"
+st s56 "" tiny
+st s88 "$R88" tiny
+st s88coop "$R88 -DMG_WG_PINGPONG=0" tiny
+st s88 "$R88" bench-small
+st s88 "$R88" switch-cf125
+for i in 1 2; do
+    bench base mixtral MOEGEN_JIT_DEFINES="$B"
+    bench s56 mixtral
+    bench s72 mixtral MOEGEN_JIT_DEFINES="$R72"
+    bench s88 mixtral MOEGEN_JIT_DEFINES="$R88"
+    bench n88 mixtral MOEGEN_JIT_DEFINES="$R88 -DMG_WG_TMA_SPREAD=0"
+done
+for sh in olmoe finegrained small; do
+    bench base $sh MOEGEN_JIT_DEFINES="$B"
+    bench s72 $sh MOEGEN_JIT_DEFINES="$R72"
+    bench s88 $sh MOEGEN_JIT_DEFINES="$R88"
+done
+prof s72 "$R72"
+prof s88 "$R88"
+prof n88 "$R88 -DMG_WG_TMA_SPREAD=0"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line (SRC_D: defines)
 for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}; do

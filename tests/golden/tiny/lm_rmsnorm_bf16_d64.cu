@@ -295,6 +295,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_PROD_ILP
 #define MG_WG_PROD_ILP 1
 #endif
+/* MG_WG_TMA_SPREAD 1: the cp.async producer's TMA boxes issued by all four producer warps
+ * (mg_wgmma.cuh SPREAD); 0: by thread 0 (v10). */
+#ifndef MG_WG_TMA_SPREAD
+#define MG_WG_TMA_SPREAD 1
+#endif
 /* Registers a thread of the producer / of a consumer warpgroup keeps after setmaxnreg
  * (multiples of 8, 128 · PROD + 256 · CONS <= 65536). At 56 ptxas schedules up wgrad's lane-row
  * shuffles one or two ahead of their copies to fit (SASS, bench-mixtral); at 72 it issues them
@@ -1535,7 +1540,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * per copy, ~20 instructions a copy, and ncu found this producer setting the pace of
      * Mixtral's gathered GEMMs (s6 call 3); cut to ~11 (v10), up fwd got faster on every
      * bench shape (s7 call 1). */
-    template <int RS>
     MG_DEV static void load_kc(unsigned dst, const long long *rows, const T *base, int R, int k0, int ke, int ptid)
     {
         const int kc = ptid & 7, r0 = ptid >> 3, k = k0 + kc * 8;
@@ -1544,10 +1548,25 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         const unsigned d0 = dst + r0 * 128 + ((kc ^ (r0 & 7)) << 4);
 #pragma unroll
         for (int i = 0; i < R / 16; i++) {
-            const long long a = rows[RS * i];
+            const long long a = rows[r0 + 16 * i];
             const bool ok = a != 0 && k_ok;
             mg_cp_async16_u32(d0 + i * 2048, ok ? (const void *)(a + kb) : (const void *)base, ok);
         }
+    }
+    /* load_kc from registers (MG_WG_PROD_ILP): ra[i] = row r0 + 16 i's address, never 0 (a
+     * missing row holds the operand's base, a valid address), bit i of okm = the row exists.
+     * A copy is then a 64-bit add, a bit test and the cp.async (4 SASS instructions, against
+     * 8 with the test and select of a 0 address in the copy). */
+    template <int R>
+    MG_DEV static void load_kc_regs(unsigned dst, const long long (&ra)[R / 16], unsigned okm, int k0, int ke, int ptid)
+    {
+        const int kc = ptid & 7, r0 = ptid >> 3, k = k0 + kc * 8;
+        const unsigned km = k < ke ? okm : 0u;
+        const long long kb = (long long)k * (long long)sizeof(T);
+        const unsigned d0 = dst + r0 * 128 + ((kc ^ (r0 & 7)) << 4);
+#pragma unroll
+        for (int i = 0; i < R / 16; i++)
+            mg_cp_async16_u32(d0 + i * 2048, (const void *)(ra[i] + kb), (km >> i) & 1u);
     }
     /* MN-contiguous: 64 k rows x R columns, k row -> memory row through the gather. Each
      * thread copies R/16 chunks (one column chunk mc, k rows kr0 + 128/CPR * i). The gather
@@ -1644,6 +1663,15 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr int GW = MG_WG_GATHER_WARPS;
     static_assert(GW == 1 || GW == 2 || GW == 4, "MG_WG_GATHER_WARPS: 1, 2 or 4");
     template <class P> static constexpr int ISSUERS = P::A_GATHER ? GW : 1;   /* warps */
+    /* MG_WG_TMA_SPREAD: where A goes by cp.async and B by TMA (up fwd without the TMA gather, up
+     * wgrad), B's 64 x 64 boxes are issued by lane 0 of each producer warp in turn (box i by warp
+     * i % 4), each posting its own boxes' bytes, not all by thread 0: thread 0's warp otherwise
+     * carries the boxes' ELECT loops on top of its share of the copies every stage, and a
+     * stage is full only when its slowest warp has issued. The full barrier then expects 128
+     * cp.async arrivals and 4 counted ones (a warp without a box arrives plainly). (Not with
+     * CTA pairs: their B multicast keeps thread 0's split.) */
+    template <class P> static constexpr bool SPREAD = MG_WG_TMA_SPREAD != 0 && !P::A_TMA && P::B_TMA && !CLP<P>;
+    static constexpr int NBOX_B = B_BYTES / 8192;   /* B's 64 x 64 boxes a stage */
 
     /* The producer warpgroup. Plain tiles: thread 0 alone waits for the stage, posts its
      * expected bytes and issues the boxes. Gathered x rows (P::A_GATHER: up fwd's A under
@@ -1701,6 +1729,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
          * each copy and the next (ptxas keeps an LDS after an LDGSTS that may write the same
          * shared memory), 8 exposed LDS latencies a stage */
         long long ra[TABLE_A ? BM / 16 : 1];
+        unsigned okm = 0;
         for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm)) {
             mg_wtile w;
             const bool mc = walk_tile(pb, sm, t, w);
@@ -1713,9 +1742,15 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 if constexpr (TABLE_B)
                     for (int r = ptid; r < BN; r += 128) rowsB[r] = table_entry(pb.opnd_b(w).base, pb.row_b(w, r));
                 mg_bar_named(1, 128);
-                if constexpr (TABLE_A && MG_WG_PROD_ILP)
+                if constexpr (TABLE_A && MG_WG_PROD_ILP) {
+                    okm = 0;
 #pragma unroll
-                    for (int i = 0; i < BM / 16; i++) ra[i] = rowsA[(ptid >> 3) + 16 * i];
+                    for (int i = 0; i < BM / 16; i++) {
+                        const long long e = rowsA[(ptid >> 3) + 16 * i];
+                        okm |= (e != 0 ? 1u : 0u) << i;
+                        ra[i] = e != 0 ? e : (long long)pb.opnd_a(w).base;
+                    }
+                }
             }
             /* This warp's bytes a stage (lane 0 posts them). Gathered A: this thread's x rows
              * (tile rows ptid + NI·i, -1 past the group), the same in every stage of the tile. */
@@ -1777,7 +1812,22 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     } else {
                         mg_mbar_wait(empty + 8 * s, ph ^ 1);
                     }
-                    if (ptid == 0 && !ALL_TMA) {
+                    if constexpr (SPREAD<P>) {
+                        /* lane 0 of each warp: its share of B's boxes, its bytes */
+                        if ((ptid & 31) == 0) {
+                            const int wp = ptid >> 5;
+                            const unsigned bytes = jag ? 0u : (unsigned)(NBOX_B / 4 + (wp < NBOX_B % 4)) * 8192u;
+                            if (bytes) {
+                                mg_mbar_arrive_tx(fb, bytes);
+                                mg_tsplit sp;
+                                sp.part = wp;
+                                sp.np = 4;
+                                pb.tma_b(w, k0, sb, fb, sp);
+                            } else {
+                                mg_mbar_arrive(fb);
+                            }
+                        }
+                    } else if (ptid == 0 && !ALL_TMA) {
                         if (TX && !jag) {
                             mg_mbar_arrive_tx(fb, TX);
                             if constexpr (P::A_TMA) pb.tma_a(w, k0, sa, fb);
@@ -1789,8 +1839,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
                     if (!P::A_TMA || jag) {
                         if constexpr (A_KC) {
-                            if constexpr (MG_WG_PROD_ILP) load_kc<1>(sa, ra, oa.base, BM, k0, w.ke, ptid);
-                            else load_kc<16>(sa, rowsA + (ptid >> 3), oa.base, BM, k0, w.ke, ptid);
+                            if constexpr (MG_WG_PROD_ILP && TABLE_A) load_kc_regs<BM>(sa, ra, okm, k0, w.ke, ptid);
+                            else load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
                         }
                         else if constexpr (A_MN_EVERY && MG_WG_MN_BATCH == 2) {
                             load_mn<BM, true>(sa, oa, k0, w.ke, ptid, arow);
@@ -1798,7 +1848,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                         } else load_mn<BM>(sa, oa, k0, w.ke, ptid);
                     }
                     if (!P::B_TMA || jag) {
-                        if constexpr (B_KC) load_kc<16>(sb, rowsB + (ptid >> 3), ob.base, BN, k0, w.ke, ptid);
+                        if constexpr (B_KC) load_kc(sb, rowsB, ob.base, BN, k0, w.ke, ptid);
                         else load_mn<BN>(sb, ob, k0, w.ke, ptid);
                     }
                     if constexpr (ALL_TMA) {
@@ -1985,7 +2035,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
          * operands come by TMA, one per issuing warp (GW) when one of them is gathered x rows
          * (a jagged cp.async block then adds counted-in arrivals), else one per producer
          * thread (cp.async.mbarrier.arrive.noinc) plus the TMA thread's. */
-        constexpr unsigned FULL_COUNT = P::A_TMA && P::B_TMA ? ISSUERS<P> : 129;
+        constexpr unsigned FULL_COUNT = P::A_TMA && P::B_TMA ? ISSUERS<P> : SPREAD<P> ? 132 : 129;
         if (threadIdx.x == 0) {
             for (int i = 0; i < STAGES; i++) {
                 mg_mbar_init(full + 8 * i, FULL_COUNT);
@@ -2001,6 +2051,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         /* a pair's barriers are initialized before either CTA writes into the other */
         if (CLP<P> && sm.pairs) mg_cluster_sync();
         else __syncthreads();
+        /* setmaxnreg.inc waits until the CTA has the registers: they come only from what the
+         * producer released of the 168 a thread of this 384-thread CTA was launched with (ptxas'
+         * cap under MG_GEMM_BOUNDS), so asking for more hangs (80 / 216 did, s8 call 1) */
+        static_assert(MG_WG_PROD_REGS % 8 == 0 && MG_WG_CONS_REGS % 8 == 0 && MG_WG_PROD_REGS >= 24 &&
+                          MG_WG_PROD_REGS <= 168 && MG_WG_CONS_REGS >= 168 && MG_WG_CONS_REGS <= 256 &&
+                          128 * MG_WG_PROD_REGS + 256 * MG_WG_CONS_REGS <= MG_WG_THREADS * 168,
+                      "MG_WG_PROD_REGS / MG_WG_CONS_REGS: multiples of 8, 128 * PROD + 256 * CONS <= 384 * 168");
         if (threadIdx.x < 128) {
             mg_setmaxnreg_dec<MG_WG_PROD_REGS>();
             producer(pb, sm);
