@@ -218,9 +218,9 @@ struct moe_up_wgrad_wg {
     static constexpr bool PAIRS = false;
     const moe_up_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
-    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar, const mg_tsplit &sp = mg_tsplit{}) const
+    MG_DEV void tma_b(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
     {
-        mg_tma_cols<BN>(dst, p.tm_a, w.nt * BN, k0, 0, bar, sp);
+        mg_tma_cols<BN>(dst, p.tm_a, w.nt * BN, k0, 0, bar);
     }
     MG_DEV int n_tiles() const { return p.n_groups * MT * NTN; }
     MG_DEV void tile(int t, mg_wtile &w) const { mg_wg_wgrad_tile(p.offsets, p.T, MT, NTN, t, w); }

@@ -1,7 +1,8 @@
 #!/bin/bash
 # s8: one GPU call for session 8's Hopper GEMM work (bench/NOTES.md, "v11"); every candidate is a
-# device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s8.sh [ilp] [spr] [src] ...   from the repo root after `make -j all bench`; logs under
+# device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it. (MG_WG_TMA_SPREAD,
+# spr's knob, was removed after call 2: up wgrad slower with it; there it is now a no-op.)
+# usage: bench/dev/s8.sh [ilp] [spr] [pf] [src] ...   from the repo root after `make -j all bench`; logs under
 # $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt:
 # when each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -69,6 +70,26 @@ done
 prof s72 "$R72"
 prof s88 "$R88"
 prof n88 "$R88 -DMG_WG_TMA_SPREAD=0"
+fi
+if [[ $PH == *" pf "* ]]; then   # the register split as default (88 / 208 for cp.async producers), down dgrad's a loads PF - 1 chunks ahead (MG_WG_EPI_PF)
+B="-DMG_WG_PROD_ILP=0 -DMG_WG_PROD_REGS=56 -DMG_WG_CONS_REGS=224"
+st def "" tiny
+st defcoop "-DMG_WG_PINGPONG=0" tiny
+st pf4 "-DMG_WG_EPI_PF=4" tiny
+st def "" bench-small
+st def "" switch-cf125
+for i in 1 2; do
+    bench base mixtral MOEGEN_JIT_DEFINES="$B"
+    bench def mixtral
+    bench pf4 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_EPI_PF=4
+done
+for sh in olmoe finegrained small; do
+    bench base $sh MOEGEN_JIT_DEFINES="$B"
+    bench def $sh
+    bench pf4 $sh MOEGEN_JIT_DEFINES=-DMG_WG_EPI_PF=4
+done
+prof def ""
+prof pf4 "-DMG_WG_EPI_PF=4"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line (SRC_D: defines)
 for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}; do

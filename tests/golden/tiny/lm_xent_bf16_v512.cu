@@ -238,6 +238,14 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
+/* MG_WG_EPI_PF: down dgrad's scratch epilogue keeps the a loads of PF - 1 chunks ahead in
+ * flight (PF buffers of 16 registers). */
+#ifndef MG_WG_EPI_PF
+#define MG_WG_EPI_PF 3
+#endif
+#if MG_WG_EPI_PF < 2 || MG_WG_EPI_PF > 6
+#error "MG_WG_EPI_PF: 2 to 6"
+#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
@@ -295,20 +303,25 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_PROD_ILP
 #define MG_WG_PROD_ILP 1
 #endif
-/* MG_WG_TMA_SPREAD 1: the cp.async producer's TMA boxes issued by all four producer warps
- * (mg_wgmma.cuh SPREAD); 0: by thread 0 (v10). */
-#ifndef MG_WG_TMA_SPREAD
-#define MG_WG_TMA_SPREAD 1
-#endif
-/* Registers a thread of the producer / of a consumer warpgroup keeps after setmaxnreg
- * (multiples of 8, 128 · PROD + 256 · CONS <= 65536). At 56 ptxas schedules up wgrad's lane-row
- * shuffles one or two ahead of their copies to fit (SASS, bench-mixtral); at 72 it issues them
- * five at a time. */
+/* Registers a thread keeps after setmaxnreg (multiples of 8, 128 · PROD + 256 · CONS <=
+ * 384 · 168): MG_WG_PROD_REGS / MG_WG_CONS_REGS where the producer copies by cp.async (up fwd's
+ * gathered rows, up wgrad's x), MG_WG_PROD_REGS_TMA / MG_WG_CONS_REGS_TMA where it only issues
+ * TMA boxes. With 56 registers ptxas issued up wgrad's lane-row shuffles one or two ahead of
+ * their copies, at 72 five, at 88 all eight before the first copy; on an H100 (ncu, Mixtral,
+ * bench/results/2026-11-26-s8, calls 1, 2) up wgrad 6.85 ms at 56 / 224, 6.27 at 72 / 216, 6.08
+ * at 88 / 208. The TMA-only kernels lost with fewer consumer registers (down dgrad 3.66 ms at
+ * 224, 3.72 at 208), so they keep theirs. */
 #ifndef MG_WG_PROD_REGS
-#define MG_WG_PROD_REGS 56
+#define MG_WG_PROD_REGS 88
 #endif
 #ifndef MG_WG_CONS_REGS
-#define MG_WG_CONS_REGS 224
+#define MG_WG_CONS_REGS 208
+#endif
+#ifndef MG_WG_PROD_REGS_TMA
+#define MG_WG_PROD_REGS_TMA 56
+#endif
+#ifndef MG_WG_CONS_REGS_TMA
+#define MG_WG_CONS_REGS_TMA 224
 #endif
 #define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
@@ -1663,15 +1676,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr int GW = MG_WG_GATHER_WARPS;
     static_assert(GW == 1 || GW == 2 || GW == 4, "MG_WG_GATHER_WARPS: 1, 2 or 4");
     template <class P> static constexpr int ISSUERS = P::A_GATHER ? GW : 1;   /* warps */
-    /* MG_WG_TMA_SPREAD: where A goes by cp.async and B by TMA (up fwd without the TMA gather, up
-     * wgrad), B's 64 x 64 boxes are issued by lane 0 of each producer warp in turn (box i by warp
-     * i % 4), each posting its own boxes' bytes, not all by thread 0: thread 0's warp otherwise
-     * carries the boxes' ELECT loops on top of its share of the copies every stage, and a
-     * stage is full only when its slowest warp has issued. The full barrier then expects 128
-     * cp.async arrivals and 4 counted ones (a warp without a box arrives plainly). (Not with
-     * CTA pairs: their B multicast keeps thread 0's split.) */
-    template <class P> static constexpr bool SPREAD = MG_WG_TMA_SPREAD != 0 && !P::A_TMA && P::B_TMA && !CLP<P>;
-    static constexpr int NBOX_B = B_BYTES / 8192;   /* B's 64 x 64 boxes a stage */
 
     /* The producer warpgroup. Plain tiles: thread 0 alone waits for the stage, posts its
      * expected bytes and issues the boxes. Gathered x rows (P::A_GATHER: up fwd's A under
@@ -1812,22 +1816,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     } else {
                         mg_mbar_wait(empty + 8 * s, ph ^ 1);
                     }
-                    if constexpr (SPREAD<P>) {
-                        /* lane 0 of each warp: its share of B's boxes, its bytes */
-                        if ((ptid & 31) == 0) {
-                            const int wp = ptid >> 5;
-                            const unsigned bytes = jag ? 0u : (unsigned)(NBOX_B / 4 + (wp < NBOX_B % 4)) * 8192u;
-                            if (bytes) {
-                                mg_mbar_arrive_tx(fb, bytes);
-                                mg_tsplit sp;
-                                sp.part = wp;
-                                sp.np = 4;
-                                pb.tma_b(w, k0, sb, fb, sp);
-                            } else {
-                                mg_mbar_arrive(fb);
-                            }
-                        }
-                    } else if (ptid == 0 && !ALL_TMA) {
+                    if (ptid == 0 && !ALL_TMA) {
                         if (TX && !jag) {
                             mg_mbar_arrive_tx(fb, TX);
                             if constexpr (P::A_TMA) pb.tma_a(w, k0, sa, fb);
@@ -2035,7 +2024,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
          * operands come by TMA, one per issuing warp (GW) when one of them is gathered x rows
          * (a jagged cp.async block then adds counted-in arrivals), else one per producer
          * thread (cp.async.mbarrier.arrive.noinc) plus the TMA thread's. */
-        constexpr unsigned FULL_COUNT = P::A_TMA && P::B_TMA ? ISSUERS<P> : SPREAD<P> ? 132 : 129;
+        constexpr unsigned FULL_COUNT = P::A_TMA && P::B_TMA ? ISSUERS<P> : 129;
         if (threadIdx.x == 0) {
             for (int i = 0; i < STAGES; i++) {
                 mg_mbar_init(full + 8 * i, FULL_COUNT);
@@ -2051,18 +2040,22 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         /* a pair's barriers are initialized before either CTA writes into the other */
         if (CLP<P> && sm.pairs) mg_cluster_sync();
         else __syncthreads();
-        /* setmaxnreg.inc waits until the CTA has the registers: they come only from what the
-         * producer released of the 168 a thread of this 384-thread CTA was launched with (ptxas'
-         * cap under MG_GEMM_BOUNDS), so asking for more hangs (80 / 216 did, s8 call 1) */
-        static_assert(MG_WG_PROD_REGS % 8 == 0 && MG_WG_CONS_REGS % 8 == 0 && MG_WG_PROD_REGS >= 24 &&
-                          MG_WG_PROD_REGS <= 168 && MG_WG_CONS_REGS >= 168 && MG_WG_CONS_REGS <= 256 &&
-                          128 * MG_WG_PROD_REGS + 256 * MG_WG_CONS_REGS <= MG_WG_THREADS * 168,
-                      "MG_WG_PROD_REGS / MG_WG_CONS_REGS: multiples of 8, 128 * PROD + 256 * CONS <= 384 * 168");
+        /* Registers after setmaxnreg: a producer that copies by cp.async (up fwd's rows, up
+         * wgrad's x) gets MG_WG_PROD_REGS, one that only issues TMA boxes MG_WG_PROD_REGS_TMA;
+         * the consumers get the rest (moe_params.h). setmaxnreg.inc waits until the CTA has
+         * the registers: they come only from what the producer released of the 168 a thread
+         * of this 384-thread CTA was launched with (ptxas' cap under MG_GEMM_BOUNDS), so asking
+         * for more hangs (80 / 216 did, s8 call 1). */
+        constexpr int PR = P::A_TMA && P::B_TMA ? MG_WG_PROD_REGS_TMA : MG_WG_PROD_REGS;
+        constexpr int CR = P::A_TMA && P::B_TMA ? MG_WG_CONS_REGS_TMA : MG_WG_CONS_REGS;
+        static_assert(PR % 8 == 0 && CR % 8 == 0 && PR >= 24 && CR >= 168 && CR <= 256 &&
+                          128 * PR + 256 * CR <= MG_WG_THREADS * 168,
+                      "MG_WG_PROD_REGS[_TMA] / MG_WG_CONS_REGS[_TMA]: multiples of 8, 128 * PROD + 256 * CONS <= 384 * 168");
         if (threadIdx.x < 128) {
-            mg_setmaxnreg_dec<MG_WG_PROD_REGS>();
+            mg_setmaxnreg_dec<PR>();
             producer(pb, sm);
         } else {
-            mg_setmaxnreg_inc<MG_WG_CONS_REGS>();
+            mg_setmaxnreg_inc<CR>();
             consumer(pb, sm);
         }
         /* neither CTA of a pair exits while the other may still multicast into it or arrive

@@ -222,6 +222,14 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
+/* MG_WG_EPI_PF: down dgrad's scratch epilogue keeps the a loads of PF - 1 chunks ahead in
+ * flight (PF buffers of 16 registers). */
+#ifndef MG_WG_EPI_PF
+#define MG_WG_EPI_PF 3
+#endif
+#if MG_WG_EPI_PF < 2 || MG_WG_EPI_PF > 6
+#error "MG_WG_EPI_PF: 2 to 6"
+#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
@@ -279,20 +287,25 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_PROD_ILP
 #define MG_WG_PROD_ILP 1
 #endif
-/* MG_WG_TMA_SPREAD 1: the cp.async producer's TMA boxes issued by all four producer warps
- * (mg_wgmma.cuh SPREAD); 0: by thread 0 (v10). */
-#ifndef MG_WG_TMA_SPREAD
-#define MG_WG_TMA_SPREAD 1
-#endif
-/* Registers a thread of the producer / of a consumer warpgroup keeps after setmaxnreg
- * (multiples of 8, 128 · PROD + 256 · CONS <= 65536). At 56 ptxas schedules up wgrad's lane-row
- * shuffles one or two ahead of their copies to fit (SASS, bench-mixtral); at 72 it issues them
- * five at a time. */
+/* Registers a thread keeps after setmaxnreg (multiples of 8, 128 · PROD + 256 · CONS <=
+ * 384 · 168): MG_WG_PROD_REGS / MG_WG_CONS_REGS where the producer copies by cp.async (up fwd's
+ * gathered rows, up wgrad's x), MG_WG_PROD_REGS_TMA / MG_WG_CONS_REGS_TMA where it only issues
+ * TMA boxes. With 56 registers ptxas issued up wgrad's lane-row shuffles one or two ahead of
+ * their copies, at 72 five, at 88 all eight before the first copy; on an H100 (ncu, Mixtral,
+ * bench/results/2026-11-26-s8, calls 1, 2) up wgrad 6.85 ms at 56 / 224, 6.27 at 72 / 216, 6.08
+ * at 88 / 208. The TMA-only kernels lost with fewer consumer registers (down dgrad 3.66 ms at
+ * 224, 3.72 at 208), so they keep theirs. */
 #ifndef MG_WG_PROD_REGS
-#define MG_WG_PROD_REGS 56
+#define MG_WG_PROD_REGS 88
 #endif
 #ifndef MG_WG_CONS_REGS
-#define MG_WG_CONS_REGS 224
+#define MG_WG_CONS_REGS 208
+#endif
+#ifndef MG_WG_PROD_REGS_TMA
+#define MG_WG_PROD_REGS_TMA 56
+#endif
+#ifndef MG_WG_CONS_REGS_TMA
+#define MG_WG_CONS_REGS_TMA 224
 #endif
 #define MG_WG_SMEM_NEED(bn) \
     (1024 + MG_WG_STAGES(bn) * (128 + (bn)) * 128 + 16 * MG_WG_STAGES(bn) + (128 + (bn)) * 8)
