@@ -197,7 +197,7 @@ struct moe_down_dgrad_wg {
         const int wm = warp * 16 + (lane >> 2), wn = (lane & 3) * 2;   /* accumulator pairs */
         const int rr = warp * 16 + (lane >> 3), rc = (lane & 7) * 4;    /* read side */
         /* a of chunks ch + 1 .. ch + PF - 1 in flight (packed, 8 bytes a load), in PF buffers */
-        constexpr int PF = MG_WG_EPI_PF;
+        constexpr int PF = 3;
         struct alignas(4 * sizeof(mg_t)) q4 { mg_t e[4]; };
         q4 g[PF][NV], u[PF][NV];
         /* a is read once: a streaming load (ld.global.cs) under MG_WG_STORE_CS */

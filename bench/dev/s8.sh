@@ -1,8 +1,9 @@
 #!/bin/bash
 # s8: one GPU call for session 8's Hopper GEMM work (bench/NOTES.md, "v11"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it. (MG_WG_TMA_SPREAD,
-# spr's knob, was removed after call 2: up wgrad slower with it; there it is now a no-op.)
-# usage: bench/dev/s8.sh [ilp] [spr] [pf] [src] ...   from the repo root after `make -j all bench`; logs under
+# spr's knob, was removed after call 2: up wgrad slower with it; there it is now a no-op; so is
+# pf's MG_WG_EPI_PF, removed after call 3: down dgrad 3.79 ms at 4 against 3.65 at 3.)
+# usage: bench/dev/s8.sh [ilp] [spr] [pf] [stg] [src] ...   from the repo root after `make -j all bench`; logs under
 # $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt:
 # when each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -90,6 +91,21 @@ for sh in olmoe finegrained small; do
 done
 prof def ""
 prof pf4 "-DMG_WG_EPI_PF=4"
+fi
+if [[ $PH == *" stg "* ]]; then   # the CTAs' start staggered by (b % 4) · n cycles (MG_WG_STAGGER)
+st stg10k "-DMG_WG_STAGGER=10000" tiny
+for i in 1 2; do
+    bench def mixtral
+    bench stg10k mixtral MOEGEN_JIT_DEFINES=-DMG_WG_STAGGER=10000
+    bench stg20k mixtral MOEGEN_JIT_DEFINES=-DMG_WG_STAGGER=20000
+done
+for sh in olmoe finegrained small; do
+    bench def $sh
+    bench stg10k $sh MOEGEN_JIT_DEFINES=-DMG_WG_STAGGER=10000
+done
+prof def ""
+prof stg10k "-DMG_WG_STAGGER=10000"
+prof stg20k "-DMG_WG_STAGGER=20000"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line (SRC_D: defines)
 for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}; do

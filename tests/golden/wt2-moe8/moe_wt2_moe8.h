@@ -222,13 +222,10 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
-/* MG_WG_EPI_PF: down dgrad's scratch epilogue keeps the a loads of PF - 1 chunks ahead in
- * flight (PF buffers of 16 registers). */
-#ifndef MG_WG_EPI_PF
-#define MG_WG_EPI_PF 3
-#endif
-#if MG_WG_EPI_PF < 2 || MG_WG_EPI_PF > 6
-#error "MG_WG_EPI_PF: 2 to 6"
+/* MG_WG_STAGGER n (cycles, device-only, 0 = off): the Hopper GEMMs' CTAs start (blockIdx.x % 4) · n
+ * cycles apart (mg_wgmma.cuh run). */
+#ifndef MG_WG_STAGGER
+#define MG_WG_STAGGER 0
 #endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
