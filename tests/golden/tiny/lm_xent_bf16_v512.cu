@@ -2047,7 +2047,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         /* a pair's barriers are initialized before either CTA writes into the other */
         if (CLP<P> && sm.pairs) mg_cluster_sync();
         else __syncthreads();
-        }
         /* Registers after setmaxnreg: a producer that copies by cp.async (up fwd's rows, up
          * wgrad's x) gets MG_WG_PROD_REGS, one that only issues TMA boxes MG_WG_PROD_REGS_TMA;
          * the consumers get the rest (moe_params.h). setmaxnreg.inc waits until the CTA has
