@@ -1025,16 +1025,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
-        /* MG_WG_STAGGER n: CTA b starts (b % 4) · n cycles late, so the CTAs, whose tiles take
-         * about as long as each other's, do not all reach their epilogues (and their epilogue
-         * traffic) at the same moment. (Here, before anything else is live: placed after the
-         * barrier setup it made ptxas spill in the down kernels.) */
-        if constexpr (MG_WG_STAGGER > 0) {
-            if (MG_WG_CLUSTER == 1 || !CLP<P>) {
-                const long long t0 = clock64(), dt = (long long)(blockIdx.x & 3) * MG_WG_STAGGER;
-                while (clock64() - t0 < dt) {}
-            }
-        }
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;

@@ -2,8 +2,9 @@
 # s8: one GPU call for session 8's Hopper GEMM work (bench/NOTES.md, "v11"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it. (MG_WG_TMA_SPREAD,
 # spr's knob, was removed after call 2: up wgrad slower with it; there it is now a no-op; so is
-# pf's MG_WG_EPI_PF, removed after call 3: down dgrad 3.79 ms at 4 against 3.65 at 3.)
-# usage: bench/dev/s8.sh [ilp] [spr] [pf] [stg] [src] ...   from the repo root after `make -j all bench`; logs under
+# pf's MG_WG_EPI_PF, removed after call 3: down dgrad 3.79 ms at 4 against 3.65 at 3; and stg's
+# MG_WG_STAGGER, removed after call 5: every kernel slower with it.)
+# usage: bench/dev/s8.sh [ilp] [spr] [pf] [stg] [wg128] [src] ...   from the repo root after `make -j all bench`; logs under
 # $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt:
 # when each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -106,6 +107,14 @@ done
 prof def ""
 prof stg10k "-DMG_WG_STAGGER=10000"
 prof stg20k "-DMG_WG_STAGGER=20000"
+fi
+if [[ $PH == *" wg128 "* ]]; then   # up wgrad at 128 x 128 (ping-pong consumers) on the new producer
+st wg128 "-DMG_WG_BN_UP_WGRAD=128" tiny
+for i in 1 2; do
+    bench def mixtral
+    bench wg128 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BN_UP_WGRAD=128
+done
+prof wg128 "-DMG_WG_BN_UP_WGRAD=128"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line (SRC_D: defines)
 for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}; do

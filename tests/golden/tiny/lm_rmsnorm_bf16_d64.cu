@@ -238,11 +238,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
-/* MG_WG_STAGGER n (cycles, device-only, 0 = off): the Hopper GEMMs' CTAs start (blockIdx.x % 4) · n
- * cycles apart (mg_wgmma.cuh run). */
-#ifndef MG_WG_STAGGER
-#define MG_WG_STAGGER 0
-#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
@@ -1992,16 +1987,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
-        /* MG_WG_STAGGER n: CTA b starts (b % 4) · n cycles late, so the CTAs, whose tiles take
-         * about as long as each other's, do not all reach their epilogues (and their epilogue
-         * traffic) at the same moment. (Here, before anything else is live: placed after the
-         * barrier setup it made ptxas spill in the down kernels.) */
-        if constexpr (MG_WG_STAGGER > 0) {
-            if (MG_WG_CLUSTER == 1 || !CLP<P>) {
-                const long long t0 = clock64(), dt = (long long)(blockIdx.x & 3) * MG_WG_STAGGER;
-                while (clock64() - t0 < dt) {}
-            }
-        }
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;

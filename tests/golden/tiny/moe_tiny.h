@@ -222,11 +222,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
-/* MG_WG_STAGGER n (cycles, device-only, 0 = off): the Hopper GEMMs' CTAs start (blockIdx.x % 4) · n
- * cycles apart (mg_wgmma.cuh run). */
-#ifndef MG_WG_STAGGER
-#define MG_WG_STAGGER 0
-#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
