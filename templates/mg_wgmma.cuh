@@ -1106,6 +1106,25 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[N
 #pragma unroll
         for (int h = 0; h < 2; h++) f(m + 8 * h, n + 8 * j, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 }
+/* mg_wg_foreach_pair for a half-tile that lies wholly in range, stored at element offset
+ * m·RS + n·CS (both compile-time): f(o, v0, v1) with o the offset of the pair's first element
+ * from the thread's own first element, mg_wg_pair_origin(RS, CS) = mb·RS + nb·CS. The offsets
+ * are constants, so a store is one STG at an immediate offset from one base register; the
+ * checked walk spent ~10 instructions on bounds, branches and a 64-bit address a pair (ncu of
+ * Mixtral's up wgrad, s8 call 6: its epilogue 16% of the consumers' time, the tensor pipe idle
+ * meanwhile). */
+MG_DEV long long mg_wg_pair_origin(long long RS, long long CS)
+{
+    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    return (long long)(warp * 16 + (lane >> 2)) * RS + (long long)((lane & 3) * 2) * CS;
+}
+template <long long RS, long long CS, int NACC, class F> MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
+{
+#pragma unroll
+    for (int j = 0; j < NACC / 4; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) f(8 * h * RS + 8 * j * CS, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+}
 /* mg_wg_foreach_pair in batches of NB 8-column blocks (2·NB pairs): ld(m, n, i) for every
  * pair of a batch, then f(m, n, v0, v1, i), i = the pair's slot in the batch (0 .. 2·NB-1).
  * For an epilogue that reads global memory: f's stores may alias the reads, so the compiler

@@ -4,7 +4,7 @@
 # spr's knob, was removed after call 2: up wgrad slower with it; there it is now a no-op; so is
 # pf's MG_WG_EPI_PF, removed after call 3: down dgrad 3.79 ms at 4 against 3.65 at 3; and stg's
 # MG_WG_STAGGER, removed after call 5: every kernel slower with it.)
-# usage: bench/dev/s8.sh [ilp] [spr] [pf] [stg] [wg128] [src] ...   from the repo root after `make -j all bench`; logs under
+# usage: bench/dev/s8.sh [ilp] [spr] [pf] [stg] [wg128] [full] [src] ...   from the repo root after `make -j all bench`; logs under
 # $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt:
 # when each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -115,6 +115,17 @@ for i in 1 2; do
     bench wg128 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BN_UP_WGRAD=128
 done
 prof wg128 "-DMG_WG_BN_UP_WGRAD=128"
+fi
+if [[ $PH == *" full "* ]]; then   # the fp32 register epilogues' unchecked stores for whole half-tiles (MG_WG_EPI_FULL)
+st def "" tiny
+st defcoop "-DMG_WG_PINGPONG=0" tiny
+st def "" bench-small
+st def "" switch-cf125
+for i in 1 2; do
+    bench def mixtral
+    bench full0 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_EPI_FULL=0
+done
+prof def ""
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line (SRC_D: defines)
 for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}; do

@@ -238,6 +238,13 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
+/* MG_WG_EPI_FULL 1: the fp32 register epilogues (up dgrad's dxs, up wgrad's dW, down fwd's z,
+ * down wgrad's dW) store a half-tile that lies wholly in range at constant offsets from one
+ * pointer (mg_wgmma.cuh mg_wg_foreach_pair_full), without a check or an address computation a
+ * pair; 0: the checked walk everywhere (A/B). */
+#ifndef MG_WG_EPI_FULL
+#define MG_WG_EPI_FULL 1
+#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
@@ -2067,6 +2074,25 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[N
     for (int j = 0; j < NACC / 4; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) f(m + 8 * h, n + 8 * j, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+}
+/* mg_wg_foreach_pair for a half-tile that lies wholly in range, stored at element offset
+ * m·RS + n·CS (both compile-time): f(o, v0, v1) with o the offset of the pair's first element
+ * from the thread's own first element, mg_wg_pair_origin(RS, CS) = mb·RS + nb·CS. The offsets
+ * are constants, so a store is one STG at an immediate offset from one base register; the
+ * checked walk spent ~10 instructions on bounds, branches and a 64-bit address a pair (ncu of
+ * Mixtral's up wgrad, s8 call 6: its epilogue 16% of the consumers' time, the tensor pipe idle
+ * meanwhile). */
+MG_DEV long long mg_wg_pair_origin(long long RS, long long CS)
+{
+    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+    return (long long)(warp * 16 + (lane >> 2)) * RS + (long long)((lane & 3) * 2) * CS;
+}
+template <long long RS, long long CS, int NACC, class F> MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
+{
+#pragma unroll
+    for (int j = 0; j < NACC / 4; j++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) f(8 * h * RS + 8 * j * CS, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 }
 /* mg_wg_foreach_pair in batches of NB 8-column blocks (2·NB pairs): ld(m, n, i) for every
  * pair of a batch, then f(m, n, v0, v1, i), i = the pair's slot in the batch (0 .. 2·NB-1).
