@@ -71,7 +71,7 @@ struct moe_down_fwd_wg {
     }
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
-        if (MG_WG_EPI_FULL && w.m0 + 64 <= w.m_end && w.nt * BN + BN <= MG_D) {
+        if (w.m0 + 64 <= w.m_end && w.nt * BN + BN <= MG_D) {
             float *b = p.z + (long long)w.m0 * MG_D + w.nt * BN + mg_wg_pair_origin(MG_D, 1);
             mg_wg_foreach_pair_full<MG_D, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2f(b, o, v0, v1); });
             return;
@@ -333,7 +333,7 @@ struct moe_down_wgrad_wg {
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
         float *dw = p.dw_dn + (long long)w.g * MG_D * MG_FF;
-        if (MG_WG_EPI_FULL && w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_FF) {
+        if (w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_FF) {
             float *b = dw + (long long)w.m0 * MG_FF + w.nt * BN + mg_wg_pair_origin(MG_FF, 1);
             mg_wg_foreach_pair_full<MG_FF, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2f(b, o, v0, v1); });
             return;

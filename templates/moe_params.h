@@ -206,13 +206,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
-/* MG_WG_EPI_FULL 1: the fp32 register epilogues (up dgrad's dxs, up wgrad's dW, down fwd's z,
- * down wgrad's dW) store a half-tile that lies wholly in range at constant offsets from one
- * pointer (mg_wgmma.cuh mg_wg_foreach_pair_full), without a check or an address computation a
- * pair; 0: the checked walk everywhere (A/B). */
-#ifndef MG_WG_EPI_FULL
-#define MG_WG_EPI_FULL 1
-#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
@@ -262,13 +255,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
 #ifndef MG_WG_GATHER_WARPS
 #define MG_WG_GATHER_WARPS 4
-#endif
-/* MG_WG_PROD_ILP 1: up fwd's producer takes its gathered A rows' addresses into registers once
- * a tile (the same 8 rows every stage), not from the row table every stage: an LDS that ptxas
- * keeps behind the previous copy (the LDGSTS may write the same shared memory), so each copy
- * waited a shared-memory round trip. 0: the v10 loop (A/B). */
-#ifndef MG_WG_PROD_ILP
-#define MG_WG_PROD_ILP 1
 #endif
 /* Registers a thread keeps after setmaxnreg (multiples of 8, 128 · PROD + 256 · CONS <=
  * 384 · 168): MG_WG_PROD_REGS / MG_WG_CONS_REGS where the producer copies by cp.async (up fwd's

@@ -197,7 +197,7 @@ struct moe_up_dgrad_wg {
     MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
-        if (MG_WG_EPI_FULL && w.m0 + 64 <= w.m_end && w.nt * BN + BN <= MG_D) {
+        if (w.m0 + 64 <= w.m_end && w.nt * BN + BN <= MG_D) {
             float *b = p.dxs + (long long)w.m0 * MG_D + w.nt * BN + mg_wg_pair_origin(MG_D, 1);
             mg_wg_foreach_pair_full<MG_D, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2f(b, o, v0, v1); });
             return;
@@ -240,7 +240,7 @@ struct moe_up_wgrad_wg {
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
         float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D;
-        if (MG_WG_EPI_FULL && w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_F2) {
+        if (w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_F2) {
             /* element (m, n) at (n0 + n)·d + m0 + m */
             float *b = dw + (long long)w.nt * BN * MG_D + w.m0 + mg_wg_pair_origin(1, MG_D);
             mg_wg_foreach_pair_full<1, MG_D>(acc, [&](long long o, float v0, float v1) {

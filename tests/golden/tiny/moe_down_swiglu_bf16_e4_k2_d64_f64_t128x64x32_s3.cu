@@ -238,13 +238,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
-/* MG_WG_EPI_FULL 1: the fp32 register epilogues (up dgrad's dxs, up wgrad's dW, down fwd's z,
- * down wgrad's dW) store a half-tile that lies wholly in range at constant offsets from one
- * pointer (mg_wgmma.cuh mg_wg_foreach_pair_full), without a check or an address computation a
- * pair; 0: the checked walk everywhere (A/B). */
-#ifndef MG_WG_EPI_FULL
-#define MG_WG_EPI_FULL 1
-#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
@@ -294,13 +287,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * issues one TMA copy at a time from uniform registers, templates/mg_wgmma.cuh). */
 #ifndef MG_WG_GATHER_WARPS
 #define MG_WG_GATHER_WARPS 4
-#endif
-/* MG_WG_PROD_ILP 1: up fwd's producer takes its gathered A rows' addresses into registers once
- * a tile (the same 8 rows every stage), not from the row table every stage: an LDS that ptxas
- * keeps behind the previous copy (the LDGSTS may write the same shared memory), so each copy
- * waited a shared-memory round trip. 0: the v10 loop (A/B). */
-#ifndef MG_WG_PROD_ILP
-#define MG_WG_PROD_ILP 1
 #endif
 /* Registers a thread keeps after setmaxnreg (multiples of 8, 128 · PROD + 256 · CONS <=
  * 384 · 168): MG_WG_PROD_REGS / MG_WG_CONS_REGS where the producer copies by cp.async (up fwd's
@@ -1565,7 +1551,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             mg_cp_async16_u32(d0 + i * 2048, ok ? (const void *)(a + kb) : (const void *)base, ok);
         }
     }
-    /* load_kc from registers (MG_WG_PROD_ILP): ra[i] = row r0 + 16 i's address, never 0 (a
+    /* load_kc from registers (up fwd's gathered rows): ra[i] = row r0 + 16 i's address, never 0 (a
      * missing row holds the operand's base, a valid address), bit i of okm = the row exists.
      * A copy is then a 64-bit add, a bit test and the cp.async (4 SASS instructions, against
      * 8 with the test and select of a 0 address in the copy). */
@@ -1727,10 +1713,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         const int n_tiles = walk_n(pb, sm);
         int s = 0;
         unsigned ph = 0;
-        /* MG_WG_PROD_ILP: this thread's A row addresses (TABLE_A), read from the table once a
-         * tile: the same 8 rows in every stage, where a per-stage table read (LDS) sat between
-         * each copy and the next (ptxas keeps an LDS after an LDGSTS that may write the same
-         * shared memory), 8 exposed LDS latencies a stage */
+        /* This thread's A row addresses (TABLE_A: up fwd's gathered x rows), read from the table
+         * once a tile: the same 8 rows in every stage, where a per-stage table read (LDS) sat
+         * between each copy and the next (ptxas keeps an LDS after an LDGSTS that may write the
+         * same shared memory), 8 exposed LDS latencies a stage. On an H100 (ncu, Mixtral, s8
+         * call 1) up fwd 5.87 -> 5.67 ms. */
         long long ra[TABLE_A ? BM / 16 : 1];
         unsigned okm = 0;
         for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm)) {
@@ -1745,7 +1732,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 if constexpr (TABLE_B)
                     for (int r = ptid; r < BN; r += 128) rowsB[r] = table_entry(pb.opnd_b(w).base, pb.row_b(w, r));
                 mg_bar_named(1, 128);
-                if constexpr (TABLE_A && MG_WG_PROD_ILP) {
+                if constexpr (TABLE_A) {
                     okm = 0;
 #pragma unroll
                     for (int i = 0; i < BM / 16; i++) {
@@ -1827,7 +1814,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                     const mg_opnd<T> oa = pb.opnd_a(w), ob = pb.opnd_b(w);
                     if (!P::A_TMA || jag) {
                         if constexpr (A_KC) {
-                            if constexpr (MG_WG_PROD_ILP && TABLE_A) load_kc_regs<BM>(sa, ra, okm, k0, w.ke, ptid);
+                            if constexpr (TABLE_A) load_kc_regs<BM>(sa, ra, okm, k0, w.ke, ptid);
                             else load_kc(sa, rowsA, oa.base, BM, k0, w.ke, ptid);
                         }
                         else if constexpr (A_MN_EVERY && MG_WG_MN_BATCH == 2) {
@@ -2207,7 +2194,7 @@ struct moe_down_fwd_wg {
     }
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
-        if (MG_WG_EPI_FULL && w.m0 + 64 <= w.m_end && w.nt * BN + BN <= MG_D) {
+        if (w.m0 + 64 <= w.m_end && w.nt * BN + BN <= MG_D) {
             float *b = p.z + (long long)w.m0 * MG_D + w.nt * BN + mg_wg_pair_origin(MG_D, 1);
             mg_wg_foreach_pair_full<MG_D, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2f(b, o, v0, v1); });
             return;
@@ -2469,7 +2456,7 @@ struct moe_down_wgrad_wg {
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
         float *dw = p.dw_dn + (long long)w.g * MG_D * MG_FF;
-        if (MG_WG_EPI_FULL && w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_FF) {
+        if (w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_FF) {
             float *b = dw + (long long)w.m0 * MG_FF + w.nt * BN + mg_wg_pair_origin(MG_FF, 1);
             mg_wg_foreach_pair_full<MG_FF, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2f(b, o, v0, v1); });
             return;
