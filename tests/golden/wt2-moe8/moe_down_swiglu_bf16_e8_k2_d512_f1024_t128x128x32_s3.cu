@@ -1553,8 +1553,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     }
     /* load_kc from registers (up fwd's gathered rows): ra[i] = row r0 + 16 i's address, never 0 (a
      * missing row holds the operand's base, a valid address), bit i of okm = the row exists.
-     * A copy is then a 64-bit add, a bit test and the cp.async (4 SASS instructions, against
-     * 8 with the test and select of a 0 address in the copy). */
+     * A copy is then a 64-bit add, a bit test and the cp.async (about 5 SASS instructions, none
+     * waiting on another copy's, against 8 with the test and select of a 0 address in the copy,
+     * bench-mixtral sm_90a). */
     template <int R>
     MG_DEV static void load_kc_regs(unsigned dst, const long long (&ra)[R / 16], unsigned okm, int k0, int ke, int ptid)
     {
@@ -2068,7 +2069,8 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[N
  * are constants, so a store is one STG at an immediate offset from one base register; the
  * checked walk spent ~10 instructions on bounds, branches and a 64-bit address a pair (ncu of
  * Mixtral's up wgrad, s8 call 6: its epilogue 16% of the consumers' time, the tensor pipe idle
- * meanwhile). */
+ * meanwhile). Measured level on Mixtral (s8 call 7: up wgrad 6.10 ms against 6.07-6.09), so the
+ * stores' drain, not their instructions, holds that epilogue; kept as the leaner path. */
 MG_DEV long long mg_wg_pair_origin(long long RS, long long CS)
 {
     const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
