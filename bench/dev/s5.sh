@@ -16,14 +16,10 @@ set -u
 O=${OUT:-/tmp/s5}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
-. "$(dirname "$0")/call_lib.sh"   # note, step, bench; T0, S
+ST_SEED=29 ST_BUDGET=1e8
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st; T0, S
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-check ab} "
-st() { # tag defines spec [budget]
-    step "selftest $3 moe $1" 90 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
-        MOEGEN_SELFTEST_BUDGET=${4:-1e8} build/moegen selftest specs/$3.lua --seed 29
-    grep -a -m6 -A2 FAIL "$O/st-$3-$1.log" | tee -a "$S"
-}
 if [[ $PH == *" check "* ]]; then
 st default "" tiny
 st coop "-DMG_WG_PINGPONG=0" tiny

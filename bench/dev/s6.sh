@@ -13,14 +13,10 @@ set -u
 O=${OUT:-/tmp/s6}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
-. "$(dirname "$0")/call_lib.sh"   # note, step, bench; T0, S
+ST_SEED=31 ST_BUDGET=1e8
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st; T0, S
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-check ab} "
-st() { # tag defines spec [budget]
-    step "selftest $3 moe $1" 90 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
-        MOEGEN_SELFTEST_BUDGET=${4:-1e8} build/moegen selftest specs/$3.lua --seed 31
-    grep -a -m6 -A2 FAIL "$O/st-$3-$1.log" | tee -a "$S"
-}
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 sec="--section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats"
 WT="-DMG_WG_UP_WGRAD_T=1"

@@ -14,17 +14,9 @@ set -u
 O=${OUT:-/tmp/s7}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
-BENCH_RUNS=20
-. "$(dirname "$0")/call_lib.sh"   # note, step, bench; T0, S
-Q=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
-(nvidia-smi --query-gpu=$Q,clocks_event_reasons.active --format=csv -lms 200 ||
-    nvidia-smi --query-gpu=$Q --format=csv -lms 200) > "$O/smi.csv" 2>&1 &
-trap 'pkill -f "nvidia-smi --query-gpu=timestamp" 2>/dev/null' EXIT
-st() { # tag defines spec [budget]
-    step "selftest $3 moe $1" 90 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
-        MOEGEN_SELFTEST_BUDGET=${4:-5e7} build/moegen selftest specs/$3.lua --seed 37
-    grep -a -m6 -A2 FAIL "$O/st-$3-$1.log" | tee -a "$S"
-}
+BENCH_RUNS=20 ST_T=90 ST_SEED=37
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st, smi_sample; T0, S
+smi_sample
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-prof} "
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)

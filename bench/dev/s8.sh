@@ -13,17 +13,9 @@ set -u
 O=${OUT:-/tmp/s8}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
-BENCH_RUNS=20
-. "$(dirname "$0")/call_lib.sh"   # note, step, bench; T0, S
-Q=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu
-(nvidia-smi --query-gpu=$Q,clocks_event_reasons.active --format=csv -lms 200 ||
-    nvidia-smi --query-gpu=$Q --format=csv -lms 200) > "$O/smi.csv" 2>&1 &
-trap 'pkill -f "nvidia-smi --query-gpu=timestamp" 2>/dev/null' EXIT
-st() { # tag defines spec [budget]
-    step "selftest $3 moe $1" 120 st-$3-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
-        MOEGEN_SELFTEST_BUDGET=${4:-5e7} build/moegen selftest specs/$3.lua --seed 41
-    grep -a -m6 -A2 FAIL "$O/st-$3-$1.log" | tee -a "$S"
-}
+BENCH_RUNS=20 ST_T=120 ST_SEED=41
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st, smi_sample; T0, S
+smi_sample
 prof() { # tag defines: Mixtral's kernels one by one (ncu µs a launch, clocks not locked)
     step "prof_layer mixtral $1" 90 prof-$1.log env OUT="$O/prof-$1" MOEGEN_JIT_DEFINES="$2" bench/prof_layer.sh mixtral
     sed -n 3,8p "$O"/prof-$1/prof-mixtral.txt 2>/dev/null | awk -v b=$1 '{print b, $1, $NF}' | tee -a "$S"
