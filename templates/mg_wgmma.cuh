@@ -239,6 +239,12 @@ MG_DEV void mg_wg_st1f(float *p, long long i, float a)
     if constexpr (MG_WG_STORE_CS) __stcs(p + i, a);
     else p[i] = a;
 }
+/* Four adjacent fp32 outputs (16-byte aligned) of a Hopper epilogue, streaming under MG_WG_STORE_CS. */
+MG_DEV void mg_wg_st4f(float *p, float4 v)
+{
+    if constexpr (MG_WG_STORE_CS) __stcs((float4 *)p, v);
+    else *(float4 *)p = v;
+}
 /* Two adjacent fp32 outputs of a Hopper epilogue (z, dxs, dW), streaming under MG_WG_STORE_CS. */
 MG_DEV void mg_wg_st2f(float *p, long long i, float a, float b)
 {

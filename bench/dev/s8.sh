@@ -6,7 +6,7 @@
 # MG_WG_STAGGER, removed after call 5: every kernel slower with it. MG_WG_PROD_ILP (ilp, spr, pf:
 # the up fwd rows in registers) and MG_WG_EPI_FULL (full) became the only paths after call 7, so
 # their 0 settings are no-ops too.)
-# usage: bench/dev/s8.sh [ilp] [spr] [pf] [stg] [wg128] [full] [src] ...   from the repo root after `make -j all bench`; logs under
+# usage: bench/dev/s8.sh [ilp] [spr] [pf] [stg] [wg128] [full] [wgsmem] [src] ...   from the repo root after `make -j all bench`; logs under
 # $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt:
 # when each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -120,6 +120,23 @@ for i in 1 2; do
     bench full0 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_EPI_FULL=0
 done
 prof def ""
+fi
+if [[ $PH == *" wgsmem "* ]]; then   # up wgrad's dW through the consumer scratch (MG_WG_EPI_SMEM_WG; written without a GPU)
+W=-DMG_WG_EPI_SMEM_WG=1
+st wgsmem "$W" tiny
+st wgsmemcoop "$W -DMG_WG_PINGPONG=0" tiny
+st wgsmem "$W" bench-small
+st wgsmem "$W" switch-cf125
+for i in 1 2; do
+    bench def mixtral
+    bench wgsmem mixtral MOEGEN_JIT_DEFINES=$W
+done
+for sh in olmoe finegrained small; do
+    bench def $sh
+    bench wgsmem $sh MOEGEN_JIT_DEFINES=$W
+done
+prof def ""
+prof wgsmem "$W"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line (SRC_D: defines)
 for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}; do
