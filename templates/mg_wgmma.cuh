@@ -629,7 +629,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * copies cover 16 k rows a stage (RPW = 32 / CPR rows an instruction, NCH instructions),
      * so lane L < 16 holds the row of the warp's k row wp·RPW + L % RPW + KSTEP·(L / RPW)
      * (-1 past ke) and load_mn takes each from its lane by a shuffle: one gather read a lane,
-     * not NCH, and one register, so the producer (56 registers) can read the next stage's
+     * not NCH, and one register, so the producer (MG_WG_PROD_REGS) can read the next stage's
      * rows before it waits for that stage (up wgrad, x then its B: ncu found its producer
      * waiting on these reads, L2 at 20% busy). mn_row returns the raw gather entry: load_mn's lane
      * divides it by gdiv before the shuffles, a stage later, so the load's latency hides behind the empty wait
@@ -1102,13 +1102,17 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     }
 };
 
+/* The row and column of a consumer thread's first accumulator value in an m64nN accumulator
+ * (wgmma's layout: warp w holds rows 16w .. 16w + 15, lane l row l / 4 and columns 2 (l % 4),
+ * +1, then the same 8 columns on); every accumulator walk and epilogue starts from these. */
+MG_DEV int mg_wg_acc_m() { return ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2); }
+MG_DEV int mg_wg_acc_n() { return (threadIdx.x & 3) * 2; }
 /* Accumulator walk of a consumer thread over one m64nN accumulator: f(m, n, v0, v1) for the
  * adjacent columns n, n+1 of row m in [0, 64) (the consumer passes the epilogue a tile whose
  * m0 is that half's first row). */
 template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
 {
-    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-    const int m = warp * 16 + (lane >> 2), n = (lane & 3) * 2;
+    const int m = mg_wg_acc_m(), n = mg_wg_acc_n();
 #pragma unroll
     for (int j = 0; j < NACC / 4; j++)
 #pragma unroll
@@ -1124,8 +1128,7 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[N
  * stores' drain, not their instructions, holds that epilogue; kept as the leaner path. */
 MG_DEV long long mg_wg_pair_origin(long long RS, long long CS)
 {
-    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-    return (long long)(warp * 16 + (lane >> 2)) * RS + (long long)((lane & 3) * 2) * CS;
+    return (long long)mg_wg_acc_m() * RS + (long long)mg_wg_acc_n() * CS;
 }
 template <long long RS, long long CS, int NACC, class F> MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
 {
@@ -1141,8 +1144,7 @@ template <long long RS, long long CS, int NACC, class F> MG_DEV void mg_wg_forea
 template <int NB, int NACC, class L, class F> MG_DEV void mg_wg_foreach_pair_batched(const float (&acc)[NACC], L ld, F f)
 {
     static_assert(NB > 0 && (NACC / 4) % NB == 0, "batch must divide the 8-column blocks");
-    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-    const int m = warp * 16 + (lane >> 2), n = (lane & 3) * 2;
+    const int m = mg_wg_acc_m(), n = mg_wg_acc_n();
 #pragma unroll
     for (int j0 = 0; j0 < NACC / 4; j0 += NB) {
 #pragma unroll
@@ -1160,8 +1162,7 @@ template <int NB, int NACC, class L, class F> MG_DEV void mg_wg_foreach_pair_bat
  * f(m, hl, gate0, gate1, up0, up1) for h columns hl, hl+1 of the tile's BN/2. */
 template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NACC], F f)
 {
-    const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-    const int m = warp * 16 + (lane >> 2), n = (lane & 3) * 2;
+    const int m = mg_wg_acc_m(), n = mg_wg_acc_n();
     constexpr int HJ = NACC / 8;   /* 8-column blocks in the gate half */
 #pragma unroll
     for (int j = 0; j < HJ; j++)

@@ -199,7 +199,7 @@ struct moe_down_dgrad_wg {
         const mg_t *a = (const mg_t *)p.a;
         mg_t *da = (mg_t *)p.da;
         const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-        const int wm = warp * 16 + (lane >> 2), wn = (lane & 3) * 2;   /* accumulator pairs */
+        const int wm = mg_wg_acc_m(), wn = mg_wg_acc_n();   /* accumulator pairs */
         const int rr = warp * 16 + (lane >> 3), rc = (lane & 7) * 4;    /* read side */
         /* a of chunks ch + 1 .. ch + PF - 1 in flight (packed, 8 bytes a load), in PF buffers */
         constexpr int PF = 3;

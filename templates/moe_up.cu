@@ -94,9 +94,9 @@ struct moe_up_fwd_wg {
         constexpr int LD = MG_WG_SCRATCH_LD, HJ = NA / 8, NCH = HB / 16;
         static_assert(NA == BN / 2 && HB % 16 == 0 && LD >= 32, "one m64 GLU accumulator");
         mg_t *a = (mg_t *)p.a, *h = (mg_t *)p.h;
-        const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-        const int wm = warp * 16 + (lane >> 2), wn = (lane & 3) * 2;   /* accumulator pairs */
-        const int rr = warp * 16 + (lane >> 2), rc = (lane & 3) * 4;    /* read side */
+        const int lane = threadIdx.x & 31;
+        const int wm = mg_wg_acc_m(), wn = mg_wg_acc_n();   /* accumulator pairs */
+        const int rr = wm, rc = (lane & 3) * 4;              /* read side */
 #pragma unroll
         for (int ch = 0; ch < NCH; ch++) {
 #pragma unroll
@@ -253,8 +253,8 @@ struct moe_up_wgrad_wg {
             epilogue(w, acc);
             return;
         }
-        const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, rt = threadIdx.x & 127;
-        const int mb = warp * 16 + (lane >> 2), nb = (lane & 3) * 2;   /* accumulator pairs */
+        const int rt = threadIdx.x & 127;
+        const int mb = mg_wg_acc_m(), nb = mg_wg_acc_n();   /* accumulator pairs */
         float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D + (long long)w.nt * BN * MG_D + w.m0;
 #pragma unroll
         for (int ch = 0; ch < NCH; ch++) {
