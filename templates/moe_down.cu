@@ -28,7 +28,7 @@ struct moe_down_fwd_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_FWD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_down_fwd_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
@@ -97,8 +97,14 @@ struct moe_down_dgrad_wg {
      * 32 KB a sub-tile. At BN 256 the buffer would leave one stage: global loads there. */
     static constexpr bool EPI = MG_WG_EPI_TMA != 0 && BN == 128;
     static constexpr int EPI_BYTES = EPI ? (MG_GLU ? 2 : 1) * 128 * BN * 2 : 0;
-    static constexpr int SCRATCH_BYTES = !EPI && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
-    static constexpr bool PAIRS = !EPI;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs, not with EPI_TMA */
+    /* MG_WG_EPI_ASYNC: the epilogue runs on producer warps 1..3 from the consumers' dump of
+     * dh (mg_wgmma.cuh epi_worker), overlapped with the next tile's main loop; 16-bit storage,
+     * 256-wide cooperative tiles and whole 8-column groups of FF (16-byte accesses) only. */
+    static constexpr bool ASYNC = MG_WG_EPI_ASYNC != 0 && !EPI && BN == 256 && sizeof(mg_t) == 2 && MG_FF % 8 == 0;
+    static constexpr int ASYNC_BYTES = ASYNC ? G::DUMP_BYTES : 0;
+    static_assert(!ASYNC || MG_WG_EXTRA_SMEM(1, 1) == MG_WG_SCRATCH_BYTES, "the host's extra shared memory holds the dump buffer");
+    static constexpr int SCRATCH_BYTES = !EPI && !ASYNC && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
+    static constexpr bool PAIRS = !EPI && !ASYNC;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs, not with EPI_TMA or ASYNC */
     const moe_down_dgrad_params &p;
     MG_DEV void tma_epi(const mg_wtile &w, unsigned dst, unsigned bar) const
     {
@@ -159,6 +165,77 @@ struct moe_down_dgrad_wg {
             mg_st2(da, s * MG_F2 + MG_FF + c, d0 * mg_act_f<MG_ACT>(g[0]), d1 * mg_act_f<MG_ACT>(g[1]));
         } else {
             mg_st2(da, s * MG_F2 + c, d0 * mg_act_df<MG_ACT>(g[0]), d1 * mg_act_df<MG_ACT>(g[1]));
+        }
+    }
+    /* MG_WG_EPI_ASYNC: da of tile w from the dump of dh (buf: [128][G::DUMP_LD] 16-bit), on
+     * worker thread wt of 96 (producer warps 1..3). A warp takes whole rows (every third), a
+     * lane 8 columns: one 16-byte read of the dump, 16-byte loads of a's gate and up, 16-byte
+     * stores of da, each warp access one contiguous 512-byte run of a row. The next row's a is
+     * loaded before this row's math, so two rows' loads are in flight a warp: the worker has
+     * the next tile's whole main loop to finish. */
+    template <class T = mg_t> MG_DEV void epilogue_async(const mg_wtile &w, const unsigned short *buf, int wt) const
+    {
+        if constexpr (ASYNC && sizeof(T) == 2) {   /* (a template, so fp32's instantiation discards the body) */
+            constexpr int NW = G::ASYNC_WARPS;
+            const int warp = wt >> 5, lane = wt & 31, c = w.nt * BN + 8 * lane;
+            const int rows = w.m_end - w.m0 < 128 ? w.m_end - w.m0 : 128;
+            if (c >= MG_FF) return;
+            const T *a = (const T *)p.a + (long long)w.m0 * MG_F2 + c;
+            T *da = (T *)p.da + (long long)w.m0 * MG_F2 + c;
+            auto ld = [](const T *q) {
+                if constexpr (MG_WG_STORE_CS) return __ldcs((const uint4 *)q);
+                else return *(const uint4 *)q;
+            };
+            auto st = [](T *q, const uint4 &v) {
+                if constexpr (MG_WG_STORE_CS) __stcs((uint4 *)q, v);
+                else *(uint4 *)q = v;
+            };
+            auto f32 = [](unsigned u, int hi) {
+                T x;
+                x.u = (unsigned short)(hi ? u >> 16 : u & 0xffffu);
+                return mg_to_f32(x);
+            };
+            auto pk = [](float lo, float hi) {
+                return (unsigned)mg_from_f32<T>(lo).u | (unsigned)mg_from_f32<T>(hi).u << 16;
+            };
+            uint4 g = {}, u = {}, gn = {}, un = {};
+            int r = warp;
+            if (r < rows) {
+                g = ld(a + (long long)r * MG_F2);
+                if constexpr (MG_GLU) u = ld(a + (long long)r * MG_F2 + MG_FF);
+            }
+            for (; r < rows; r += NW) {
+                if (r + NW < rows) {
+                    gn = ld(a + (long long)(r + NW) * MG_F2);
+                    if constexpr (MG_GLU) un = ld(a + (long long)(r + NW) * MG_F2 + MG_FF);
+                }
+                const uint4 dv = *(const uint4 *)(buf + r * G::DUMP_LD + 8 * lane);
+                const unsigned dw[4] = {dv.x, dv.y, dv.z, dv.w}, gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
+                unsigned o[4], q[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float ov[2], qv[2];
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        float f, df;
+                        const float d = f32(dw[e], h);
+                        mg_act_fdf_fast<MG_ACT>(f32(gw[e], h), &f, &df);
+                        if constexpr (MG_GLU) {
+                            ov[h] = d * df * f32(uw[e], h);
+                            qv[h] = d * f;
+                        } else {
+                            ov[h] = d * df;
+                            qv[h] = 0.0f;
+                        }
+                    }
+                    o[e] = pk(ov[0], ov[1]);
+                    q[e] = pk(qv[0], qv[1]);
+                }
+                st(da + (long long)r * MG_F2, uint4{o[0], o[1], o[2], o[3]});
+                if constexpr (MG_GLU) st(da + (long long)r * MG_F2 + MG_FF, uint4{q[0], q[1], q[2], q[3]});
+                g = gn;
+                u = un;
+            }
         }
     }
     /* MG_WG_EPI_TMA: a from the shared-memory buffer (ea: this 64-row half's first row).
@@ -310,7 +387,7 @@ struct moe_down_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_WGRAD, MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false;
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = false;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_down_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const

@@ -33,7 +33,7 @@ struct moe_up_fwd_wg {
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
     static constexpr bool A_TMA = GT, B_TMA = true, K_JAGGED = false, A_GATHER = GT;
     /* GLU: a and h stored through a shared-memory scratch (MG_WG_EPI_SMEM_UP) */
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_GLU && MG_WG_EPI_SMEM_UP ? MG_WG_SCRATCH_BYTES : 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_GLU && MG_WG_EPI_SMEM_UP ? MG_WG_SCRATCH_BYTES : 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_up_fwd_params &p;
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
@@ -158,7 +158,7 @@ struct moe_up_dgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_DGRAD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_up_dgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
@@ -220,7 +220,7 @@ struct moe_up_wgrad_wg {
     typedef mg_wg<mg_t, BN, false, false> G;
     static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = true, A_GATHER = false;
     /* dW through a shared-memory scratch (MG_WG_EPI_SMEM_WG) */
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_WG_EPI_SMEM_WG ? MG_WG_SCRATCH_BYTES : 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_WG_EPI_SMEM_WG ? MG_WG_SCRATCH_BYTES : 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = false;
     const moe_up_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}

@@ -245,6 +245,15 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM_WG
 #define MG_WG_EPI_SMEM_WG 0
 #endif
+/* MG_WG_EPI_ASYNC 1: down dgrad's epilogue (a read, da written: 256 KB a 128 x 256 tile)
+ * runs on the idle producer warps 1..3 from a 16-bit dump of dh in shared memory, overlapped
+ * with the next tile's main loop (mg_wgmma.cuh epi_worker); 3 stages instead of 4 make room
+ * for the 66 KB dump in the same dynamic shared memory. 0: the consumers run it (the scratch
+ * path above). Written in session 9 after ncu (Mixtral, s9 call 2) put 29% of down dgrad's
+ * consumer time in that epilogue, the tensor pipe idle (60% busy over the kernel). */
+#ifndef MG_WG_EPI_ASYNC
+#define MG_WG_EPI_ASYNC 0
+#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):
@@ -1069,6 +1078,11 @@ MG_DEV void mg_wg_band(int l, int Mg, int NTN, int *mt, int *nt)
     *mt = r / bw;
     *nt = nb * BW + r % bw;
 }
+/* The row and column of a consumer thread's first accumulator value in an m64nN accumulator
+ * (wgmma's layout: warp w holds rows 16w .. 16w + 15, lane l row l / 4 and columns 2 (l % 4),
+ * +1, then the same 8 columns on); every accumulator walk and epilogue starts from these. */
+MG_DEV int mg_wg_acc_m() { return ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2); }
+MG_DEV int mg_wg_acc_n() { return (threadIdx.x & 3) * 2; }
 /* The group of global m tile q: the last g with tile_off[g] <= q. */
 MG_DEV int mg_wg_group_of(const int *tile_off, int G, int q)
 {
@@ -1477,9 +1491,17 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * as many stages as still fit in SMEM_BYTES (the host's size, unchanged): 4 at BN 128 with
      * GLU's 64 KB. */
     static constexpr int EPI_BARS = 24;
-    template <class P> static constexpr int NS = P::EPI_BYTES == 0 ? STAGES
-        : (SMEM_BYTES - 1024 - P::EPI_BYTES - EPI_BARS - (BM + BN) * 8) / (STAGE_BYTES + 16) < STAGES
-            ? (SMEM_BYTES - 1024 - P::EPI_BYTES - EPI_BARS - (BM + BN) * 8) / (STAGE_BYTES + 16) : STAGES;
+    /* A problem with an asynchronous epilogue (P::ASYNC_BYTES > 0, MG_WG_EPI_ASYNC: down dgrad)
+     * gets its dump buffer (DUMP_BYTES: the tile's accumulators as 16-bit values, rows of DUMP_LD
+     * elements) after the stages, in the dynamic shared memory the host gives that kernel
+     * (MG_WG_SMEM_BYTES + MG_WG_SCRATCH_BYTES, MG_WG_EXTRA_SMEM), and as many stages as still fit
+     * there: 3 at BN 256. The 8 elements of padding a row put a warp's 8 accumulator rows on
+     * different banks. */
+    static constexpr int DUMP_LD = BN + 8, DUMP_BYTES = BM * DUMP_LD * 2;
+    template <class P> static constexpr int NS_ROOM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_SCRATCH_BYTES : 0) - 1024 -
+                                                      P::EPI_BYTES - P::ASYNC_BYTES - EPI_BARS - (BM + BN) * 8;
+    template <class P> static constexpr int NS = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 ? STAGES
+        : NS_ROOM<P> / (STAGE_BYTES + 16) < STAGES ? NS_ROOM<P> / (STAGE_BYTES + 16) : STAGES;
     /* A problem with a consumer scratch (P::SCRATCH_BYTES > 0: down dgrad's dh staged for a
      * coalesced epilogue, MG_WG_EPI_SMEM) gets it after the stages; the host launches that
      * kernel with MG_WG_SMEM_BYTES + MG_WG_SCRATCH_BYTES, so the stages stay as they are. */
@@ -1487,6 +1509,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     struct smem_map {
         unsigned sbase, full, empty, ebuf, efull, eempty;
         const unsigned char *ebuf_p;
+        unsigned short *dump;       /* the async epilogue's buffer (P::ASYNC_BYTES > 0) */
         float *scratch;
         long long *rowsA, *rowsB;
         /* the tile walk: first, step; pairs: this CTA walks pair tiles with its cluster
@@ -1724,6 +1747,15 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 return;
             }
         }
+        if constexpr (P::ASYNC_BYTES > 0) {
+            /* warps 1..3 run the epilogue from the consumers' dump; warp 0 issues the TMA boxes
+             * (thread 0; no row tables, no jagged block, no named barrier 1 here) */
+            static_assert(ALL_TMA && !TABLE_A && !TABLE_B && !P::K_JAGGED && !GATHER, "async epilogue: plain TMA kernels only");
+            if (ptid >= 32) {
+                epi_worker(pb, sm, ptid - 32);
+                return;
+            }
+        }
         static_assert(!CLP<P> || P::EPI_BYTES == 0, "CTA pairs: no epilogue operand buffer");
         const int n_tiles = walk_n(pb, sm);
         int s = 0;
@@ -1901,6 +1933,47 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
     }
 
+    /* The asynchronous epilogue (P::ASYNC_BYTES > 0, MG_WG_EPI_ASYNC). Cooperative consumers
+     * spend the epilogue with the tensor cores idle; where it is long (down dgrad reads a and
+     * writes da, 256 KB a 128 x 256 tile, while every CTA does the same at the same time) they
+     * instead dump the accumulators into one shared buffer as 16-bit values (DUMP_BYTES, a few
+     * hundred cycles) and start the next tile, and producer warps 1..3, idle in a TMA-only
+     * kernel, run the problem's epilogue_async from the buffer during that tile's main loop.
+     * Rounding the accumulators to the 16-bit type before the epilogue's math is the one
+     * numerical change (the unfused peers round the same GEMM output there too). Barriers
+     * (cooperative only, so every consumer warp dumps every tile, in tile order):
+     *  - efull (count 8: each consumer warp, after __syncwarp, once its rows are in) completes
+     *    once per tile; the workers wait for tile j with parity j & 1. It cannot run a phase
+     *    ahead of them: tile j+1's dump waits for their release of tile j.
+     *  - eempty (count 3: each worker warp, after __syncwarp, once its reads are done) completes
+     *    once per tile; tile j's dump waits with parity (j & 1) ^ 1 (tile j-1 released; the
+     *    first passes on the fresh barrier), and it cannot run ahead of that wait either. */
+    static constexpr int ASYNC_WARPS = 3;
+    template <class P> MG_DEV static void epi_worker(const P &pb, const smem_map &sm, int wt)
+    {
+        const int n_tiles = pb.n_tiles();
+        int j = 0;
+        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x, j++) {
+            mg_wtile w;
+            pb.tile(t, w);
+            mg_mbar_wait(sm.efull, (unsigned)j & 1u);
+            pb.epilogue_async(w, (const unsigned short *)sm.dump, wt);
+            __syncwarp();
+            if ((wt & 31) == 0) mg_mbar_arrive(sm.eempty);
+        }
+    }
+    /* consumer c's 64 rows of the accumulator, rounded to T, at rows 64c.. of the dump buffer */
+    MG_DEV static void dump(unsigned short *buf, const float (&acc)[NACC], int c)
+    {
+        unsigned short *b = buf + (64 * c + mg_wg_acc_m()) * DUMP_LD + mg_wg_acc_n();
+#pragma unroll
+        for (int jn = 0; jn < NACC / 4; jn++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                *(unsigned *)(b + 8 * h * DUMP_LD + 8 * jn) = (unsigned)mg_from_f32<T>(acc[4 * jn + 2 * h]).u |
+                                                              (unsigned)mg_from_f32<T>(acc[4 * jn + 2 * h + 1]).u << 16;
+    }
+
     template <class P> MG_DEV static void consumer(const P &pb, const smem_map &sm)
     {
         const unsigned sbase = sm.sbase, full = sm.full, empty = sm.empty;
@@ -1969,20 +2042,27 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 #pragma unroll
             for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
             if (prev >= 0 && lane == 0) release<P>(sm, empty + 8 * prev);
-            if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
-            /* the epilogue sees a 64-row tile starting at this half's first row (and the
-             * epilogue operand's rows from that row on: 128 bytes a row in every block) */
+            if constexpr (P::ASYNC_BYTES > 0) {
+                mg_mbar_wait(sm.eempty, (unsigned)(j & 1) ^ 1u);   /* tile j-1's epilogue has read the buffer */
+                dump(sm.dump, acc[0], c);
+                __syncwarp();
+                if (lane == 0) mg_mbar_arrive(sm.efull);
+            } else {
+                if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
+                /* the epilogue sees a 64-row tile starting at this half's first row (and the
+                 * epilogue operand's rows from that row on: 128 bytes a row in every block) */
 #pragma unroll
-            for (int h = 0; h < MH; h++) {
-                mg_wtile wh = w;
-                wh.m0 += 64 * (PP ? h : c);
-                if constexpr (P::EPI_BYTES > 0) pb.epilogue(wh, acc[h], sm.ebuf_p + 64 * (PP ? h : c) * 128);
-                else if constexpr (P::SCRATCH_BYTES > 0) pb.epilogue(wh, acc[h], sm.scratch + c * (P::SCRATCH_BYTES / 8), 4 + c);
-                else pb.epilogue(wh, acc[h]);
-            }
-            if constexpr (P::EPI_BYTES > 0) {
-                __syncwarp();               /* the warp's reads of the buffer are done */
-                if (lane == 0) mg_mbar_arrive(sm.eempty);
+                for (int h = 0; h < MH; h++) {
+                    mg_wtile wh = w;
+                    wh.m0 += 64 * (PP ? h : c);
+                    if constexpr (P::EPI_BYTES > 0) pb.epilogue(wh, acc[h], sm.ebuf_p + 64 * (PP ? h : c) * 128);
+                    else if constexpr (P::SCRATCH_BYTES > 0) pb.epilogue(wh, acc[h], sm.scratch + c * (P::SCRATCH_BYTES / 8), 4 + c);
+                    else pb.epilogue(wh, acc[h]);
+                }
+                if constexpr (P::EPI_BYTES > 0) {
+                    __syncwarp();               /* the warp's reads of the buffer are done */
+                    if (lane == 0) mg_mbar_arrive(sm.eempty);
+                }
             }
         }
     }
@@ -1991,16 +2071,20 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
     {
         /* [stages][epilogue buffer][scratch][full][empty][efull[2], eempty][row tables A, B] */
-        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES, EBARS = EB > 0 ? EPI_BARS : 0, SB = P::SCRATCH_BYTES;
-        static_assert(STAGES >= 2 && SMEM_BYTES + SB >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + (BM + BN) * 8,
+        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES, EBARS = EB > 0 ? EPI_BARS : 0, SB = P::SCRATCH_BYTES;
+        constexpr int HOST = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_SCRATCH_BYTES : SB);   /* what the host gives */
+        static_assert(STAGES >= 2 && HOST >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + (BM + BN) * 8,
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
+        static_assert(P::ASYNC_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == DUMP_BYTES && !PP && !CLP<P>),
+                      "async epilogue: cooperative consumers, single CTAs, no epilogue operand");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;
         sm.ebuf = sbase + STAGES * STAGE_BYTES;
         sm.ebuf_p = smem + (sbase - raw) + STAGES * STAGE_BYTES;
+        sm.dump = (unsigned short *)(smem + (sbase - raw) + STAGES * STAGE_BYTES);
         sm.scratch = (float *)(smem + (sbase - raw) + STAGES * STAGE_BYTES + EB);
         sm.full = sm.ebuf + EB + SB;
         sm.empty = sm.full + 8 * STAGES;
@@ -2031,7 +2115,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_mbar_init(full + 8 * i, FULL_COUNT);
                 mg_mbar_init(empty + 8 * i, CLP<P> && sm.pairs ? 2 * EMPTY_COUNT : EMPTY_COUNT);
             }
-            if constexpr (EB > 0) {
+            if constexpr (P::ASYNC_BYTES > 0) {
+                mg_mbar_init(sm.efull, 8);              /* the consumer warps' dumps */
+                mg_mbar_init(sm.eempty, ASYNC_WARPS);   /* the worker warps' reads */
+            } else if constexpr (EB > 0) {
                 mg_mbar_init(sm.efull, 1);
                 mg_mbar_init(sm.efull + 8, 1);
                 mg_mbar_init(sm.eempty, EMPTY_COUNT);
@@ -2065,11 +2152,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     }
 };
 
-/* The row and column of a consumer thread's first accumulator value in an m64nN accumulator
- * (wgmma's layout: warp w holds rows 16w .. 16w + 15, lane l row l / 4 and columns 2 (l % 4),
- * +1, then the same 8 columns on); every accumulator walk and epilogue starts from these. */
-MG_DEV int mg_wg_acc_m() { return ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2); }
-MG_DEV int mg_wg_acc_n() { return (threadIdx.x & 3) * 2; }
 /* Accumulator walk of a consumer thread over one m64nN accumulator: f(m, n, v0, v1) for the
  * adjacent columns n, n+1 of row m in [0, 64) (the consumer passes the epilogue a tile whose
  * m0 is that half's first row). */

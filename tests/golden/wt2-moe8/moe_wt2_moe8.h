@@ -229,6 +229,15 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM_WG
 #define MG_WG_EPI_SMEM_WG 0
 #endif
+/* MG_WG_EPI_ASYNC 1: down dgrad's epilogue (a read, da written: 256 KB a 128 x 256 tile)
+ * runs on the idle producer warps 1..3 from a 16-bit dump of dh in shared memory, overlapped
+ * with the next tile's main loop (mg_wgmma.cuh epi_worker); 3 stages instead of 4 make room
+ * for the 66 KB dump in the same dynamic shared memory. 0: the consumers run it (the scratch
+ * path above). Written in session 9 after ncu (Mixtral, s9 call 2) put 29% of down dgrad's
+ * consumer time in that epilogue, the tensor pipe idle (60% busy over the kernel). */
+#ifndef MG_WG_EPI_ASYNC
+#define MG_WG_EPI_ASYNC 0
+#endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
  * gives up fwd the scratch too. On an H100 (bench/results/2026-11-26-s5, call 6, same call):

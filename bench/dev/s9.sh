@@ -1,0 +1,49 @@
+#!/bin/bash
+# s9: one GPU call for session 9's Hopper GEMM work (bench/NOTES.md, "v12"); every candidate is a
+# device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
+# usage: bench/dev/s9.sh [async] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt: when
+# each step started). Steps have timeouts cut to what is left of LIMIT.
+set -u
+O=${OUT:-/tmp/s9}; mkdir -p "$O"
+export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
+BENCH_RUNS=20 ST_T=120 ST_SEED=43
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st, smi_sample; T0, S
+smi_sample
+prof() { # tag defines: Mixtral's kernels one by one (ncu µs a launch, clocks not locked)
+    step "prof_layer mixtral $1" 90 prof-$1.log env OUT="$O/prof-$1" MOEGEN_JIT_DEFINES="$2" bench/prof_layer.sh mixtral
+    sed -n 3,8p "$O"/prof-$1/prof-mixtral.txt 2>/dev/null | awk -v b=$1 '{print b, $1, $NF}' | tee -a "$S"
+}
+# tiny with d_ff 336: down dgrad's second 256-wide n tile is partial (80 of 256 columns)
+sed -e 's/d_ff = 64/d_ff = 336/' -e 's/d_model = 64/d_model = 256/' -e 's/name = "tiny"/name = "tiny-ff336"/' \
+    specs/tiny.lua > "$O/tiny-ff336.lua"
+st_path() { # tag defines spec-path: st for a spec outside specs/
+    local n=$(basename "$3" .lua)
+    step "selftest $n moe $1" "${ST_T:-90}" st-$n-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
+        MOEGEN_SELFTEST_BUDGET=${ST_BUDGET:-5e7} build/moegen selftest "$3" --seed "${ST_SEED:-37}"
+    grep -a -m6 -A2 FAIL "$O/st-$n-$1.log" | tee -a "$S"
+}
+note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
+PH=" ${*:-async} "
+if [[ $PH == *" async "* ]]; then   # down dgrad's epilogue on the producer's warps 1..3 (MG_WG_EPI_ASYNC; written without a GPU)
+A=-DMG_WG_EPI_ASYNC=1
+st_path async "$A" "$O/tiny-ff336.lua"
+st async "$A" bench-small
+st async "$A" switch-cf125
+st async "$A" wt2-moe8
+step "racecheck tiny-ff336 async" 150 race-async.log env MOEGEN_JIT_DEFINES=$A MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=1e7 \
+    compute-sanitizer --tool racecheck --error-exitcode 3 build/moegen selftest "$O/tiny-ff336.lua" --seed 44
+grep -a -m3 'RACECHECK SUMMARY\|hazard' "$O/race-async.log" | tee -a "$S"
+for i in 1 2; do
+    bench def mixtral
+    bench async mixtral MOEGEN_JIT_DEFINES=$A
+done
+for sh in olmoe finegrained small; do
+    bench def $sh
+    bench async $sh MOEGEN_JIT_DEFINES=$A
+done
+prof def ""
+prof async "$A"
+fi
+note "total $(( $(date +%s) - T0 ))s"
