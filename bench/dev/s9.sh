@@ -1,7 +1,7 @@
 #!/bin/bash
 # s9: one GPU call for session 9's Hopper GEMM work (bench/NOTES.md, "v12"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s9.sh [async] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s9.sh [async] [async2] ...   from the repo root after `make -j all bench`; logs under $OUT.
 # nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt: when
 # each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -45,5 +45,28 @@ for sh in olmoe finegrained small; do
 done
 prof def ""
 prof async "$A"
+fi
+if [[ $PH == *" async2 "* ]]; then   # after call 3: a thread's own arrivals, the worker D rows ahead (3 at 72 / 216 registers, 4 at 88 / 208)
+A=-DMG_WG_EPI_ASYNC=1; A4="-DMG_WG_EPI_ASYNC=1 -DMG_WG_ASYNC_DEPTH=4 -DMG_WG_PROD_REGS_ASYNC=88 -DMG_WG_CONS_REGS_ASYNC=208"
+st_path async "$A" "$O/tiny-ff336.lua"
+st async "$A" bench-small
+st async "$A" switch-cf125
+st async4 "$A4" bench-small
+step "racecheck tiny-ff336 async" 150 race-async.log env MOEGEN_JIT_DEFINES=$A MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=1e7 \
+    compute-sanitizer --tool racecheck --error-exitcode 3 build/moegen selftest "$O/tiny-ff336.lua" --seed 45
+grep -a -m3 'RACECHECK SUMMARY\|hazard' "$O/race-async.log" | tee -a "$S"
+for i in 1 2; do
+    bench def mixtral
+    bench async mixtral MOEGEN_JIT_DEFINES=$A
+    bench async4 mixtral MOEGEN_JIT_DEFINES="$A4"
+done
+for sh in olmoe finegrained small; do
+    bench def $sh
+    bench async $sh MOEGEN_JIT_DEFINES=$A
+    bench async4 $sh MOEGEN_JIT_DEFINES="$A4"
+done
+prof def ""
+prof async "$A"
+prof async4 "$A4"
 fi
 note "total $(( $(date +%s) - T0 ))s"

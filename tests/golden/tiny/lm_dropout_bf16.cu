@@ -319,6 +319,17 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_CONS_REGS
 #define MG_WG_CONS_REGS 208
 #endif
+/* The async epilogue's kernel (MG_WG_EPI_ASYNC): its producer warps 1..3 run the epilogue, a
+ * few rows of a in flight a warp (MG_WG_ASYNC_DEPTH), and its consumers no longer do. */
+#ifndef MG_WG_PROD_REGS_ASYNC
+#define MG_WG_PROD_REGS_ASYNC 72
+#endif
+#ifndef MG_WG_CONS_REGS_ASYNC
+#define MG_WG_CONS_REGS_ASYNC 216
+#endif
+#ifndef MG_WG_ASYNC_DEPTH
+#define MG_WG_ASYNC_DEPTH 3
+#endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
 #endif
@@ -1941,13 +1952,14 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * kernel, run the problem's epilogue_async from the buffer during that tile's main loop.
      * Rounding the accumulators to the 16-bit type before the epilogue's math is the one
      * numerical change (the unfused peers round the same GEMM output there too). Barriers
-     * (cooperative only, so every consumer warp dumps every tile, in tile order):
-     *  - efull (count 8: each consumer warp, after __syncwarp, once its rows are in) completes
-     *    once per tile; the workers wait for tile j with parity j & 1. It cannot run a phase
-     *    ahead of them: tile j+1's dump waits for their release of tile j.
-     *  - eempty (count 3: each worker warp, after __syncwarp, once its reads are done) completes
-     *    once per tile; tile j's dump waits with parity (j & 1) ^ 1 (tile j-1 released; the
-     *    first passes on the fresh barrier), and it cannot run ahead of that wait either. */
+     * (cooperative only, so every consumer thread dumps every tile, in tile order; every thread
+     * arrives for its own accesses, a release / acquire pair per thread):
+     *  - efull (count 256: each consumer thread once its values are in) completes once per
+     *    tile; the workers wait for tile j with parity j & 1. It cannot run a phase ahead of
+     *    them: tile j+1's dump waits for their release of tile j.
+     *  - eempty (count 96: each worker thread once its reads are done) completes once per tile;
+     *    tile j's dump waits with parity (j & 1) ^ 1 (tile j-1 released; the first passes on
+     *    the fresh barrier), and it cannot run ahead of that wait either. */
     static constexpr int ASYNC_WARPS = 3;
     template <class P> MG_DEV static void epi_worker(const P &pb, const smem_map &sm, int wt)
     {
@@ -1958,8 +1970,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             pb.tile(t, w);
             mg_mbar_wait(sm.efull, (unsigned)j & 1u);
             pb.epilogue_async(w, (const unsigned short *)sm.dump, wt);
-            __syncwarp();
-            if ((wt & 31) == 0) mg_mbar_arrive(sm.eempty);
+            mg_mbar_arrive(sm.eempty);
         }
     }
     /* consumer c's 64 rows of the accumulator, rounded to T, at rows 64c.. of the dump buffer */
@@ -2045,8 +2056,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             if constexpr (P::ASYNC_BYTES > 0) {
                 mg_mbar_wait(sm.eempty, (unsigned)(j & 1) ^ 1u);   /* tile j-1's epilogue has read the buffer */
                 dump(sm.dump, acc[0], c);
-                __syncwarp();
-                if (lane == 0) mg_mbar_arrive(sm.efull);
+                mg_mbar_arrive(sm.efull);
             } else {
                 if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
                 /* the epilogue sees a 64-row tile starting at this half's first row (and the
@@ -2116,8 +2126,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_mbar_init(empty + 8 * i, CLP<P> && sm.pairs ? 2 * EMPTY_COUNT : EMPTY_COUNT);
             }
             if constexpr (P::ASYNC_BYTES > 0) {
-                mg_mbar_init(sm.efull, 8);              /* the consumer warps' dumps */
-                mg_mbar_init(sm.eempty, ASYNC_WARPS);   /* the worker warps' reads */
+                mg_mbar_init(sm.efull, 256);                 /* the consumer threads' dumps */
+                mg_mbar_init(sm.eempty, 32 * ASYNC_WARPS);   /* the worker threads' reads */
             } else if constexpr (EB > 0) {
                 mg_mbar_init(sm.efull, 1);
                 mg_mbar_init(sm.efull + 8, 1);
@@ -2134,8 +2144,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
          * the registers: they come only from what the producer released of the 168 a thread
          * of this 384-thread CTA was launched with (ptxas' cap under MG_GEMM_BOUNDS), so asking
          * for more hangs (80 / 216 did, s8 call 1). */
-        constexpr int PR = P::A_TMA && P::B_TMA ? MG_WG_PROD_REGS_TMA : MG_WG_PROD_REGS;
-        constexpr int CR = P::A_TMA && P::B_TMA ? MG_WG_CONS_REGS_TMA : MG_WG_CONS_REGS;
+        constexpr int PR = P::ASYNC_BYTES > 0 ? MG_WG_PROD_REGS_ASYNC : P::A_TMA && P::B_TMA ? MG_WG_PROD_REGS_TMA : MG_WG_PROD_REGS;
+        constexpr int CR = P::ASYNC_BYTES > 0 ? MG_WG_CONS_REGS_ASYNC : P::A_TMA && P::B_TMA ? MG_WG_CONS_REGS_TMA : MG_WG_CONS_REGS;
         static_assert(PR % 8 == 0 && CR % 8 == 0 && PR >= 24 && CR >= 168 && CR <= 256 &&
                           128 * PR + 256 * CR <= MG_WG_THREADS * 168,
                       "MG_WG_PROD_REGS[_TMA] / MG_WG_CONS_REGS[_TMA]: multiples of 8, 128 * PROD + 256 * CONS <= 384 * 168");

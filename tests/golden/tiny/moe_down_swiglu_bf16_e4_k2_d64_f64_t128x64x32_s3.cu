@@ -319,6 +319,17 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_CONS_REGS
 #define MG_WG_CONS_REGS 208
 #endif
+/* The async epilogue's kernel (MG_WG_EPI_ASYNC): its producer warps 1..3 run the epilogue, a
+ * few rows of a in flight a warp (MG_WG_ASYNC_DEPTH), and its consumers no longer do. */
+#ifndef MG_WG_PROD_REGS_ASYNC
+#define MG_WG_PROD_REGS_ASYNC 72
+#endif
+#ifndef MG_WG_CONS_REGS_ASYNC
+#define MG_WG_CONS_REGS_ASYNC 216
+#endif
+#ifndef MG_WG_ASYNC_DEPTH
+#define MG_WG_ASYNC_DEPTH 3
+#endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
 #endif
@@ -1941,13 +1952,14 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * kernel, run the problem's epilogue_async from the buffer during that tile's main loop.
      * Rounding the accumulators to the 16-bit type before the epilogue's math is the one
      * numerical change (the unfused peers round the same GEMM output there too). Barriers
-     * (cooperative only, so every consumer warp dumps every tile, in tile order):
-     *  - efull (count 8: each consumer warp, after __syncwarp, once its rows are in) completes
-     *    once per tile; the workers wait for tile j with parity j & 1. It cannot run a phase
-     *    ahead of them: tile j+1's dump waits for their release of tile j.
-     *  - eempty (count 3: each worker warp, after __syncwarp, once its reads are done) completes
-     *    once per tile; tile j's dump waits with parity (j & 1) ^ 1 (tile j-1 released; the
-     *    first passes on the fresh barrier), and it cannot run ahead of that wait either. */
+     * (cooperative only, so every consumer thread dumps every tile, in tile order; every thread
+     * arrives for its own accesses, a release / acquire pair per thread):
+     *  - efull (count 256: each consumer thread once its values are in) completes once per
+     *    tile; the workers wait for tile j with parity j & 1. It cannot run a phase ahead of
+     *    them: tile j+1's dump waits for their release of tile j.
+     *  - eempty (count 96: each worker thread once its reads are done) completes once per tile;
+     *    tile j's dump waits with parity (j & 1) ^ 1 (tile j-1 released; the first passes on
+     *    the fresh barrier), and it cannot run ahead of that wait either. */
     static constexpr int ASYNC_WARPS = 3;
     template <class P> MG_DEV static void epi_worker(const P &pb, const smem_map &sm, int wt)
     {
@@ -1958,8 +1970,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             pb.tile(t, w);
             mg_mbar_wait(sm.efull, (unsigned)j & 1u);
             pb.epilogue_async(w, (const unsigned short *)sm.dump, wt);
-            __syncwarp();
-            if ((wt & 31) == 0) mg_mbar_arrive(sm.eempty);
+            mg_mbar_arrive(sm.eempty);
         }
     }
     /* consumer c's 64 rows of the accumulator, rounded to T, at rows 64c.. of the dump buffer */
@@ -2045,8 +2056,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             if constexpr (P::ASYNC_BYTES > 0) {
                 mg_mbar_wait(sm.eempty, (unsigned)(j & 1) ^ 1u);   /* tile j-1's epilogue has read the buffer */
                 dump(sm.dump, acc[0], c);
-                __syncwarp();
-                if (lane == 0) mg_mbar_arrive(sm.efull);
+                mg_mbar_arrive(sm.efull);
             } else {
                 if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
                 /* the epilogue sees a 64-row tile starting at this half's first row (and the
@@ -2116,8 +2126,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_mbar_init(empty + 8 * i, CLP<P> && sm.pairs ? 2 * EMPTY_COUNT : EMPTY_COUNT);
             }
             if constexpr (P::ASYNC_BYTES > 0) {
-                mg_mbar_init(sm.efull, 8);              /* the consumer warps' dumps */
-                mg_mbar_init(sm.eempty, ASYNC_WARPS);   /* the worker warps' reads */
+                mg_mbar_init(sm.efull, 256);                 /* the consumer threads' dumps */
+                mg_mbar_init(sm.eempty, 32 * ASYNC_WARPS);   /* the worker threads' reads */
             } else if constexpr (EB > 0) {
                 mg_mbar_init(sm.efull, 1);
                 mg_mbar_init(sm.efull + 8, 1);
@@ -2134,8 +2144,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
          * the registers: they come only from what the producer released of the 168 a thread
          * of this 384-thread CTA was launched with (ptxas' cap under MG_GEMM_BOUNDS), so asking
          * for more hangs (80 / 216 did, s8 call 1). */
-        constexpr int PR = P::A_TMA && P::B_TMA ? MG_WG_PROD_REGS_TMA : MG_WG_PROD_REGS;
-        constexpr int CR = P::A_TMA && P::B_TMA ? MG_WG_CONS_REGS_TMA : MG_WG_CONS_REGS;
+        constexpr int PR = P::ASYNC_BYTES > 0 ? MG_WG_PROD_REGS_ASYNC : P::A_TMA && P::B_TMA ? MG_WG_PROD_REGS_TMA : MG_WG_PROD_REGS;
+        constexpr int CR = P::ASYNC_BYTES > 0 ? MG_WG_CONS_REGS_ASYNC : P::A_TMA && P::B_TMA ? MG_WG_CONS_REGS_TMA : MG_WG_CONS_REGS;
         static_assert(PR % 8 == 0 && CR % 8 == 0 && PR >= 24 && CR >= 168 && CR <= 256 &&
                           128 * PR + 256 * CR <= MG_WG_THREADS * 168,
                       "MG_WG_PROD_REGS[_TMA] / MG_WG_CONS_REGS[_TMA]: multiples of 8, 128 * PROD + 256 * CONS <= 384 * 168");
@@ -2392,9 +2402,10 @@ struct moe_down_dgrad_wg {
     /* MG_WG_EPI_ASYNC: da of tile w from the dump of dh (buf: [128][G::DUMP_LD] 16-bit), on
      * worker thread wt of 96 (producer warps 1..3). A warp takes whole rows (every third), a
      * lane 8 columns: one 16-byte read of the dump, 16-byte loads of a's gate and up, 16-byte
-     * stores of da, each warp access one contiguous 512-byte run of a row. The next row's a is
-     * loaded before this row's math, so two rows' loads are in flight a warp: the worker has
-     * the next tile's whole main loop to finish. */
+     * stores of da, each warp access one contiguous 512-byte run of a row. a runs
+     * MG_WG_ASYNC_DEPTH rows ahead of the math: the worker has the next tile's main loop to
+     * finish, but one row's loads at a time left it latency-bound where that loop is short
+     * (d 768: small 3.15 -> 3.42 ms with depth 1, s9 call 3). */
     template <class T = mg_t> MG_DEV void epilogue_async(const mg_wtile &w, const unsigned short *buf, int wt) const
     {
         if constexpr (ASYNC && sizeof(T) == 2) {   /* (a template, so fp32's instantiation discards the body) */
@@ -2420,43 +2431,51 @@ struct moe_down_dgrad_wg {
             auto pk = [](float lo, float hi) {
                 return (unsigned)mg_from_f32<T>(lo).u | (unsigned)mg_from_f32<T>(hi).u << 16;
             };
-            uint4 g = {}, u = {}, gn = {}, un = {};
-            int r = warp;
-            if (r < rows) {
-                g = ld(a + (long long)r * MG_F2);
-                if constexpr (MG_GLU) u = ld(a + (long long)r * MG_F2 + MG_FF);
-            }
-            for (; r < rows; r += NW) {
-                if (r + NW < rows) {
-                    gn = ld(a + (long long)(r + NW) * MG_F2);
-                    if constexpr (MG_GLU) un = ld(a + (long long)(r + NW) * MG_F2 + MG_FF);
+            /* a of the warp's next D rows in flight: row r + NW·i in buffer i (D rows ahead of
+             * the row being processed once the ring is full) */
+            constexpr int D = MG_WG_ASYNC_DEPTH;
+            uint4 g[D], u[D];
+            auto fetch = [&](int r, int i) {
+                if (r < rows) {
+                    g[i] = ld(a + (long long)r * MG_F2);
+                    if constexpr (MG_GLU) u[i] = ld(a + (long long)r * MG_F2 + MG_FF);
                 }
-                const uint4 dv = *(const uint4 *)(buf + r * G::DUMP_LD + 8 * lane);
-                const unsigned dw[4] = {dv.x, dv.y, dv.z, dv.w}, gw[4] = {g.x, g.y, g.z, g.w}, uw[4] = {u.x, u.y, u.z, u.w};
-                unsigned o[4], q[4];
+            };
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float ov[2], qv[2];
+            for (int i = 0; i < D; i++) fetch(warp + NW * i, i);
+            for (int r0 = warp; r0 < rows; r0 += NW * D) {
 #pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        float f, df;
-                        const float d = f32(dw[e], h);
-                        mg_act_fdf_fast<MG_ACT>(f32(gw[e], h), &f, &df);
-                        if constexpr (MG_GLU) {
-                            ov[h] = d * df * f32(uw[e], h);
-                            qv[h] = d * f;
-                        } else {
-                            ov[h] = d * df;
-                            qv[h] = 0.0f;
+                for (int i = 0; i < D; i++) {
+                    const int r = r0 + NW * i;
+                    if (r >= rows) break;
+                    const uint4 dv = *(const uint4 *)(buf + r * G::DUMP_LD + 8 * lane);
+                    const unsigned dw[4] = {dv.x, dv.y, dv.z, dv.w}, gw[4] = {g[i].x, g[i].y, g[i].z, g[i].w};
+                    unsigned uw[4] = {0u, 0u, 0u, 0u};
+                    if constexpr (MG_GLU) uw[0] = u[i].x, uw[1] = u[i].y, uw[2] = u[i].z, uw[3] = u[i].w;
+                    fetch(r + NW * D, i);   /* buffer i is free again */
+                    unsigned o[4], q[4];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float ov[2], qv[2];
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            float f, df;
+                            const float d = f32(dw[e], h);
+                            mg_act_fdf_fast<MG_ACT>(f32(gw[e], h), &f, &df);
+                            if constexpr (MG_GLU) {
+                                ov[h] = d * df * f32(uw[e], h);
+                                qv[h] = d * f;
+                            } else {
+                                ov[h] = d * df;
+                                qv[h] = 0.0f;
+                            }
                         }
+                        o[e] = pk(ov[0], ov[1]);
+                        q[e] = pk(qv[0], qv[1]);
                     }
-                    o[e] = pk(ov[0], ov[1]);
-                    q[e] = pk(qv[0], qv[1]);
+                    st(da + (long long)r * MG_F2, uint4{o[0], o[1], o[2], o[3]});
+                    if constexpr (MG_GLU) st(da + (long long)r * MG_F2 + MG_FF, uint4{q[0], q[1], q[2], q[3]});
                 }
-                st(da + (long long)r * MG_F2, uint4{o[0], o[1], o[2], o[3]});
-                if constexpr (MG_GLU) st(da + (long long)r * MG_F2 + MG_FF, uint4{q[0], q[1], q[2], q[3]});
-                g = gn;
-                u = un;
             }
         }
     }

@@ -303,6 +303,17 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_CONS_REGS
 #define MG_WG_CONS_REGS 208
 #endif
+/* The async epilogue's kernel (MG_WG_EPI_ASYNC): its producer warps 1..3 run the epilogue, a
+ * few rows of a in flight a warp (MG_WG_ASYNC_DEPTH), and its consumers no longer do. */
+#ifndef MG_WG_PROD_REGS_ASYNC
+#define MG_WG_PROD_REGS_ASYNC 72
+#endif
+#ifndef MG_WG_CONS_REGS_ASYNC
+#define MG_WG_CONS_REGS_ASYNC 216
+#endif
+#ifndef MG_WG_ASYNC_DEPTH
+#define MG_WG_ASYNC_DEPTH 3
+#endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
 #endif
