@@ -1,7 +1,7 @@
 #!/bin/bash
 # s9: one GPU call for session 9's Hopper GEMM work (bench/NOTES.md, "v12"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s9.sh [async] [async2] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s9.sh [async] [async2] [src] ...   from the repo root after `make -j all bench`; logs under $OUT.
 # nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt: when
 # each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -68,5 +68,17 @@ done
 prof def ""
 prof async "$A"
 prof async4 "$A4"
+fi
+if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's GEMMs stall, per SASS line (SRC_D: defines; SRC_K: tag|kernel-regex ...)
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+for k in ${SRC_K:-"dndgrad|down_swiglu.*_dgrad"}; do
+    tag=${k%%|*}; re=${k#*|}
+    step "ncu src mixtral $tag" 150 ncu-src-$tag.txt env MOEGEN_JIT_DEFINES="${SRC_D:-}" "$NCU" --section WarpStateStats \
+        --section SourceCounters --section SpeedOfLight --section MemoryWorkloadAnalysis --clock-control none \
+        -k "regex:$re" -s 2 -c 1 -f -o "$O/rep-$tag" build/bench/mg_bench_layer --shape ${SRC_SHAPE:-mixtral} --runs 2 --warmup 1
+    "$NCU" -i "$O/rep-$tag.ncu-rep" --page source --csv --print-source sass | gzip > "$O/sass-$tag.csv.gz" 2> "$O/sass-$tag.err"
+    "$NCU" -i "$O/rep-$tag.ncu-rep" --page details --print-details all > "$O/details-$tag.txt" 2>&1
+    rm -f "$O/rep-$tag.ncu-rep"
+done
 fi
 note "total $(( $(date +%s) - T0 ))s"
