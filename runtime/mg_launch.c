@@ -202,10 +202,15 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
      * larger than that would leave pairs waiting for a second wave) */
     const char *env_cl = getenv("MOEGEN_WG_CLUSTER");
     if (env_cl && *env_cl && atoi(env_cl) == 2) {
+        /* env MOEGEN_WG_CLUSTER_MASK (bits 1 up fwd, 2 up dgrad, 4 down fwd, 8 down dgrad;
+         * default 15): which of them; the others run single CTAs (their kernels, compiled for
+         * pairs, walk alone on a launch without clusters) */
+        const char *env_m = getenv("MOEGEN_WG_CLUSTER_MASK");
+        const int mask = env_m && *env_m ? atoi(env_m) : 15;
         static const int rows_k[4] = {MG_K_UP_FWD, MG_K_UP_DGRAD, MG_K_DOWN_FWD, MG_K_DOWN_DGRAD};
         for (int i = 0; i < 4; i++) {
             const int kk = rows_k[i];
-            if (!mg_launch_wg(L, kk <= MG_K_UP_WGRAD ? &dim->up : &dim->dn, kk)) continue;
+            if (!(mask >> i & 1) || !mg_launch_wg(L, kk <= MG_K_UP_WGRAD ? &dim->up : &dim->dn, kk)) continue;
             cudaLaunchConfig_t cfg;
             cudaLaunchAttribute at;
             int ncl = 0;

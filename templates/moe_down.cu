@@ -104,7 +104,7 @@ struct moe_down_dgrad_wg {
     static constexpr int ASYNC_BYTES = ASYNC ? G::DUMP_BYTES : 0;
     static_assert(!ASYNC || MG_WG_EXTRA_SMEM(1, 1) == MG_WG_SCRATCH_BYTES, "the host's extra shared memory holds the dump buffer");
     static constexpr int SCRATCH_BYTES = !EPI && !ASYNC && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
-    static constexpr bool PAIRS = !EPI && !ASYNC;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs, not with EPI_TMA or ASYNC */
+    static constexpr bool PAIRS = !EPI;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs, not with EPI_TMA */
     const moe_down_dgrad_params &p;
     MG_DEV void tma_epi(const mg_wtile &w, unsigned dst, unsigned bar) const
     {

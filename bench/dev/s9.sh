@@ -1,7 +1,7 @@
 #!/bin/bash
 # s9: one GPU call for session 9's Hopper GEMM work (bench/NOTES.md, "v12"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s9.sh [async] [async2] [src] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s9.sh [async] [async2] [pairs] [src] ...   from the repo root after `make -j all bench`; logs under $OUT.
 # nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt: when
 # each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -68,6 +68,24 @@ done
 prof def ""
 prof async "$A"
 prof async4 "$A4"
+fi
+if [[ $PH == *" pairs "* ]]; then   # the async down dgrad (depth 4, 88 / 208) on CTA pairs with B multicast (MOEGEN_WG_CLUSTER=2; MASK 8: down dgrad alone)
+A4="-DMG_WG_EPI_ASYNC=1 -DMG_WG_ASYNC_DEPTH=4 -DMG_WG_PROD_REGS_ASYNC=88 -DMG_WG_CONS_REGS_ASYNC=208"
+P8="MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8"
+MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 st_path a4p8 "$A4" "$O/tiny-ff336.lua"
+MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 st a4p8 "$A4" bench-small
+MOEGEN_WG_CLUSTER=2 st a4p15 "$A4" wt2-moe8
+for i in 1 2; do
+    bench def mixtral
+    bench a4 mixtral MOEGEN_JIT_DEFINES="$A4"
+    bench a4p8 mixtral MOEGEN_JIT_DEFINES="$A4" $P8
+    bench a4p15 mixtral MOEGEN_JIT_DEFINES="$A4" MOEGEN_WG_CLUSTER=2
+done
+for sh in olmoe finegrained small; do
+    bench def $sh
+    bench a4p8 $sh MOEGEN_JIT_DEFINES="$A4" $P8
+done
+MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 prof a4p8 "$A4"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's GEMMs stall, per SASS line (SRC_D: defines; SRC_K: tag|kernel-regex ...)
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)

@@ -1963,11 +1963,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr int ASYNC_WARPS = 3;
     template <class P> MG_DEV static void epi_worker(const P &pb, const smem_map &sm, int wt)
     {
-        const int n_tiles = pb.n_tiles();
+        const int n_tiles = walk_n(pb, sm);
         int j = 0;
-        for (int t = blockIdx.x; t < n_tiles; t += gridDim.x, j++) {
+        for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm), j++) {
             mg_wtile w;
-            pb.tile(t, w);
+            walk_tile(pb, sm, t, w);   /* (a pair's phantom tile has no rows: nothing to write) */
             mg_mbar_wait(sm.efull, (unsigned)j & 1u);
             pb.epilogue_async(w, (const unsigned short *)sm.dump, wt);
             mg_mbar_arrive(sm.eempty);
@@ -2087,8 +2087,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
-        static_assert(P::ASYNC_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == DUMP_BYTES && !PP && !CLP<P>),
-                      "async epilogue: cooperative consumers, single CTAs, no epilogue operand");
+        static_assert(P::ASYNC_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == DUMP_BYTES && !PP),
+                      "async epilogue: cooperative consumers, no epilogue operand");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;
