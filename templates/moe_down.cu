@@ -98,9 +98,11 @@ struct moe_down_dgrad_wg {
     static constexpr bool EPI = MG_WG_EPI_TMA != 0 && BN == 128;
     static constexpr int EPI_BYTES = EPI ? (MG_GLU ? 2 : 1) * 128 * BN * 2 : 0;
     /* MG_WG_EPI_ASYNC: the epilogue runs on producer warps 1..3 from the consumers' dump of
-     * dh (mg_wgmma.cuh epi_worker), overlapped with the next tile's main loop; 16-bit storage,
-     * 256-wide cooperative tiles and whole 8-column groups of FF (16-byte accesses) only. */
-    static constexpr bool ASYNC = MG_WG_EPI_ASYNC != 0 && !EPI && BN == 256 && sizeof(mg_t) == 2 && MG_FF % 8 == 0;
+     * dh (mg_wgmma.cuh epi_worker), overlapped with the next tile's main loop, where the main
+     * loop (K = d) is long enough to hide it (MG_WG_EPI_ASYNC_MIN_D); 16-bit storage, 256-wide
+     * cooperative tiles and whole 8-column groups of FF (16-byte accesses) only. */
+    static constexpr bool ASYNC = MG_WG_EPI_ASYNC != 0 && MG_D >= MG_WG_EPI_ASYNC_MIN_D && !EPI && BN == 256 &&
+                                  sizeof(mg_t) == 2 && MG_FF % 8 == 0;
     static constexpr int ASYNC_BYTES = ASYNC ? G::DUMP_BYTES : 0;
     static_assert(!ASYNC || MG_WG_EXTRA_SMEM(1, 1) == MG_WG_SCRATCH_BYTES, "the host's extra shared memory holds the dump buffer");
     static constexpr int SCRATCH_BYTES = !EPI && !ASYNC && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
@@ -172,8 +174,7 @@ struct moe_down_dgrad_wg {
      * lane 8 columns: one 16-byte read of the dump, 16-byte loads of a's gate and up, 16-byte
      * stores of da, each warp access one contiguous 512-byte run of a row. a runs
      * MG_WG_ASYNC_DEPTH rows ahead of the math: the worker has the next tile's main loop to
-     * finish, but one row's loads at a time left it latency-bound where that loop is short
-     * (d 768: small 3.15 -> 3.42 ms with depth 1, s9 call 3). */
+     * finish, but one row's loads at a time left it latency-bound (s9 call 3). */
     template <class T = mg_t> MG_DEV void epilogue_async(const mg_wtile &w, const unsigned short *buf, int wt) const
     {
         if constexpr (ASYNC && sizeof(T) == 2) {   /* (a template, so fp32's instantiation discards the body) */

@@ -245,14 +245,21 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM_WG
 #define MG_WG_EPI_SMEM_WG 0
 #endif
-/* MG_WG_EPI_ASYNC 1: down dgrad's epilogue (a read, da written: 256 KB a 128 x 256 tile)
- * runs on the idle producer warps 1..3 from a 16-bit dump of dh in shared memory, overlapped
- * with the next tile's main loop (mg_wgmma.cuh epi_worker); 3 stages instead of 4 make room
- * for the 66 KB dump in the same dynamic shared memory. 0: the consumers run it (the scratch
- * path above). Written in session 9 after ncu (Mixtral, s9 call 2) put 29% of down dgrad's
- * consumer time in that epilogue, the tensor pipe idle (60% busy over the kernel). */
+/* MG_WG_EPI_ASYNC 1 (default): where d >= MG_WG_EPI_ASYNC_MIN_D, down dgrad's epilogue (a
+ * read, da written: 256 KB a 128 x 256 tile) runs on the idle producer warps 1..3 from a 16-bit
+ * dump of dh in shared memory, overlapped with the next tile's main loop (mg_wgmma.cuh
+ * epi_worker); 3 stages instead of 4 make room for the 66 KB dump in the same dynamic shared
+ * memory. 0, or d below the bound: the consumers run it (the scratch path above). ncu (Mixtral,
+ * s9 call 2) had put 29% of down dgrad's consumer time in that epilogue, the tensor pipe idle.
+ * On an H100 (bench/results/2026-11-27-s9, calls 3-6, same calls): Mixtral's down dgrad 3.65 ->
+ * 3.20 ms by ncu and the layer 0.2-0.35 ms faster; but the worker's fixed 256 KB a tile hides
+ * only behind a main loop long enough, K = d: OLMoE (d 2048) level, fine-grained (2048) 0.25-0.4
+ * ms and small (768) 0.3 ms slower. Hence the bound. */
 #ifndef MG_WG_EPI_ASYNC
-#define MG_WG_EPI_ASYNC 0
+#define MG_WG_EPI_ASYNC 1
+#endif
+#ifndef MG_WG_EPI_ASYNC_MIN_D
+#define MG_WG_EPI_ASYNC_MIN_D 4096
 #endif
 /* MG_WG_EPI_SMEM_UP 1: up fwd's GLU epilogue (a's gate and up, h) stored through the same
  * scratch, 16 h columns at a time, 8 bytes a lane; 0: the register-layout stores. The host
@@ -319,16 +326,18 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_CONS_REGS
 #define MG_WG_CONS_REGS 208
 #endif
-/* The async epilogue's kernel (MG_WG_EPI_ASYNC): its producer warps 1..3 run the epilogue, a
- * few rows of a in flight a warp (MG_WG_ASYNC_DEPTH), and its consumers no longer do. */
+/* The async epilogue's kernel (MG_WG_EPI_ASYNC): its producer warps 1..3 run the epilogue with
+ * MG_WG_ASYNC_DEPTH rows of a in flight a warp, and its consumers no longer do. Depth 4 needs 88
+ * producer registers (80 spilled); on an H100 (s9 calls 4, 5) Mixtral's down dgrad took 3.20-3.21
+ * ms at 4 / 88 / 208 against 3.33 at 3 / 72 / 216. */
 #ifndef MG_WG_PROD_REGS_ASYNC
-#define MG_WG_PROD_REGS_ASYNC 72
+#define MG_WG_PROD_REGS_ASYNC 88
 #endif
 #ifndef MG_WG_CONS_REGS_ASYNC
-#define MG_WG_CONS_REGS_ASYNC 216
+#define MG_WG_CONS_REGS_ASYNC 208
 #endif
 #ifndef MG_WG_ASYNC_DEPTH
-#define MG_WG_ASYNC_DEPTH 3
+#define MG_WG_ASYNC_DEPTH 4
 #endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
