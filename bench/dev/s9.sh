@@ -1,7 +1,7 @@
 #!/bin/bash
 # s9: one GPU call for session 9's Hopper GEMM work (bench/NOTES.md, "v12"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s9.sh [async] [async2] [pairs] [src] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s9.sh [async] [async2] [pairs] [knobs] [src] ...   from the repo root after `make -j all bench`; logs under $OUT.
 # nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt: when
 # each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -86,6 +86,19 @@ for sh in olmoe finegrained small; do
     bench a4p8 $sh MOEGEN_JIT_DEFINES="$A4" $P8
 done
 MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 prof a4p8 "$A4"
+fi
+if [[ $PH == *" knobs "* ]]; then   # with the async default: CTA pairs per row GEMM (MOEGEN_WG_CLUSTER_MASK), the raster band
+MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=1 st p1 "" bench-small
+for i in 1 2; do
+    bench def mixtral
+    bench p1 mixtral MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=1
+    bench p5 mixtral MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=5
+    bench band1 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BAND=1
+    bench band4 mixtral MOEGEN_JIT_DEFINES=-DMG_WG_BAND=4
+done
+MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=15 prof p15 ""
+prof band1 "-DMG_WG_BAND=1"
+prof band4 "-DMG_WG_BAND=4"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's GEMMs stall, per SASS line (SRC_D: defines; SRC_K: tag|kernel-regex ...)
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
