@@ -1,7 +1,7 @@
 #!/bin/bash
 # s9: one GPU call for session 9's Hopper GEMM work (bench/NOTES.md, "v12"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s9.sh [async] [async2] [pairs] [knobs] [src] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s9.sh [async] [async2] [pairs] [knobs] [band] [src] ...   from the repo root after `make -j all bench`; logs under $OUT.
 # nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt: when
 # each step started). Steps have timeouts cut to what is left of LIMIT.
 set -u
@@ -99,6 +99,17 @@ done
 MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=15 prof p15 ""
 prof band1 "-DMG_WG_BAND=1"
 prof band4 "-DMG_WG_BAND=4"
+fi
+if [[ $PH == *" band "* ]]; then   # the raster band 1 against 2 (the default) on every shape, after call 9's ncu
+st band1 "-DMG_WG_BAND=1" bench-small
+for i in 1 2; do
+    for sh in mixtral olmoe finegrained small; do
+        bench def $sh
+        bench band1 $sh MOEGEN_JIT_DEFINES=-DMG_WG_BAND=1
+    done
+done
+prof def ""
+prof band1 "-DMG_WG_BAND=1"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's GEMMs stall, per SASS line (SRC_D: defines; SRC_K: tag|kernel-regex ...)
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
