@@ -5,7 +5,8 @@
 # pf's MG_WG_EPI_PF, removed after call 3: down dgrad 3.79 ms at 4 against 3.65 at 3; and stg's
 # MG_WG_STAGGER, removed after call 5: every kernel slower with it. MG_WG_PROD_ILP (ilp, spr, pf:
 # the up fwd rows in registers) and MG_WG_EPI_FULL (full) became the only paths after call 7, so
-# their 0 settings are no-ops too.)
+# their 0 settings are no-ops too. wgsmem's MG_WG_EPI_SMEM_WG was removed in session 9 after its call 1:
+# level.)
 # usage: bench/dev/s8.sh [ilp] [spr] [pf] [stg] [wg128] [full] [wgsmem] [src] ...   from the repo root after `make -j all bench`; logs under
 # $OUT. nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt:
 # when each step started). Steps have timeouts cut to what is left of LIMIT.

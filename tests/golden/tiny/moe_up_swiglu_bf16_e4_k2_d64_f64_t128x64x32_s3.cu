@@ -238,13 +238,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
-/* MG_WG_EPI_SMEM_WG 1: up wgrad's fp32 dW stored through the consumer scratch, 16-byte
- * coalesced (moe_up.cu); 0 (default): the register path. Written in session 8 after ncu put
- * 16% of up wgrad's consumer time in its epilogue with the tensor pipe idle; not yet run on a
- * GPU: `bench/dev/s8.sh wgsmem` checks and A/Bs it. */
-#ifndef MG_WG_EPI_SMEM_WG
-#define MG_WG_EPI_SMEM_WG 0
-#endif
 /* MG_WG_EPI_ASYNC 1 (default): where d >= MG_WG_EPI_ASYNC_MIN_D, down dgrad's epilogue (a
  * read, da written: 256 KB a 128 x 256 tile) runs on the idle producer warps 1..3 from a 16-bit
  * dump of dh in shared memory, overlapped with the next tile's main loop (mg_wgmma.cuh
@@ -288,12 +281,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES: the epilogue scratch
- * of up fwd (MG_WG_EPI_SMEM_UP), up wgrad (MG_WG_EPI_SMEM_WG) and down dgrad (MG_WG_EPI_SMEM),
- * whatever those device-only knobs. down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The
- * launcher and the tuner's estimate both size kernels by it. (Up wgrad's 20 KB leave its
- * shared-memory carve-out where it was: 200,768 and 221,248 bytes both take the 228 KB one.) */
-#define MG_WG_EXTRA_SMEM(down, gemm) \
-    ((!(down) && ((gemm) == 0 || (gemm) == 2)) || ((down) && (gemm) == 1) ? MG_WG_SCRATCH_BYTES : 0)
+ * of up fwd (MG_WG_EPI_SMEM_UP) and of down dgrad (MG_WG_EPI_SMEM; the async epilogue's dump,
+ * MG_WG_EPI_ASYNC, takes the same bytes and one stage), whatever those device-only knobs.
+ * down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's estimate
+ * both size kernels by it. */
+#define MG_WG_EXTRA_SMEM(down, gemm) (((!(down) && (gemm) == 0) || ((down) && (gemm) == 1)) ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -2460,8 +2452,7 @@ struct moe_up_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_F2), MT = (MG_D + 127) / 128, NTN = (MG_F2 + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
     static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = true, A_GATHER = false;
-    /* dW through a shared-memory scratch (MG_WG_EPI_SMEM_WG) */
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_WG_EPI_SMEM_WG ? MG_WG_SCRATCH_BYTES : 0, ASYNC_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = false;
     const moe_up_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
@@ -2478,43 +2469,6 @@ struct moe_up_wgrad_wg {
     }
     MG_DEV long long row_a(const mg_wtile &, int) const { return -1; }
     MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
-    /* MG_WG_EPI_SMEM_WG (off by default, not yet run on a GPU): dW through this warpgroup's
-     * scratch scr, 32 dW rows (tile columns n) at a time, as [32][LDW] fp32 with the tile's 64 d
-     * values of a row contiguous; then each thread stores float4s, 16 lanes on 256 contiguous bytes
-     * of a dW row, where the register path stores 4 bytes at 8 rows' worth of 32-byte sectors a
-     * warp instruction (128 stores a thread a tile against 32 here). The accumulator writes are
-     * free of bank conflicts at LDW = 68 (a warp's 4 columns land 8 banks apart), the float4
-     * reads too (8 lanes on one 128-byte run). bar: the warpgroup's named barrier. Tiles that
-     * reach past d or F2 take the register path. */
-    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA], float *scr, int bar) const
-    {
-        constexpr int LDW = 68, NCH = BN / 32;
-        static_assert(NA == BN / 2 && 32 * LDW * 4 <= MG_WG_SCRATCH_BYTES / 2, "one m64 accumulator, a 32-row chunk per scratch");
-        if (!(w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_F2)) {
-            epilogue(w, acc);
-            return;
-        }
-        const int rt = threadIdx.x & 127;
-        const int mb = mg_wg_acc_m(), nb = mg_wg_acc_n();   /* accumulator pairs */
-        float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D + (long long)w.nt * BN * MG_D + w.m0;
-#pragma unroll
-        for (int ch = 0; ch < NCH; ch++) {
-#pragma unroll
-            for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++)
-                        scr[(8 * jj + nb + e) * LDW + mb + 8 * h] = acc[4 * (4 * ch + jj) + 2 * h + e];
-            mg_bar_named(bar, 128);
-#pragma unroll
-            for (int v = 0; v < 4; v++) {
-                const int row = 8 * v + (rt >> 4), col = (rt & 15) * 4;
-                mg_wg_st4f(dw + (long long)(32 * ch + row) * MG_D + col, *(const float4 *)(scr + row * LDW + col));
-            }
-            mg_bar_named(bar, 128);         /* the chunk's reads are done before the next's writes */
-        }
-    }
     /* (a warp's store covers 8 consecutive d columns of 4 dW rows: whole 32-byte sectors) */
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {

@@ -238,13 +238,6 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_EPI_SMEM
 #define MG_WG_EPI_SMEM 1
 #endif
-/* MG_WG_EPI_SMEM_WG 1: up wgrad's fp32 dW stored through the consumer scratch, 16-byte
- * coalesced (moe_up.cu); 0 (default): the register path. Written in session 8 after ncu put
- * 16% of up wgrad's consumer time in its epilogue with the tensor pipe idle; not yet run on a
- * GPU: `bench/dev/s8.sh wgsmem` checks and A/Bs it. */
-#ifndef MG_WG_EPI_SMEM_WG
-#define MG_WG_EPI_SMEM_WG 0
-#endif
 /* MG_WG_EPI_ASYNC 1 (default): where d >= MG_WG_EPI_ASYNC_MIN_D, down dgrad's epilogue (a
  * read, da written: 256 KB a 128 x 256 tile) runs on the idle producer warps 1..3 from a 16-bit
  * dump of dh in shared memory, overlapped with the next tile's main loop (mg_wgmma.cuh
@@ -288,12 +281,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES: the epilogue scratch
- * of up fwd (MG_WG_EPI_SMEM_UP), up wgrad (MG_WG_EPI_SMEM_WG) and down dgrad (MG_WG_EPI_SMEM),
- * whatever those device-only knobs. down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The
- * launcher and the tuner's estimate both size kernels by it. (Up wgrad's 20 KB leave its
- * shared-memory carve-out where it was: 200,768 and 221,248 bytes both take the 228 KB one.) */
-#define MG_WG_EXTRA_SMEM(down, gemm) \
-    ((!(down) && ((gemm) == 0 || (gemm) == 2)) || ((down) && (gemm) == 1) ? MG_WG_SCRATCH_BYTES : 0)
+ * of up fwd (MG_WG_EPI_SMEM_UP) and of down dgrad (MG_WG_EPI_SMEM; the async epilogue's dump,
+ * MG_WG_EPI_ASYNC, takes the same bytes and one stage), whatever those device-only knobs.
+ * down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's estimate
+ * both size kernels by it. */
+#define MG_WG_EXTRA_SMEM(down, gemm) (((!(down) && (gemm) == 0) || ((down) && (gemm) == 1)) ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
