@@ -526,8 +526,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * there: 3 at BN 256. The 8 elements of padding a row put a warp's 8 accumulator rows on
      * different banks. */
     static constexpr int DUMP_LD = BN + 8, DUMP_BYTES = BM * DUMP_LD * 2;
-    template <class P> static constexpr int NS_ROOM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_SCRATCH_BYTES : 0) - 1024 -
-                                                      P::EPI_BYTES - P::ASYNC_BYTES - EPI_BARS - (BM + BN) * 8;
+    /* the dynamic shared memory the host gives problem P (MG_WG_EXTRA_SMEM's scratch bytes also
+     * hold an async problem's dump) */
+    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_SCRATCH_BYTES : P::SCRATCH_BYTES);
+    template <class P> static constexpr int NS_ROOM = HOST_SMEM<P> - P::SCRATCH_BYTES - 1024 - P::EPI_BYTES - P::ASYNC_BYTES -
+                                                      EPI_BARS - (BM + BN) * 8;
     template <class P> static constexpr int NS = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 ? STAGES
         : NS_ROOM<P> / (STAGE_BYTES + 16) < STAGES ? NS_ROOM<P> / (STAGE_BYTES + 16) : STAGES;
     /* A problem with a consumer scratch (P::SCRATCH_BYTES > 0: down dgrad's dh staged for a
@@ -1097,10 +1100,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
     template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
     {
-        /* [stages][epilogue buffer][scratch][full][empty][efull[2], eempty][row tables A, B] */
+        /* [stages][epilogue buffer or async dump][scratch][full][empty][efull[2], eempty][row tables A, B] */
         constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES, EBARS = EB > 0 ? EPI_BARS : 0, SB = P::SCRATCH_BYTES;
-        constexpr int HOST = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_SCRATCH_BYTES : SB);   /* what the host gives */
-        static_assert(STAGES >= 2 && HOST >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + (BM + BN) * 8,
+        static_assert(STAGES >= 2 && HOST_SMEM<P> >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + (BM + BN) * 8,
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
@@ -1165,7 +1167,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         constexpr int CR = P::ASYNC_BYTES > 0 ? MG_WG_CONS_REGS_ASYNC : P::A_TMA && P::B_TMA ? MG_WG_CONS_REGS_TMA : MG_WG_CONS_REGS;
         static_assert(PR % 8 == 0 && CR % 8 == 0 && PR >= 24 && CR >= 168 && CR <= 256 &&
                           128 * PR + 256 * CR <= MG_WG_THREADS * 168,
-                      "MG_WG_PROD_REGS[_TMA] / MG_WG_CONS_REGS[_TMA]: multiples of 8, 128 * PROD + 256 * CONS <= 384 * 168");
+                      "MG_WG_PROD_REGS[_TMA|_ASYNC] / MG_WG_CONS_REGS[_TMA|_ASYNC]: multiples of 8, 128 * PROD + 256 * CONS <= 384 * 168");
         if (threadIdx.x < 128) {
             mg_setmaxnreg_dec<PR>();
             producer(pb, sm);
