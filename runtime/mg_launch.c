@@ -206,7 +206,14 @@ MG_LAUNCH_API int mg_launch_load(mg_launch *L, const mg_launch_dims *dim, const 
          * default 15): which of them; the others run single CTAs (their kernels, compiled for
          * pairs, walk alone on a launch without clusters) */
         const char *env_m = getenv("MOEGEN_WG_CLUSTER_MASK");
-        const int mask = env_m && *env_m ? atoi(env_m) : 15;
+        char *end = NULL;
+        const long mask = env_m && *env_m ? strtol(env_m, &end, 10) : 15;
+        if (env_m && *env_m && (*end || mask < 1 || mask > 15)) {
+            if (msg && n)
+                snprintf(msg, n, "MOEGEN_WG_CLUSTER_MASK = '%s': expected 1..15 (bits 1 up fwd, 2 up dgrad, 4 down fwd, "
+                                 "8 down dgrad)", env_m);
+            return MG_LAUNCH_EUSER;
+        }
         static const int rows_k[4] = {MG_K_UP_FWD, MG_K_UP_DGRAD, MG_K_DOWN_FWD, MG_K_DOWN_DGRAD};
         for (int i = 0; i < 4; i++) {
             const int kk = rows_k[i];
