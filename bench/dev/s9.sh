@@ -4,6 +4,9 @@
 # usage: bench/dev/s9.sh [async] [async2] [pairs] [knobs] [band] [src] ...   from the repo root after `make -j all bench`; logs under $OUT.
 # nvidia-smi samples clocks, power and throttle reasons every 200 ms into smi.csv (marks.txt: when
 # each step started). Steps have timeouts cut to what is left of LIMIT.
+# (Calls 3-6 ran async, async2 and pairs when MG_WG_EPI_ASYNC=1 applied at every d, depth 1 then 3
+# by default; since 5d3164e the path needs d >= MG_WG_EPI_ASYNC_MIN_D (4096) and depth 4 is the
+# default, so those sections now pass MG_WG_EPI_ASYNC_MIN_D=0 and name the depth of the time.)
 set -u
 O=${OUT:-/tmp/s9}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
@@ -27,42 +30,42 @@ st_path() { # tag defines spec-path: st for a spec outside specs/
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-async} "
 if [[ $PH == *" async "* ]]; then   # down dgrad's epilogue on the producer's warps 1..3 (MG_WG_EPI_ASYNC; written without a GPU)
-A=-DMG_WG_EPI_ASYNC=1
+A="-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_DEPTH=1"
 st_path async "$A" "$O/tiny-ff336.lua"
 st async "$A" bench-small
 st async "$A" switch-cf125
 st async "$A" wt2-moe8
-step "racecheck tiny-ff336 async" 150 race-async.log env MOEGEN_JIT_DEFINES=$A MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=1e7 \
+step "racecheck tiny-ff336 async" 150 race-async.log env MOEGEN_JIT_DEFINES="$A" MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=1e7 \
     compute-sanitizer --tool racecheck --error-exitcode 3 build/moegen selftest "$O/tiny-ff336.lua" --seed 44
 grep -a -m3 'RACECHECK SUMMARY\|hazard' "$O/race-async.log" | tee -a "$S"
 for i in 1 2; do
     bench def mixtral
-    bench async mixtral MOEGEN_JIT_DEFINES=$A
+    bench async mixtral MOEGEN_JIT_DEFINES="$A"
 done
 for sh in olmoe finegrained small; do
     bench def $sh
-    bench async $sh MOEGEN_JIT_DEFINES=$A
+    bench async $sh MOEGEN_JIT_DEFINES="$A"
 done
 prof def ""
 prof async "$A"
 fi
 if [[ $PH == *" async2 "* ]]; then   # after call 3: a thread's own arrivals, the worker D rows ahead (3 at 72 / 216 registers, 4 at 88 / 208)
-A=-DMG_WG_EPI_ASYNC=1; A4="-DMG_WG_EPI_ASYNC=1 -DMG_WG_ASYNC_DEPTH=4 -DMG_WG_PROD_REGS_ASYNC=88 -DMG_WG_CONS_REGS_ASYNC=208"
+A="-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_DEPTH=3 -DMG_WG_PROD_REGS_ASYNC=72 -DMG_WG_CONS_REGS_ASYNC=216"; A4="-DMG_WG_EPI_ASYNC_MIN_D=0"
 st_path async "$A" "$O/tiny-ff336.lua"
 st async "$A" bench-small
 st async "$A" switch-cf125
 st async4 "$A4" bench-small
-step "racecheck tiny-ff336 async" 150 race-async.log env MOEGEN_JIT_DEFINES=$A MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=1e7 \
+step "racecheck tiny-ff336 async" 150 race-async.log env MOEGEN_JIT_DEFINES="$A" MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=1e7 \
     compute-sanitizer --tool racecheck --error-exitcode 3 build/moegen selftest "$O/tiny-ff336.lua" --seed 45
 grep -a -m3 'RACECHECK SUMMARY\|hazard' "$O/race-async.log" | tee -a "$S"
 for i in 1 2; do
     bench def mixtral
-    bench async mixtral MOEGEN_JIT_DEFINES=$A
+    bench async mixtral MOEGEN_JIT_DEFINES="$A"
     bench async4 mixtral MOEGEN_JIT_DEFINES="$A4"
 done
 for sh in olmoe finegrained small; do
     bench def $sh
-    bench async $sh MOEGEN_JIT_DEFINES=$A
+    bench async $sh MOEGEN_JIT_DEFINES="$A"
     bench async4 $sh MOEGEN_JIT_DEFINES="$A4"
 done
 prof def ""
@@ -70,7 +73,7 @@ prof async "$A"
 prof async4 "$A4"
 fi
 if [[ $PH == *" pairs "* ]]; then   # the async down dgrad (depth 4, 88 / 208) on CTA pairs with B multicast (MOEGEN_WG_CLUSTER=2; MASK 8: down dgrad alone)
-A4="-DMG_WG_EPI_ASYNC=1 -DMG_WG_ASYNC_DEPTH=4 -DMG_WG_PROD_REGS_ASYNC=88 -DMG_WG_CONS_REGS_ASYNC=208"
+A4="-DMG_WG_EPI_ASYNC_MIN_D=0"
 P8="MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8"
 MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 st_path a4p8 "$A4" "$O/tiny-ff336.lua"
 MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 st a4p8 "$A4" bench-small
