@@ -245,9 +245,9 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * memory. 0, or d below the bound: the consumers run it (the scratch path above). ncu (Mixtral,
  * s9 call 2) had put 29% of down dgrad's consumer time in that epilogue, the tensor pipe idle.
  * On an H100 (bench/results/2026-11-27-s9, calls 3-6, same calls): Mixtral's down dgrad 3.65 ->
- * 3.20 ms by ncu and the layer 0.2-0.35 ms faster; but the worker's fixed 256 KB a tile hides
- * only behind a main loop long enough, K = d: OLMoE (d 2048) level, fine-grained (2048) 0.25-0.4
- * ms and small (768) 0.3 ms slower. Hence the bound. */
+ * 3.20 ms by ncu and the layer 0.03-0.43 ms faster (mean 0.25); but the worker's fixed 256 KB a
+ * tile hides only behind a main loop long enough, K = d: OLMoE (d 2048) level, fine-grained
+ * (2048) 0.25-0.4 ms and small (768) 0.3 ms slower. Hence the bound. */
 #ifndef MG_WG_EPI_ASYNC
 #define MG_WG_EPI_ASYNC 1
 #endif
