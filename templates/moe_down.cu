@@ -6,6 +6,7 @@
  * Shared experts run the same entries with identity routing (offsets/tile_off NULL, rows =
  * tokens, dz = dy). */
 // moegen:entries fwd dgrad wgrad
+// moegen:parts mg_vec
 // moegen:grid fwd: (ceil(T*k/BM)+E routed | ceil(T/BM) identity, ceil(d/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1)
 // moegen:grid dgrad: (ceil(T*k/BM)+E | ceil(T/BM), ceil(FF/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,1,0)
 // moegen:grid wgrad: (ceil(d/BM)*ceil(FF/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0)
@@ -15,6 +16,7 @@
 #include "moe_params.h"
 #include "mg_common.cuh"
 #include "mg_wgmma.cuh"
+#include "mg_vec.cuh"
 #endif
 
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, true, true> moe_down_fwd_gemm;
@@ -184,26 +186,24 @@ struct moe_down_dgrad_wg {
             if (c >= MG_FF) return;
             const T *a = (const T *)p.a + (long long)w.m0 * MG_F2 + c;
             T *da = (T *)p.da + (long long)w.m0 * MG_F2 + c;
-            auto ld = [](const T *q) {
-                if constexpr (MG_WG_STORE_CS) return __ldcs((const uint4 *)q);
-                else return *(const uint4 *)q;
+            auto ld = [](const T *q) {   /* 8 elements; streaming under MG_WG_STORE_CS (a is read once) */
+                mg_v16 v;
+                if constexpr (MG_WG_STORE_CS) {
+                    const uint4 x = __ldcs((const uint4 *)q);
+                    v = mg_v16{{x.x, x.y, x.z, x.w}};
+                } else {
+                    v = mg_v16_ld(q);
+                }
+                return v;
             };
-            auto st = [](T *q, const uint4 &v) {
-                if constexpr (MG_WG_STORE_CS) __stcs((uint4 *)q, v);
-                else *(uint4 *)q = v;
-            };
-            auto f32 = [](unsigned u, int hi) {
-                T x;
-                x.u = (unsigned short)(hi ? u >> 16 : u & 0xffffu);
-                return mg_to_f32(x);
-            };
-            auto pk = [](float lo, float hi) {
-                return (unsigned)mg_from_f32<T>(lo).u | (unsigned)mg_from_f32<T>(hi).u << 16;
+            auto st = [](T *q, const mg_v16 &v) {
+                if constexpr (MG_WG_STORE_CS) __stcs((uint4 *)q, uint4{v.u[0], v.u[1], v.u[2], v.u[3]});
+                else mg_v16_st(q, v);
             };
             /* a of the warp's next D rows in flight: row r + NW·i in buffer i (D rows ahead of
              * the row being processed once the ring is full) */
             constexpr int D = MG_WG_ASYNC_DEPTH;
-            uint4 g[D], u[D];
+            mg_v16 g[D], u[D];
             auto fetch = [&](int r, int i) {
                 if (r < rows) {
                     g[i] = ld(a + (long long)r * MG_F2);
@@ -217,33 +217,20 @@ struct moe_down_dgrad_wg {
                 for (int i = 0; i < D; i++) {
                     const int r = r0 + NW * i;
                     if (r >= rows) break;
-                    const uint4 dv = *(const uint4 *)(buf + r * G::DUMP_LD + 8 * lane);
-                    const unsigned dw[4] = {dv.x, dv.y, dv.z, dv.w}, gw[4] = {g[i].x, g[i].y, g[i].z, g[i].w};
-                    unsigned uw[4] = {0u, 0u, 0u, 0u};
-                    if constexpr (MG_GLU) uw[0] = u[i].x, uw[1] = u[i].y, uw[2] = u[i].z, uw[3] = u[i].w;
+                    float dv[MG_VEC], gv[MG_VEC], uv[MG_VEC] = {}, o[MG_VEC], q[MG_VEC];
+                    mg_v16_unpack(mg_v16_ld(buf + r * G::DUMP_LD + 8 * lane), dv);
+                    mg_v16_unpack(g[i], gv);
+                    if constexpr (MG_GLU) mg_v16_unpack(u[i], uv);
                     fetch(r + NW * D, i);   /* buffer i is free again */
-                    unsigned o[4], q[4];
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        float ov[2], qv[2];
-#pragma unroll
-                        for (int h = 0; h < 2; h++) {
-                            float f, df;
-                            const float d = f32(dw[e], h);
-                            mg_act_fdf_fast<MG_ACT>(f32(gw[e], h), &f, &df);
-                            if constexpr (MG_GLU) {
-                                ov[h] = d * df * f32(uw[e], h);
-                                qv[h] = d * f;
-                            } else {
-                                ov[h] = d * df;
-                                qv[h] = 0.0f;
-                            }
-                        }
-                        o[e] = pk(ov[0], ov[1]);
-                        q[e] = pk(qv[0], qv[1]);
+                    for (int e = 0; e < MG_VEC; e++) {
+                        float f, df;
+                        mg_act_fdf_fast<MG_ACT>(gv[e], &f, &df);
+                        o[e] = MG_GLU ? dv[e] * df * uv[e] : dv[e] * df;
+                        q[e] = dv[e] * f;
                     }
-                    st(da + (long long)r * MG_F2, uint4{o[0], o[1], o[2], o[3]});
-                    if constexpr (MG_GLU) st(da + (long long)r * MG_F2 + MG_FF, uint4{q[0], q[1], q[2], q[3]});
+                    st(da + (long long)r * MG_F2, mg_v16_pack<T>(o));
+                    if constexpr (MG_GLU) st(da + (long long)r * MG_F2 + MG_FF, mg_v16_pack<T>(q));
                 }
             }
         }

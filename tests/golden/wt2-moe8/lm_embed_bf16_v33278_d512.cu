@@ -1980,13 +1980,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     /* consumer c's 64 rows of the accumulator, rounded to T, at rows 64c.. of the dump buffer */
     MG_DEV static void dump(unsigned short *buf, const float (&acc)[NACC], int c)
     {
-        unsigned short *b = buf + (64 * c + mg_wg_acc_m()) * DUMP_LD + mg_wg_acc_n();
+        T *b = (T *)buf + (64 * c + mg_wg_acc_m()) * DUMP_LD + mg_wg_acc_n();
 #pragma unroll
         for (int jn = 0; jn < NACC / 4; jn++)
 #pragma unroll
-            for (int h = 0; h < 2; h++)
-                *(unsigned *)(b + 8 * h * DUMP_LD + 8 * jn) = (unsigned)mg_from_f32<T>(acc[4 * jn + 2 * h]).u |
-                                                              (unsigned)mg_from_f32<T>(acc[4 * jn + 2 * h + 1]).u << 16;
+            for (int h = 0; h < 2; h++) mg_st2(b, 8 * h * DUMP_LD + 8 * jn, acc[4 * jn + 2 * h], acc[4 * jn + 2 * h + 1]);
     }
 
     template <class P> MG_DEV static void consumer(const P &pb, const smem_map &sm)

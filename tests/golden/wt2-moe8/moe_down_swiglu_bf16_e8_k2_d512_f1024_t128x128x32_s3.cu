@@ -1980,13 +1980,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     /* consumer c's 64 rows of the accumulator, rounded to T, at rows 64c.. of the dump buffer */
     MG_DEV static void dump(unsigned short *buf, const float (&acc)[NACC], int c)
     {
-        unsigned short *b = buf + (64 * c + mg_wg_acc_m()) * DUMP_LD + mg_wg_acc_n();
+        T *b = (T *)buf + (64 * c + mg_wg_acc_m()) * DUMP_LD + mg_wg_acc_n();
 #pragma unroll
         for (int jn = 0; jn < NACC / 4; jn++)
 #pragma unroll
-            for (int h = 0; h < 2; h++)
-                *(unsigned *)(b + 8 * h * DUMP_LD + 8 * jn) = (unsigned)mg_from_f32<T>(acc[4 * jn + 2 * h]).u |
-                                                              (unsigned)mg_from_f32<T>(acc[4 * jn + 2 * h + 1]).u << 16;
+            for (int h = 0; h < 2; h++) mg_st2(b, 8 * h * DUMP_LD + 8 * jn, acc[4 * jn + 2 * h], acc[4 * jn + 2 * h + 1]);
     }
 
     template <class P> MG_DEV static void consumer(const P &pb, const smem_map &sm)
@@ -2232,6 +2230,70 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
 #endif /* MG_WG_ARCH */
 
 #endif
+#line 1 "templates/mg_vec.cuh"
+/* mg_vec: 16-byte vector access for the memory-bound kernels (RMSNorm, dropout, RoPE,
+ * combine, grad-norm). One 16-byte load or store per thread and step is what lets these
+ * kernels reach HBM bandwidth; 2-byte scalar accesses leave them at a third of it.
+ *
+ * A template that uses it names it on its "moegen:parts mg_vec" line: the generator
+ * inlines it after mg_common.cuh (whose mg_t, mg_to_f32 and mg_from_f32 it needs). Callers
+ * pass 16-byte aligned addresses (lm_params.h: buffers are; d_model is a multiple of 16). */
+#ifndef MG_VEC_CUH
+#define MG_VEC_CUH
+
+/* 16 bytes as four words; alignas lets the compiler emit one LDG.E.128 / STG.E.128. */
+struct alignas(16) mg_v16 { unsigned u[4]; };
+/* Storage-type elements per 16-byte vector: 8 for bf16/fp16, 4 for fp32. */
+static constexpr int MG_VEC = 16 / (int)sizeof(mg_t);
+
+MG_DEV mg_v16 mg_v16_ld(const void *p) { return *(const mg_v16 *)p; }
+MG_DEV void mg_v16_st(void *p, const mg_v16 &v) { *(mg_v16 *)p = v; }
+MG_DEV mg_v16 mg_v16_zero() { return mg_v16{{0u, 0u, 0u, 0u}}; }
+MG_DEV bool mg_aligned16(const void *p) { return ((unsigned long long)p & 15ull) == 0; }
+
+/* Element e of a vector of mg_t as fp32. (Templates so that the branch of the other
+ * storage width is discarded, not compiled.) */
+template <class T = mg_t> MG_DEV float mg_v16_get(const mg_v16 &v, int e)
+{
+    if constexpr (sizeof(T) == 4) return __uint_as_float(v.u[e]);
+    else {
+        const unsigned w = v.u[e >> 1];
+        T x;
+        x.u = (unsigned short)(e & 1 ? w >> 16 : w & 0xffffu);
+        return mg_to_f32(x);
+    }
+}
+
+/* All MG_VEC elements as fp32. */
+MG_DEV void mg_v16_unpack(const mg_v16 &v, float (&f)[MG_VEC])
+{
+#pragma unroll
+    for (int e = 0; e < MG_VEC; e++) f[e] = mg_v16_get(v, e);
+}
+
+/* MG_VEC fp32 values rounded to mg_t (mg_from_f32: round to nearest even). */
+template <class T = mg_t> MG_DEV mg_v16 mg_v16_pack(const float (&f)[MG_VEC])
+{
+    mg_v16 r;
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) r.u[e] = __float_as_uint(f[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            r.u[e] = (unsigned)mg_from_f32<T>(f[2 * e]).u | (unsigned)mg_from_f32<T>(f[2 * e + 1]).u << 16;
+    }
+    return r;
+}
+
+/* Four fp32 values (fp32 workspaces such as the combine's z, the gradient buffer). */
+MG_DEV void mg_v16_f32(const mg_v16 &v, float (&f)[4])
+{
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[e] = __uint_as_float(v.u[e]);
+}
+
+#endif
 #line 1 "templates/moe_down.cu"
 /* moe_down: the expert down projection as a grouped GEMM over variable-size expert groups.
  *   fwd:   z[s] = h[s] · W_dn[g]ᵀ                       (fp32 per-slot output)
@@ -2241,6 +2303,7 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
  * Shared experts run the same entries with identity routing (offsets/tile_off NULL, rows =
  * tokens, dz = dy). */
 // moegen:entries fwd dgrad wgrad
+// moegen:parts mg_vec
 // moegen:grid fwd: (ceil(T*k/BM)+E routed | ceil(T/BM) identity, ceil(d/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(BM,BN,BK,STAGES,esz,1,1)
 // moegen:grid dgrad: (ceil(T*k/BM)+E | ceil(T/BM), ceil(FF/BN)) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,1,0)
 // moegen:grid wgrad: (ceil(d/BM)*ceil(FF/BN), groups) x 32*WARPS, smem MG_GEMM_SMEM_BYTES(..,0,0)
@@ -2250,6 +2313,7 @@ template <int NACC, class F> MG_DEV void mg_wg_foreach_glu(const float (&acc)[NA
 #include "moe_params.h"
 #include "mg_common.cuh"
 #include "mg_wgmma.cuh"
+#include "mg_vec.cuh"
 #endif
 
 typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, true, true> moe_down_fwd_gemm;
@@ -2419,26 +2483,24 @@ struct moe_down_dgrad_wg {
             if (c >= MG_FF) return;
             const T *a = (const T *)p.a + (long long)w.m0 * MG_F2 + c;
             T *da = (T *)p.da + (long long)w.m0 * MG_F2 + c;
-            auto ld = [](const T *q) {
-                if constexpr (MG_WG_STORE_CS) return __ldcs((const uint4 *)q);
-                else return *(const uint4 *)q;
+            auto ld = [](const T *q) {   /* 8 elements; streaming under MG_WG_STORE_CS (a is read once) */
+                mg_v16 v;
+                if constexpr (MG_WG_STORE_CS) {
+                    const uint4 x = __ldcs((const uint4 *)q);
+                    v = mg_v16{{x.x, x.y, x.z, x.w}};
+                } else {
+                    v = mg_v16_ld(q);
+                }
+                return v;
             };
-            auto st = [](T *q, const uint4 &v) {
-                if constexpr (MG_WG_STORE_CS) __stcs((uint4 *)q, v);
-                else *(uint4 *)q = v;
-            };
-            auto f32 = [](unsigned u, int hi) {
-                T x;
-                x.u = (unsigned short)(hi ? u >> 16 : u & 0xffffu);
-                return mg_to_f32(x);
-            };
-            auto pk = [](float lo, float hi) {
-                return (unsigned)mg_from_f32<T>(lo).u | (unsigned)mg_from_f32<T>(hi).u << 16;
+            auto st = [](T *q, const mg_v16 &v) {
+                if constexpr (MG_WG_STORE_CS) __stcs((uint4 *)q, uint4{v.u[0], v.u[1], v.u[2], v.u[3]});
+                else mg_v16_st(q, v);
             };
             /* a of the warp's next D rows in flight: row r + NW·i in buffer i (D rows ahead of
              * the row being processed once the ring is full) */
             constexpr int D = MG_WG_ASYNC_DEPTH;
-            uint4 g[D], u[D];
+            mg_v16 g[D], u[D];
             auto fetch = [&](int r, int i) {
                 if (r < rows) {
                     g[i] = ld(a + (long long)r * MG_F2);
@@ -2452,33 +2514,20 @@ struct moe_down_dgrad_wg {
                 for (int i = 0; i < D; i++) {
                     const int r = r0 + NW * i;
                     if (r >= rows) break;
-                    const uint4 dv = *(const uint4 *)(buf + r * G::DUMP_LD + 8 * lane);
-                    const unsigned dw[4] = {dv.x, dv.y, dv.z, dv.w}, gw[4] = {g[i].x, g[i].y, g[i].z, g[i].w};
-                    unsigned uw[4] = {0u, 0u, 0u, 0u};
-                    if constexpr (MG_GLU) uw[0] = u[i].x, uw[1] = u[i].y, uw[2] = u[i].z, uw[3] = u[i].w;
+                    float dv[MG_VEC], gv[MG_VEC], uv[MG_VEC] = {}, o[MG_VEC], q[MG_VEC];
+                    mg_v16_unpack(mg_v16_ld(buf + r * G::DUMP_LD + 8 * lane), dv);
+                    mg_v16_unpack(g[i], gv);
+                    if constexpr (MG_GLU) mg_v16_unpack(u[i], uv);
                     fetch(r + NW * D, i);   /* buffer i is free again */
-                    unsigned o[4], q[4];
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        float ov[2], qv[2];
-#pragma unroll
-                        for (int h = 0; h < 2; h++) {
-                            float f, df;
-                            const float d = f32(dw[e], h);
-                            mg_act_fdf_fast<MG_ACT>(f32(gw[e], h), &f, &df);
-                            if constexpr (MG_GLU) {
-                                ov[h] = d * df * f32(uw[e], h);
-                                qv[h] = d * f;
-                            } else {
-                                ov[h] = d * df;
-                                qv[h] = 0.0f;
-                            }
-                        }
-                        o[e] = pk(ov[0], ov[1]);
-                        q[e] = pk(qv[0], qv[1]);
+                    for (int e = 0; e < MG_VEC; e++) {
+                        float f, df;
+                        mg_act_fdf_fast<MG_ACT>(gv[e], &f, &df);
+                        o[e] = MG_GLU ? dv[e] * df * uv[e] : dv[e] * df;
+                        q[e] = dv[e] * f;
                     }
-                    st(da + (long long)r * MG_F2, uint4{o[0], o[1], o[2], o[3]});
-                    if constexpr (MG_GLU) st(da + (long long)r * MG_F2 + MG_FF, uint4{q[0], q[1], q[2], q[3]});
+                    st(da + (long long)r * MG_F2, mg_v16_pack<T>(o));
+                    if constexpr (MG_GLU) st(da + (long long)r * MG_F2 + MG_FF, mg_v16_pack<T>(q));
                 }
             }
         }
