@@ -15,15 +15,10 @@ O=${OUT:-/tmp/s8}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
 BENCH_RUNS=20 ST_T=120 ST_SEED=41
-. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st, smi_sample; T0, S
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st, prof, ncu_src, smi_sample; T0, S
 smi_sample
-prof() { # tag defines: Mixtral's kernels one by one (ncu µs a launch, clocks not locked)
-    step "prof_layer mixtral $1" 90 prof-$1.log env OUT="$O/prof-$1" MOEGEN_JIT_DEFINES="$2" bench/prof_layer.sh mixtral
-    sed -n 3,8p "$O"/prof-$1/prof-mixtral.txt 2>/dev/null | awk -v b=$1 '{print b, $1, $NF}' | tee -a "$S"
-}
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-ilp} "
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 if [[ $PH == *" ilp "* ]]; then   # up fwd's rows in registers (MG_WG_PROD_ILP), producer registers (MG_WG_PROD_REGS / CONS_REGS)
 B="-DMG_WG_PROD_ILP=0"; R72="-DMG_WG_PROD_REGS=72 -DMG_WG_CONS_REGS=216"; R80="-DMG_WG_PROD_REGS=80 -DMG_WG_CONS_REGS=216"
 st ilp "" tiny
@@ -140,14 +135,6 @@ prof def ""
 prof wgsmem "$W"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's slow GEMMs stall, per SASS line (SRC_D: defines)
-for k in ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}; do
-    tag=${k%%|*}; re=${k#*|}
-    step "ncu src mixtral $tag" 150 ncu-src-$tag.txt env MOEGEN_JIT_DEFINES="${SRC_D:-}" "$NCU" --section WarpStateStats \
-        --section SourceCounters --section SpeedOfLight --section MemoryWorkloadAnalysis --clock-control none \
-        -k "regex:$re" -s 2 -c 1 -f -o "$O/rep-$tag" build/bench/mg_bench_layer --shape mixtral --runs 2 --warmup 1
-    "$NCU" -i "$O/rep-$tag.ncu-rep" --page source --csv --print-source sass | gzip > "$O/sass-$tag.csv.gz" 2> "$O/sass-$tag.err"
-    "$NCU" -i "$O/rep-$tag.ncu-rep" --page details --print-details all > "$O/details-$tag.txt" 2>&1
-    rm -f "$O/rep-$tag.ncu-rep"
-done
+ncu_src ${SRC_K:-"upwgrad|up_swiglu.*_wgrad" "dndgrad|down_swiglu.*_dgrad"}
 fi
 note "total $(( $(date +%s) - T0 ))s"

@@ -12,26 +12,16 @@ O=${OUT:-/tmp/s9}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
 BENCH_RUNS=20 ST_T=120 ST_SEED=43
-. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st, smi_sample; T0, S
+. "$(dirname "$0")/call_lib.sh"   # note, step, bench, st, prof, ncu_src, smi_sample; T0, S
 smi_sample
-prof() { # tag defines: Mixtral's kernels one by one (ncu µs a launch, clocks not locked)
-    step "prof_layer mixtral $1" 90 prof-$1.log env OUT="$O/prof-$1" MOEGEN_JIT_DEFINES="$2" bench/prof_layer.sh mixtral
-    sed -n 3,8p "$O"/prof-$1/prof-mixtral.txt 2>/dev/null | awk -v b=$1 '{print b, $1, $NF}' | tee -a "$S"
-}
 # tiny with d_ff 336: down dgrad's second 256-wide n tile is partial (80 of 256 columns)
 sed -e 's/d_ff = 64/d_ff = 336/' -e 's/d_model = 64/d_model = 256/' -e 's/name = "tiny"/name = "tiny-ff336"/' \
     specs/tiny.lua > "$O/tiny-ff336.lua"
-st_path() { # tag defines spec-path: st for a spec outside specs/
-    local n=$(basename "$3" .lua)
-    step "selftest $n moe $1" "${ST_T:-90}" st-$n-$1.log env "MOEGEN_JIT_DEFINES=$2" MOEGEN_SELFTEST_PART=moe \
-        MOEGEN_SELFTEST_BUDGET=${ST_BUDGET:-5e7} build/moegen selftest "$3" --seed "${ST_SEED:-37}"
-    grep -a -m6 -A2 FAIL "$O/st-$n-$1.log" | tee -a "$S"
-}
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-async} "
 if [[ $PH == *" async "* ]]; then   # down dgrad's epilogue on the producer's warps 1..3 (MG_WG_EPI_ASYNC; written without a GPU)
 A="-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_DEPTH=1"
-st_path async "$A" "$O/tiny-ff336.lua"
+st async "$A" "$O/tiny-ff336.lua"
 st async "$A" bench-small
 st async "$A" switch-cf125
 st async "$A" wt2-moe8
@@ -51,7 +41,7 @@ prof async "$A"
 fi
 if [[ $PH == *" async2 "* ]]; then   # after call 3: a thread's own arrivals, the worker D rows ahead (3 at 72 / 216 registers, 4 at 88 / 208)
 A="-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_DEPTH=3 -DMG_WG_PROD_REGS_ASYNC=72 -DMG_WG_CONS_REGS_ASYNC=216"; A4="-DMG_WG_EPI_ASYNC_MIN_D=0"
-st_path async "$A" "$O/tiny-ff336.lua"
+st async "$A" "$O/tiny-ff336.lua"
 st async "$A" bench-small
 st async "$A" switch-cf125
 st async4 "$A4" bench-small
@@ -75,7 +65,7 @@ fi
 if [[ $PH == *" pairs "* ]]; then   # the async down dgrad (depth 4, 88 / 208) on CTA pairs with B multicast (MOEGEN_WG_CLUSTER=2; MASK 8: down dgrad alone)
 A4="-DMG_WG_EPI_ASYNC_MIN_D=0"
 P8="MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8"
-MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 st_path a4p8 "$A4" "$O/tiny-ff336.lua"
+MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 st a4p8 "$A4" "$O/tiny-ff336.lua"
 MOEGEN_WG_CLUSTER=2 MOEGEN_WG_CLUSTER_MASK=8 st a4p8 "$A4" bench-small
 MOEGEN_WG_CLUSTER=2 st a4p15 "$A4" wt2-moe8
 for i in 1 2; do
@@ -115,15 +105,6 @@ prof def ""
 prof band1 "-DMG_WG_BAND=1"
 fi
 if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's GEMMs stall, per SASS line (SRC_D: defines; SRC_K: tag|kernel-regex ...)
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-for k in ${SRC_K:-"dndgrad|down_swiglu.*_dgrad"}; do
-    tag=${k%%|*}; re=${k#*|}
-    step "ncu src mixtral $tag" 150 ncu-src-$tag.txt env MOEGEN_JIT_DEFINES="${SRC_D:-}" "$NCU" --section WarpStateStats \
-        --section SourceCounters --section SpeedOfLight --section MemoryWorkloadAnalysis --clock-control none \
-        -k "regex:$re" -s 2 -c 1 -f -o "$O/rep-$tag" build/bench/mg_bench_layer --shape ${SRC_SHAPE:-mixtral} --runs 2 --warmup 1
-    "$NCU" -i "$O/rep-$tag.ncu-rep" --page source --csv --print-source sass | gzip > "$O/sass-$tag.csv.gz" 2> "$O/sass-$tag.err"
-    "$NCU" -i "$O/rep-$tag.ncu-rep" --page details --print-details all > "$O/details-$tag.txt" 2>&1
-    rm -f "$O/rep-$tag.ncu-rep"
-done
+ncu_src ${SRC_K:-"dndgrad|down_swiglu.*_dgrad"}
 fi
 note "total $(( $(date +%s) - T0 ))s"
