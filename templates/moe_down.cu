@@ -106,7 +106,6 @@ struct moe_down_dgrad_wg {
     static constexpr bool ASYNC = MG_WG_EPI_ASYNC != 0 && MG_D >= MG_WG_EPI_ASYNC_MIN_D && !EPI && BN == 256 &&
                                   sizeof(mg_t) == 2 && MG_FF % 8 == 0;
     static constexpr int ASYNC_BYTES = ASYNC ? G::DUMP_BYTES : 0;
-    static_assert(!ASYNC || MG_WG_EXTRA_SMEM(1, 1) == MG_WG_SCRATCH_BYTES, "the host's extra shared memory holds the dump buffer");
     static constexpr int SCRATCH_BYTES = !EPI && !ASYNC && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
     static constexpr bool PAIRS = !EPI;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs, not with EPI_TMA */
     const moe_down_dgrad_params &p;
@@ -171,21 +170,29 @@ struct moe_down_dgrad_wg {
             mg_st2(da, s * MG_F2 + c, d0 * mg_act_df<MG_ACT>(g[0]), d1 * mg_act_df<MG_ACT>(g[1]));
         }
     }
-    /* MG_WG_EPI_ASYNC: da of tile w from the dump of dh (buf: [128][G::DUMP_LD] 16-bit), on
-     * worker thread wt of 96 (producer warps 1..3). A warp takes whole rows (every third), a
-     * lane 8 columns: one 16-byte read of the dump, 16-byte loads of a's gate and up, 16-byte
-     * stores of da, each warp access one contiguous 512-byte run of a row. a runs
-     * MG_WG_ASYNC_DEPTH rows ahead of the math: the worker has the next tile's main loop to
-     * finish, but one row's loads at a time left it latency-bound (s9 call 3). */
-    template <class T = mg_t> MG_DEV void epilogue_async(const mg_wtile &w, const unsigned short *buf, int wt) const
+    /* MG_WG_EPI_ASYNC: da of part `part` (G::DUMP_W columns) of tile w from the dump of dh
+     * (buf: laid out by mg_wgmma.cuh dump_at), on worker thread wt of 96 (producer warps
+     * 1..3). A warp step takes 8 rows x 32 columns (lane: row lane % 8, 8 columns): one
+     * 16-byte read of the dump, 16-byte loads of a's gate and up, 16-byte stores of da, each
+     * row's 64 bytes whole sectors. a runs MG_WG_ASYNC_DEPTH steps ahead of the math: the
+     * worker has the next main loop (half of it a part, with MG_WG_ASYNC_HALF) to finish, but
+     * one step's loads at a time left it latency-bound (s9 call 3). */
+    template <class T = mg_t> MG_DEV void epilogue_async(const mg_wtile &w, const unsigned short *buf, int wt, int part) const
     {
         if constexpr (ASYNC && sizeof(T) == 2) {   /* (a template, so fp32's instantiation discards the body) */
-            constexpr int NW = G::ASYNC_WARPS;
-            const int warp = wt >> 5, lane = wt & 31, c = w.nt * BN + 8 * lane;
+            constexpr int NW = G::ASYNC_WARPS, NG = G::DUMP_W / 32, NS = (128 / 8) * NG;   /* column groups, steps */
+            const int warp = wt >> 5, lane = wt & 31, rl = lane & 7, cq = lane >> 3;
             const int rows = w.m_end - w.m0 < 128 ? w.m_end - w.m0 : 128;
-            if (c >= MG_FF) return;
-            const T *a = (const T *)p.a + (long long)w.m0 * MG_F2 + c;
-            T *da = (T *)p.da + (long long)w.m0 * MG_F2 + c;
+            const int c0 = w.nt * BN + part * G::DUMP_W + 8 * cq;   /* this lane's first column */
+            const T *a = (const T *)p.a + (long long)w.m0 * MG_F2 + c0;
+            T *da = (T *)p.da + (long long)w.m0 * MG_F2 + c0;
+            /* step v: rows 8 (v / NG).., columns 32 (v % NG).. of the part; this lane's row and
+             * its column offset from c0 (-1: nothing, past the rows or past FF) */
+            auto row_of = [&](int v) { return 8 * (v / NG) + rl; };
+            static_assert(128LL * MG_F2 < (1LL << 31), "a tile's offsets in a and da: 32-bit");
+            auto live = [&](int v) {
+                return v < NS && row_of(v) < rows && (MG_FF % BN == 0 || c0 + 32 * (v % NG) < MG_FF);
+            };
             auto ld = [](const T *q) {   /* 8 elements; streaming under MG_WG_STORE_CS (a is read once) */
                 mg_v16 v;
                 if constexpr (MG_WG_STORE_CS) {
@@ -200,28 +207,29 @@ struct moe_down_dgrad_wg {
                 if constexpr (MG_WG_STORE_CS) __stcs((uint4 *)q, uint4{v.u[0], v.u[1], v.u[2], v.u[3]});
                 else mg_v16_st(q, v);
             };
-            /* a of the warp's next D rows in flight: row r + NW·i in buffer i (D rows ahead of
-             * the row being processed once the ring is full) */
+            /* a of the warp's next D steps in flight: step v + NW·i in buffer i (D steps ahead of
+             * the one being processed once the ring is full) */
             constexpr int D = MG_WG_ASYNC_DEPTH;
             mg_v16 g[D], u[D];
-            auto fetch = [&](int r, int i) {
-                if (r < rows) {
-                    g[i] = ld(a + (long long)r * MG_F2);
-                    if constexpr (MG_GLU) u[i] = ld(a + (long long)r * MG_F2 + MG_FF);
+            auto fetch = [&](int v, int i) {
+                if (live(v)) {
+                    const int o = row_of(v) * MG_F2 + 32 * (v % NG);
+                    g[i] = ld(a + o);
+                    if constexpr (MG_GLU) u[i] = ld(a + o + MG_FF);
                 }
             };
 #pragma unroll
             for (int i = 0; i < D; i++) fetch(warp + NW * i, i);
-            for (int r0 = warp; r0 < rows; r0 += NW * D) {
+            for (int v0 = warp; v0 < NS; v0 += NW * D) {
 #pragma unroll
                 for (int i = 0; i < D; i++) {
-                    const int r = r0 + NW * i;
-                    if (r >= rows) break;
+                    const int v = v0 + NW * i, r = row_of(v);
+                    if (!live(v)) continue;
                     float dv[MG_VEC], gv[MG_VEC], uv[MG_VEC] = {}, o[MG_VEC], q[MG_VEC];
-                    mg_v16_unpack(mg_v16_ld(buf + r * G::DUMP_LD + 8 * lane), dv);
+                    mg_v16_unpack(mg_v16_ld(buf + G::dump_at(r, 32 * (v % NG) + 8 * cq)), dv);
                     mg_v16_unpack(g[i], gv);
                     if constexpr (MG_GLU) mg_v16_unpack(u[i], uv);
-                    fetch(r + NW * D, i);   /* buffer i is free again */
+                    fetch(v + NW * D, i);   /* buffer i is free again */
 #pragma unroll
                     for (int e = 0; e < MG_VEC; e++) {
                         float f, df;
@@ -229,8 +237,9 @@ struct moe_down_dgrad_wg {
                         o[e] = MG_GLU ? dv[e] * df * uv[e] : dv[e] * df;
                         q[e] = dv[e] * f;
                     }
-                    st(da + (long long)r * MG_F2, mg_v16_pack<T>(o));
-                    if constexpr (MG_GLU) st(da + (long long)r * MG_F2 + MG_FF, mg_v16_pack<T>(q));
+                    const int od = r * MG_F2 + 32 * (v % NG);
+                    st(da + od, mg_v16_pack<T>(o));
+                    if constexpr (MG_GLU) st(da + od + MG_FF, mg_v16_pack<T>(q));
                 }
             }
         }

@@ -248,12 +248,15 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
-/* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES: the epilogue scratch
- * of up fwd (MG_WG_EPI_SMEM_UP) and of down dgrad (MG_WG_EPI_SMEM; the async epilogue's dump,
- * MG_WG_EPI_ASYNC, takes the same bytes and one stage), whatever those device-only knobs.
- * down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's estimate
- * both size kernels by it. */
-#define MG_WG_EXTRA_SMEM(down, gemm) (((!(down) && (gemm) == 0) || ((down) && (gemm) == 1)) ? MG_WG_SCRATCH_BYTES : 0)
+/* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES, whatever the
+ * device-only knobs: up fwd its epilogue scratch (MG_WG_EPI_SMEM_UP); down dgrad all that sm_90
+ * lets a block opt in to (MG_WG_SMEM_OPTIN, 227 KB), which holds the scratch (MG_WG_EPI_SMEM)
+ * or the async epilogue's dump beside 4 stages (MG_WG_EPI_ASYNC, MG_WG_ASYNC_HALF). down: 0 up,
+ * 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's estimate both size
+ * kernels by it. */
+#define MG_WG_SMEM_OPTIN 232448
+#define MG_WG_EXTRA_SMEM(down, gemm) \
+    ((down) && (gemm) == 1 ? MG_WG_SMEM_OPTIN - MG_WG_SMEM_BYTES(256) : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -287,9 +290,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_CONS_REGS 208
 #endif
 /* The async epilogue's kernel (MG_WG_EPI_ASYNC): its producer warps 1..3 run the epilogue with
- * MG_WG_ASYNC_DEPTH rows of a in flight a warp, and its consumers no longer do. Depth 4 needs 88
- * producer registers (80 spilled); on an H100 (s9 calls 4, 5) Mixtral's down dgrad took 3.20-3.21
- * ms at 4 / 88 / 208 against 3.33 at 3 / 72 / 216. */
+ * MG_WG_ASYNC_DEPTH steps of a in flight a warp, and its consumers no longer do. Depth 4 needed
+ * 88 producer registers (80 spilled); on an H100 (s9 calls 4, 5) Mixtral's down dgrad took
+ * 3.20-3.21 ms at 4 / 88 / 208 against 3.33 at 3 / 72 / 216. With the half-tile dump
+ * (MG_WG_ASYNC_HALF) the consumers hold the pending half in 32 more registers and still fit in
+ * 208 (ptxas at sm_90a, Mixtral's dims: no spills). */
 #ifndef MG_WG_PROD_REGS_ASYNC
 #define MG_WG_PROD_REGS_ASYNC 88
 #endif
@@ -298,6 +303,14 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #ifndef MG_WG_ASYNC_DEPTH
 #define MG_WG_ASYNC_DEPTH 4
+#endif
+/* MG_WG_ASYNC_HALF 1 (default): the async epilogue's consumers dump a tile in two halves of
+ * 128 columns through one 32 KB buffer, so down dgrad keeps 4 stages: the first half at the
+ * tile's end, the second (held packed in 32 registers) during the next main loop, as soon as the
+ * worker has read the first; 0: the whole tile through a 64 KB buffer and 3 stages (session 9,
+ * where ncu had the consumers waiting for a full stage in 34% of their samples). */
+#ifndef MG_WG_ASYNC_HALF
+#define MG_WG_ASYNC_HALF 1
 #endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56

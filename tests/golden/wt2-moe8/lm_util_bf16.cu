@@ -280,12 +280,15 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #define MG_WG_SCRATCH_LD 40
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
-/* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES: the epilogue scratch
- * of up fwd (MG_WG_EPI_SMEM_UP) and of down dgrad (MG_WG_EPI_SMEM; the async epilogue's dump,
- * MG_WG_EPI_ASYNC, takes the same bytes and one stage), whatever those device-only knobs.
- * down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's estimate
- * both size kernels by it. */
-#define MG_WG_EXTRA_SMEM(down, gemm) (((!(down) && (gemm) == 0) || ((down) && (gemm) == 1)) ? MG_WG_SCRATCH_BYTES : 0)
+/* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES, whatever the
+ * device-only knobs: up fwd its epilogue scratch (MG_WG_EPI_SMEM_UP); down dgrad all that sm_90
+ * lets a block opt in to (MG_WG_SMEM_OPTIN, 227 KB), which holds the scratch (MG_WG_EPI_SMEM)
+ * or the async epilogue's dump beside 4 stages (MG_WG_EPI_ASYNC, MG_WG_ASYNC_HALF). down: 0 up,
+ * 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's estimate both size
+ * kernels by it. */
+#define MG_WG_SMEM_OPTIN 232448
+#define MG_WG_EXTRA_SMEM(down, gemm) \
+    ((down) && (gemm) == 1 ? MG_WG_SMEM_OPTIN - MG_WG_SMEM_BYTES(256) : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -319,9 +322,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_CONS_REGS 208
 #endif
 /* The async epilogue's kernel (MG_WG_EPI_ASYNC): its producer warps 1..3 run the epilogue with
- * MG_WG_ASYNC_DEPTH rows of a in flight a warp, and its consumers no longer do. Depth 4 needs 88
- * producer registers (80 spilled); on an H100 (s9 calls 4, 5) Mixtral's down dgrad took 3.20-3.21
- * ms at 4 / 88 / 208 against 3.33 at 3 / 72 / 216. */
+ * MG_WG_ASYNC_DEPTH steps of a in flight a warp, and its consumers no longer do. Depth 4 needed
+ * 88 producer registers (80 spilled); on an H100 (s9 calls 4, 5) Mixtral's down dgrad took
+ * 3.20-3.21 ms at 4 / 88 / 208 against 3.33 at 3 / 72 / 216. With the half-tile dump
+ * (MG_WG_ASYNC_HALF) the consumers hold the pending half in 32 more registers and still fit in
+ * 208 (ptxas at sm_90a, Mixtral's dims: no spills). */
 #ifndef MG_WG_PROD_REGS_ASYNC
 #define MG_WG_PROD_REGS_ASYNC 88
 #endif
@@ -330,6 +335,14 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #endif
 #ifndef MG_WG_ASYNC_DEPTH
 #define MG_WG_ASYNC_DEPTH 4
+#endif
+/* MG_WG_ASYNC_HALF 1 (default): the async epilogue's consumers dump a tile in two halves of
+ * 128 columns through one 32 KB buffer, so down dgrad keeps 4 stages: the first half at the
+ * tile's end, the second (held packed in 32 registers) during the next main loop, as soon as the
+ * worker has read the first; 0: the whole tile through a 64 KB buffer and 3 stages (session 9,
+ * where ncu had the consumers waiting for a full stage in 34% of their samples). */
+#ifndef MG_WG_ASYNC_HALF
+#define MG_WG_ASYNC_HALF 1
 #endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
@@ -1168,11 +1181,14 @@ MG_DEV void mg_wg_wgrad_tile(const int *offsets, int T, int MT, int NTN, int t, 
 }
 
 /* Two adjacent 16-bit (or fp32) elements, as one 4-byte (8-byte) access. */
+template <class T> MG_DEV unsigned mg_pack2(float a, float b)
+{
+    return (unsigned)mg_from_f32<T>(a).u | ((unsigned)mg_from_f32<T>(b).u << 16);
+}
 template <class T> MG_DEV void mg_st2(T *p, long long i, float a, float b)
 {
     if constexpr (sizeof(T) == 2) {
-        unsigned u = (unsigned)mg_from_f32<T>(a).u | ((unsigned)mg_from_f32<T>(b).u << 16);
-        *(unsigned *)(p + i) = u;
+        *(unsigned *)(p + i) = mg_pack2<T>(a, b);
     } else {
         p[i] = mg_from_f32<T>(a);
         p[i + 1] = mg_from_f32<T>(b);
@@ -1317,6 +1333,15 @@ MG_DEV void mg_mbar_wait(unsigned bar, unsigned parity)
                      "selp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     } while (!done);
+}
+/* one look at the barrier, no waiting: whether the phase of that parity has completed */
+MG_DEV bool mg_mbar_test(unsigned bar, unsigned parity)
+{
+    unsigned done;
+    asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    return done != 0;
 }
 MG_DEV void mg_fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 MG_DEV void mg_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
@@ -1504,17 +1529,24 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * GLU's 64 KB. */
     static constexpr int EPI_BARS = 24;
     /* A problem with an asynchronous epilogue (P::ASYNC_BYTES > 0, MG_WG_EPI_ASYNC: down dgrad)
-     * gets its dump buffer (DUMP_BYTES: the tile's accumulators as 16-bit values, rows of DUMP_LD
-     * elements) after the stages, in the dynamic shared memory the host gives that kernel
-     * (MG_WG_SMEM_BYTES + MG_WG_SCRATCH_BYTES, MG_WG_EXTRA_SMEM), and as many stages as still fit
-     * there: 3 at BN 256. The 8 elements of padding a row put a warp's 8 accumulator rows on
-     * different banks. */
-    static constexpr int DUMP_LD = BN + 8, DUMP_BYTES = BM * DUMP_LD * 2;
-    /* the dynamic shared memory the host gives problem P (MG_WG_EXTRA_SMEM's scratch bytes also
-     * hold an async problem's dump) */
-    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_SCRATCH_BYTES : P::SCRATCH_BYTES);
+     * gets its dump buffer (DUMP_BYTES: one part of DUMP_NH a tile, BM x DUMP_W 16-bit values)
+     * after the stages, in the dynamic shared memory the host gives that kernel
+     * (MG_WG_EXTRA_SMEM), and as many stages as still fit there without the row tables it does
+     * not use: 4 at BN 256 with halves (32 KB), 3 with whole tiles (64 KB). */
+    static constexpr int DUMP_NH = MG_WG_ASYNC_HALF ? 2 : 1, DUMP_W = BN / DUMP_NH, DUMP_BYTES = BM * DUMP_W * 2;
+    /* Element (r, n) of a part: 16-byte chunks column-group major, [n / 8][r][n % 8]. A warp's
+     * accumulator stores (8 rows, one chunk) and a quarter-warp's 16-byte reads (8 rows, one
+     * chunk) each cover 128 contiguous bytes, free of bank conflicts, and a thread's stores sit
+     * at constant offsets from one address (a row-swizzled layout had ptxas keep 16 addresses
+     * live through the main loop, and spill them). */
+    MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + r) * 8 + (n & 7); }
+    /* the dynamic shared memory the host gives problem P (down dgrad's MG_WG_EXTRA_SMEM holds
+     * an async problem's dump) */
+    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1) : P::SCRATCH_BYTES);
+    /* the row tables (A, B), for problems whose producer may fill them */
+    template <class P> static constexpr int ROWS_BYTES = P::ASYNC_BYTES > 0 ? 0 : (BM + BN) * 8;
     template <class P> static constexpr int NS_ROOM = HOST_SMEM<P> - P::SCRATCH_BYTES - 1024 - P::EPI_BYTES - P::ASYNC_BYTES -
-                                                      EPI_BARS - (BM + BN) * 8;
+                                                      EPI_BARS - ROWS_BYTES<P>;
     template <class P> static constexpr int NS = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 ? STAGES
         : NS_ROOM<P> / (STAGE_BYTES + 16) < STAGES ? NS_ROOM<P> / (STAGE_BYTES + 16) : STAGES;
     /* A problem with a consumer scratch (P::SCRATCH_BYTES > 0: down dgrad's dh staged for a
@@ -1955,37 +1987,82 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * hundred cycles) and start the next tile, and producer warps 1..3, idle in a TMA-only
      * kernel, run the problem's epilogue_async from the buffer during that tile's main loop.
      * Rounding the accumulators to the 16-bit type before the epilogue's math is the one
-     * numerical change (the unfused peers round the same GEMM output there too). Barriers
-     * (cooperative only, so every consumer thread dumps every tile, in tile order; every thread
-     * arrives for its own accesses, a release / acquire pair per thread):
+     * numerical change (the unfused peers round the same GEMM output there too).
+     * With DUMP_NH 2 (MG_WG_ASYNC_HALF) a tile goes through the buffer in two parts of 128
+     * columns, so that the buffer leaves room for a fourth stage: part 0 at the tile's end,
+     * part 1 packed in registers until the workers have read part 0, then stored from within
+     * the next tile's main loop (its wgmma groups run meanwhile). Barriers (cooperative only,
+     * so every consumer thread dumps every part of every tile, in order; every thread arrives
+     * for its own accesses, a release / acquire pair per thread), with q counting parts:
      *  - efull (count 256: each consumer thread once its values are in) completes once per
-     *    tile; the workers wait for tile j with parity j & 1. It cannot run a phase ahead of
-     *    them: tile j+1's dump waits for their release of tile j.
-     *  - eempty (count 96: each worker thread once its reads are done) completes once per tile;
-     *    tile j's dump waits with parity (j & 1) ^ 1 (tile j-1 released; the first passes on
+     *    part; the workers wait for part q with parity q & 1. It cannot run a phase ahead of
+     *    them: part q+1 waits for their release of part q.
+     *  - eempty (count 96: each worker thread once its reads are done) completes once per part;
+     *    part q's dump waits with parity (q & 1) ^ 1 (part q-1 released; the first passes on
      *    the fresh barrier), and it cannot run ahead of that wait either. */
     static constexpr int ASYNC_WARPS = 3;
     template <class P> MG_DEV static void epi_worker(const P &pb, const smem_map &sm, int wt)
     {
         const int n_tiles = walk_n(pb, sm);
-        int j = 0;
-        for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm), j++) {
+        unsigned q = 0;
+        for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm)) {
             mg_wtile w;
             walk_tile(pb, sm, t, w);   /* (a pair's phantom tile has no rows: nothing to write) */
-            mg_mbar_wait(sm.efull, (unsigned)j & 1u);
-            pb.epilogue_async(w, (const unsigned short *)sm.dump, wt);
-            mg_mbar_arrive(sm.eempty);
+#pragma unroll 1
+            for (int part = 0; part < DUMP_NH; part++, q++) {
+                mg_mbar_wait(sm.efull, q & 1u);
+                pb.epilogue_async(w, (const unsigned short *)sm.dump, wt, part);
+                mg_mbar_arrive(sm.eempty);
+            }
         }
     }
-    /* consumer c's 64 rows of the accumulator, rounded to T, at rows 64c.. of the dump buffer */
-    MG_DEV static void dump(unsigned short *buf, const float (&acc)[NACC], int c)
+    /* Columns 8j..8j+7 of each of consumer c's 64 rows (h: rows +8) in a part of the dump: the
+     * thread's pair of them, packed (v), at row 64c + its accumulator row. */
+    MG_DEV static void dump_st(unsigned short *buf, int c, int j, int h, unsigned v)
     {
-        T *b = (T *)buf + (64 * c + mg_wg_acc_m()) * DUMP_LD + mg_wg_acc_n();
-#pragma unroll
-        for (int jn = 0; jn < NACC / 4; jn++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) mg_st2(b, 8 * h * DUMP_LD + 8 * jn, acc[4 * jn + 2 * h], acc[4 * jn + 2 * h + 1]);
+        *(unsigned *)(buf + dump_at(64 * c + mg_wg_acc_m() + 8 * h, 8 * j + mg_wg_acc_n())) = v;
     }
+    /* 8-column groups of the accumulator a part of the dump holds */
+    static constexpr int DUMP_J = DUMP_W / 8;
+    /* part `part` of consumer c's accumulator, rounded to T, into the dump */
+    MG_DEV static void dump(unsigned short *buf, const float (&acc)[NACC], int c, int part)
+    {
+#pragma unroll
+        for (int j = 0; j < DUMP_J; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int i = 4 * (part * DUMP_J + j) + 2 * h;
+                dump_st(buf, c, j, h, mg_pack2<T>(acc[i], acc[i + 1]));
+            }
+    }
+    /* The async consumers' pending last part (DUMP_NH 2): packed at the tile's end, stored
+     * once the workers have read the part before it (q: parts stored so far). */
+    struct dump_pend {
+        unsigned v[DUMP_NH > 1 ? 2 * DUMP_J : 1];
+        bool on;
+        MG_DEV void pack(const float (&acc)[NACC])
+        {
+#pragma unroll
+            for (int j = 0; j < DUMP_J; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int i = 4 * ((DUMP_NH - 1) * DUMP_J + j) + 2 * h;
+                    v[2 * j + h] = mg_pack2<T>(acc[i], acc[i + 1]);
+                }
+            on = true;
+        }
+        MG_DEV void store(const smem_map &sm, int c, unsigned &q)
+        {
+            mg_mbar_wait(sm.eempty, (q & 1u) ^ 1u);
+#pragma unroll
+            for (int j = 0; j < DUMP_J; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) dump_st(sm.dump, c, j, h, v[2 * j + h]);
+            mg_mbar_arrive(sm.efull);
+            q++;
+            on = false;
+        }
+    };
 
     template <class P> MG_DEV static void consumer(const P &pb, const smem_map &sm)
     {
@@ -1996,6 +2073,10 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         const int n_tiles = walk_n(pb, sm);
         int s = 0, j = 0;
         unsigned ph = 0;
+        constexpr bool SPLIT = P::ASYNC_BYTES > 0 && DUMP_NH > 1;
+        unsigned q = 0;      /* async: dump parts stored */
+        dump_pend pend;
+        pend.on = false;
         for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm), j++) {
             mg_wtile w;
             walk_tile(pb, sm, t, w);
@@ -2049,6 +2130,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 if (prev >= 0 && lane == 0) release<P>(sm, empty + 8 * prev);   /* ... so its stage is free */
                 prev = s;
                 if (++s == STAGES) { s = 0; ph ^= 1; }
+                if constexpr (SPLIT) {
+                    /* the previous tile's last part, once the workers have read the part
+                     * before it (lane 0's look decides for the warp: the wgmma ops need the
+                     * warp together) */
+                    if (pend.on && __shfl_sync(0xffffffffu, (unsigned)mg_mbar_test(sm.eempty, (q & 1u) ^ 1u), 0))
+                        pend.store(sm, c, q);
+                }
             }
             if (PP && t + walk_step<P>(sm) < n_tiles) mg_bar_arrive(2 + (c ^ 1), 256);   /* its turn */
             mg_wgmma_wait<0>();
@@ -2056,9 +2144,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             for (int h = 0; h < MH; h++) mg_wg_fence_acc(acc[h]);
             if (prev >= 0 && lane == 0) release<P>(sm, empty + 8 * prev);
             if constexpr (P::ASYNC_BYTES > 0) {
-                mg_mbar_wait(sm.eempty, (unsigned)(j & 1) ^ 1u);   /* tile j-1's epilogue has read the buffer */
-                dump(sm.dump, acc[0], c);
+                if constexpr (SPLIT)
+                    if (pend.on) pend.store(sm, c, q);              /* a main loop too short to have stored it */
+                mg_mbar_wait(sm.eempty, (q & 1u) ^ 1u);            /* the workers have read the part before */
+                dump(sm.dump, acc[0], c, 0);
                 mg_mbar_arrive(sm.efull);
+                q++;
+                if constexpr (SPLIT) pend.pack(acc[0]);
             } else {
                 if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
                 /* the epilogue sees a 64-row tile starting at this half's first row (and the
@@ -2077,6 +2169,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 }
             }
         }
+        if constexpr (SPLIT)
+            if (pend.on) pend.store(sm, c, q);   /* the last tile's last part */
     }
 
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
@@ -2084,7 +2178,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     {
         /* [stages][epilogue buffer or async dump][scratch][full][empty][efull[2], eempty][row tables A, B] */
         constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES, EBARS = EB > 0 ? EPI_BARS : 0, SB = P::SCRATCH_BYTES;
-        static_assert(STAGES >= 2 && HOST_SMEM<P> >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + (BM + BN) * 8,
+        static_assert(STAGES >= 2 && HOST_SMEM<P> >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + ROWS_BYTES<P>,
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
