@@ -282,13 +282,15 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_SCRATCH_BYTES (2 * 64 * MG_WG_SCRATCH_LD * 4)
 /* Dynamic shared memory a Hopper GEMM takes on top of MG_WG_SMEM_BYTES, whatever the
  * device-only knobs: up fwd its epilogue scratch (MG_WG_EPI_SMEM_UP); down dgrad all that sm_90
- * lets a block opt in to (MG_WG_SMEM_OPTIN, 227 KB), which holds the scratch (MG_WG_EPI_SMEM)
- * or the async epilogue's dump beside 4 stages (MG_WG_EPI_ASYNC, MG_WG_ASYNC_HALF). down: 0 up,
- * 1 down; gemm: 0 fwd, 1 dgrad, 2 wgrad. The launcher and the tuner's estimate both size
- * kernels by it. */
+ * lets a block opt in to (MG_WG_SMEM_OPTIN, 227 KB) less the kernel's static shared memory (the
+ * mma.sync path's row table, 128 x 8 bytes, counts too: without it cudaFuncSetAttribute refused
+ * the size, s10 call 1), which holds the scratch (MG_WG_EPI_SMEM) or the async epilogue's dump
+ * beside 4 stages (MG_WG_EPI_ASYNC, MG_WG_ASYNC_HALF). down: 0 up, 1 down; gemm: 0 fwd, 1 dgrad,
+ * 2 wgrad. The launcher and the tuner's estimate both size kernels by it. */
 #define MG_WG_SMEM_OPTIN 232448
-#define MG_WG_EXTRA_SMEM(down, gemm) \
-    ((down) && (gemm) == 1 ? MG_WG_SMEM_OPTIN - MG_WG_SMEM_BYTES(256) : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
+#define MG_WG_EXTRA_SMEM(down, gemm)                                                                 \
+    ((down) && (gemm) == 1 ? MG_WG_SMEM_OPTIN - 128 * 8 - MG_WG_SMEM_BYTES(256)                      \
+                           : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
