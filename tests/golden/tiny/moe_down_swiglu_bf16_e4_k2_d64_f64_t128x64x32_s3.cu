@@ -1541,7 +1541,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * chunk) each cover 128 contiguous bytes, free of bank conflicts, and a thread's stores sit
      * at constant offsets from one address (a row-swizzled layout had ptxas keep 16 addresses
      * live through the main loop, and spill them). */
-    MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + r) * 8 + (n & 7); }
+    MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + (r ^ ((n >> 3) & 7))) * 8 + (n & 7); }
     /* the dynamic shared memory the host gives problem P (down dgrad's MG_WG_EXTRA_SMEM holds
      * an async problem's dump) */
     template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1) : P::SCRATCH_BYTES);
@@ -2565,27 +2565,25 @@ struct moe_down_dgrad_wg {
     }
     /* MG_WG_EPI_ASYNC: da of part `part` (G::DUMP_W columns) of tile w from the dump of dh
      * (buf: laid out by mg_wgmma.cuh dump_at), on worker thread wt of 96 (producer warps
-     * 1..3). A warp step takes 8 rows x 32 columns (lane: row lane % 8, 8 columns): one
-     * 16-byte read of the dump, 16-byte loads of a's gate and up, 16-byte stores of da, each
-     * row's 64 bytes whole sectors. a runs MG_WG_ASYNC_DEPTH steps ahead of the math: the
-     * worker has the next main loop (half of it a part, with MG_WG_ASYNC_HALF) to finish, but
-     * one step's loads at a time left it latency-bound (s9 call 3). */
+     * 1..3). A warp step takes RW whole rows of the part (every third step), a lane 8 columns:
+     * one 16-byte read of the dump, 16-byte loads of a's gate and up, 16-byte stores of da, each
+     * row's accesses one contiguous run of the part's width, as in session 9 (8 rows of 64 bytes
+     * a step measured slower: down dgrad 3.60 ms against 3.20, s10 call 2). The dump's layout
+     * serves the consumers' stores; these reads pay bank conflicts (a row's chunks share banks),
+     * a few percent of the shared-memory pipe. a runs MG_WG_ASYNC_DEPTH steps ahead of the
+     * math: the worker has the next main loop (half of it a part, with MG_WG_ASYNC_HALF) to
+     * finish, but one step's loads at a time left it latency-bound (s9 call 3). */
     template <class T = mg_t> MG_DEV void epilogue_async(const mg_wtile &w, const unsigned short *buf, int wt, int part) const
     {
         if constexpr (ASYNC && sizeof(T) == 2) {   /* (a template, so fp32's instantiation discards the body) */
-            constexpr int NW = G::ASYNC_WARPS, NG = G::DUMP_W / 32, NS = (128 / 8) * NG;   /* column groups, steps */
-            const int warp = wt >> 5, lane = wt & 31, rl = lane & 7, cq = lane >> 3;
+            constexpr int NW = G::ASYNC_WARPS, LR = G::DUMP_W / 8, RW = 32 / LR;   /* lanes a row, rows a step */
+            const int warp = wt >> 5, lane = wt & 31, cl = lane % LR, sub = lane / LR;
+            const int c = w.nt * BN + part * G::DUMP_W + 8 * cl;   /* this lane's first column */
             const int rows = w.m_end - w.m0 < 128 ? w.m_end - w.m0 : 128;
-            const int c0 = w.nt * BN + part * G::DUMP_W + 8 * cq;   /* this lane's first column */
-            const T *a = (const T *)p.a + (long long)w.m0 * MG_F2 + c0;
-            T *da = (T *)p.da + (long long)w.m0 * MG_F2 + c0;
-            /* step v: rows 8 (v / NG).., columns 32 (v % NG).. of the part; this lane's row and
-             * its column offset from c0 (-1: nothing, past the rows or past FF) */
-            auto row_of = [&](int v) { return 8 * (v / NG) + rl; };
+            if (c >= MG_FF) return;
+            const T *a = (const T *)p.a + (long long)w.m0 * MG_F2 + c;
+            T *da = (T *)p.da + (long long)w.m0 * MG_F2 + c;
             static_assert(128LL * MG_F2 < (1LL << 31), "a tile's offsets in a and da: 32-bit");
-            auto live = [&](int v) {
-                return v < NS && row_of(v) < rows && (MG_FF % BN == 0 || c0 + 32 * (v % NG) < MG_FF);
-            };
             auto ld = [](const T *q) {   /* 8 elements; streaming under MG_WG_STORE_CS (a is read once) */
                 mg_v16 v;
                 if constexpr (MG_WG_STORE_CS) {
@@ -2601,25 +2599,26 @@ struct moe_down_dgrad_wg {
                 else mg_v16_st(q, v);
             };
             /* a of the warp's next D steps in flight: step v + NW·i in buffer i (D steps ahead of
-             * the one being processed once the ring is full) */
+             * the one being processed once the ring is full); step v is rows RW·v.., this lane's
+             * row RW·v + sub. Rows only grow with v: the first row past the tile ends the walk. */
             constexpr int D = MG_WG_ASYNC_DEPTH;
             mg_v16 g[D], u[D];
             auto fetch = [&](int v, int i) {
-                if (live(v)) {
-                    const int o = row_of(v) * MG_F2 + 32 * (v % NG);
-                    g[i] = ld(a + o);
-                    if constexpr (MG_GLU) u[i] = ld(a + o + MG_FF);
+                const int r = RW * v + sub;
+                if (r < rows) {
+                    g[i] = ld(a + r * MG_F2);
+                    if constexpr (MG_GLU) u[i] = ld(a + r * MG_F2 + MG_FF);
                 }
             };
 #pragma unroll
             for (int i = 0; i < D; i++) fetch(warp + NW * i, i);
-            for (int v0 = warp; v0 < NS; v0 += NW * D) {
+            for (int v0 = warp; RW * v0 + sub < rows; v0 += NW * D) {
 #pragma unroll
                 for (int i = 0; i < D; i++) {
-                    const int v = v0 + NW * i, r = row_of(v);
-                    if (!live(v)) continue;
+                    const int v = v0 + NW * i, r = RW * v + sub;
+                    if (r >= rows) break;
                     float dv[MG_VEC], gv[MG_VEC], uv[MG_VEC] = {}, o[MG_VEC], q[MG_VEC];
-                    mg_v16_unpack(mg_v16_ld(buf + G::dump_at(r, 32 * (v % NG) + 8 * cq)), dv);
+                    mg_v16_unpack(mg_v16_ld(buf + G::dump_at(r, 8 * cl)), dv);
                     mg_v16_unpack(g[i], gv);
                     if constexpr (MG_GLU) mg_v16_unpack(u[i], uv);
                     fetch(v + NW * D, i);   /* buffer i is free again */
@@ -2630,9 +2629,8 @@ struct moe_down_dgrad_wg {
                         o[e] = MG_GLU ? dv[e] * df * uv[e] : dv[e] * df;
                         q[e] = dv[e] * f;
                     }
-                    const int od = r * MG_F2 + 32 * (v % NG);
-                    st(da + od, mg_v16_pack<T>(o));
-                    if constexpr (MG_GLU) st(da + od + MG_FF, mg_v16_pack<T>(q));
+                    st(da + r * MG_F2, mg_v16_pack<T>(o));
+                    if constexpr (MG_GLU) st(da + r * MG_F2 + MG_FF, mg_v16_pack<T>(q));
                 }
             }
         }

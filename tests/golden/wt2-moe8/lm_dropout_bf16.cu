@@ -1541,7 +1541,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * chunk) each cover 128 contiguous bytes, free of bank conflicts, and a thread's stores sit
      * at constant offsets from one address (a row-swizzled layout had ptxas keep 16 addresses
      * live through the main loop, and spill them). */
-    MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + r) * 8 + (n & 7); }
+    MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + (r ^ ((n >> 3) & 7))) * 8 + (n & 7); }
     /* the dynamic shared memory the host gives problem P (down dgrad's MG_WG_EXTRA_SMEM holds
      * an async problem's dump) */
     template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1) : P::SCRATCH_BYTES);
