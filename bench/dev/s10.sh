@@ -33,3 +33,6 @@ done
 prof def ""
 prof full "-DMG_WG_ASYNC_HALF=0"
 fi
+if [[ $PH == *" src "* ]]; then   # where the warps of Mixtral's down dgrad stall, per SASS line (SRC_D: defines)
+ncu_src "dd|moe_down.*_dgrad"
+fi
