@@ -180,21 +180,6 @@ struct moe_down_dgrad_wg {
      * a few percent of the shared-memory pipe. a runs MG_WG_ASYNC_DEPTH steps ahead of the
      * math: the worker has the next main loop (half of it a part, with MG_WG_ASYNC_HALF) to
      * finish, but one step's loads at a time left it latency-bound (s9 call 3). */
-    /* MG_WG_EPI_ASYNC: part `part` of tile w's a (gate and up columns) into L2, ahead of
-     * epilogue_async (worker thread wt of 96: rows wt, wt + 96) */
-    MG_DEV void prefetch_async(const mg_wtile &w, int part, int wt) const
-    {
-        if constexpr (ASYNC) {
-            const int rows = w.m_end - w.m0 < 128 ? w.m_end - w.m0 : 128, c = w.nt * BN + part * G::DUMP_W;
-            if (c >= MG_FF) return;
-            const unsigned bytes = (unsigned)((MG_FF - c < G::DUMP_W ? MG_FF - c : G::DUMP_W) * sizeof(mg_t));
-            for (int r = wt; r < rows; r += 32 * G::ASYNC_WARPS) {
-                const mg_t *a = (const mg_t *)p.a + (long long)(w.m0 + r) * MG_F2 + c;
-                mg_prefetch_l2(a, bytes);
-                if constexpr (MG_GLU) mg_prefetch_l2(a + MG_FF, bytes);
-            }
-        }
-    }
     template <class T = mg_t> MG_DEV void epilogue_async(const mg_wtile &w, const unsigned short *buf, int wt, int part) const
     {
         if constexpr (ASYNC && sizeof(T) == 2) {   /* (a template, so fp32's instantiation discards the body) */

@@ -16,18 +16,6 @@ sed -e 's/d_ff = 64/d_ff = 336/' -e 's/d_model = 64/d_model = 256/' -e 's/name =
     specs/tiny.lua > "$O/tiny-ff336.lua"
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-half} "
-if [[ $PH == *" pf "* ]]; then   # after call 3: the worker prefetches the next part's a into L2 (cp.async.bulk.prefetch.L2)
-H="-DMG_WG_EPI_ASYNC_MIN_D=0"; F="-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_HALF=0"
-st half "$H" "$O/tiny-ff336.lua"
-st half "$H" bench-small
-st full "$F" "$O/tiny-ff336.lua"
-for i in 1 2; do
-    bench def mixtral
-    bench full mixtral MOEGEN_JIT_DEFINES="-DMG_WG_ASYNC_HALF=0"
-done
-prof def ""
-prof full "-DMG_WG_ASYNC_HALF=0"
-fi
 if [[ $PH == *" half "* ]]; then   # the async down dgrad's dump in two halves, 4 stages (MG_WG_ASYNC_HALF; written without a GPU)
 H="-DMG_WG_EPI_ASYNC_MIN_D=0"; F="-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_HALF=0"
 st half "$H" "$O/tiny-ff336.lua"

@@ -1346,11 +1346,6 @@ MG_DEV bool mg_mbar_test(unsigned bar, unsigned parity)
     return done != 0;
 }
 MG_DEV void mg_fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
-/* bytes (a multiple of 16, 16-byte aligned) of global memory into L2, nothing waits for it */
-MG_DEV void mg_prefetch_l2(const void *p, unsigned bytes)
-{
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" :: "l"(p), "r"(bytes) : "memory");
-}
 MG_DEV void mg_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 MG_DEV void mg_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 MG_DEV void mg_bar_named(unsigned id, unsigned n) { asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory"); }
@@ -2010,24 +2005,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     static constexpr int ASYNC_WARPS = 3;
     template <class P> MG_DEV static void epi_worker(const P &pb, const smem_map &sm, int wt)
     {
-        const int n_tiles = walk_n(pb, sm), t0 = walk_first<P>(sm), dt = walk_step<P>(sm);
+        const int n_tiles = walk_n(pb, sm);
         unsigned q = 0;
-        for (int t = t0; t < n_tiles; t += dt) {
+        for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm)) {
             mg_wtile w;
             walk_tile(pb, sm, t, w);   /* (a pair's phantom tile has no rows: nothing to write) */
-            if (t == t0) pb.prefetch_async(w, 0, wt);
 #pragma unroll 1
             for (int part = 0; part < DUMP_NH; part++, q++) {
-                /* the next part's operand into L2 while this one runs: the worker's loads,
-                 * a few in flight a warp, then wait on L2 rather than on DRAM (ncu, s10
-                 * call 3: the consumers waited for the worker at 15% of all samples) */
-                if (part + 1 < DUMP_NH) {
-                    pb.prefetch_async(w, part + 1, wt);
-                } else if (t + dt < n_tiles) {
-                    mg_wtile wn;
-                    walk_tile(pb, sm, t + dt, wn);
-                    pb.prefetch_async(wn, 0, wt);
-                }
                 mg_mbar_wait(sm.efull, q & 1u);
                 pb.epilogue_async(w, (const unsigned short *)sm.dump, wt, part);
                 mg_mbar_arrive(sm.eempty);
