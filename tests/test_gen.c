@@ -174,7 +174,7 @@ static void test_nvrtc_knob_variants(void **state)
         "MOEGEN_JIT_DEFINES='-DMG_WG_BAND=8 -DMG_WG_TMA_GATHER=1'",
         "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_ASYNC_MIN_D=0'",    /* the async down dgrad at d 768 */
         "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_ASYNC_MIN_D=0' MOEGEN_WG_CLUSTER=2",
-        "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_HALF=0'",   /* whole-tile dump, 3 stages */
+        "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_HALF=1'",   /* half-tile dump, 4 stages */
     };
     for (int i = 0; i < (int)(sizeof envs / sizeof envs[0]); i++) {
         mg_proc p;

@@ -326,25 +326,31 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 /* The async epilogue's kernel (MG_WG_EPI_ASYNC): its producer warps 1..3 run the epilogue with
  * MG_WG_ASYNC_DEPTH steps of a in flight a warp, and its consumers no longer do. Depth 4 needed
  * 88 producer registers (80 spilled); on an H100 (s9 calls 4, 5) Mixtral's down dgrad took
- * 3.20-3.21 ms at 4 / 88 / 208 against 3.33 at 3 / 72 / 216. With the half-tile dump
- * (MG_WG_ASYNC_HALF) the consumers hold the pending half in 32 more registers and still fit in
- * 208 (ptxas at sm_90a, Mixtral's dims: no spills). */
+ * 3.20-3.21 ms at 4 / 88 / 208 against 3.33 at 3 / 72 / 216. Session 10's worker (whole-tile
+ * dump) spills 4 bytes at 88 and none at 96 / 200; the half-tile dump (MG_WG_ASYNC_HALF 1) holds
+ * the pending half in 32 more consumer registers and fits only at 88 / 208 (ptxas at sm_90a,
+ * bench-mixtral and bench-small). */
 #ifndef MG_WG_PROD_REGS_ASYNC
-#define MG_WG_PROD_REGS_ASYNC 88
+#define MG_WG_PROD_REGS_ASYNC (MG_WG_ASYNC_HALF ? 88 : 96)
 #endif
 #ifndef MG_WG_CONS_REGS_ASYNC
-#define MG_WG_CONS_REGS_ASYNC 208
+#define MG_WG_CONS_REGS_ASYNC (MG_WG_ASYNC_HALF ? 208 : 200)
 #endif
 #ifndef MG_WG_ASYNC_DEPTH
 #define MG_WG_ASYNC_DEPTH 4
 #endif
-/* MG_WG_ASYNC_HALF 1 (default): the async epilogue's consumers dump a tile in two halves of
- * 128 columns through one 32 KB buffer, so down dgrad keeps 4 stages: the first half at the
- * tile's end, the second (held packed in 32 registers) during the next main loop, as soon as the
- * worker has read the first; 0: the whole tile through a 64 KB buffer and 3 stages (session 9,
- * where ncu had the consumers waiting for a full stage in 34% of their samples). */
+/* MG_WG_ASYNC_HALF 1: the async epilogue's consumers dump a tile in two halves of 128 columns
+ * through one 32 KB buffer, so down dgrad keeps 4 stages: the first half at the tile's end, the
+ * second (held packed in 32 registers) during the next main loop, as soon as the worker has
+ * read the first. 0 (default): the whole tile through a 64 KB buffer and 3 stages. On an H100
+ * (bench/results/2026-11-27-s10, calls 3, 4; ncu, Mixtral) halves took 3.68 ms against 3.17
+ * with whole tiles, the layer 0.6-0.8 ms slower: 4 stages cut the consumers' waits for a full
+ * stage (34% of samples with 3, s9; 18% with 4), but the worker, latency-bound on its loads of
+ * a, then needs longer than the shorter main loop, and the consumers wait for it at the tile's
+ * end (15%). Prefetching the next part's a into L2 (cp.async.bulk.prefetch) made it worse
+ * (4.05 ms). Kept for a faster worker. */
 #ifndef MG_WG_ASYNC_HALF
-#define MG_WG_ASYNC_HALF 1
+#define MG_WG_ASYNC_HALF 0
 #endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
