@@ -40,9 +40,9 @@ struct mg_gpu_ep {
     long Rmax;           /* rows a rank can receive: every group rank's N·k */
     const mg_cpu_model *h;
     ep_layer *ly;
-    void *sbuf, *rbuf;   /* [Rmax, d] fp32-sized send/receive staging */
+    void *sbuf, *rbuf;   /* [Rmax, d] dtype send/receive staging */
     void *dz, *da;       /* [Rmax, d], [Rmax, F2] dtype scratch */
-    float *z, *dxe;      /* [Rmax, d] fp32: expert outputs / expert dx, expert-major */
+    void *z, *dxe;       /* [Rmax, d] dtype: expert outputs / expert dx, expert-major */
     int *hcnt;           /* [E] pinned: this rank's kept counts */
     float *part;         /* sumsq partials of the local experts */
     int n_part;
@@ -124,12 +124,12 @@ int mg_gpu_ep_create(mg_gpu_ep **out, mg_comm *c, const mg_cpu_model *h, int bma
         long n = (long)x->El * (x->F2 + x->ff) * x->d;
         x->n_part += (int)((n + EP_CHUNK - 1) / EP_CHUNK);
     }
-    if (!rc) rc = dalloc(&x->sbuf, R * d * 4, err);
-    if (!rc) rc = dalloc(&x->rbuf, R * d * 4, err);
+    if (!rc) rc = dalloc(&x->sbuf, R * d * esz, err);
+    if (!rc) rc = dalloc(&x->rbuf, R * d * esz, err);
     if (!rc) rc = dalloc(&x->dz, R * d * esz, err);
     if (!rc) rc = dalloc(&x->da, R * x->F2 * esz, err);
-    if (!rc) rc = dalloc((void **)&x->z, R * d * 4, err);
-    if (!rc) rc = dalloc((void **)&x->dxe, R * d * 4, err);
+    if (!rc) rc = dalloc(&x->z, R * d * esz, err);
+    if (!rc) rc = dalloc(&x->dxe, R * d * esz, err);
     if (!rc) rc = dalloc((void **)&x->part, (size_t)(x->n_part + 1) * LM_SUMSQ_BLOCKS * 4, err);
     if (!rc && cudaHostAlloc((void **)&x->hcnt, (size_t)x->E * sizeof(int), 0) != cudaSuccess)
         rc = mg_err_set(err, MG_EINTERNAL, "cudaHostAlloc failed");
@@ -288,7 +288,7 @@ int mg_gpu_ep_forward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const 
 {
     ep_layer *l = &x->ly[li];
     int rc, E = x->E, P = x->P, El = x->El;
-    size_t rbx = (size_t)x->d * x->esz, rbz = (size_t)x->d * 4;
+    size_t rbx = (size_t)x->d * x->esz;
     mg_moe_state ms;
     mg_moe_get_state(ffn, &ms);
     if ((rc = mg_moe_route(ffn, st, w, xin, N, err))) return rc;
@@ -327,15 +327,14 @@ int mg_gpu_ep_forward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const 
         const char *wu = (const char *)w->w_up + (size_t)e * x->F2 * x->d * x->esz;
         const char *wd = (const char *)w->w_dn + (size_t)e * x->d * x->ff * x->esz;
         if ((rc = mg_moe_expert_fwd(ffn, st, wu, wd, row(l->xr, f, rbx), wrow(l->a, f, (size_t)x->F2 * x->esz),
-                                    wrow(l->h, f, (size_t)x->ff * x->esz), x->z + (size_t)f * x->d, n, err)))
+                                    wrow(l->h, f, (size_t)x->ff * x->esz), wrow(x->z, f, rbx), n, err)))
             return rc;
     }
     /* outputs back to their tokens' ranks, into the layer's slot-order z; combine */
-    float *zs, *dxs;
-    void *dzs;
+    void *zs, *dzs, *dxs;
     mg_moe_ep_bufs(ffn, &zs, &dzs, &dxs);
-    if ((rc = regroup(x, l, st, x->z, x->sbuf, rbz, 0, err)) ||
-        (rc = exchange(x, st, x->sbuf, l->rcv, zs, l->snd, rbz, NULL, err)))
+    if ((rc = regroup(x, l, st, x->z, x->sbuf, rbx, 0, err)) ||
+        (rc = exchange(x, st, x->sbuf, l->rcv, zs, l->snd, rbx, NULL, err)))
         return rc;
     return mg_moe_combine(ffn, st, y, N, err);   /* + the shared experts' z_sh */
 }
@@ -345,9 +344,8 @@ int mg_gpu_ep_backward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const
 {
     ep_layer *l = &x->ly[li];
     int rc, El = x->El;
-    size_t rbx = (size_t)x->d * x->esz, rbz = (size_t)x->d * 4;
-    float *zs, *dxs;
-    void *dzs;
+    size_t rbx = (size_t)x->d * x->esz;
+    void *zs, *dzs, *dxs;
     mg_moe_ep_bufs(ffn, &zs, &dzs, &dxs);
     /* dz of the kept slots (slot order) out to the owners */
     if ((rc = mg_moe_route_bwd(ffn, st, dy, N, err)) || (rc = exchange(x, st, dzs, l->snd, x->rbuf, l->rcv, rbx, NULL, err)) ||
@@ -367,14 +365,14 @@ int mg_gpu_ep_backward(mg_gpu_ep *x, int li, mg_moe *ffn, cudaStream_t st, const
         const char *wd = (const char *)w->w_dn + (size_t)e * x->d * x->ff * x->esz;
         if ((rc = mg_moe_expert_bwd(ffn, st, wu, wd, row(l->xr, f, rbx), row(l->a, f, (size_t)x->F2 * x->esz),
                                     row(l->h, f, (size_t)x->ff * x->esz), row(x->dz, f, rbx),
-                                    wrow(x->da, f, (size_t)x->F2 * x->esz), x->dxe + (size_t)f * x->d, gu, gd, n, err)))
+                                    wrow(x->da, f, (size_t)x->F2 * x->esz), wrow(x->dxe, f, rbx), gu, gd, n, err)))
             return rc;
     }
-    /* dx rows back into the slot-order dxs (the larger exchange, fp32: the shared experts' backward
-     * runs beside it); the router's part and the sum per token (+ the shared experts' dxs_sh) */
+    /* dx rows back into the slot-order dxs (dtype, as z; the shared experts' backward runs beside
+     * it); the router's part and the sum per token (+ the shared experts' dxs_sh) */
     ep_shared sh = {ffn, w, xin, dy, g, N};
-    if ((rc = regroup(x, l, st, x->dxe, x->sbuf, rbz, 0, err)) ||
-        (rc = exchange(x, st, x->sbuf, l->rcv, dxs, l->snd, rbz, &sh, err)))
+    if ((rc = regroup(x, l, st, x->dxe, x->sbuf, rbx, 0, err)) ||
+        (rc = exchange(x, st, x->sbuf, l->rcv, dxs, l->snd, rbx, &sh, err)))
         return rc;
     return mg_moe_router_dx(ffn, st, w, xin, dx, g->dwg, N, err);
 }

@@ -272,17 +272,17 @@ MG_LAUNCH_API size_t mg_launch_carve(const mg_launch_dims *m, int max_T, void *b
     TAKE(thr, E * 8);
     TAKE(a, TK * f2 * es);
     TAKE(h, TK * ff * es);
-    TAKE(z, TK * d * 4);
+    TAKE(z, TK * d * es);
     TAKE(dz, TK * d * es);
     TAKE(da, TK * f2 * es);
-    TAKE(dxs, TK * d * 4);
+    TAKE(dxs, TK * d * es);
     TAKE(dxr, Tm * d * 4);
     TAKE(dwg_part, n_split > 1 ? n_split * E * d * 4 : 0);
     TAKE(a_sh, S * Tm * f2 * es);
     TAKE(h_sh, S * Tm * ff * es);
-    TAKE(z_sh, S * Tm * d * 4);
+    TAKE(z_sh, S * Tm * d * es);
     TAKE(da_sh, S ? Tm * f2 * es : 0);
-    TAKE(dxs_sh, S * Tm * d * 4);
+    TAKE(dxs_sh, S * Tm * d * es);
 #undef TAKE
     return off;
 }
@@ -417,9 +417,9 @@ MG_LAUNCH_API int mg_launch_route(const mg_launch *L, const mg_launch_ws *ws, cu
 }
 
 /* One expert's MLP on R rows taken in order (no routing: the shared experts' launches):
- * a [R,f2], h [R,ff] dtype, z [R,d] fp32. */
+ * a [R,f2], h [R,ff], z [R,d] dtype. */
 MG_LAUNCH_API int mg_launch_expert_fwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
-                                       const void *x, void *a, void *h, float *z, int R, char *msg, size_t n)
+                                       const void *x, void *a, void *h, void *z, int R, char *msg, size_t n)
 {
     const mg_launch_dims *m = &L->dim;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
@@ -442,7 +442,8 @@ MG_LAUNCH_API int mg_launch_shared_fwd(const mg_launch *L, const mg_launch_ws *w
         rc = mg_launch_expert_fwd(L, stream, mg_launch_cptr(w->ws_up, (size_t)s * f2 * d, es),
                                   mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), x,
                                   mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
-                                  mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), ws->z_sh + (size_t)s * T * d, T,
+                                  mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es),
+                                  mg_launch_mptr(ws->z_sh, (size_t)s * T * d, es), T,
                                   msg, n);
     return rc;
 }
@@ -498,10 +499,10 @@ MG_LAUNCH_API int mg_launch_route_bwd(const mg_launch *L, const mg_launch_ws *ws
 }
 
 /* One expert's backward on R rows in order, given dz [R,d] dtype: da [R,f2] dtype (scratch),
- * dx [R,d] fp32, weight gradients g_up [f2,d] and g_dn [d,ff] fp32 written. */
+ * dx [R,d] dtype, weight gradients g_up [f2,d] and g_dn [d,ff] fp32 written. */
 MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
                                        const void *x, const void *a, const void *h, const void *dz, void *da,
-                                       float *dx, float *g_up, float *g_dn, int R, char *msg, size_t n)
+                                       void *dx, float *g_up, float *g_dn, int R, char *msg, size_t n)
 {
     const mg_launch_dims *m = &L->dim;
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
@@ -540,7 +541,7 @@ MG_LAUNCH_API int mg_launch_shared_bwd(const mg_launch *L, const mg_launch_ws *w
                                   mg_launch_cptr(w->ws_dn, (size_t)s * d * ff, es), x,
                                   mg_launch_mptr(ws->a_sh, (size_t)s * T * f2, es),
                                   mg_launch_mptr(ws->h_sh, (size_t)s * T * ff, es), dy, ws->da_sh,
-                                  ws->dxs_sh + (size_t)s * T * d, g->dws_up + (size_t)s * f2 * d,
+                                  mg_launch_mptr(ws->dxs_sh, (size_t)s * T * d, es), g->dws_up + (size_t)s * f2 * d,
                                   g->dws_dn + (size_t)s * d * ff, T, msg, n);
     return rc;
 }

@@ -82,11 +82,11 @@ typedef struct mg_launch {
 /* Device pointers into one workspace, carved for up to max_T tokens. */
 typedef struct mg_launch_ws {
     int max_T;
-    float *logits, *probs, *lse, *topk_w, *psum, *lse2, *loss, *z, *z_sh, *dw, *dlogits, *dxs, *dxs_sh, *dxr,
-        *dwg_part, *tstat;
+    float *logits, *probs, *lse, *topk_w, *psum, *lse2, *loss, *dw, *dlogits, *dxr, *dwg_part, *tstat;
     unsigned long long *thr;
     int *topk_idx, *hist, *counts_all, *counts, *offsets, *n_dropped, *tile_off_up, *tile_off_dn, *perm, *slot_of;
     void *a, *h, *a_sh, *h_sh, *dz, *da, *da_sh;
+    void *z, *z_sh, *dxs, *dxs_sh;   /* dtype, like every peer's per-slot rows */
 } mg_launch_ws;
 
 /* The same buffers as mg_moe_weights / mg_moe_grads (runtime/mg_moe.h documents the layouts). */
@@ -129,7 +129,7 @@ MG_LAUNCH_API int mg_launch_forward(const mg_launch *L, const mg_launch_ws *ws, 
 MG_LAUNCH_API int mg_launch_route(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                   const mg_launch_weights *w, const void *x, int T, char *msg, size_t n);
 MG_LAUNCH_API int mg_launch_expert_fwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
-                                       const void *x, void *a, void *h, float *z, int R, char *msg, size_t n);
+                                       const void *x, void *a, void *h, void *z, int R, char *msg, size_t n);
 MG_LAUNCH_API int mg_launch_shared_fwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                        const mg_launch_weights *w, const void *x, int T, char *msg, size_t n);
 MG_LAUNCH_API int mg_launch_shared_bwd(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
@@ -141,7 +141,7 @@ MG_LAUNCH_API int mg_launch_route_bwd(const mg_launch *L, const mg_launch_ws *ws
                                       int T, char *msg, size_t n);
 MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, const void *w_up, const void *w_dn,
                                        const void *x, const void *a, const void *h, const void *dz, void *da,
-                                       float *dx, float *g_up, float *g_dn, int R, char *msg, size_t n);
+                                       void *dx, float *g_up, float *g_dn, int R, char *msg, size_t n);
 MG_LAUNCH_API int mg_launch_router_dx(const mg_launch *L, const mg_launch_ws *ws, cudaStream_t stream,
                                       const mg_launch_weights *w, const void *x, void *dx, float *dwg, int T,
                                       char *msg, size_t n);

@@ -293,20 +293,20 @@ int mg_moe_router_dx(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, co
 }
 
 int mg_moe_expert_fwd(mg_moe *m, cudaStream_t stream, const void *w_up, const void *w_dn, const void *x, void *a,
-                      void *h, float *z, int R, mg_err *err)
+                      void *h, void *z, int R, mg_err *err)
 {
     MG_MOE_RET(mg_launch_expert_fwd(&m->L, stream, w_up, w_dn, x, a, h, z, R, msg_, sizeof msg_));
 }
 
 int mg_moe_expert_bwd(mg_moe *m, cudaStream_t stream, const void *w_up, const void *w_dn, const void *x, const void *a,
-                      const void *h, const void *dz, void *da, float *dx, float *g_up, float *g_dn, int R,
+                      const void *h, const void *dz, void *da, void *dx, float *g_up, float *g_dn, int R,
                       mg_err *err)
 {
     MG_MOE_RET(mg_launch_expert_bwd(&m->L, stream, w_up, w_dn, x, a, h, dz, da, dx, g_up, g_dn, R, msg_,
                                     sizeof msg_));
 }
 
-void mg_moe_ep_bufs(const mg_moe *m, float **z, void **dz, float **dxs)
+void mg_moe_ep_bufs(const mg_moe *m, void **z, void **dz, void **dxs)
 {
     *z = m->w.z;
     *dz = m->w.dz;

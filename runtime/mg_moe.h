@@ -82,7 +82,7 @@ int mg_moe_backward(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, con
  * shared_bwd, router_dx (dwg, dx). The shared phases (no-ops without shared experts) read x / dy and
  * write only the shared experts' workspace and g->dws_up/dws_dn, so they may run during an exchange. The expert calls run expert e's MLP on R >= 1 rows taken in order (as the
  * shared experts run): w_up [F2,d] / w_dn [d,ff] of one expert, x [R,d], a [R,F2], h [R,ff], dz
- * [R,d], da [R,F2] dtype; z, dx [R,d] fp32; g_up, g_dn written (fp32). */
+ * [R,d], da [R,F2], z, dx [R,d] dtype; g_up, g_dn written (fp32). */
 int mg_moe_route(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, int T, mg_err *err);
 int mg_moe_shared_fwd(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, int T, mg_err *err);
 int mg_moe_shared_bwd(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, const void *dy,
@@ -92,13 +92,13 @@ int mg_moe_route_bwd(mg_moe *m, cudaStream_t stream, const void *dy, int T, mg_e
 int mg_moe_router_dx(mg_moe *m, cudaStream_t stream, const mg_moe_weights *w, const void *x, void *dx, float *dwg,
                      int T, mg_err *err);
 int mg_moe_expert_fwd(mg_moe *m, cudaStream_t stream, const void *w_up, const void *w_dn, const void *x, void *a,
-                      void *h, float *z, int R, mg_err *err);
+                      void *h, void *z, int R, mg_err *err);
 int mg_moe_expert_bwd(mg_moe *m, cudaStream_t stream, const void *w_up, const void *w_dn, const void *x, const void *a,
-                      const void *h, const void *dz, void *da, float *dx, float *g_up, float *g_dn, int R,
+                      const void *h, const void *dz, void *da, void *dx, float *g_up, float *g_dn, int R,
                       mg_err *err);
-/* The workspace's slot-order buffers: z [T·k,d] fp32 (combine reads it), dz [T·k,d] dtype
- * (route_bwd writes it), dxs [T·k,d] fp32 (router_dx reads it). */
-void mg_moe_ep_bufs(const mg_moe *m, float **z, void **dz, float **dxs);
+/* The workspace's slot-order buffers, dtype: z [T·k,d] (combine reads it), dz [T·k,d]
+ * (route_bwd writes it), dxs [T·k,d] (router_dx reads it). */
+void mg_moe_ep_bufs(const mg_moe *m, void **z, void **dz, void **dxs);
 
 void mg_moe_get_state(const mg_moe *m, mg_moe_state *s);
 size_t mg_moe_workspace_bytes(const mg_moe *m);

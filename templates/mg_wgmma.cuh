@@ -253,11 +253,19 @@ MG_DEV void mg_wg_st4f(float *p, float4 v)
     if constexpr (MG_WG_STORE_CS) __stcs((float4 *)p, v);
     else *(float4 *)p = v;
 }
-/* Two adjacent fp32 outputs of a Hopper epilogue (z, dxs, dW), streaming under MG_WG_STORE_CS. */
+/* Two adjacent fp32 outputs of a Hopper epilogue (dW), streaming under MG_WG_STORE_CS. */
 MG_DEV void mg_wg_st2f(float *p, long long i, float a, float b)
 {
     if constexpr (MG_WG_STORE_CS) __stcs((float2 *)(p + i), make_float2(a, b));
     else mg_st2f(p, i, a, b);
+}
+/* Two adjacent outputs of a Hopper epilogue as storage type T (z, dxs), streaming under
+ * MG_WG_STORE_CS. */
+template <class T> MG_DEV void mg_wg_st2t(T *p, long long i, float a, float b)
+{
+    if constexpr (sizeof(T) == 4) mg_wg_st2f((float *)p, i, a, b);
+    else if constexpr (MG_WG_STORE_CS) __stcs((unsigned *)(p + i), mg_pack2<T>(a, b));
+    else *(unsigned *)(p + i) = mg_pack2<T>(a, b);
 }
 
 #if MG_WG_ARCH

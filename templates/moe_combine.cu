@@ -3,8 +3,10 @@
  *   bwd: dz[slot(t,j)] = w[t,j]·dy[t];  dw[t,j] = <dy[t], z[slot(t,j)]> (0 when dropped)
  *   dx:  dx[t] = Σ_j dxs[slot(t,j)] + dxr[t] + Σ_s dx_shared[s][t]
  * One block per token, one thread per chunk of 8 columns (MG_CMB_CHUNK): each slot row is read
- * with 16-byte loads (the z and dxs rows are fp32, the largest traffic of the layer's glue), and
- * every sum keeps its fixed order (bitwise reproducible, no atomics). Blocks of
+ * with 16-byte loads (the z and dxs rows, the largest traffic of the layer's glue, are in the
+ * storage type like every peer keeps them: fp32 rows cost bf16 specs 0.4 GB a Mixtral step;
+ * the router's dxr stays fp32), and every sum keeps its fixed order in fp32 (bitwise
+ * reproducible, no atomics). Blocks of
  * mg_combine_threads(d) = min(256, d/8 rounded up to 32) threads.
  * Rows the caller passes (y, dy, dx) may be unaligned: those take a scalar path. */
 // moegen:entries fwd bwd dx
@@ -88,12 +90,12 @@ extern "C" __global__ void __launch_bounds__(MG_COMBINE_THREADS)
         for (int j = 0; j < MG_TOPK; j++) {
             const int s = s_slot[j];
             if (s < 0) continue;
-            mg_cmb_ld_f32(p.z + (long long)s * MG_D + c0, z);
+            mg_cmb_ld_t((const mg_t *)p.z + (long long)s * MG_D + c0, true, z);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] = fmaf(s_w[j], z[e], acc[e]);
         }
         for (int sh = 0; sh < p.n_shared; sh++) {
-            mg_cmb_ld_f32(p.z_shared + ((long long)sh * p.T + t) * MG_D + c0, z);
+            mg_cmb_ld_t((const mg_t *)p.z_shared + ((long long)sh * p.T + t) * MG_D + c0, true, z);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] += z[e];
         }
@@ -130,7 +132,7 @@ extern "C" __global__ void __launch_bounds__(MG_COMBINE_THREADS)
         for (int j = 0; j < MG_TOPK; j++) {
             const int s = s_slot[j];
             if (s < 0) continue;
-            mg_cmb_ld_f32(p.z + (long long)s * MG_D + c0, z);
+            mg_cmb_ld_t((const mg_t *)p.z + (long long)s * MG_D + c0, true, z);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) {
                 part[j] = fmaf(g[e], z[e], part[j]);
@@ -171,7 +173,7 @@ extern "C" __global__ void __launch_bounds__(MG_COMBINE_THREADS)
         for (int j = 0; j < MG_TOPK; j++) {
             const int s = s_slot[j];
             if (s < 0) continue;
-            mg_cmb_ld_f32(p.dxs + (long long)s * MG_D + c0, v);
+            mg_cmb_ld_t((const mg_t *)p.dxs + (long long)s * MG_D + c0, true, v);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] += v[e];
         }
@@ -181,7 +183,7 @@ extern "C" __global__ void __launch_bounds__(MG_COMBINE_THREADS)
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] += v[e];
         }
         for (int sh = 0; sh < p.n_shared; sh++) {
-            mg_cmb_ld_f32(p.dx_shared + ((long long)sh * p.T + t) * MG_D + c0, v);
+            mg_cmb_ld_t((const mg_t *)p.dx_shared + ((long long)sh * p.T + t) * MG_D + c0, true, v);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] += v[e];
         }

@@ -198,14 +198,14 @@ struct moe_up_dgrad_wg {
     template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
         if (w.m0 + 64 <= w.m_end && w.nt * BN + BN <= MG_D) {
-            float *b = p.dxs + (long long)w.m0 * MG_D + w.nt * BN + mg_wg_pair_origin(MG_D, 1);
-            mg_wg_foreach_pair_full<MG_D, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2f(b, o, v0, v1); });
+            mg_t *b = (mg_t *)p.dxs + (long long)w.m0 * MG_D + w.nt * BN + mg_wg_pair_origin(MG_D, 1);
+            mg_wg_foreach_pair_full<MG_D, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2t(b, o, v0, v1); });
             return;
         }
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             long long s = w.m0 + m;
             int c = w.nt * BN + n;
-            if (s < w.m_end && c < MG_D) mg_wg_st2f(p.dxs, s * MG_D + c, v0, v1);
+            if (s < w.m_end && c < MG_D) mg_wg_st2t((mg_t *)p.dxs, s * MG_D + c, v0, v1);
         });
     }
 };
@@ -358,7 +358,7 @@ extern "C" __global__ void MG_GEMM_BOUNDS_BWD
     G::foreach(acc, [&](int m, int n, float v) {
         long long s = m0 + m;
         int c = nt * MG_BN + n;
-        if (s < m_end && c < MG_D) p.dxs[s * MG_D + c] = v;
+        if (s < m_end && c < MG_D) ((mg_t *)p.dxs)[s * MG_D + c] = mg_from_f32<mg_t>(v);
     });
 }
 

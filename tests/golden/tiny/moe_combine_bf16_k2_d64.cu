@@ -456,7 +456,7 @@ typedef struct moe_up_fwd_params {
 typedef struct moe_up_dgrad_params {
     const void *da;          /* [slots,F2] dtype */
     const void *w_up;        /* [G,F2,d] dtype */
-    float *dxs;              /* [slots,d] per-slot dx */
+    void *dxs;               /* [slots,d] dtype: per-slot dx */
     const int *offsets, *tile_off;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
@@ -475,7 +475,7 @@ typedef struct moe_up_wgrad_params {
 typedef struct moe_down_fwd_params {
     const void *h;           /* [slots,FF] dtype */
     const void *w_dn;        /* [G,d,FF] dtype */
-    float *z;                /* [slots,d] */
+    void *z;                 /* [slots,d] dtype */
     const int *offsets, *tile_off;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
@@ -503,10 +503,10 @@ typedef struct moe_down_wgrad_params {
 
 /* ---------------------------------------------------------------- combine */
 typedef struct moe_combine_fwd_params {
-    const float *z;          /* [slots,d] */
+    const void *z;           /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *topk_w;     /* [T*k] */
-    const float *z_shared;   /* [S,T,d] or NULL */
+    const void *z_shared;    /* [S,T,d] dtype, or NULL */
     int n_shared;
     void *y;                 /* [T,d] dtype */
     int T;
@@ -514,7 +514,7 @@ typedef struct moe_combine_fwd_params {
 
 typedef struct moe_combine_bwd_params {
     const void *dy;          /* [T,d] dtype */
-    const float *z;          /* [slots,d] */
+    const void *z;           /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *topk_w;     /* [T*k] */
     void *dz;                /* [slots,d] dtype: w * dy */
@@ -523,10 +523,10 @@ typedef struct moe_combine_bwd_params {
 } moe_combine_bwd_params;
 
 typedef struct moe_combine_dx_params {
-    const float *dxs;        /* [slots,d] */
+    const void *dxs;         /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *dxr;        /* [T,d] router part, or NULL */
-    const float *dx_shared;  /* [S,T,d] or NULL */
+    const void *dx_shared;   /* [S,T,d] dtype, or NULL */
     int n_shared;
     void *dx;                /* [T,d] dtype */
     int T;
@@ -1258,11 +1258,19 @@ MG_DEV void mg_wg_st4f(float *p, float4 v)
     if constexpr (MG_WG_STORE_CS) __stcs((float4 *)p, v);
     else *(float4 *)p = v;
 }
-/* Two adjacent fp32 outputs of a Hopper epilogue (z, dxs, dW), streaming under MG_WG_STORE_CS. */
+/* Two adjacent fp32 outputs of a Hopper epilogue (dW), streaming under MG_WG_STORE_CS. */
 MG_DEV void mg_wg_st2f(float *p, long long i, float a, float b)
 {
     if constexpr (MG_WG_STORE_CS) __stcs((float2 *)(p + i), make_float2(a, b));
     else mg_st2f(p, i, a, b);
+}
+/* Two adjacent outputs of a Hopper epilogue as storage type T (z, dxs), streaming under
+ * MG_WG_STORE_CS. */
+template <class T> MG_DEV void mg_wg_st2t(T *p, long long i, float a, float b)
+{
+    if constexpr (sizeof(T) == 4) mg_wg_st2f((float *)p, i, a, b);
+    else if constexpr (MG_WG_STORE_CS) __stcs((unsigned *)(p + i), mg_pack2<T>(a, b));
+    else *(unsigned *)(p + i) = mg_pack2<T>(a, b);
 }
 
 #if MG_WG_ARCH
@@ -2402,8 +2410,10 @@ MG_DEV void mg_v16_f32(const mg_v16 &v, float (&f)[4])
  *   bwd: dz[slot(t,j)] = w[t,j]·dy[t];  dw[t,j] = <dy[t], z[slot(t,j)]> (0 when dropped)
  *   dx:  dx[t] = Σ_j dxs[slot(t,j)] + dxr[t] + Σ_s dx_shared[s][t]
  * One block per token, one thread per chunk of 8 columns (MG_CMB_CHUNK): each slot row is read
- * with 16-byte loads (the z and dxs rows are fp32, the largest traffic of the layer's glue), and
- * every sum keeps its fixed order (bitwise reproducible, no atomics). Blocks of
+ * with 16-byte loads (the z and dxs rows, the largest traffic of the layer's glue, are in the
+ * storage type like every peer keeps them: fp32 rows cost bf16 specs 0.4 GB a Mixtral step;
+ * the router's dxr stays fp32), and every sum keeps its fixed order in fp32 (bitwise
+ * reproducible, no atomics). Blocks of
  * mg_combine_threads(d) = min(256, d/8 rounded up to 32) threads.
  * Rows the caller passes (y, dy, dx) may be unaligned: those take a scalar path. */
 // moegen:entries fwd bwd dx
@@ -2487,12 +2497,12 @@ moe_combine_bf16_k2_d64_fwd(const moe_combine_fwd_params p)
         for (int j = 0; j < MG_TOPK; j++) {
             const int s = s_slot[j];
             if (s < 0) continue;
-            mg_cmb_ld_f32(p.z + (long long)s * MG_D + c0, z);
+            mg_cmb_ld_t((const mg_t *)p.z + (long long)s * MG_D + c0, true, z);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] = fmaf(s_w[j], z[e], acc[e]);
         }
         for (int sh = 0; sh < p.n_shared; sh++) {
-            mg_cmb_ld_f32(p.z_shared + ((long long)sh * p.T + t) * MG_D + c0, z);
+            mg_cmb_ld_t((const mg_t *)p.z_shared + ((long long)sh * p.T + t) * MG_D + c0, true, z);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] += z[e];
         }
@@ -2529,7 +2539,7 @@ moe_combine_bf16_k2_d64_bwd(const moe_combine_bwd_params p)
         for (int j = 0; j < MG_TOPK; j++) {
             const int s = s_slot[j];
             if (s < 0) continue;
-            mg_cmb_ld_f32(p.z + (long long)s * MG_D + c0, z);
+            mg_cmb_ld_t((const mg_t *)p.z + (long long)s * MG_D + c0, true, z);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) {
                 part[j] = fmaf(g[e], z[e], part[j]);
@@ -2570,7 +2580,7 @@ moe_combine_bf16_k2_d64_dx(const moe_combine_dx_params p)
         for (int j = 0; j < MG_TOPK; j++) {
             const int s = s_slot[j];
             if (s < 0) continue;
-            mg_cmb_ld_f32(p.dxs + (long long)s * MG_D + c0, v);
+            mg_cmb_ld_t((const mg_t *)p.dxs + (long long)s * MG_D + c0, true, v);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] += v[e];
         }
@@ -2580,7 +2590,7 @@ moe_combine_bf16_k2_d64_dx(const moe_combine_dx_params p)
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] += v[e];
         }
         for (int sh = 0; sh < p.n_shared; sh++) {
-            mg_cmb_ld_f32(p.dx_shared + ((long long)sh * p.T + t) * MG_D + c0, v);
+            mg_cmb_ld_t((const mg_t *)p.dx_shared + ((long long)sh * p.T + t) * MG_D + c0, true, v);
 #pragma unroll
             for (int e = 0; e < MG_CMB_CHUNK; e++) acc[e] += v[e];
         }

@@ -456,7 +456,7 @@ typedef struct moe_up_fwd_params {
 typedef struct moe_up_dgrad_params {
     const void *da;          /* [slots,F2] dtype */
     const void *w_up;        /* [G,F2,d] dtype */
-    float *dxs;              /* [slots,d] per-slot dx */
+    void *dxs;               /* [slots,d] dtype: per-slot dx */
     const int *offsets, *tile_off;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
@@ -475,7 +475,7 @@ typedef struct moe_up_wgrad_params {
 typedef struct moe_down_fwd_params {
     const void *h;           /* [slots,FF] dtype */
     const void *w_dn;        /* [G,d,FF] dtype */
-    float *z;                /* [slots,d] */
+    void *z;                 /* [slots,d] dtype */
     const int *offsets, *tile_off;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
@@ -503,10 +503,10 @@ typedef struct moe_down_wgrad_params {
 
 /* ---------------------------------------------------------------- combine */
 typedef struct moe_combine_fwd_params {
-    const float *z;          /* [slots,d] */
+    const void *z;           /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *topk_w;     /* [T*k] */
-    const float *z_shared;   /* [S,T,d] or NULL */
+    const void *z_shared;    /* [S,T,d] dtype, or NULL */
     int n_shared;
     void *y;                 /* [T,d] dtype */
     int T;
@@ -514,7 +514,7 @@ typedef struct moe_combine_fwd_params {
 
 typedef struct moe_combine_bwd_params {
     const void *dy;          /* [T,d] dtype */
-    const float *z;          /* [slots,d] */
+    const void *z;           /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *topk_w;     /* [T*k] */
     void *dz;                /* [slots,d] dtype: w * dy */
@@ -523,10 +523,10 @@ typedef struct moe_combine_bwd_params {
 } moe_combine_bwd_params;
 
 typedef struct moe_combine_dx_params {
-    const float *dxs;        /* [slots,d] */
+    const void *dxs;         /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *dxr;        /* [T,d] router part, or NULL */
-    const float *dx_shared;  /* [S,T,d] or NULL */
+    const void *dx_shared;   /* [S,T,d] dtype, or NULL */
     int n_shared;
     void *dx;                /* [T,d] dtype */
     int T;
@@ -1258,11 +1258,19 @@ MG_DEV void mg_wg_st4f(float *p, float4 v)
     if constexpr (MG_WG_STORE_CS) __stcs((float4 *)p, v);
     else *(float4 *)p = v;
 }
-/* Two adjacent fp32 outputs of a Hopper epilogue (z, dxs, dW), streaming under MG_WG_STORE_CS. */
+/* Two adjacent fp32 outputs of a Hopper epilogue (dW), streaming under MG_WG_STORE_CS. */
 MG_DEV void mg_wg_st2f(float *p, long long i, float a, float b)
 {
     if constexpr (MG_WG_STORE_CS) __stcs((float2 *)(p + i), make_float2(a, b));
     else mg_st2f(p, i, a, b);
+}
+/* Two adjacent outputs of a Hopper epilogue as storage type T (z, dxs), streaming under
+ * MG_WG_STORE_CS. */
+template <class T> MG_DEV void mg_wg_st2t(T *p, long long i, float a, float b)
+{
+    if constexpr (sizeof(T) == 4) mg_wg_st2f((float *)p, i, a, b);
+    else if constexpr (MG_WG_STORE_CS) __stcs((unsigned *)(p + i), mg_pack2<T>(a, b));
+    else *(unsigned *)(p + i) = mg_pack2<T>(a, b);
 }
 
 #if MG_WG_ARCH

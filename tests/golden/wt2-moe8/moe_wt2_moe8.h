@@ -440,7 +440,7 @@ typedef struct moe_up_fwd_params {
 typedef struct moe_up_dgrad_params {
     const void *da;          /* [slots,F2] dtype */
     const void *w_up;        /* [G,F2,d] dtype */
-    float *dxs;              /* [slots,d] per-slot dx */
+    void *dxs;               /* [slots,d] dtype: per-slot dx */
     const int *offsets, *tile_off;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
@@ -459,7 +459,7 @@ typedef struct moe_up_wgrad_params {
 typedef struct moe_down_fwd_params {
     const void *h;           /* [slots,FF] dtype */
     const void *w_dn;        /* [G,d,FF] dtype */
-    float *z;                /* [slots,d] */
+    void *z;                 /* [slots,d] dtype */
     const int *offsets, *tile_off;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
@@ -487,10 +487,10 @@ typedef struct moe_down_wgrad_params {
 
 /* ---------------------------------------------------------------- combine */
 typedef struct moe_combine_fwd_params {
-    const float *z;          /* [slots,d] */
+    const void *z;           /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *topk_w;     /* [T*k] */
-    const float *z_shared;   /* [S,T,d] or NULL */
+    const void *z_shared;    /* [S,T,d] dtype, or NULL */
     int n_shared;
     void *y;                 /* [T,d] dtype */
     int T;
@@ -498,7 +498,7 @@ typedef struct moe_combine_fwd_params {
 
 typedef struct moe_combine_bwd_params {
     const void *dy;          /* [T,d] dtype */
-    const float *z;          /* [slots,d] */
+    const void *z;           /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *topk_w;     /* [T*k] */
     void *dz;                /* [slots,d] dtype: w * dy */
@@ -507,10 +507,10 @@ typedef struct moe_combine_bwd_params {
 } moe_combine_bwd_params;
 
 typedef struct moe_combine_dx_params {
-    const float *dxs;        /* [slots,d] */
+    const void *dxs;         /* [slots,d] dtype */
     const int *slot_of;      /* [T*k] */
     const float *dxr;        /* [T,d] router part, or NULL */
-    const float *dx_shared;  /* [S,T,d] or NULL */
+    const void *dx_shared;   /* [S,T,d] dtype, or NULL */
     int n_shared;
     void *dx;                /* [T,d] dtype */
     int T;
