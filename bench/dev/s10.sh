@@ -20,11 +20,8 @@ if [[ $PH == *" bf16 "* ]]; then   # z and dxs (and the shared experts' rows) in
 ST_SEED=61
 st bf16 "" "$O/tiny-ff336.lua"
 st bf16 "" bench-small
-st bf16 "" switch-cf125
-st bf16 "" wt2-moe8
-st bf16 "" fine128
-ST_T=200 st bf16 "" mixtral-8x7b 5e7
 prof def ""
+ST_T=200 st bf16 "" mixtral-8x7b 5e7
 fi
 if [[ $PH == *" half "* ]]; then   # the async down dgrad's dump in two halves, 4 stages (MG_WG_ASYNC_HALF; written without a GPU)
 H="-DMG_WG_EPI_ASYNC_MIN_D=0"; F="-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_HALF=0"
