@@ -175,11 +175,11 @@ struct moe_down_dgrad_wg {
      * 1..3). A warp step takes RW whole rows of the part (every third step), a lane 8 columns:
      * one 16-byte read of the dump, 16-byte loads of a's gate and up, 16-byte stores of da, each
      * row's accesses one contiguous run of the part's width, as in session 9 (8 rows of 64 bytes
-     * a step measured slower: down dgrad 3.60 ms against 3.20, s10 call 2). The dump's layout
-     * serves the consumers' stores; these reads pay bank conflicts (a row's chunks share banks),
-     * a few percent of the shared-memory pipe. a runs MG_WG_ASYNC_DEPTH steps ahead of the
-     * math: the worker has the next main loop (half of it a part, with MG_WG_ASYNC_HALF) to
-     * finish, but one step's loads at a time left it latency-bound (s9 call 3). */
+     * a step measured slower: down dgrad 3.60 ms against 3.20, s10 call 2). A quarter-warp's
+     * dump reads (8 chunks of one row) are free of bank conflicts (dump_at's XOR). a runs
+     * MG_WG_ASYNC_DEPTH steps ahead of the math: the worker has the next main loop (half of it a
+     * part, with MG_WG_ASYNC_HALF) to finish, but one step's loads at a time left it
+     * latency-bound (s9 call 3). */
     template <class T = mg_t> MG_DEV void epilogue_async(const mg_wtile &w, const unsigned short *buf, int wt, int part) const
     {
         if constexpr (ASYNC && sizeof(T) == 2) {   /* (a template, so fp32's instantiation discards the body) */

@@ -1188,11 +1188,12 @@ MG_DEV void mg_wg_wgrad_tile(const int *offsets, int T, int MT, int NTN, int t, 
     w.ke = offsets ? offsets[w.g + 1] : T;
 }
 
-/* Two adjacent 16-bit (or fp32) elements, as one 4-byte (8-byte) access. */
+/* Two fp32 values rounded to 16-bit T, packed into one word (the first in the low half). */
 template <class T> MG_DEV unsigned mg_pack2(float a, float b)
 {
     return (unsigned)mg_from_f32<T>(a).u | ((unsigned)mg_from_f32<T>(b).u << 16);
 }
+/* Two adjacent 16-bit (or fp32) elements, as one 4-byte (8-byte) access. */
 template <class T> MG_DEV void mg_st2(T *p, long long i, float a, float b)
 {
     if constexpr (sizeof(T) == 2) {
@@ -1550,11 +1551,12 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
      * (MG_WG_EXTRA_SMEM), and as many stages as still fit there without the row tables it does
      * not use: 4 at BN 256 with halves (32 KB), 3 with whole tiles (64 KB). */
     static constexpr int DUMP_NH = MG_WG_ASYNC_HALF ? 2 : 1, DUMP_W = BN / DUMP_NH, DUMP_BYTES = BM * DUMP_W * 2;
-    /* Element (r, n) of a part: 16-byte chunks column-group major, [n / 8][r][n % 8]. A warp's
-     * accumulator stores (8 rows, one chunk) and a quarter-warp's 16-byte reads (8 rows, one
-     * chunk) each cover 128 contiguous bytes, free of bank conflicts, and a thread's stores sit
-     * at constant offsets from one address (a row-swizzled layout had ptxas keep 16 addresses
-     * live through the main loop, and spill them). */
+    /* Element (r, n) of a part: 16-byte chunks column-group major, the row XOR the chunk's low 3
+     * bits: [n / 8][r ^ ((n / 8) & 7)][n % 8]. A warp's accumulator stores (8 rows of one chunk)
+     * cover 128 contiguous bytes, and a quarter-warp's 16-byte reads (8 chunks of one row) land on
+     * 8 different bank groups: both free of conflicts. A thread's stores take 8 distinct offsets
+     * (the XOR's), constant across parts and tiles (a row-major layout with the chunk XOR the row
+     * had ptxas keep 16-32 store addresses live through the main loop, and spill them). */
     MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + (r ^ ((n >> 3) & 7))) * 8 + (n & 7); }
     /* the dynamic shared memory the host gives problem P (down dgrad's MG_WG_EXTRA_SMEM holds
      * an async problem's dump) */
