@@ -1271,7 +1271,7 @@ template <class T> MG_DEV void mg_wg_st2t(T *p, long long i, float a, float b)
 {
     if constexpr (sizeof(T) == 4) mg_wg_st2f((float *)p, i, a, b);
     else if constexpr (MG_WG_STORE_CS) __stcs((unsigned *)(p + i), mg_pack2<T>(a, b));
-    else *(unsigned *)(p + i) = mg_pack2<T>(a, b);
+    else mg_st2(p, i, a, b);
 }
 
 #if MG_WG_ARCH
@@ -2042,16 +2042,19 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     }
     /* 8-column groups of the accumulator a part of the dump holds */
     static constexpr int DUMP_J = DUMP_W / 8;
+    /* the thread's pair in column group j (rows +8h) of part `part`, rounded to T and packed */
+    MG_DEV static unsigned dump_pair(const float (&acc)[NACC], int part, int j, int h)
+    {
+        const int i = 4 * (part * DUMP_J + j) + 2 * h;
+        return mg_pack2<T>(acc[i], acc[i + 1]);
+    }
     /* part `part` of consumer c's accumulator, rounded to T, into the dump */
     MG_DEV static void dump(unsigned short *buf, const float (&acc)[NACC], int c, int part)
     {
 #pragma unroll
         for (int j = 0; j < DUMP_J; j++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int i = 4 * (part * DUMP_J + j) + 2 * h;
-                dump_st(buf, c, j, h, mg_pack2<T>(acc[i], acc[i + 1]));
-            }
+            for (int h = 0; h < 2; h++) dump_st(buf, c, j, h, dump_pair(acc, part, j, h));
     }
     /* The async consumers' pending last part (DUMP_NH 2): packed at the tile's end, stored
      * once the workers have read the part before it (q: parts stored so far). */
@@ -2063,10 +2066,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 #pragma unroll
             for (int j = 0; j < DUMP_J; j++)
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int i = 4 * ((DUMP_NH - 1) * DUMP_J + j) + 2 * h;
-                    v[2 * j + h] = mg_pack2<T>(acc[i], acc[i + 1]);
-                }
+                for (int h = 0; h < 2; h++) v[2 * j + h] = dump_pair(acc, DUMP_NH - 1, j, h);
             on = true;
         }
         MG_DEV void store(const smem_map &sm, int c, unsigned &q)
