@@ -416,7 +416,11 @@ struct moe_down_wgrad_wg {
         float *dw = p.dw_dn + (long long)w.g * MG_D * MG_FF;
         if (w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_FF) {
             float *b = dw + (long long)w.m0 * MG_FF + w.nt * BN + mg_wg_pair_origin(MG_FF, 1);
-            mg_wg_foreach_pair_full<MG_FF, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2f(b, o, v0, v1); });
+            mg_wg_foreach_pair_full<MG_FF, 1>(acc, [&](long long o, float v0, float v1) {
+                if constexpr (MG_WG_DW_PROBE == 1) return;
+                if constexpr (MG_WG_DW_PROBE == 2) if ((o & 8) != 0) return;   /* odd 8-column blocks */
+                mg_wg_st2f(b, o, v0, v1);
+            });
             return;
         }
         mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {

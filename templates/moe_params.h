@@ -320,6 +320,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_ASYNC_HALF
 #define MG_WG_ASYNC_HALF 0
 #endif
+/* MG_WG_DW_PROBE (dev probe, wrong results: timing only): the Hopper wgrad epilogues store no
+ * dW (1) or half its bytes in whole sectors (2), to bound what a cheaper dW epilogue could gain. */
+#ifndef MG_WG_DW_PROBE
+#define MG_WG_DW_PROBE 0
+#endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
 #endif

@@ -244,8 +244,9 @@ struct moe_up_wgrad_wg {
             /* element (m, n) at (n0 + n)·d + m0 + m */
             float *b = dw + (long long)w.nt * BN * MG_D + w.m0 + mg_wg_pair_origin(1, MG_D);
             mg_wg_foreach_pair_full<1, MG_D>(acc, [&](long long o, float v0, float v1) {
+                if constexpr (MG_WG_DW_PROBE == 1) return;
                 mg_wg_st1f(b, o, v0);
-                mg_wg_st1f(b, o + MG_D, v1);
+                if constexpr (MG_WG_DW_PROBE != 2) mg_wg_st1f(b, o + MG_D, v1);
             });
             return;
         }
