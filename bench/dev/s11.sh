@@ -1,7 +1,7 @@
 #!/bin/bash
 # s11: one GPU call for session 11's Hopper GEMM work (bench/NOTES.md, "v14"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s11.sh [probe] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s11.sh [probe] [park] ...   from the repo root after `make -j all bench`; logs under $OUT.
 set -u
 O=${OUT:-/tmp/s11}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
@@ -9,6 +9,14 @@ DEADLINE=${DEADLINE:-520} LIMIT=${LIMIT:-570}
 BENCH_RUNS=20 ST_T=120 ST_SEED=71
 . "$(dirname "$0")/call_lib.sh"   # note, step, bench, st, prof, ncu_src, smi_sample; T0, S
 smi_sample
+# tiny with d_ff 336 and d 256: partial n tiles in both wgrad kernels, two m tiles of d
+sed -e 's/d_ff = 64/d_ff = 336/' -e 's/d_model = 64/d_model = 256/' -e 's/name = "tiny"/name = "tiny-ff336"/' \
+    specs/tiny.lua > "$O/tiny-ff336.lua"
+benchall() { # tag [VAR=VALUE...]: one mg_bench_layer run over the four shapes
+    local tag=$1; shift
+    step "bench all $tag" 90 bench-all-$tag.log env "$@" build/bench/mg_bench_layer --runs "${BENCH_RUNS:-10}" --warmup 3
+    grep -a 'fwd+bwd' "$O/bench-all-$tag.log" | sed "s/^/$tag /" | tee -a "$S"
+}
 note "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1)  $(cat COMMIT 2>/dev/null || git rev-parse --short HEAD)"
 PH=" ${*:-probe} "
 if [[ $PH == *" probe "* ]]; then   # what the wgrad epilogues' dW stores cost (MG_WG_DW_PROBE: 1 none, 2 half the bytes)
@@ -19,4 +27,20 @@ for i in 1 2 3 4 5; do
 done
 prof def ""
 prof p2 "-DMG_WG_DW_PROBE=2"
+fi
+if [[ $PH == *" park "* ]]; then   # the wgrad kernels' parked half-tile, stored by TMA (MG_WG_PARK; written without a GPU)
+P="-DMG_WG_PARK=1"
+st park "$P" "$O/tiny-ff336.lua"
+st park "$P" bench-small
+st park "$P" switch-cf125
+step "racecheck tiny-ff336 park" 150 race-park.log env MOEGEN_JIT_DEFINES="$P" MOEGEN_SELFTEST_PART=moe MOEGEN_SELFTEST_BUDGET=1e7 \
+    compute-sanitizer --tool racecheck --error-exitcode 3 build/moegen selftest "$O/tiny-ff336.lua" --seed 72
+grep -a -m3 'RACECHECK SUMMARY\|hazard' "$O/race-park.log" | tee -a "$S"
+for i in 1 2 3 4 5; do
+    benchall def
+    benchall park MOEGEN_JIT_DEFINES="$P"
+done
+prof def ""
+prof park "$P"
+prof dn128 "-DMG_WG_BN_DN_WGRAD=128"
 fi

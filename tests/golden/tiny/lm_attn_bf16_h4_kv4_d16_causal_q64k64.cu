@@ -290,7 +290,21 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_SMEM_OPTIN 232448
 #define MG_WG_EXTRA_SMEM(down, gemm)                                                                 \
     ((down) && (gemm) == 1 ? MG_WG_SMEM_OPTIN - 128 * 8 - MG_WG_SMEM_BYTES(256)                      \
-                           : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
+     : (gemm) == 2         ? MG_WG_PARK_EXTRA                                                        \
+     : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
+/* MG_WG_PARK 1: the 256-wide wgrad kernels store half of each tile's fp32 dW (the columns n <
+ * 128 of both consumers, 64 KB) by TMA from a shared-memory buffer (mg_wgmma.cuh, P::PARK_BYTES):
+ * the consumers write it there in a few hundred cycles and start the next tile while the TMA
+ * unit drains it; only the other half goes out by their own stores. The buffer costs a stage (3
+ * instead of 4). Why: on an H100 (bench/results/2026-11-27-s11, call 1, same call) Mixtral's
+ * layer took 28.45 ms, 27.98 with half the dW bytes stored and 27.43 with none (a probe with
+ * wrong results); ncu: up wgrad 6018 -> 5560 us, down wgrad 2897 -> 2699 with half. The host
+ * gives every wgrad kernel MG_WG_PARK_EXTRA more dynamic shared memory whatever the knob
+ * (1 KB align + 3 stages + the buffer + barriers + row tables = 217,160 bytes). */
+#ifndef MG_WG_PARK
+#define MG_WG_PARK 0
+#endif
+#define MG_WG_PARK_EXTRA 17408
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -351,6 +365,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * (4.05 ms). Kept for a faster worker. */
 #ifndef MG_WG_ASYNC_HALF
 #define MG_WG_ASYNC_HALF 0
+#endif
+/* MG_WG_DW_PROBE (dev probe, wrong results: timing only): the Hopper wgrad epilogues store no
+ * dW (1) or half its bytes in whole sectors (2), to bound what a cheaper dW epilogue could gain. */
+#ifndef MG_WG_DW_PROBE
+#define MG_WG_DW_PROBE 0
 #endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
@@ -469,6 +488,7 @@ typedef struct moe_up_wgrad_params {
     const int *offsets, *perm;
     int n_groups, T;
     mg_tmap tm_a;            /* Hopper path: da's tensor map (mg_launch.c; x is gathered by cp.async) */
+    mg_tmap tm_d;            /* Hopper path: dw_up's (fp32, MG_WG_PARK's stores) */
 } moe_up_wgrad_params;
 
 /* ---------------------------------------------------------------- down: h -> z */
@@ -499,6 +519,7 @@ typedef struct moe_down_wgrad_params {
     const int *offsets;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
+    mg_tmap tm_d;            /* Hopper path: dw_dn's (fp32, MG_WG_PARK's stores) */
 } moe_down_wgrad_params;
 
 /* ---------------------------------------------------------------- combine */
@@ -1360,6 +1381,18 @@ MG_DEV bool mg_mbar_test(unsigned bar, unsigned parity)
                  : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     return done != 0;
 }
+/* One box of a rank-3 tensor map stored from shared memory at src (the async proxy reads it:
+ * fence.proxy.async after the generic writes), in this thread's current bulk async-group. */
+MG_DEV void mg_tma3_store(const mg_tmap *map, int c0, int c1, int c2, unsigned src)
+{
+    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n"
+                 :: "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(src) : "memory");
+}
+MG_DEV void mg_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/* this thread's bulk groups but the newest N have read their shared memory */
+template <int N> MG_DEV void mg_bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" :: "n"(N) : "memory"); }
+/* ... and have completed (their global writes done) */
+template <int N> MG_DEV void mg_bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" :: "n"(N) : "memory"); }
 MG_DEV void mg_fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 MG_DEV void mg_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 MG_DEV void mg_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
@@ -1560,12 +1593,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + (r ^ ((n >> 3) & 7))) * 8 + (n & 7); }
     /* the dynamic shared memory the host gives problem P (down dgrad's MG_WG_EXTRA_SMEM holds
      * an async problem's dump) */
-    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1) : P::SCRATCH_BYTES);
+    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1)
+                                                                    : P::PARK_BYTES > 0 ? MG_WG_PARK_EXTRA : P::SCRATCH_BYTES);
     /* the row tables (A, B), for problems whose producer may fill them */
     template <class P> static constexpr int ROWS_BYTES = P::ASYNC_BYTES > 0 ? 0 : (BM + BN) * 8;
     template <class P> static constexpr int NS_ROOM = HOST_SMEM<P> - P::SCRATCH_BYTES - 1024 - P::EPI_BYTES - P::ASYNC_BYTES -
-                                                      EPI_BARS - ROWS_BYTES<P>;
-    template <class P> static constexpr int NS = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 ? STAGES
+                                                      P::PARK_BYTES - EPI_BARS - ROWS_BYTES<P>;
+    template <class P> static constexpr int NS = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && P::PARK_BYTES == 0 ? STAGES
         : NS_ROOM<P> / (STAGE_BYTES + 16) < STAGES ? NS_ROOM<P> / (STAGE_BYTES + 16) : STAGES;
     /* A problem with a consumer scratch (P::SCRATCH_BYTES > 0: down dgrad's dh staged for a
      * coalesced epilogue, MG_WG_EPI_SMEM) gets it after the stages; the host launches that
@@ -2169,6 +2203,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_mbar_arrive(sm.efull);
                 q++;
                 if constexpr (SPLIT) pend.pack(acc[0]);
+            } else if constexpr (P::PARK_BYTES > 0) {
+                park(pb, sm, w, acc[0], c);
             } else {
                 if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
                 /* the epilogue sees a 64-row tile starting at this half's first row (and the
@@ -2189,19 +2225,49 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
         if constexpr (SPLIT)
             if (pend.on) pend.store(sm, c, q);   /* the last tile's last part */
+        if constexpr (P::PARK_BYTES > 0)
+            if ((threadIdx.x & 127) == 0) mg_bulk_wait<0>();   /* the buffer is read and dW written before exit */
+    }
+    /* The parked epilogue of a wgrad tile (MG_WG_PARK, P::PARK_BYTES): consumer c writes the
+     * half-tile's columns n < BN / 2 into its half of the buffer, laid out as the TMA boxes of
+     * P::tm_d (P::park), and its first thread stores them by TMA (P::park_store) while the
+     * consumers go on; the columns from BN / 2 go out by the consumers' own stores
+     * (P::epilogue<BN / 16>, from that 8-column block on). Before writing the buffer again the
+     * first thread waits until the TMA has read the previous tile's part, a main loop ago.
+     * Named barrier 6 + c: consumer c's 128 threads. */
+    template <class P> MG_DEV static void park(const P &pb, const smem_map &sm, const mg_wtile &w, const float (&acc)[NACC], int c)
+    {
+        const bool first = (threadIdx.x & 127) == 0;
+        unsigned char *buf = const_cast<unsigned char *>(sm.ebuf_p) + c * (P::PARK_BYTES / 2);
+        mg_wtile wh = w;
+        wh.m0 += 64 * c;
+        if (first) mg_bulk_wait_read<0>();
+        mg_bar_named(6 + c, 128);
+        pb.park(acc, buf);
+        mg_fence_proxy_async();            /* this thread's writes, before the TMA reads them */
+        mg_bar_named(6 + c, 128);
+        if (first) {
+            pb.park_store(wh, sm.ebuf + c * (P::PARK_BYTES / 2));
+            mg_bulk_commit();
+        }
+        pb.template epilogue<BN / 16>(wh, acc);
     }
 
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
     template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
     {
         /* [stages][epilogue buffer or async dump][scratch][full][empty][efull[2], eempty][row tables A, B] */
-        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES, EBARS = EB > 0 ? EPI_BARS : 0, SB = P::SCRATCH_BYTES;
+        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES + P::PARK_BYTES, EBARS = EB > 0 ? EPI_BARS : 0,
+                      SB = P::SCRATCH_BYTES;
         static_assert(STAGES >= 2 && HOST_SMEM<P> >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + ROWS_BYTES<P>,
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
         static_assert(P::ASYNC_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == DUMP_BYTES && !PP),
                       "async epilogue: cooperative consumers, no epilogue operand");
+        static_assert(P::PARK_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && !PP && BN == 256 &&
+                                             P::PARK_BYTES == 2 * 64 * (BN / 2) * 4),
+                      "parked epilogue: cooperative 256-wide tiles, half of each consumer's fp32 values");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;
@@ -2241,7 +2307,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             if constexpr (P::ASYNC_BYTES > 0) {
                 mg_mbar_init(sm.efull, 256);                 /* the consumer threads' dumps */
                 mg_mbar_init(sm.eempty, 32 * ASYNC_WARPS);   /* the worker threads' reads */
-            } else if constexpr (EB > 0) {
+            } else if constexpr (P::EPI_BYTES > 0) {
                 mg_mbar_init(sm.efull, 1);
                 mg_mbar_init(sm.efull + 8, 1);
                 mg_mbar_init(sm.eempty, EMPTY_COUNT);
@@ -2278,11 +2344,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 /* Accumulator walk of a consumer thread over one m64nN accumulator: f(m, n, v0, v1) for the
  * adjacent columns n, n+1 of row m in [0, 64) (the consumer passes the epilogue a tile whose
  * m0 is that half's first row). */
-template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
+template <int J0 = 0, int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
 {
     const int m = mg_wg_acc_m(), n = mg_wg_acc_n();
 #pragma unroll
-    for (int j = 0; j < NACC / 4; j++)
+    for (int j = J0; j < NACC / 4; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) f(m + 8 * h, n + 8 * j, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 }
@@ -2298,10 +2364,11 @@ MG_DEV long long mg_wg_pair_origin(long long RS, long long CS)
 {
     return (long long)mg_wg_acc_m() * RS + (long long)mg_wg_acc_n() * CS;
 }
-template <long long RS, long long CS, int NACC, class F> MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
+template <long long RS, long long CS, int J0 = 0, int NACC, class F>
+MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
 {
 #pragma unroll
-    for (int j = 0; j < NACC / 4; j++)
+    for (int j = J0; j < NACC / 4; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) f(8 * h * RS + 8 * j * CS, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 }

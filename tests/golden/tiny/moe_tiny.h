@@ -274,7 +274,21 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_SMEM_OPTIN 232448
 #define MG_WG_EXTRA_SMEM(down, gemm)                                                                 \
     ((down) && (gemm) == 1 ? MG_WG_SMEM_OPTIN - 128 * 8 - MG_WG_SMEM_BYTES(256)                      \
-                           : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
+     : (gemm) == 2         ? MG_WG_PARK_EXTRA                                                        \
+     : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
+/* MG_WG_PARK 1: the 256-wide wgrad kernels store half of each tile's fp32 dW (the columns n <
+ * 128 of both consumers, 64 KB) by TMA from a shared-memory buffer (mg_wgmma.cuh, P::PARK_BYTES):
+ * the consumers write it there in a few hundred cycles and start the next tile while the TMA
+ * unit drains it; only the other half goes out by their own stores. The buffer costs a stage (3
+ * instead of 4). Why: on an H100 (bench/results/2026-11-27-s11, call 1, same call) Mixtral's
+ * layer took 28.45 ms, 27.98 with half the dW bytes stored and 27.43 with none (a probe with
+ * wrong results); ncu: up wgrad 6018 -> 5560 us, down wgrad 2897 -> 2699 with half. The host
+ * gives every wgrad kernel MG_WG_PARK_EXTRA more dynamic shared memory whatever the knob
+ * (1 KB align + 3 stages + the buffer + barriers + row tables = 217,160 bytes). */
+#ifndef MG_WG_PARK
+#define MG_WG_PARK 0
+#endif
+#define MG_WG_PARK_EXTRA 17408
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -335,6 +349,11 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
  * (4.05 ms). Kept for a faster worker. */
 #ifndef MG_WG_ASYNC_HALF
 #define MG_WG_ASYNC_HALF 0
+#endif
+/* MG_WG_DW_PROBE (dev probe, wrong results: timing only): the Hopper wgrad epilogues store no
+ * dW (1) or half its bytes in whole sectors (2), to bound what a cheaper dW epilogue could gain. */
+#ifndef MG_WG_DW_PROBE
+#define MG_WG_DW_PROBE 0
 #endif
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
@@ -453,6 +472,7 @@ typedef struct moe_up_wgrad_params {
     const int *offsets, *perm;
     int n_groups, T;
     mg_tmap tm_a;            /* Hopper path: da's tensor map (mg_launch.c; x is gathered by cp.async) */
+    mg_tmap tm_d;            /* Hopper path: dw_up's (fp32, MG_WG_PARK's stores) */
 } moe_up_wgrad_params;
 
 /* ---------------------------------------------------------------- down: h -> z */
@@ -483,6 +503,7 @@ typedef struct moe_down_wgrad_params {
     const int *offsets;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
+    mg_tmap tm_d;            /* Hopper path: dw_dn's (fp32, MG_WG_PARK's stores) */
 } moe_down_wgrad_params;
 
 /* ---------------------------------------------------------------- combine */
