@@ -445,10 +445,10 @@ struct moe_down_wgrad_wg {
                     make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
             }
     }
-    MG_DEV void park_store(const mg_wtile &w, unsigned buf) const
+    static constexpr int PARK_BOXES = 4;
+    MG_DEV void park_box(const mg_wtile &w, unsigned buf, int b) const
     {
-#pragma unroll
-        for (int b = 0; b < 4; b++) mg_tma3_store(&p.tm_d, w.nt * BN + 32 * b, w.m0, w.g, buf + b * 8192);
+        mg_tma3_store(&p.tm_d, w.nt * BN + 32 * b, w.m0, w.g, buf + b * 8192);
     }
 };
 #endif

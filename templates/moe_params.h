@@ -273,6 +273,14 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_PARK 0
 #endif
 #define MG_WG_PARK_EXTRA 17408
+/* MG_WG_PARK's TMA boxes leave during the next tile's main loop: the first at k step
+ * MG_WG_PARK_DELAY, then one every MG_WG_PARK_STRIDE k steps. */
+#ifndef MG_WG_PARK_DELAY
+#define MG_WG_PARK_DELAY 4
+#endif
+#ifndef MG_WG_PARK_STRIDE
+#define MG_WG_PARK_STRIDE 2
+#endif
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level

@@ -278,10 +278,10 @@ struct moe_up_wgrad_wg {
                         acc[4 * j + 2 * h + e];
                 }
     }
-    MG_DEV void park_store(const mg_wtile &w, unsigned buf) const
+    static constexpr int PARK_BOXES = 2;
+    MG_DEV void park_box(const mg_wtile &w, unsigned buf, int b) const
     {
-        mg_tma3_store(&p.tm_d, w.m0, w.nt * BN, w.g, buf);
-        mg_tma3_store(&p.tm_d, w.m0 + 32, w.nt * BN, w.g, buf + 16384);
+        mg_tma3_store(&p.tm_d, w.m0 + 32 * b, w.nt * BN, w.g, buf + b * 16384);
     }
 };
 #endif

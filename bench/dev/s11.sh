@@ -1,7 +1,7 @@
 #!/bin/bash
 # s11: one GPU call for session 11's Hopper GEMM work (bench/NOTES.md, "v14"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s11.sh [probe] [park] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s11.sh [probe] [park] [delay] ...   from the repo root after `make -j all bench`; logs under $OUT.
 set -u
 O=${OUT:-/tmp/s11}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
@@ -43,4 +43,19 @@ done
 prof def ""
 prof park "$P"
 prof dn128 "-DMG_WG_BN_DN_WGRAD=128"
+fi
+if [[ $PH == *" delay "* ]]; then   # MG_WG_PARK's boxes stored during the next main loop (MG_WG_PARK_DELAY / _STRIDE)
+P="-DMG_WG_PARK=1"
+st delay "$P" "$O/tiny-ff336.lua"
+st delay "$P" bench-small
+prof def ""
+prof p42 "$P"
+prof p84 "$P -DMG_WG_PARK_DELAY=8 -DMG_WG_PARK_STRIDE=4"
+prof p21 "$P -DMG_WG_PARK_DELAY=2 -DMG_WG_PARK_STRIDE=1"
+prof s3 "-DMG_WG_STAGES_DEV=3"
+for i in 1 2 3; do
+    benchall def
+    benchall p42 MOEGEN_JIT_DEFINES="$P"
+    benchall p84 MOEGEN_JIT_DEFINES="$P -DMG_WG_PARK_DELAY=8 -DMG_WG_PARK_STRIDE=4"
+done
 fi

@@ -305,6 +305,14 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_PARK 0
 #endif
 #define MG_WG_PARK_EXTRA 17408
+/* MG_WG_PARK's TMA boxes leave during the next tile's main loop: the first at k step
+ * MG_WG_PARK_DELAY, then one every MG_WG_PARK_STRIDE k steps. */
+#ifndef MG_WG_PARK_DELAY
+#define MG_WG_PARK_DELAY 4
+#endif
+#ifndef MG_WG_PARK_STRIDE
+#define MG_WG_PARK_STRIDE 2
+#endif
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -2129,6 +2137,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         unsigned q = 0;      /* async: dump parts stored */
         dump_pend pend;
         pend.on = false;
+        park_pend pk;                       /* MG_WG_PARK: boxes of the previous tile still to store */
+        pk.next = 1 << 20;                  /* (past the last box: nothing to store) */
         for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm), j++) {
             mg_wtile w;
             walk_tile(pb, sm, t, w);
@@ -2182,6 +2192,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 if (prev >= 0 && lane == 0) release<P>(sm, empty + 8 * prev);   /* ... so its stage is free */
                 prev = s;
                 if (++s == STAGES) { s = 0; ph ^= 1; }
+                if constexpr (P::PARK_BYTES > 0) park_step(pb, sm, pk, c, kt);
                 if constexpr (SPLIT) {
                     /* the previous tile's last part, once the workers have read the part
                      * before it (lane 0's look decides for the warp: the wgmma ops need the
@@ -2204,7 +2215,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 q++;
                 if constexpr (SPLIT) pend.pack(acc[0]);
             } else if constexpr (P::PARK_BYTES > 0) {
-                park(pb, sm, w, acc[0], c);
+                park_step(pb, sm, pk, c, 1 << 30);   /* a main loop too short to have stored them all */
+                park(pb, sm, pk, w, acc[0], c);
             } else {
                 if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
                 /* the epilogue sees a 64-row tile starting at this half's first row (and the
@@ -2225,17 +2237,36 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
         if constexpr (SPLIT)
             if (pend.on) pend.store(sm, c, q);   /* the last tile's last part */
-        if constexpr (P::PARK_BYTES > 0)
+        if constexpr (P::PARK_BYTES > 0) {
+            park_step(pb, sm, pk, c, 1 << 30);
             if ((threadIdx.x & 127) == 0) mg_bulk_wait<0>();   /* the buffer is read and dW written before exit */
+        }
     }
     /* The parked epilogue of a wgrad tile (MG_WG_PARK, P::PARK_BYTES): consumer c writes the
      * half-tile's columns n < BN / 2 into its half of the buffer, laid out as the TMA boxes of
-     * P::tm_d (P::park), and its first thread stores them by TMA (P::park_store) while the
-     * consumers go on; the columns from BN / 2 go out by the consumers' own stores
-     * (P::epilogue<BN / 16>, from that 8-column block on). Before writing the buffer again the
-     * first thread waits until the TMA has read the previous tile's part, a main loop ago.
+     * P::tm_d (P::park), and goes on; the columns from BN / 2 go out by the consumers' own
+     * stores (P::epilogue<BN / 16>, from that 8-column block on). Its first thread stores the
+     * boxes by TMA during the next main loop (park_step), one every MG_WG_PARK_STRIDE k steps
+     * from k step MG_WG_PARK_DELAY: the direct stores of every SM leave at the tile's end, and
+     * the boxes issued with them only lengthened that burst (s11 call 2). Before writing the
+     * buffer again the first thread waits until the TMA has read the previous tile's boxes.
      * Named barrier 6 + c: consumer c's 128 threads. */
-    template <class P> MG_DEV static void park(const P &pb, const smem_map &sm, const mg_wtile &w, const float (&acc)[NACC], int c)
+    struct park_pend { int next; mg_wtile w; };
+    template <class P> MG_DEV static void park_step(const P &pb, const smem_map &sm, park_pend &pk, int c, int kt)
+    {
+        if constexpr (P::PARK_BYTES > 0) {
+#pragma unroll 1
+            while (pk.next < P::PARK_BOXES && kt >= MG_WG_PARK_DELAY + pk.next * MG_WG_PARK_STRIDE) {
+                if ((threadIdx.x & 127) == 0) {
+                    pb.park_box(pk.w, sm.ebuf + c * (P::PARK_BYTES / 2), pk.next);
+                    mg_bulk_commit();
+                }
+                pk.next++;
+            }
+        }
+    }
+    template <class P>
+    MG_DEV static void park(const P &pb, const smem_map &sm, park_pend &pk, const mg_wtile &w, const float (&acc)[NACC], int c)
     {
         const bool first = (threadIdx.x & 127) == 0;
         unsigned char *buf = const_cast<unsigned char *>(sm.ebuf_p) + c * (P::PARK_BYTES / 2);
@@ -2246,10 +2277,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         pb.park(acc, buf);
         mg_fence_proxy_async();            /* this thread's writes, before the TMA reads them */
         mg_bar_named(6 + c, 128);
-        if (first) {
-            pb.park_store(wh, sm.ebuf + c * (P::PARK_BYTES / 2));
-            mg_bulk_commit();
-        }
+        pk.w = wh;
+        pk.next = 0;
         pb.template epilogue<BN / 16>(wh, acc);
     }
 
