@@ -72,14 +72,13 @@ static int mg_launch_tmap_rows(const mg_launch *L, mg_tmap *m, const void *base,
                                   MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
 }
 /* The map of an fp32 weight gradient [G][rows][cols] in boxes of 32 columns (128 bytes) x
- * box_rows with the 128-byte swizzle: the TMA stores of the wgrad kernels' parked half-tiles
+ * 64 rows with the 128-byte swizzle: the TMA stores of the wgrad kernels' parked half-tiles
  * (MG_WG_PARK, templates/mg_wgmma.cuh); stores past rows or cols are dropped. */
-static int mg_launch_tmap_f32(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows, int G,
-                              unsigned box_rows)
+static int mg_launch_tmap_f32(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows, int G)
 {
     const unsigned long long dims[3] = {(unsigned long long)cols, (unsigned long long)rows, (unsigned long long)G};
     const unsigned long long strides[2] = {(unsigned long long)cols * 4, (unsigned long long)(cols * rows) * 4};
-    const unsigned box[3] = {32, box_rows, 1}, estr[3] = {1, 1, 1};
+    const unsigned box[3] = {32, 64, 1}, estr[3] = {1, 1, 1};
     return base && L->tmap_encode(m, MG_TM_FLOAT32, 3, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
                                   MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
 }
@@ -103,7 +102,7 @@ static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
 static int mg_tm_up_wgrad(const mg_launch *L, moe_up_wgrad_params *p)
 {
     return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1) &&
-           mg_launch_tmap_f32(L, &p->tm_d, p->dw_up, L->dim.d, L->dim.f2, p->n_groups, 128);
+           mg_launch_tmap_f32(L, &p->tm_d, p->dw_up, L->dim.d, L->dim.f2, p->n_groups);
 }
 static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
 {
@@ -120,7 +119,7 @@ static int mg_tm_down_wgrad(const mg_launch *L, moe_down_wgrad_params *p)
 {
     return mg_launch_tmap(L, &p->tm_a, p->dz, L->dim.d, mg_tm_rows(L, p->offsets, p->T), 1) &&
            mg_launch_tmap(L, &p->tm_b, p->h, L->dim.ff, mg_tm_rows(L, p->offsets, p->T), 1) &&
-           mg_launch_tmap_f32(L, &p->tm_d, p->dw_dn, L->dim.ff, L->dim.d, p->n_groups, 64);
+           mg_launch_tmap_f32(L, &p->tm_d, p->dw_dn, L->dim.ff, L->dim.d, p->n_groups);
 }
 /* N of GEMM entry k (fwd, dgrad, wgrad of up, then down): sizes the Hopper tile. */
 static int mg_launch_gemm_n(const mg_launch_dims *m, int k)

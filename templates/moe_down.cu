@@ -29,6 +29,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_down_fwd_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_FWD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
+    static constexpr int NS_CAP = MG_WG_NS_DN_FWD;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0, PARK_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
@@ -93,6 +94,7 @@ struct moe_down_dgrad_wg {
      * v5); the host's smem and 64 x 64 boxes serve either width. */
     static constexpr int BN = MG_WG_EPI_TMA ? 128 : MG_WG_BN_PICK(MG_WG_BN_DN_DGRAD, MG_FF), NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
+    static constexpr int NS_CAP = MG_WG_NS_DN_DGRAD;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
     /* MG_WG_EPI_TMA: the tile's a (gate columns, then with GLU the up columns) in shared
      * memory, [sub-tile][64-column block][128 rows][128 B], 128-byte swizzled like a stage:
@@ -390,9 +392,10 @@ struct moe_down_dgrad_wg {
 struct moe_down_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_WGRAD, MG_FF), MT = (MG_D + 127) / 128, NTN = (MG_FF + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
+    static constexpr int NS_CAP = MG_WG_NS_DN_WGRAD;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
-    static constexpr int PARK_BYTES = MG_WG_PARK && BN == 256 ? 2 * 64 * (BN / 2) * 4 : 0;
+    static constexpr int PARK_BYTES = MG_WG_PARK && BN == 256 ? 2 * 64 * MG_WG_PARK_COLS * 4 : 0;
     static constexpr bool PAIRS = false;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_down_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
@@ -430,14 +433,14 @@ struct moe_down_wgrad_wg {
             if (r < MG_D && c < MG_FF) mg_wg_st2f(dw, (long long)r * MG_FF + c, v0, v1);
         });
     }
-    /* MG_WG_PARK: this consumer's columns n < BN / 2 as tm_d's boxes (64 dW rows x 32 ff columns,
-     * 8 KB each, the 128-byte swizzle): element (m, n) at box n / 32, row m, 16-byte chunk
+    /* MG_WG_PARK: this consumer's columns n < MG_WG_PARK_COLS as tm_d's boxes of 64 dW rows x 32
+     * ff columns (8 KB, the 128-byte swizzle), box n / 32: element (m, n) in row m, 16-byte chunk
      * (n % 32) / 4 XOR m % 8. A half-warp's 8-byte writes (4 m x 4 pairs) meet 2 to a bank. */
     template <int NA> MG_DEV void park(const float (&acc)[NA], unsigned char *buf) const
     {
         const int m0 = mg_wg_acc_m(), n0 = mg_wg_acc_n();
 #pragma unroll
-        for (int j = 0; j < NA / 8; j++)
+        for (int j = 0; j < MG_WG_PARK_COLS / 8; j++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 const int m = m0 + 8 * h, n = n0 + 8 * j;
@@ -445,7 +448,7 @@ struct moe_down_wgrad_wg {
                     make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
             }
     }
-    static constexpr int PARK_BOXES = 4;
+    static constexpr int PARK_BOXES = MG_WG_PARK_COLS / 32;
     MG_DEV void park_box(const mg_wtile &w, unsigned buf, int b) const
     {
         mg_tma3_store(&p.tm_d, w.nt * BN + 32 * b, w.m0, w.g, buf + b * 8192);

@@ -272,7 +272,35 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_PARK
 #define MG_WG_PARK 0
 #endif
-#define MG_WG_PARK_EXTRA 17408
+/* MG_WG_PARK_COLS: the columns of each consumer's 64 x 256 half-tile parked, 64 (16 KB a
+ * consumer: 4 stages still fit) or 128 (32 KB: 3 stages). */
+#ifndef MG_WG_PARK_COLS
+#define MG_WG_PARK_COLS 64
+#endif
+#if MG_WG_PARK_COLS != 64 && MG_WG_PARK_COLS != 128
+#error "MG_WG_PARK_COLS: 64 or 128"
+#endif
+/* 1 KB align + 4 stages + 32 KB + the epilogue barriers, less the base size */
+#define MG_WG_PARK_EXTRA (1024 + 4 * (49152 + 16) + 32768 + 24 - MG_WG_SMEM_BYTES(256))
+/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (0: off): at most n pipeline stages for that GEMM. */
+#ifndef MG_WG_NS_UP_FWD
+#define MG_WG_NS_UP_FWD 0
+#endif
+#ifndef MG_WG_NS_UP_DGRAD
+#define MG_WG_NS_UP_DGRAD 0
+#endif
+#ifndef MG_WG_NS_UP_WGRAD
+#define MG_WG_NS_UP_WGRAD 0
+#endif
+#ifndef MG_WG_NS_DN_FWD
+#define MG_WG_NS_DN_FWD 0
+#endif
+#ifndef MG_WG_NS_DN_DGRAD
+#define MG_WG_NS_DN_DGRAD 0
+#endif
+#ifndef MG_WG_NS_DN_WGRAD
+#define MG_WG_NS_DN_WGRAD 0
+#endif
 /* MG_WG_PARK's TMA boxes leave during the next tile's main loop: the first at k step
  * MG_WG_PARK_DELAY, then one every MG_WG_PARK_STRIDE k steps. */
 #ifndef MG_WG_PARK_DELAY

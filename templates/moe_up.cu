@@ -29,6 +29,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_up_fwd_wg {
     static constexpr int BN = MG_WG_BN_UP_FWD_PICK(MG_D, MG_F2), HB = MG_GLU ? BN / 2 : BN, NTN = (MG_FF + HB - 1) / HB;
     typedef mg_wg<mg_t, BN, true, true> G;
+    static constexpr int NS_CAP = MG_WG_NS_UP_FWD;
     /* A: gathered x rows, by one-row TMA boxes of tm_a (MG_WG_TMA_GATHER) or by cp.async */
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
     static constexpr bool A_TMA = GT, B_TMA = true, K_JAGGED = false, A_GATHER = GT;
@@ -158,6 +159,7 @@ struct moe_up_fwd_wg {
 struct moe_up_dgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_DGRAD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
+    static constexpr int NS_CAP = MG_WG_NS_UP_DGRAD;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0, PARK_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
@@ -219,9 +221,10 @@ struct moe_up_dgrad_wg {
 struct moe_up_wgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_WGRAD, MG_F2), MT = (MG_D + 127) / 128, NTN = (MG_F2 + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, false, false> G;
+    static constexpr int NS_CAP = MG_WG_NS_UP_WGRAD;
     static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = true, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
-    static constexpr int PARK_BYTES = MG_WG_PARK && BN == 256 ? 2 * 64 * (BN / 2) * 4 : 0;
+    static constexpr int PARK_BYTES = MG_WG_PARK && BN == 256 ? 2 * 64 * MG_WG_PARK_COLS * 4 : 0;
     static constexpr bool PAIRS = false;
     const moe_up_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
@@ -261,27 +264,28 @@ struct moe_up_wgrad_wg {
             }
         });
     }
-    /* MG_WG_PARK: this consumer's columns n < BN / 2 as tm_d's boxes (32 d columns x BN / 2 dW
-     * rows, 16 KB each, the 128-byte swizzle): element (m, n) at box m / 32, row n, 16-byte
-     * chunk (m % 32) / 4 XOR n % 8. A warp's 4-byte writes (8 m x 4 n) hit 32 different banks. */
+    /* MG_WG_PARK: this consumer's columns n < MG_WG_PARK_COLS as tm_d's boxes of 64 dW rows x 32
+     * d columns (8 KB, the 128-byte swizzle), box (n / 64) * 2 + m / 32: element (m, n) in row n
+     * % 64, 16-byte chunk (m % 32) / 4 XOR n % 8. A warp's 4-byte writes (8 m x 4 n) hit 32
+     * different banks. */
     template <int NA> MG_DEV void park(const float (&acc)[NA], unsigned char *buf) const
     {
         const int m0 = mg_wg_acc_m(), n0 = mg_wg_acc_n();
 #pragma unroll
-        for (int j = 0; j < NA / 8; j++)
+        for (int j = 0; j < MG_WG_PARK_COLS / 8; j++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int m = m0 + 8 * h, n = n0 + 8 * j + e;
-                    *(float *)(buf + (m >> 5) * 16384 + n * 128 + ((((m & 31) >> 2) ^ (n & 7)) << 4) + (m & 3) * 4) =
-                        acc[4 * j + 2 * h + e];
+                    *(float *)(buf + ((n >> 6) * 2 + (m >> 5)) * 8192 + (n & 63) * 128 +
+                               ((((m & 31) >> 2) ^ (n & 7)) << 4) + (m & 3) * 4) = acc[4 * j + 2 * h + e];
                 }
     }
-    static constexpr int PARK_BOXES = 2;
+    static constexpr int PARK_BOXES = MG_WG_PARK_COLS / 32;
     MG_DEV void park_box(const mg_wtile &w, unsigned buf, int b) const
     {
-        mg_tma3_store(&p.tm_d, w.m0 + 32 * b, w.nt * BN, w.g, buf + b * 16384);
+        mg_tma3_store(&p.tm_d, w.m0 + 32 * (b & 1), w.nt * BN + 64 * (b >> 1), w.g, buf + b * 8192);
     }
 };
 #endif

@@ -1,7 +1,7 @@
 #!/bin/bash
 # s11: one GPU call for session 11's Hopper GEMM work (bench/NOTES.md, "v14"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s11.sh [probe] [park] [delay] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s11.sh [probe] [park] [delay] [quarter] ...   from the repo root after `make -j all bench`; logs under $OUT.
 set -u
 O=${OUT:-/tmp/s11}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
@@ -57,5 +57,20 @@ for i in 1 2 3; do
     benchall def
     benchall p42 MOEGEN_JIT_DEFINES="$P"
     benchall p84 MOEGEN_JIT_DEFINES="$P -DMG_WG_PARK_DELAY=8 -DMG_WG_PARK_STRIDE=4"
+done
+fi
+if [[ $PH == *" quarter "* ]]; then   # MG_WG_PARK_COLS 64 (4 stages kept) and per-GEMM stage caps (MG_WG_NS_*)
+P="-DMG_WG_PARK=1"; N3="-DMG_WG_NS_UP_DGRAD=3 -DMG_WG_NS_DN_FWD=3"
+st quarter "$P" "$O/tiny-ff336.lua"
+st quarter "$P" bench-small
+prof def ""
+prof pk64 "$P"
+prof ns3 "$N3"
+prof ns2 "-DMG_WG_NS_UP_DGRAD=2 -DMG_WG_NS_DN_FWD=2"
+for i in 1 2 3; do
+    benchall def
+    benchall pk64 MOEGEN_JIT_DEFINES="$P"
+    benchall ns3 MOEGEN_JIT_DEFINES="$N3"
+    benchall both MOEGEN_JIT_DEFINES="$P $N3"
 done
 fi

@@ -304,7 +304,35 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_PARK
 #define MG_WG_PARK 0
 #endif
-#define MG_WG_PARK_EXTRA 17408
+/* MG_WG_PARK_COLS: the columns of each consumer's 64 x 256 half-tile parked, 64 (16 KB a
+ * consumer: 4 stages still fit) or 128 (32 KB: 3 stages). */
+#ifndef MG_WG_PARK_COLS
+#define MG_WG_PARK_COLS 64
+#endif
+#if MG_WG_PARK_COLS != 64 && MG_WG_PARK_COLS != 128
+#error "MG_WG_PARK_COLS: 64 or 128"
+#endif
+/* 1 KB align + 4 stages + 32 KB + the epilogue barriers, less the base size */
+#define MG_WG_PARK_EXTRA (1024 + 4 * (49152 + 16) + 32768 + 24 - MG_WG_SMEM_BYTES(256))
+/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (0: off): at most n pipeline stages for that GEMM. */
+#ifndef MG_WG_NS_UP_FWD
+#define MG_WG_NS_UP_FWD 0
+#endif
+#ifndef MG_WG_NS_UP_DGRAD
+#define MG_WG_NS_UP_DGRAD 0
+#endif
+#ifndef MG_WG_NS_UP_WGRAD
+#define MG_WG_NS_UP_WGRAD 0
+#endif
+#ifndef MG_WG_NS_DN_FWD
+#define MG_WG_NS_DN_FWD 0
+#endif
+#ifndef MG_WG_NS_DN_DGRAD
+#define MG_WG_NS_DN_DGRAD 0
+#endif
+#ifndef MG_WG_NS_DN_WGRAD
+#define MG_WG_NS_DN_WGRAD 0
+#endif
 /* MG_WG_PARK's TMA boxes leave during the next tile's main loop: the first at k step
  * MG_WG_PARK_DELAY, then one every MG_WG_PARK_STRIDE k steps. */
 #ifndef MG_WG_PARK_DELAY
@@ -1604,11 +1632,13 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1)
                                                                     : P::PARK_BYTES > 0 ? MG_WG_PARK_EXTRA : P::SCRATCH_BYTES);
     /* the row tables (A, B), for problems whose producer may fill them */
-    template <class P> static constexpr int ROWS_BYTES = P::ASYNC_BYTES > 0 ? 0 : (BM + BN) * 8;
+    template <class P> static constexpr int ROWS_BYTES = P::ASYNC_BYTES > 0 || P::PARK_BYTES > 0 ? 0 : (BM + BN) * 8;
     template <class P> static constexpr int NS_ROOM = HOST_SMEM<P> - P::SCRATCH_BYTES - 1024 - P::EPI_BYTES - P::ASYNC_BYTES -
                                                       P::PARK_BYTES - EPI_BARS - ROWS_BYTES<P>;
-    template <class P> static constexpr int NS = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && P::PARK_BYTES == 0 ? STAGES
+    template <class P> static constexpr int NS_FIT = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && P::PARK_BYTES == 0 ? STAGES
         : NS_ROOM<P> / (STAGE_BYTES + 16) < STAGES ? NS_ROOM<P> / (STAGE_BYTES + 16) : STAGES;
+    /* the stages of problem P: what fits, at most P::NS_CAP (the MG_WG_NS_* knobs) */
+    template <class P> static constexpr int NS = P::NS_CAP > 0 && P::NS_CAP < NS_FIT<P> ? P::NS_CAP : NS_FIT<P>;
     /* A problem with a consumer scratch (P::SCRATCH_BYTES > 0: down dgrad's dh staged for a
      * coalesced epilogue, MG_WG_EPI_SMEM) gets it after the stages; the host launches that
      * kernel with MG_WG_SMEM_BYTES + MG_WG_SCRATCH_BYTES, so the stages stay as they are. */
@@ -2243,9 +2273,9 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
     }
     /* The parked epilogue of a wgrad tile (MG_WG_PARK, P::PARK_BYTES): consumer c writes the
-     * half-tile's columns n < BN / 2 into its half of the buffer, laid out as the TMA boxes of
-     * P::tm_d (P::park), and goes on; the columns from BN / 2 go out by the consumers' own
-     * stores (P::epilogue<BN / 16>, from that 8-column block on). Its first thread stores the
+     * half-tile's columns n < MG_WG_PARK_COLS into its half of the buffer, laid out as the TMA
+     * boxes of P::tm_d (P::park), and goes on; the other columns go out by the consumers' own
+     * stores (P::epilogue<MG_WG_PARK_COLS / 8>, from that 8-column block on). Its first thread stores the
      * boxes by TMA during the next main loop (park_step), one every MG_WG_PARK_STRIDE k steps
      * from k step MG_WG_PARK_DELAY: the direct stores of every SM leave at the tile's end, and
      * the boxes issued with them only lengthened that burst (s11 call 2). Before writing the
@@ -2279,7 +2309,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         mg_bar_named(6 + c, 128);
         pk.w = wh;
         pk.next = 0;
-        pb.template epilogue<BN / 16>(wh, acc);
+        pb.template epilogue<MG_WG_PARK_COLS / 8>(wh, acc);
     }
 
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
@@ -2295,8 +2325,8 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         static_assert(P::ASYNC_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == DUMP_BYTES && !PP),
                       "async epilogue: cooperative consumers, no epilogue operand");
         static_assert(P::PARK_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && !PP && BN == 256 &&
-                                             P::PARK_BYTES == 2 * 64 * (BN / 2) * 4),
-                      "parked epilogue: cooperative 256-wide tiles, half of each consumer's fp32 values");
+                                             P::PARK_BYTES == 2 * 64 * MG_WG_PARK_COLS * 4),
+                      "parked epilogue: cooperative 256-wide tiles, MG_WG_PARK_COLS of each consumer's fp32 columns");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;
