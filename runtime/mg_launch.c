@@ -33,8 +33,7 @@ static int mg_launch_wg(const mg_launch *L, const mg_launch_tile *t, int k)
 /* ------------------------------------------------------------------ TMA tensor maps */
 /* cuda.h values: CU_TENSOR_MAP_DATA_TYPE_UINT16 (a bit copy, bf16 and fp16 alike),
  * INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_L2_256B, FLOAT_OOB_FILL_NONE (zeros). */
-enum { MG_TM_UINT16 = 1, MG_TM_FLOAT32 = 7, MG_TM_INTERLEAVE_NONE = 0, MG_TM_SWIZZLE_128B = 3, MG_TM_L2_256B = 3,
-       MG_TM_FILL_ZERO = 0 };
+enum { MG_TM_UINT16 = 1, MG_TM_INTERLEAVE_NONE = 0, MG_TM_SWIZZLE_128B = 3, MG_TM_L2_256B = 3, MG_TM_FILL_ZERO = 0 };
 
 static mg_launch_tmap_encode_fn mg_launch_encoder(void)
 {
@@ -71,17 +70,6 @@ static int mg_launch_tmap_rows(const mg_launch *L, mg_tmap *m, const void *base,
     return base && L->tmap_encode(m, MG_TM_UINT16, 2, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
                                   MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
 }
-/* The map of an fp32 weight gradient [G][rows][cols] in boxes of 32 columns (128 bytes) x
- * 64 rows with the 128-byte swizzle: the TMA stores of the wgrad kernels' parked half-tiles
- * (MG_WG_PARK, templates/mg_wgmma.cuh); stores past rows or cols are dropped. */
-static int mg_launch_tmap_f32(const mg_launch *L, mg_tmap *m, const void *base, long long cols, long long rows, int G)
-{
-    const unsigned long long dims[3] = {(unsigned long long)cols, (unsigned long long)rows, (unsigned long long)G};
-    const unsigned long long strides[2] = {(unsigned long long)cols * 4, (unsigned long long)(cols * rows) * 4};
-    const unsigned box[3] = {32, 64, 1}, estr[3] = {1, 1, 1};
-    return base && L->tmap_encode(m, MG_TM_FLOAT32, 3, (void *)base, dims, strides, box, estr, MG_TM_INTERLEAVE_NONE,
-                                  MG_TM_SWIZZLE_128B, MG_TM_L2_256B, MG_TM_FILL_ZERO) == 0;
-}
 /* The maps of each Hopper GEMM (the operands mg_wgmma.cuh's problem structs read by TMA).
  * rows: slot rows of the per-slot tensors (T*k routed, T for identity routing). x (T rows)
  * is mapped whatever MG_WG_TMA_GATHER was compiled to: a device-only knob. */
@@ -101,8 +89,7 @@ static int mg_tm_up_dgrad(const mg_launch *L, moe_up_dgrad_params *p)
 }
 static int mg_tm_up_wgrad(const mg_launch *L, moe_up_wgrad_params *p)
 {
-    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1) &&
-           mg_launch_tmap_f32(L, &p->tm_d, p->dw_up, L->dim.d, L->dim.f2, p->n_groups);
+    return mg_launch_tmap(L, &p->tm_a, p->da, L->dim.f2, mg_tm_rows(L, p->offsets, p->T), 1);
 }
 static int mg_tm_down_fwd(const mg_launch *L, moe_down_fwd_params *p)
 {
@@ -118,8 +105,7 @@ static int mg_tm_down_dgrad(const mg_launch *L, moe_down_dgrad_params *p)
 static int mg_tm_down_wgrad(const mg_launch *L, moe_down_wgrad_params *p)
 {
     return mg_launch_tmap(L, &p->tm_a, p->dz, L->dim.d, mg_tm_rows(L, p->offsets, p->T), 1) &&
-           mg_launch_tmap(L, &p->tm_b, p->h, L->dim.ff, mg_tm_rows(L, p->offsets, p->T), 1) &&
-           mg_launch_tmap_f32(L, &p->tm_d, p->dw_dn, L->dim.ff, L->dim.d, p->n_groups);
+           mg_launch_tmap(L, &p->tm_b, p->h, L->dim.ff, mg_tm_rows(L, p->offsets, p->T), 1);
 }
 /* N of GEMM entry k (fwd, dgrad, wgrad of up, then down): sizes the Hopper tile. */
 static int mg_launch_gemm_n(const mg_launch_dims *m, int k)
@@ -351,6 +337,7 @@ static int mg_launch_cluster2(const mg_launch *L, int k, unsigned gx, size_t sme
         if (rc_) return rc_; } while (0)
 /* GEMM params initializers end with this: the maps, filled per launch on the Hopper path
  * (down dgrad has a third, its epilogue's a). */
+#define MG_NO_TMAPS1 {{0}}
 #define MG_NO_TMAPS {{0}}, {{0}}
 #define MG_NO_TMAPS3 {{0}}, {{0}}, {{0}}
 
@@ -521,9 +508,9 @@ MG_LAUNCH_API int mg_launch_expert_bwd(const mg_launch *L, cudaStream_t stream, 
     const mg_launch_tile *tu = &m->up, *td = &m->dn;
     const int d = m->d, ff = m->ff, f2 = m->f2;
     moe_down_dgrad_params sdd = {dz, a, w_dn, da, NULL, NULL, 1, R, MG_NO_TMAPS3};
-    moe_down_wgrad_params sdw = {dz, h, g_dn, NULL, 1, R, MG_NO_TMAPS3};
+    moe_down_wgrad_params sdw = {dz, h, g_dn, NULL, 1, R, MG_NO_TMAPS};
     moe_up_dgrad_params sud = {da, w_up, dx, NULL, NULL, 1, R, MG_NO_TMAPS};
-    moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R, MG_NO_TMAPS};
+    moe_up_wgrad_params suw = {da, x, g_up, NULL, NULL, 1, R, MG_NO_TMAPS1};
     GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(R, td->bm), mg_launch_cdiv(ff, td->bn), sdd, mg_tm_down_dgrad);
     GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), 1, sdw, mg_tm_down_wgrad);
     GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(R, tu->bm), mg_launch_cdiv(d, tu->bn), sud, mg_tm_up_dgrad);
@@ -594,9 +581,9 @@ MG_LAUNCH_API int mg_launch_backward(const mg_launch *L, const mg_launch_ws *ws,
     {
         moe_down_dgrad_params dd = {ws->dz, ws->a, w->w_dn, ws->da, ws->offsets, ws->tile_off_dn, E, T,
                                     MG_NO_TMAPS3};
-        moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T, MG_NO_TMAPS3};
+        moe_down_wgrad_params dw = {ws->dz, ws->h, g->dw_dn, ws->offsets, E, T, MG_NO_TMAPS};
         moe_up_dgrad_params ud = {ws->da, w->w_up, ws->dxs, ws->offsets, ws->tile_off_up, E, T, MG_NO_TMAPS};
-        moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T, MG_NO_TMAPS};
+        moe_up_wgrad_params uw = {ws->da, x, g->dw_up, ws->offsets, ws->perm, E, T, MG_NO_TMAPS1};
         GEMM(MG_K_DOWN_DGRAD, td, mg_launch_cdiv(TK, td->bm) + E, mg_launch_cdiv(ff, td->bn), dd, mg_tm_down_dgrad);
         GEMM(MG_K_DOWN_WGRAD, td, mg_launch_cdiv(d, td->bm) * mg_launch_cdiv(ff, td->bn), E, dw, mg_tm_down_wgrad);
         GEMM(MG_K_UP_DGRAD, tu, mg_launch_cdiv(TK, tu->bm) + E, mg_launch_cdiv(d, tu->bn), ud, mg_tm_up_dgrad);

@@ -355,18 +355,6 @@ MG_DEV bool mg_mbar_test(unsigned bar, unsigned parity)
                  : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     return done != 0;
 }
-/* One box of a rank-3 tensor map stored from shared memory at src (the async proxy reads it:
- * fence.proxy.async after the generic writes), in this thread's current bulk async-group. */
-MG_DEV void mg_tma3_store(const mg_tmap *map, int c0, int c1, int c2, unsigned src)
-{
-    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n"
-                 :: "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(src) : "memory");
-}
-MG_DEV void mg_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-/* this thread's bulk groups but the newest N have read their shared memory */
-template <int N> MG_DEV void mg_bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" :: "n"(N) : "memory"); }
-/* ... and have completed (their global writes done) */
-template <int N> MG_DEV void mg_bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" :: "n"(N) : "memory"); }
 MG_DEV void mg_fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 MG_DEV void mg_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 MG_DEV void mg_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
@@ -567,15 +555,15 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + (r ^ ((n >> 3) & 7))) * 8 + (n & 7); }
     /* the dynamic shared memory the host gives problem P (down dgrad's MG_WG_EXTRA_SMEM holds
      * an async problem's dump) */
-    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1)
-                                                                    : P::PARK_BYTES > 0 ? MG_WG_PARK_EXTRA : P::SCRATCH_BYTES);
+    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1) : P::SCRATCH_BYTES);
     /* the row tables (A, B), for problems whose producer may fill them */
-    template <class P> static constexpr int ROWS_BYTES = P::ASYNC_BYTES > 0 || P::PARK_BYTES > 0 ? 0 : (BM + BN) * 8;
+    template <class P> static constexpr int ROWS_BYTES = P::ASYNC_BYTES > 0 ? 0 : (BM + BN) * 8;
     template <class P> static constexpr int NS_ROOM = HOST_SMEM<P> - P::SCRATCH_BYTES - 1024 - P::EPI_BYTES - P::ASYNC_BYTES -
-                                                      P::PARK_BYTES - EPI_BARS - ROWS_BYTES<P>;
-    template <class P> static constexpr int NS_FIT = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && P::PARK_BYTES == 0 ? STAGES
+                                                      EPI_BARS - ROWS_BYTES<P>;
+    template <class P> static constexpr int NS_FIT = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 ? STAGES
         : NS_ROOM<P> / (STAGE_BYTES + 16) < STAGES ? NS_ROOM<P> / (STAGE_BYTES + 16) : STAGES;
-    /* the stages of problem P: what fits, at most P::NS_CAP (the MG_WG_NS_* knobs) */
+    /* the stages of problem P: as many as fit, at most P::NS_CAP where that is set (moe_params.h,
+     * MG_WG_NS_*) */
     template <class P> static constexpr int NS = P::NS_CAP > 0 && P::NS_CAP < NS_FIT<P> ? P::NS_CAP : NS_FIT<P>;
     /* A problem with a consumer scratch (P::SCRATCH_BYTES > 0: down dgrad's dh staged for a
      * coalesced epilogue, MG_WG_EPI_SMEM) gets it after the stages; the host launches that
@@ -1105,8 +1093,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         unsigned q = 0;      /* async: dump parts stored */
         dump_pend pend;
         pend.on = false;
-        park_pend pk;                       /* MG_WG_PARK: boxes of the previous tile still to store */
-        pk.next = 1 << 20;                  /* (past the last box: nothing to store) */
         for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm), j++) {
             mg_wtile w;
             walk_tile(pb, sm, t, w);
@@ -1160,7 +1146,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 if (prev >= 0 && lane == 0) release<P>(sm, empty + 8 * prev);   /* ... so its stage is free */
                 prev = s;
                 if (++s == STAGES) { s = 0; ph ^= 1; }
-                if constexpr (P::PARK_BYTES > 0) park_step(pb, sm, pk, c, kt);
                 if constexpr (SPLIT) {
                     /* the previous tile's last part, once the workers have read the part
                      * before it (lane 0's look decides for the warp: the wgmma ops need the
@@ -1182,9 +1167,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_mbar_arrive(sm.efull);
                 q++;
                 if constexpr (SPLIT) pend.pack(acc[0]);
-            } else if constexpr (P::PARK_BYTES > 0) {
-                park_step(pb, sm, pk, c, 1 << 30);   /* a main loop too short to have stored them all */
-                park(pb, sm, pk, w, acc[0], c);
             } else {
                 if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
                 /* the epilogue sees a 64-row tile starting at this half's first row (and the
@@ -1205,66 +1187,19 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
         if constexpr (SPLIT)
             if (pend.on) pend.store(sm, c, q);   /* the last tile's last part */
-        if constexpr (P::PARK_BYTES > 0) {
-            park_step(pb, sm, pk, c, 1 << 30);
-            if ((threadIdx.x & 127) == 0) mg_bulk_wait<0>();   /* the buffer is read and dW written before exit */
-        }
-    }
-    /* The parked epilogue of a wgrad tile (MG_WG_PARK, P::PARK_BYTES): consumer c writes the
-     * half-tile's columns n < MG_WG_PARK_COLS into its half of the buffer, laid out as the TMA
-     * boxes of P::tm_d (P::park), and goes on; the other columns go out by the consumers' own
-     * stores (P::epilogue<MG_WG_PARK_COLS / 8>, from that 8-column block on). Its first thread stores the
-     * boxes by TMA during the next main loop (park_step), one every MG_WG_PARK_STRIDE k steps
-     * from k step MG_WG_PARK_DELAY: the direct stores of every SM leave at the tile's end, and
-     * the boxes issued with them only lengthened that burst (s11 call 2). Before writing the
-     * buffer again the first thread waits until the TMA has read the previous tile's boxes.
-     * Named barrier 6 + c: consumer c's 128 threads. */
-    struct park_pend { int next; mg_wtile w; };
-    template <class P> MG_DEV static void park_step(const P &pb, const smem_map &sm, park_pend &pk, int c, int kt)
-    {
-        if constexpr (P::PARK_BYTES > 0) {
-#pragma unroll 1
-            while (pk.next < P::PARK_BOXES && kt >= MG_WG_PARK_DELAY + pk.next * MG_WG_PARK_STRIDE) {
-                if ((threadIdx.x & 127) == 0) {
-                    pb.park_box(pk.w, sm.ebuf + c * (P::PARK_BYTES / 2), pk.next);
-                    mg_bulk_commit();
-                }
-                pk.next++;
-            }
-        }
-    }
-    template <class P>
-    MG_DEV static void park(const P &pb, const smem_map &sm, park_pend &pk, const mg_wtile &w, const float (&acc)[NACC], int c)
-    {
-        const bool first = (threadIdx.x & 127) == 0;
-        unsigned char *buf = const_cast<unsigned char *>(sm.ebuf_p) + c * (P::PARK_BYTES / 2);
-        mg_wtile wh = w;
-        wh.m0 += 64 * c;
-        if (first) mg_bulk_wait_read<0>();
-        mg_bar_named(6 + c, 128);
-        pb.park(acc, buf);
-        mg_fence_proxy_async();            /* this thread's writes, before the TMA reads them */
-        mg_bar_named(6 + c, 128);
-        pk.w = wh;
-        pk.next = 0;
-        pb.template epilogue<MG_WG_PARK_COLS / 8>(wh, acc);
     }
 
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
     template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
     {
         /* [stages][epilogue buffer or async dump][scratch][full][empty][efull[2], eempty][row tables A, B] */
-        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES + P::PARK_BYTES, EBARS = EB > 0 ? EPI_BARS : 0,
-                      SB = P::SCRATCH_BYTES;
+        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES, EBARS = EB > 0 ? EPI_BARS : 0, SB = P::SCRATCH_BYTES;
         static_assert(STAGES >= 2 && HOST_SMEM<P> >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + ROWS_BYTES<P>,
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
         static_assert(P::ASYNC_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == DUMP_BYTES && !PP),
                       "async epilogue: cooperative consumers, no epilogue operand");
-        static_assert(P::PARK_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && !PP && BN == 256 &&
-                                             P::PARK_BYTES == 2 * 64 * MG_WG_PARK_COLS * 4),
-                      "parked epilogue: cooperative 256-wide tiles, MG_WG_PARK_COLS of each consumer's fp32 columns");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;
@@ -1304,7 +1239,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             if constexpr (P::ASYNC_BYTES > 0) {
                 mg_mbar_init(sm.efull, 256);                 /* the consumer threads' dumps */
                 mg_mbar_init(sm.eempty, 32 * ASYNC_WARPS);   /* the worker threads' reads */
-            } else if constexpr (P::EPI_BYTES > 0) {
+            } else if constexpr (EB > 0) {
                 mg_mbar_init(sm.efull, 1);
                 mg_mbar_init(sm.efull + 8, 1);
                 mg_mbar_init(sm.eempty, EMPTY_COUNT);
@@ -1341,11 +1276,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 /* Accumulator walk of a consumer thread over one m64nN accumulator: f(m, n, v0, v1) for the
  * adjacent columns n, n+1 of row m in [0, 64) (the consumer passes the epilogue a tile whose
  * m0 is that half's first row). */
-template <int J0 = 0, int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
+template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
 {
     const int m = mg_wg_acc_m(), n = mg_wg_acc_n();
 #pragma unroll
-    for (int j = J0; j < NACC / 4; j++)
+    for (int j = 0; j < NACC / 4; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) f(m + 8 * h, n + 8 * j, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 }
@@ -1361,11 +1296,10 @@ MG_DEV long long mg_wg_pair_origin(long long RS, long long CS)
 {
     return (long long)mg_wg_acc_m() * RS + (long long)mg_wg_acc_n() * CS;
 }
-template <long long RS, long long CS, int J0 = 0, int NACC, class F>
-MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
+template <long long RS, long long CS, int NACC, class F> MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
 {
 #pragma unroll
-    for (int j = J0; j < NACC / 4; j++)
+    for (int j = 0; j < NACC / 4; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) f(8 * h * RS + 8 * j * CS, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 }

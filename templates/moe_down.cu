@@ -29,9 +29,9 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_down_fwd_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_FWD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
-    static constexpr int NS_CAP = MG_WG_NS_DN_FWD;
+    static constexpr int NS_CAP = MG_WG_NS_PICK(MG_WG_NS_DN_FWD, MG_FF)     /* K = FF */;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0, PARK_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_down_fwd_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
@@ -107,7 +107,7 @@ struct moe_down_dgrad_wg {
      * cooperative tiles and whole 8-column groups of FF (16-byte accesses) only. */
     static constexpr bool ASYNC = MG_WG_EPI_ASYNC != 0 && MG_D >= MG_WG_EPI_ASYNC_MIN_D && !EPI && BN == 256 &&
                                   sizeof(mg_t) == 2 && MG_FF % 8 == 0;
-    static constexpr int ASYNC_BYTES = ASYNC ? G::DUMP_BYTES : 0, PARK_BYTES = 0;
+    static constexpr int ASYNC_BYTES = ASYNC ? G::DUMP_BYTES : 0;
     static constexpr int SCRATCH_BYTES = !EPI && !ASYNC && MG_WG_EPI_SMEM ? MG_WG_SCRATCH_BYTES : 0;
     static constexpr bool PAIRS = !EPI;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs, not with EPI_TMA */
     const moe_down_dgrad_params &p;
@@ -395,7 +395,6 @@ struct moe_down_wgrad_wg {
     static constexpr int NS_CAP = MG_WG_NS_DN_WGRAD;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = true, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
-    static constexpr int PARK_BYTES = MG_WG_PARK && BN == 256 ? 2 * 64 * MG_WG_PARK_COLS * 4 : 0;
     static constexpr bool PAIRS = false;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_down_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
@@ -415,43 +414,18 @@ struct moe_down_wgrad_wg {
     }
     MG_DEV long long row_a(const mg_wtile &, int) const { return -1; }
     MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
-    /* (J0: the first 8-column block stored, MG_WG_PARK's TMA took those before it) */
-    template <int J0 = 0, int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
         float *dw = p.dw_dn + (long long)w.g * MG_D * MG_FF;
         if (w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_FF) {
             float *b = dw + (long long)w.m0 * MG_FF + w.nt * BN + mg_wg_pair_origin(MG_FF, 1);
-            mg_wg_foreach_pair_full<MG_FF, 1, J0>(acc, [&](long long o, float v0, float v1) {
-                if constexpr (MG_WG_DW_PROBE == 1) return;
-                if constexpr (MG_WG_DW_PROBE == 2) if ((o & 8) != 0) return;   /* odd 8-column blocks */
-                mg_wg_st2f(b, o, v0, v1);
-            });
+            mg_wg_foreach_pair_full<MG_FF, 1>(acc, [&](long long o, float v0, float v1) { mg_wg_st2f(b, o, v0, v1); });
             return;
         }
-        mg_wg_foreach_pair<J0>(acc, [&](int m, int n, float v0, float v1) {
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             int r = w.m0 + m, c = w.nt * BN + n;
             if (r < MG_D && c < MG_FF) mg_wg_st2f(dw, (long long)r * MG_FF + c, v0, v1);
         });
-    }
-    /* MG_WG_PARK: this consumer's columns n < MG_WG_PARK_COLS as tm_d's boxes of 64 dW rows x 32
-     * ff columns (8 KB, the 128-byte swizzle), box n / 32: element (m, n) in row m, 16-byte chunk
-     * (n % 32) / 4 XOR m % 8. A half-warp's 8-byte writes (4 m x 4 pairs) meet 2 to a bank. */
-    template <int NA> MG_DEV void park(const float (&acc)[NA], unsigned char *buf) const
-    {
-        const int m0 = mg_wg_acc_m(), n0 = mg_wg_acc_n();
-#pragma unroll
-        for (int j = 0; j < MG_WG_PARK_COLS / 8; j++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int m = m0 + 8 * h, n = n0 + 8 * j;
-                *(float2 *)(buf + (n >> 5) * 8192 + m * 128 + ((((n & 31) >> 2) ^ (m & 7)) << 4) + (n & 3) * 4) =
-                    make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-            }
-    }
-    static constexpr int PARK_BOXES = MG_WG_PARK_COLS / 32;
-    MG_DEV void park_box(const mg_wtile &w, unsigned buf, int b) const
-    {
-        mg_tma3_store(&p.tm_d, w.nt * BN + 32 * b, w.m0, w.g, buf + b * 8192);
     }
 };
 #endif

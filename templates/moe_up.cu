@@ -34,8 +34,7 @@ struct moe_up_fwd_wg {
     static constexpr bool GT = MG_WG_TMA_GATHER != 0;
     static constexpr bool A_TMA = GT, B_TMA = true, K_JAGGED = false, A_GATHER = GT;
     /* GLU: a and h stored through a shared-memory scratch (MG_WG_EPI_SMEM_UP) */
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_GLU && MG_WG_EPI_SMEM_UP ? MG_WG_SCRATCH_BYTES : 0, ASYNC_BYTES = 0,
-                         PARK_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = MG_GLU && MG_WG_EPI_SMEM_UP ? MG_WG_SCRATCH_BYTES : 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_up_fwd_params &p;
     MG_DEV int n_tiles() const { return mg_wg_rows_ntiles(p.tile_off, p.n_groups, p.T, NTN); }
@@ -159,9 +158,9 @@ struct moe_up_fwd_wg {
 struct moe_up_dgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_DGRAD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
-    static constexpr int NS_CAP = MG_WG_NS_UP_DGRAD;
+    static constexpr int NS_CAP = MG_WG_NS_PICK(MG_WG_NS_UP_DGRAD, MG_F2)   /* K = F2 */;
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
-    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0, PARK_BYTES = 0;
+    static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
     const moe_up_dgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &w, int k0, unsigned dst, unsigned bar) const
@@ -224,7 +223,6 @@ struct moe_up_wgrad_wg {
     static constexpr int NS_CAP = MG_WG_NS_UP_WGRAD;
     static constexpr bool A_TMA = false, B_TMA = true, K_JAGGED = true, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
-    static constexpr int PARK_BYTES = MG_WG_PARK && BN == 256 ? 2 * 64 * MG_WG_PARK_COLS * 4 : 0;
     static constexpr bool PAIRS = false;
     const moe_up_wgrad_params &p;
     MG_DEV void tma_a(const mg_wtile &, int, unsigned, unsigned) const {}
@@ -241,51 +239,26 @@ struct moe_up_wgrad_wg {
     }
     MG_DEV long long row_a(const mg_wtile &, int) const { return -1; }
     MG_DEV long long row_b(const mg_wtile &, int) const { return -1; }
-    /* (a warp's store covers 8 consecutive d columns of 4 dW rows: whole 32-byte sectors; J0:
-     * the first 8-column block stored, MG_WG_PARK's TMA took those before it) */
-    template <int J0 = 0, int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
+    /* (a warp's store covers 8 consecutive d columns of 4 dW rows: whole 32-byte sectors) */
+    template <int NA> MG_DEV void epilogue(const mg_wtile &w, const float (&acc)[NA]) const
     {
         float *dw = p.dw_up + (long long)w.g * MG_F2 * MG_D;
         if (w.m0 + 64 <= MG_D && w.nt * BN + BN <= MG_F2) {
             /* element (m, n) at (n0 + n)·d + m0 + m */
             float *b = dw + (long long)w.nt * BN * MG_D + w.m0 + mg_wg_pair_origin(1, MG_D);
-            mg_wg_foreach_pair_full<1, MG_D, J0>(acc, [&](long long o, float v0, float v1) {
-                if constexpr (MG_WG_DW_PROBE == 1) return;
+            mg_wg_foreach_pair_full<1, MG_D>(acc, [&](long long o, float v0, float v1) {
                 mg_wg_st1f(b, o, v0);
-                if constexpr (MG_WG_DW_PROBE != 2) mg_wg_st1f(b, o + MG_D, v1);
+                mg_wg_st1f(b, o + MG_D, v1);
             });
             return;
         }
-        mg_wg_foreach_pair<J0>(acc, [&](int m, int n, float v0, float v1) {
+        mg_wg_foreach_pair(acc, [&](int m, int n, float v0, float v1) {
             int r = w.m0 + m, c = w.nt * BN + n;
             if (r < MG_D && c < MG_F2) {
                 mg_wg_st1f(dw, (long long)c * MG_D + r, v0);
                 mg_wg_st1f(dw, (long long)(c + 1) * MG_D + r, v1);
             }
         });
-    }
-    /* MG_WG_PARK: this consumer's columns n < MG_WG_PARK_COLS as tm_d's boxes of 64 dW rows x 32
-     * d columns (8 KB, the 128-byte swizzle), box (n / 64) * 2 + m / 32: element (m, n) in row n
-     * % 64, 16-byte chunk (m % 32) / 4 XOR n % 8. A warp's 4-byte writes (8 m x 4 n) hit 32
-     * different banks. */
-    template <int NA> MG_DEV void park(const float (&acc)[NA], unsigned char *buf) const
-    {
-        const int m0 = mg_wg_acc_m(), n0 = mg_wg_acc_n();
-#pragma unroll
-        for (int j = 0; j < MG_WG_PARK_COLS / 8; j++)
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int m = m0 + 8 * h, n = n0 + 8 * j + e;
-                    *(float *)(buf + ((n >> 6) * 2 + (m >> 5)) * 8192 + (n & 63) * 128 +
-                               ((((m & 31) >> 2) ^ (n & 7)) << 4) + (m & 3) * 4) = acc[4 * j + 2 * h + e];
-                }
-    }
-    static constexpr int PARK_BOXES = MG_WG_PARK_COLS / 32;
-    MG_DEV void park_box(const mg_wtile &w, unsigned buf, int b) const
-    {
-        mg_tma3_store(&p.tm_d, w.m0 + 32 * (b & 1), w.nt * BN + 64 * (b >> 1), w.g, buf + b * 8192);
     }
 };
 #endif

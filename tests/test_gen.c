@@ -175,6 +175,8 @@ static void test_nvrtc_knob_variants(void **state)
         "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_ASYNC_MIN_D=0'",    /* the async down dgrad at d 768 */
         "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_ASYNC_MIN_D=0' MOEGEN_WG_CLUSTER=2",
         "MOEGEN_JIT_DEFINES='-DMG_WG_EPI_ASYNC_MIN_D=0 -DMG_WG_ASYNC_HALF=1'",   /* half-tile dump, 4 stages */
+        /* the 3-stage rule at bench-small's K, and other stage caps */
+        "MOEGEN_JIT_DEFINES='-DMG_WG_NS3_MIN_K=0 -DMG_WG_NS_UP_FWD=3 -DMG_WG_NS_UP_WGRAD=3 -DMG_WG_NS_DN_WGRAD=2'",
     };
     for (int i = 0; i < (int)(sizeof envs / sizeof envs[0]); i++) {
         mg_proc p;

@@ -1,7 +1,7 @@
 #!/bin/bash
 # s11: one GPU call for session 11's Hopper GEMM work (bench/NOTES.md, "v14"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
-# usage: bench/dev/s11.sh [probe] [park] [delay] [quarter] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# usage: bench/dev/s11.sh [probe] [park] [delay] [quarter] [final] ...   from the repo root after `make -j all bench`; logs under $OUT.
 set -u
 O=${OUT:-/tmp/s11}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
@@ -73,4 +73,10 @@ for i in 1 2 3; do
     benchall ns3 MOEGEN_JIT_DEFINES="$N3"
     benchall both MOEGEN_JIT_DEFINES="$P $N3"
 done
+fi
+if [[ $PH == *" final "* ]]; then   # the 3-stage rule (MG_WG_NS_PICK) at K >= 8192: tiny with d_ff 8192, mixtral-8x7b
+sed -e 's/d_ff = 64/d_ff = 8192/' -e 's/d_model = 64/d_model = 256/' -e 's/name = "tiny"/name = "tiny-ff8192"/' \
+    specs/tiny.lua > "$O/tiny-ff8192.lua"
+st ns3 "" "$O/tiny-ff8192.lua"
+ST_T=330 ST_SEED=27 st ns3 "" mixtral-8x7b 1e7
 fi

@@ -290,57 +290,7 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_SMEM_OPTIN 232448
 #define MG_WG_EXTRA_SMEM(down, gemm)                                                                 \
     ((down) && (gemm) == 1 ? MG_WG_SMEM_OPTIN - 128 * 8 - MG_WG_SMEM_BYTES(256)                      \
-     : (gemm) == 2         ? MG_WG_PARK_EXTRA                                                        \
-     : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
-/* MG_WG_PARK 1: the 256-wide wgrad kernels store half of each tile's fp32 dW (the columns n <
- * 128 of both consumers, 64 KB) by TMA from a shared-memory buffer (mg_wgmma.cuh, P::PARK_BYTES):
- * the consumers write it there in a few hundred cycles and start the next tile while the TMA
- * unit drains it; only the other half goes out by their own stores. The buffer costs a stage (3
- * instead of 4). Why: on an H100 (bench/results/2026-11-27-s11, call 1, same call) Mixtral's
- * layer took 28.45 ms, 27.98 with half the dW bytes stored and 27.43 with none (a probe with
- * wrong results); ncu: up wgrad 6018 -> 5560 us, down wgrad 2897 -> 2699 with half. The host
- * gives every wgrad kernel MG_WG_PARK_EXTRA more dynamic shared memory whatever the knob
- * (1 KB align + 3 stages + the buffer + barriers + row tables = 217,160 bytes). */
-#ifndef MG_WG_PARK
-#define MG_WG_PARK 0
-#endif
-/* MG_WG_PARK_COLS: the columns of each consumer's 64 x 256 half-tile parked, 64 (16 KB a
- * consumer: 4 stages still fit) or 128 (32 KB: 3 stages). */
-#ifndef MG_WG_PARK_COLS
-#define MG_WG_PARK_COLS 64
-#endif
-#if MG_WG_PARK_COLS != 64 && MG_WG_PARK_COLS != 128
-#error "MG_WG_PARK_COLS: 64 or 128"
-#endif
-/* 1 KB align + 4 stages + 32 KB + the epilogue barriers, less the base size */
-#define MG_WG_PARK_EXTRA (1024 + 4 * (49152 + 16) + 32768 + 24 - MG_WG_SMEM_BYTES(256))
-/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (0: off): at most n pipeline stages for that GEMM. */
-#ifndef MG_WG_NS_UP_FWD
-#define MG_WG_NS_UP_FWD 0
-#endif
-#ifndef MG_WG_NS_UP_DGRAD
-#define MG_WG_NS_UP_DGRAD 0
-#endif
-#ifndef MG_WG_NS_UP_WGRAD
-#define MG_WG_NS_UP_WGRAD 0
-#endif
-#ifndef MG_WG_NS_DN_FWD
-#define MG_WG_NS_DN_FWD 0
-#endif
-#ifndef MG_WG_NS_DN_DGRAD
-#define MG_WG_NS_DN_DGRAD 0
-#endif
-#ifndef MG_WG_NS_DN_WGRAD
-#define MG_WG_NS_DN_WGRAD 0
-#endif
-/* MG_WG_PARK's TMA boxes leave during the next tile's main loop: the first at k step
- * MG_WG_PARK_DELAY, then one every MG_WG_PARK_STRIDE k steps. */
-#ifndef MG_WG_PARK_DELAY
-#define MG_WG_PARK_DELAY 4
-#endif
-#ifndef MG_WG_PARK_STRIDE
-#define MG_WG_PARK_STRIDE 2
-#endif
+                           : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -402,11 +352,39 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_ASYNC_HALF
 #define MG_WG_ASYNC_HALF 0
 #endif
-/* MG_WG_DW_PROBE (dev probe, wrong results: timing only): the Hopper wgrad epilogues store no
- * dW (1) or half its bytes in whole sectors (2), to bound what a cheaper dW epilogue could gain. */
-#ifndef MG_WG_DW_PROBE
-#define MG_WG_DW_PROBE 0
+/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (device-only; 0: the default below): at most n pipeline
+ * stages for that GEMM (fewer than fit: the tuner's space, and the rule below).
+ * MG_WG_NS_PICK: up dgrad (K = F2) and down fwd (K = FF), the two row GEMMs whose B is a
+ * weight streamed along a long K, take 3 stages instead of 4 where K >= MG_WG_NS3_MIN_K. On an
+ * H100 (bench/results/2026-11-27-s11, calls 3, 4; ncu, Mixtral: K 28672 and 14336) up dgrad
+ * 5551 -> 5243 and 5550 -> 5315 us, down fwd 2817 -> 2620 and 2789 -> 2640, the layer 28.93 ->
+ * 28.37 ms (median of 3 rounds, same call); 2 stages 7321 and 3549 us. The other GEMMs lost with
+ * 3 (up fwd 5665 -> 5800, up wgrad 6058 -> 6404, down wgrad 2921 -> 3112), and OLMoE (K 2048,
+ * 1024), fine-grained and small (K 6144, 3072) were level with the cap on both (a rule by K
+ * keeps them at 4). A guess at why, not measured: CTAs that run fewer stages ahead stay closer
+ * in step along K, so more of them find a weight tile in L2 that another just read. */
+#ifndef MG_WG_NS_UP_FWD
+#define MG_WG_NS_UP_FWD 0
 #endif
+#ifndef MG_WG_NS_UP_DGRAD
+#define MG_WG_NS_UP_DGRAD 0
+#endif
+#ifndef MG_WG_NS_UP_WGRAD
+#define MG_WG_NS_UP_WGRAD 0
+#endif
+#ifndef MG_WG_NS_DN_FWD
+#define MG_WG_NS_DN_FWD 0
+#endif
+#ifndef MG_WG_NS_DN_DGRAD
+#define MG_WG_NS_DN_DGRAD 0
+#endif
+#ifndef MG_WG_NS_DN_WGRAD
+#define MG_WG_NS_DN_WGRAD 0
+#endif
+#ifndef MG_WG_NS3_MIN_K
+#define MG_WG_NS3_MIN_K 8192
+#endif
+#define MG_WG_NS_PICK(knob, k) ((knob) != 0 ? (knob) : (k) >= MG_WG_NS3_MIN_K ? 3 : 0)
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
 #endif
@@ -524,7 +502,6 @@ typedef struct moe_up_wgrad_params {
     const int *offsets, *perm;
     int n_groups, T;
     mg_tmap tm_a;            /* Hopper path: da's tensor map (mg_launch.c; x is gathered by cp.async) */
-    mg_tmap tm_d;            /* Hopper path: dw_up's (fp32, MG_WG_PARK's stores) */
 } moe_up_wgrad_params;
 
 /* ---------------------------------------------------------------- down: h -> z */
@@ -555,7 +532,6 @@ typedef struct moe_down_wgrad_params {
     const int *offsets;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
-    mg_tmap tm_d;            /* Hopper path: dw_dn's (fp32, MG_WG_PARK's stores) */
 } moe_down_wgrad_params;
 
 /* ---------------------------------------------------------------- combine */
@@ -1417,18 +1393,6 @@ MG_DEV bool mg_mbar_test(unsigned bar, unsigned parity)
                  : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     return done != 0;
 }
-/* One box of a rank-3 tensor map stored from shared memory at src (the async proxy reads it:
- * fence.proxy.async after the generic writes), in this thread's current bulk async-group. */
-MG_DEV void mg_tma3_store(const mg_tmap *map, int c0, int c1, int c2, unsigned src)
-{
-    asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n"
-                 :: "l"((unsigned long long)map), "r"(c0), "r"(c1), "r"(c2), "r"(src) : "memory");
-}
-MG_DEV void mg_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-/* this thread's bulk groups but the newest N have read their shared memory */
-template <int N> MG_DEV void mg_bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" :: "n"(N) : "memory"); }
-/* ... and have completed (their global writes done) */
-template <int N> MG_DEV void mg_bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" :: "n"(N) : "memory"); }
 MG_DEV void mg_fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 MG_DEV void mg_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 MG_DEV void mg_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
@@ -1629,15 +1593,15 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
     MG_DEV static int dump_at(int r, int n) { return ((n >> 3) * BM + (r ^ ((n >> 3) & 7))) * 8 + (n & 7); }
     /* the dynamic shared memory the host gives problem P (down dgrad's MG_WG_EXTRA_SMEM holds
      * an async problem's dump) */
-    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1)
-                                                                    : P::PARK_BYTES > 0 ? MG_WG_PARK_EXTRA : P::SCRATCH_BYTES);
+    template <class P> static constexpr int HOST_SMEM = SMEM_BYTES + (P::ASYNC_BYTES > 0 ? MG_WG_EXTRA_SMEM(1, 1) : P::SCRATCH_BYTES);
     /* the row tables (A, B), for problems whose producer may fill them */
-    template <class P> static constexpr int ROWS_BYTES = P::ASYNC_BYTES > 0 || P::PARK_BYTES > 0 ? 0 : (BM + BN) * 8;
+    template <class P> static constexpr int ROWS_BYTES = P::ASYNC_BYTES > 0 ? 0 : (BM + BN) * 8;
     template <class P> static constexpr int NS_ROOM = HOST_SMEM<P> - P::SCRATCH_BYTES - 1024 - P::EPI_BYTES - P::ASYNC_BYTES -
-                                                      P::PARK_BYTES - EPI_BARS - ROWS_BYTES<P>;
-    template <class P> static constexpr int NS_FIT = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && P::PARK_BYTES == 0 ? STAGES
+                                                      EPI_BARS - ROWS_BYTES<P>;
+    template <class P> static constexpr int NS_FIT = P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 ? STAGES
         : NS_ROOM<P> / (STAGE_BYTES + 16) < STAGES ? NS_ROOM<P> / (STAGE_BYTES + 16) : STAGES;
-    /* the stages of problem P: what fits, at most P::NS_CAP (the MG_WG_NS_* knobs) */
+    /* the stages of problem P: as many as fit, at most P::NS_CAP where that is set (moe_params.h,
+     * MG_WG_NS_*) */
     template <class P> static constexpr int NS = P::NS_CAP > 0 && P::NS_CAP < NS_FIT<P> ? P::NS_CAP : NS_FIT<P>;
     /* A problem with a consumer scratch (P::SCRATCH_BYTES > 0: down dgrad's dh staged for a
      * coalesced epilogue, MG_WG_EPI_SMEM) gets it after the stages; the host launches that
@@ -2167,8 +2131,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         unsigned q = 0;      /* async: dump parts stored */
         dump_pend pend;
         pend.on = false;
-        park_pend pk;                       /* MG_WG_PARK: boxes of the previous tile still to store */
-        pk.next = 1 << 20;                  /* (past the last box: nothing to store) */
         for (int t = walk_first<P>(sm); t < n_tiles; t += walk_step<P>(sm), j++) {
             mg_wtile w;
             walk_tile(pb, sm, t, w);
@@ -2222,7 +2184,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 if (prev >= 0 && lane == 0) release<P>(sm, empty + 8 * prev);   /* ... so its stage is free */
                 prev = s;
                 if (++s == STAGES) { s = 0; ph ^= 1; }
-                if constexpr (P::PARK_BYTES > 0) park_step(pb, sm, pk, c, kt);
                 if constexpr (SPLIT) {
                     /* the previous tile's last part, once the workers have read the part
                      * before it (lane 0's look decides for the warp: the wgmma ops need the
@@ -2244,9 +2205,6 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
                 mg_mbar_arrive(sm.efull);
                 q++;
                 if constexpr (SPLIT) pend.pack(acc[0]);
-            } else if constexpr (P::PARK_BYTES > 0) {
-                park_step(pb, sm, pk, c, 1 << 30);   /* a main loop too short to have stored them all */
-                park(pb, sm, pk, w, acc[0], c);
             } else {
                 if constexpr (P::EPI_BYTES > 0) mg_mbar_wait(sm.efull + 8 * (j & 1), (unsigned)(j >> 1) & 1u);
                 /* the epilogue sees a 64-row tile starting at this half's first row (and the
@@ -2267,66 +2225,19 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
         }
         if constexpr (SPLIT)
             if (pend.on) pend.store(sm, c, q);   /* the last tile's last part */
-        if constexpr (P::PARK_BYTES > 0) {
-            park_step(pb, sm, pk, c, 1 << 30);
-            if ((threadIdx.x & 127) == 0) mg_bulk_wait<0>();   /* the buffer is read and dW written before exit */
-        }
-    }
-    /* The parked epilogue of a wgrad tile (MG_WG_PARK, P::PARK_BYTES): consumer c writes the
-     * half-tile's columns n < MG_WG_PARK_COLS into its half of the buffer, laid out as the TMA
-     * boxes of P::tm_d (P::park), and goes on; the other columns go out by the consumers' own
-     * stores (P::epilogue<MG_WG_PARK_COLS / 8>, from that 8-column block on). Its first thread stores the
-     * boxes by TMA during the next main loop (park_step), one every MG_WG_PARK_STRIDE k steps
-     * from k step MG_WG_PARK_DELAY: the direct stores of every SM leave at the tile's end, and
-     * the boxes issued with them only lengthened that burst (s11 call 2). Before writing the
-     * buffer again the first thread waits until the TMA has read the previous tile's boxes.
-     * Named barrier 6 + c: consumer c's 128 threads. */
-    struct park_pend { int next; mg_wtile w; };
-    template <class P> MG_DEV static void park_step(const P &pb, const smem_map &sm, park_pend &pk, int c, int kt)
-    {
-        if constexpr (P::PARK_BYTES > 0) {
-#pragma unroll 1
-            while (pk.next < P::PARK_BOXES && kt >= MG_WG_PARK_DELAY + pk.next * MG_WG_PARK_STRIDE) {
-                if ((threadIdx.x & 127) == 0) {
-                    pb.park_box(pk.w, sm.ebuf + c * (P::PARK_BYTES / 2), pk.next);
-                    mg_bulk_commit();
-                }
-                pk.next++;
-            }
-        }
-    }
-    template <class P>
-    MG_DEV static void park(const P &pb, const smem_map &sm, park_pend &pk, const mg_wtile &w, const float (&acc)[NACC], int c)
-    {
-        const bool first = (threadIdx.x & 127) == 0;
-        unsigned char *buf = const_cast<unsigned char *>(sm.ebuf_p) + c * (P::PARK_BYTES / 2);
-        mg_wtile wh = w;
-        wh.m0 += 64 * c;
-        if (first) mg_bulk_wait_read<0>();
-        mg_bar_named(6 + c, 128);
-        pb.park(acc, buf);
-        mg_fence_proxy_async();            /* this thread's writes, before the TMA reads them */
-        mg_bar_named(6 + c, 128);
-        pk.w = wh;
-        pk.next = 0;
-        pb.template epilogue<MG_WG_PARK_COLS / 8>(wh, acc);
     }
 
     /* The whole kernel body. smem: MG_WG_SMEM_BYTES(BN) bytes of dynamic shared memory. */
     template <class P> MG_DEV static void run(const P &pb, unsigned char *smem)
     {
         /* [stages][epilogue buffer or async dump][scratch][full][empty][efull[2], eempty][row tables A, B] */
-        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES + P::PARK_BYTES, EBARS = EB > 0 ? EPI_BARS : 0,
-                      SB = P::SCRATCH_BYTES;
+        constexpr int STAGES = NS<P>, EB = P::EPI_BYTES + P::ASYNC_BYTES, EBARS = EB > 0 ? EPI_BARS : 0, SB = P::SCRATCH_BYTES;
         static_assert(STAGES >= 2 && HOST_SMEM<P> >= 1024 + STAGES * (STAGE_BYTES + 16) + EB + SB + EBARS + ROWS_BYTES<P>,
                       "smem layout");
         static_assert(EB % 1024 == 0 && SB % 1024 == 0, "epilogue buffer, scratch: whole 1 KB blocks");
         static_assert(EB == 0 || SB == 0, "an epilogue buffer or a scratch, not both");
         static_assert(P::ASYNC_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == DUMP_BYTES && !PP),
                       "async epilogue: cooperative consumers, no epilogue operand");
-        static_assert(P::PARK_BYTES == 0 || (P::EPI_BYTES == 0 && P::ASYNC_BYTES == 0 && !PP && BN == 256 &&
-                                             P::PARK_BYTES == 2 * 64 * MG_WG_PARK_COLS * 4),
-                      "parked epilogue: cooperative 256-wide tiles, MG_WG_PARK_COLS of each consumer's fp32 columns");
         const unsigned raw = mg_smem_u32(smem), sbase = (raw + 1023u) & ~1023u;
         smem_map sm;
         sm.sbase = sbase;
@@ -2366,7 +2277,7 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
             if constexpr (P::ASYNC_BYTES > 0) {
                 mg_mbar_init(sm.efull, 256);                 /* the consumer threads' dumps */
                 mg_mbar_init(sm.eempty, 32 * ASYNC_WARPS);   /* the worker threads' reads */
-            } else if constexpr (P::EPI_BYTES > 0) {
+            } else if constexpr (EB > 0) {
                 mg_mbar_init(sm.efull, 1);
                 mg_mbar_init(sm.efull + 8, 1);
                 mg_mbar_init(sm.eempty, EMPTY_COUNT);
@@ -2403,11 +2314,11 @@ template <class T, int BN, bool A_KC, bool B_KC> struct mg_wg {
 /* Accumulator walk of a consumer thread over one m64nN accumulator: f(m, n, v0, v1) for the
  * adjacent columns n, n+1 of row m in [0, 64) (the consumer passes the epilogue a tile whose
  * m0 is that half's first row). */
-template <int J0 = 0, int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
+template <int NACC, class F> MG_DEV void mg_wg_foreach_pair(const float (&acc)[NACC], F f)
 {
     const int m = mg_wg_acc_m(), n = mg_wg_acc_n();
 #pragma unroll
-    for (int j = J0; j < NACC / 4; j++)
+    for (int j = 0; j < NACC / 4; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) f(m + 8 * h, n + 8 * j, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 }
@@ -2423,11 +2334,10 @@ MG_DEV long long mg_wg_pair_origin(long long RS, long long CS)
 {
     return (long long)mg_wg_acc_m() * RS + (long long)mg_wg_acc_n() * CS;
 }
-template <long long RS, long long CS, int J0 = 0, int NACC, class F>
-MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
+template <long long RS, long long CS, int NACC, class F> MG_DEV void mg_wg_foreach_pair_full(const float (&acc)[NACC], F f)
 {
 #pragma unroll
-    for (int j = J0; j < NACC / 4; j++)
+    for (int j = 0; j < NACC / 4; j++)
 #pragma unroll
         for (int h = 0; h < 2; h++) f(8 * h * RS + 8 * j * CS, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
 }

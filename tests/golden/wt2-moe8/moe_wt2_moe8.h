@@ -274,57 +274,7 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #define MG_WG_SMEM_OPTIN 232448
 #define MG_WG_EXTRA_SMEM(down, gemm)                                                                 \
     ((down) && (gemm) == 1 ? MG_WG_SMEM_OPTIN - 128 * 8 - MG_WG_SMEM_BYTES(256)                      \
-     : (gemm) == 2         ? MG_WG_PARK_EXTRA                                                        \
-     : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
-/* MG_WG_PARK 1: the 256-wide wgrad kernels store half of each tile's fp32 dW (the columns n <
- * 128 of both consumers, 64 KB) by TMA from a shared-memory buffer (mg_wgmma.cuh, P::PARK_BYTES):
- * the consumers write it there in a few hundred cycles and start the next tile while the TMA
- * unit drains it; only the other half goes out by their own stores. The buffer costs a stage (3
- * instead of 4). Why: on an H100 (bench/results/2026-11-27-s11, call 1, same call) Mixtral's
- * layer took 28.45 ms, 27.98 with half the dW bytes stored and 27.43 with none (a probe with
- * wrong results); ncu: up wgrad 6018 -> 5560 us, down wgrad 2897 -> 2699 with half. The host
- * gives every wgrad kernel MG_WG_PARK_EXTRA more dynamic shared memory whatever the knob
- * (1 KB align + 3 stages + the buffer + barriers + row tables = 217,160 bytes). */
-#ifndef MG_WG_PARK
-#define MG_WG_PARK 0
-#endif
-/* MG_WG_PARK_COLS: the columns of each consumer's 64 x 256 half-tile parked, 64 (16 KB a
- * consumer: 4 stages still fit) or 128 (32 KB: 3 stages). */
-#ifndef MG_WG_PARK_COLS
-#define MG_WG_PARK_COLS 64
-#endif
-#if MG_WG_PARK_COLS != 64 && MG_WG_PARK_COLS != 128
-#error "MG_WG_PARK_COLS: 64 or 128"
-#endif
-/* 1 KB align + 4 stages + 32 KB + the epilogue barriers, less the base size */
-#define MG_WG_PARK_EXTRA (1024 + 4 * (49152 + 16) + 32768 + 24 - MG_WG_SMEM_BYTES(256))
-/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (0: off): at most n pipeline stages for that GEMM. */
-#ifndef MG_WG_NS_UP_FWD
-#define MG_WG_NS_UP_FWD 0
-#endif
-#ifndef MG_WG_NS_UP_DGRAD
-#define MG_WG_NS_UP_DGRAD 0
-#endif
-#ifndef MG_WG_NS_UP_WGRAD
-#define MG_WG_NS_UP_WGRAD 0
-#endif
-#ifndef MG_WG_NS_DN_FWD
-#define MG_WG_NS_DN_FWD 0
-#endif
-#ifndef MG_WG_NS_DN_DGRAD
-#define MG_WG_NS_DN_DGRAD 0
-#endif
-#ifndef MG_WG_NS_DN_WGRAD
-#define MG_WG_NS_DN_WGRAD 0
-#endif
-/* MG_WG_PARK's TMA boxes leave during the next tile's main loop: the first at k step
- * MG_WG_PARK_DELAY, then one every MG_WG_PARK_STRIDE k steps. */
-#ifndef MG_WG_PARK_DELAY
-#define MG_WG_PARK_DELAY 4
-#endif
-#ifndef MG_WG_PARK_STRIDE
-#define MG_WG_PARK_STRIDE 2
-#endif
+                           : !(down) && (gemm) == 0 ? MG_WG_SCRATCH_BYTES : 0)
 /* MG_WG_CLUSTER 2 (env MOEGEN_WG_CLUSTER=2: runtime/mg_jit.c passes it, runtime/mg_launch.c
  * launches the four row GEMMs in clusters of 2): CTA pairs share (multicast) the B tile of
  * an m-tile pair (mg_wgmma.cuh). 1 (default): no clusters. Opt-in: on an H100 pairs are level
@@ -386,11 +336,39 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_ASYNC_HALF
 #define MG_WG_ASYNC_HALF 0
 #endif
-/* MG_WG_DW_PROBE (dev probe, wrong results: timing only): the Hopper wgrad epilogues store no
- * dW (1) or half its bytes in whole sectors (2), to bound what a cheaper dW epilogue could gain. */
-#ifndef MG_WG_DW_PROBE
-#define MG_WG_DW_PROBE 0
+/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (device-only; 0: the default below): at most n pipeline
+ * stages for that GEMM (fewer than fit: the tuner's space, and the rule below).
+ * MG_WG_NS_PICK: up dgrad (K = F2) and down fwd (K = FF), the two row GEMMs whose B is a
+ * weight streamed along a long K, take 3 stages instead of 4 where K >= MG_WG_NS3_MIN_K. On an
+ * H100 (bench/results/2026-11-27-s11, calls 3, 4; ncu, Mixtral: K 28672 and 14336) up dgrad
+ * 5551 -> 5243 and 5550 -> 5315 us, down fwd 2817 -> 2620 and 2789 -> 2640, the layer 28.93 ->
+ * 28.37 ms (median of 3 rounds, same call); 2 stages 7321 and 3549 us. The other GEMMs lost with
+ * 3 (up fwd 5665 -> 5800, up wgrad 6058 -> 6404, down wgrad 2921 -> 3112), and OLMoE (K 2048,
+ * 1024), fine-grained and small (K 6144, 3072) were level with the cap on both (a rule by K
+ * keeps them at 4). A guess at why, not measured: CTAs that run fewer stages ahead stay closer
+ * in step along K, so more of them find a weight tile in L2 that another just read. */
+#ifndef MG_WG_NS_UP_FWD
+#define MG_WG_NS_UP_FWD 0
 #endif
+#ifndef MG_WG_NS_UP_DGRAD
+#define MG_WG_NS_UP_DGRAD 0
+#endif
+#ifndef MG_WG_NS_UP_WGRAD
+#define MG_WG_NS_UP_WGRAD 0
+#endif
+#ifndef MG_WG_NS_DN_FWD
+#define MG_WG_NS_DN_FWD 0
+#endif
+#ifndef MG_WG_NS_DN_DGRAD
+#define MG_WG_NS_DN_DGRAD 0
+#endif
+#ifndef MG_WG_NS_DN_WGRAD
+#define MG_WG_NS_DN_WGRAD 0
+#endif
+#ifndef MG_WG_NS3_MIN_K
+#define MG_WG_NS3_MIN_K 8192
+#endif
+#define MG_WG_NS_PICK(knob, k) ((knob) != 0 ? (knob) : (k) >= MG_WG_NS3_MIN_K ? 3 : 0)
 #ifndef MG_WG_PROD_REGS_TMA
 #define MG_WG_PROD_REGS_TMA 56
 #endif
@@ -508,7 +486,6 @@ typedef struct moe_up_wgrad_params {
     const int *offsets, *perm;
     int n_groups, T;
     mg_tmap tm_a;            /* Hopper path: da's tensor map (mg_launch.c; x is gathered by cp.async) */
-    mg_tmap tm_d;            /* Hopper path: dw_up's (fp32, MG_WG_PARK's stores) */
 } moe_up_wgrad_params;
 
 /* ---------------------------------------------------------------- down: h -> z */
@@ -539,7 +516,6 @@ typedef struct moe_down_wgrad_params {
     const int *offsets;
     int n_groups, T;
     mg_tmap tm_a, tm_b;      /* Hopper path: operand tensor maps (mg_launch.c) */
-    mg_tmap tm_d;            /* Hopper path: dw_dn's (fp32, MG_WG_PARK's stores) */
 } moe_down_wgrad_params;
 
 /* ---------------------------------------------------------------- combine */
