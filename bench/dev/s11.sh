@@ -2,6 +2,8 @@
 # s11: one GPU call for session 11's Hopper GEMM work (bench/NOTES.md, "v14"); every candidate is a
 # device knob (env MOEGEN_JIT_DEFINES, runtime/mg_jit.c), so one call A/Bs it.
 # usage: bench/dev/s11.sh [probe] [park] [delay] [quarter] [final] ...   from the repo root after `make -j all bench`; logs under $OUT.
+# MG_WG_DW_PROBE and MG_WG_PARK* were removed in 625f6a2 (code in 4f3f792): probe, park, delay and
+# the park half of quarter now time the default.
 set -u
 O=${OUT:-/tmp/s11}; mkdir -p "$O"
 export MOEGEN_CACHE_DIR=${MOEGEN_CACHE_DIR:-/tmp/moegen-cache} NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
