@@ -29,7 +29,7 @@ typedef mg_gemm<mg_t, MG_BM, MG_BN, MG_BK, MG_STAGES, MG_WARPS, false, false> mo
 struct moe_down_fwd_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_DN_FWD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, true> G;
-    static constexpr int NS_CAP = MG_WG_NS_PICK(MG_WG_NS_DN_FWD, MG_FF)     /* K = FF */;
+    static constexpr int NS_CAP = MG_WG_NS_PICK(MG_WG_NS_DN_FWD, MG_FF);   /* K = FF */
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */

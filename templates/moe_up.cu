@@ -158,7 +158,7 @@ struct moe_up_fwd_wg {
 struct moe_up_dgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_DGRAD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
-    static constexpr int NS_CAP = MG_WG_NS_PICK(MG_WG_NS_UP_DGRAD, MG_F2)   /* K = F2 */;
+    static constexpr int NS_CAP = MG_WG_NS_PICK(MG_WG_NS_UP_DGRAD, MG_F2);   /* K = F2 */
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */

@@ -352,8 +352,8 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_ASYNC_HALF
 #define MG_WG_ASYNC_HALF 0
 #endif
-/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (device-only; 0: the default below): at most n pipeline
- * stages for that GEMM (fewer than fit: the tuner's space, and the rule below).
+/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (device-only, for A/Bs through MOEGEN_JIT_DEFINES; the
+ * tuner does not search them; 0: the rule below): at most n pipeline stages for that GEMM.
  * MG_WG_NS_PICK: up dgrad (K = F2) and down fwd (K = FF), the two row GEMMs whose B is a
  * weight streamed along a long K, take 3 stages instead of 4 where K >= MG_WG_NS3_MIN_K. On an
  * H100 (bench/results/2026-11-27-s11, calls 3, 4; ncu, Mixtral: K 28672 and 14336) up dgrad

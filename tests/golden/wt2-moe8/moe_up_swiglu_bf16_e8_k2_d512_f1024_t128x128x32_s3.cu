@@ -352,8 +352,8 @@ typedef struct mg_tmap { MG_ALIGN64 unsigned long long q[16]; } mg_tmap;
 #ifndef MG_WG_ASYNC_HALF
 #define MG_WG_ASYNC_HALF 0
 #endif
-/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (device-only; 0: the default below): at most n pipeline
- * stages for that GEMM (fewer than fit: the tuner's space, and the rule below).
+/* MG_WG_NS_{UP,DN}_{FWD,DGRAD,WGRAD} n (device-only, for A/Bs through MOEGEN_JIT_DEFINES; the
+ * tuner does not search them; 0: the rule below): at most n pipeline stages for that GEMM.
  * MG_WG_NS_PICK: up dgrad (K = F2) and down fwd (K = FF), the two row GEMMs whose B is a
  * weight streamed along a long K, take 3 stages instead of 4 where K >= MG_WG_NS3_MIN_K. On an
  * H100 (bench/results/2026-11-27-s11, calls 3, 4; ncu, Mixtral: K 28672 and 14336) up dgrad
@@ -2539,7 +2539,7 @@ struct moe_up_fwd_wg {
 struct moe_up_dgrad_wg {
     static constexpr int BN = MG_WG_BN_PICK(MG_WG_BN_UP_DGRAD, MG_D), NTN = (MG_D + BN - 1) / BN;
     typedef mg_wg<mg_t, BN, true, false> G;
-    static constexpr int NS_CAP = MG_WG_NS_PICK(MG_WG_NS_UP_DGRAD, MG_F2)   /* K = F2 */;
+    static constexpr int NS_CAP = MG_WG_NS_PICK(MG_WG_NS_UP_DGRAD, MG_F2);   /* K = F2 */
     static constexpr bool A_TMA = true, B_TMA = true, K_JAGGED = false, A_GATHER = false;
     static constexpr int EPI_BYTES = 0, SCRATCH_BYTES = 0, ASYNC_BYTES = 0;
     static constexpr bool PAIRS = true;   /* CTA pairs (MG_WG_CLUSTER 2): row GEMMs */
